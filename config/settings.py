@@ -1,0 +1,169 @@
+"""One validated settings object for every process (API, worker, beat, sandbox, CLI).
+
+Values come from the environment (and a ``.env`` file in the working directory). Secrets are
+``SecretStr`` so they never print. Outside ``PLURAL_ENV=sandbox`` a placeholder secret is
+refused at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Secrets shipped as defaults so that the sandbox works out of the box. Never valid elsewhere.
+PLACEHOLDER_PREFIX = "sandbox-"
+SANDBOX_CLIENT_ID = "sandbox-client-id"
+SANDBOX_CLIENT_SECRET = "sandbox-client-secret"
+SANDBOX_WEBHOOK_SECRET = "sandbox-webhook-secret"
+# hex, as Plural hands the return-URL key over; the string is only valid in sandbox
+SANDBOX_CALLBACK_SECRET = "73616e64626f782d63616c6c6261636b2d736563726574"
+SANDBOX_API_KEY = "sandbox-api-key"
+# a Fernet key (urlsafe base64 of 32 bytes) that is only good for the sandbox
+SANDBOX_CARD_KEY = "c2FuZGJveC1jYXJkLWtleS1ub3QtZm9yLXByb2QhISE="
+
+PLACEHOLDERS = {
+    SANDBOX_CLIENT_SECRET,
+    SANDBOX_WEBHOOK_SECRET,
+    SANDBOX_CALLBACK_SECRET,
+    SANDBOX_API_KEY,
+    SANDBOX_CARD_KEY,
+}
+
+
+class PluralEnv(str, Enum):
+    sandbox = "sandbox"
+    uat = "uat"
+    production = "production"
+
+
+DEFAULT_API_BASES = {
+    PluralEnv.sandbox: "http://127.0.0.1:8700",
+    PluralEnv.uat: "https://pluraluat.v2.pinepg.in",
+    PluralEnv.production: "https://api.pluralpay.in",
+}
+
+
+class ConfigurationError(RuntimeError):
+    """Settings that cannot be used; the message says which variable and why."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- Plural -------------------------------------------------------------------------
+    plural_env: PluralEnv = PluralEnv.sandbox
+    plural_api_base: str | None = Field(default=None, description="API base URL; default per PLURAL_ENV")
+    plural_token_url: str | None = Field(default=None, description="token URL; default {base}/api/auth/v1/token")
+    plural_client_id: str = SANDBOX_CLIENT_ID
+    plural_client_secret: SecretStr = SecretStr(SANDBOX_CLIENT_SECRET)
+    plural_webhook_secret: SecretStr = SecretStr(SANDBOX_WEBHOOK_SECRET)
+    plural_callback_secret: SecretStr = SecretStr(SANDBOX_CALLBACK_SECRET)
+
+    # --- HTTP client --------------------------------------------------------------------
+    http_connect_timeout: float = Field(default=5.0, gt=0)
+    http_read_timeout: float = Field(default=30.0, gt=0)
+    http_max_attempts: int = Field(default=4, ge=1, le=10)
+    http_backoff_base: float = Field(default=0.25, ge=0)
+    http_backoff_cap: float = Field(default=8.0, ge=0)
+    token_refresh_margin: float = Field(default=300.0, ge=0, description="seconds before expiry to refresh")
+
+    # --- storage ------------------------------------------------------------------------
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    # --- merchant API and card vault ----------------------------------------------------
+    orchestrator_api_key: SecretStr = SecretStr(SANDBOX_API_KEY)
+    card_encryption_key: SecretStr = SecretStr(SANDBOX_CARD_KEY)
+    card_ttl_seconds: int = Field(default=900, gt=0)
+    customer_action_timeout: int = Field(default=900, gt=0)
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    # --- logging ------------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+
+    # --- sandbox gateway ----------------------------------------------------------------
+    sandbox_webhook_url: str | None = None
+    sandbox_otp_resend_after: int = Field(default=180, ge=0)
+    sandbox_otp_resend_limit: int = Field(default=3, ge=0)
+    sandbox_otp_max_attempts: int = Field(default=3, ge=1)
+    sandbox_public_url: str | None = None
+
+    @field_validator("plural_callback_secret")
+    @classmethod
+    def _callback_secret_is_hex(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not raw or len(raw) % 2 or not re.fullmatch(r"[0-9a-fA-F]+", raw):
+            raise ValueError("PLURAL_CALLBACK_SECRET must be an even-length hex string")
+        return value
+
+    @model_validator(mode="after")
+    def _no_placeholders_outside_sandbox(self) -> "Settings":
+        if self.plural_env is PluralEnv.sandbox:
+            return self
+        offending = [
+            name.upper()
+            for name in (
+                "plural_client_secret",
+                "plural_webhook_secret",
+                "plural_callback_secret",
+                "orchestrator_api_key",
+                "card_encryption_key",
+            )
+            if getattr(self, name).get_secret_value() in PLACEHOLDERS
+        ]
+        if self.plural_client_id == SANDBOX_CLIENT_ID:
+            offending.insert(0, "PLURAL_CLIENT_ID")
+        if offending:
+            raise ValueError(
+                f"PLURAL_ENV={self.plural_env.value} refuses the sandbox placeholder values of "
+                f"{', '.join(offending)}: set real values in the environment"
+            )
+        return self
+
+    # --- derived values -----------------------------------------------------------------
+    @property
+    def api_base(self) -> str:
+        return (self.plural_api_base or DEFAULT_API_BASES[self.plural_env]).rstrip("/")
+
+    @property
+    def token_url(self) -> str:
+        return self.plural_token_url or f"{self.api_base}/api/auth/v1/token"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'orchestrator.db').resolve()}"
+
+    def callback_key(self) -> bytes:
+        return bytes.fromhex(self.plural_callback_secret.get_secret_value())
+
+    def webhook_key(self) -> bytes:
+        return self.plural_webhook_secret.get_secret_value().encode()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning a validation failure into a ``ConfigurationError`` with a clear text."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:  # pragma: no cover - message shaping only
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]).upper() or "settings"
+            lines.append(f"{where}: {err['msg']}")
+        raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

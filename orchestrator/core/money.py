@@ -1,0 +1,39 @@
+"""Money is integer paise (minor units) with an ISO 4217 currency, everywhere."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+
+#: ISO 4217 codes accepted for orders. Plural settles in INR; international cards may be
+#: charged in these currencies where the merchant has them enabled.
+SUPPORTED_CURRENCIES = frozenset(
+    {"INR", "USD", "EUR", "GBP", "AED", "SGD", "AUD", "CAD", "JPY", "CHF", "SAR", "QAR", "KWD", "OMR", "BHD",
+     "HKD", "MYR", "NZD", "THB", "ZAR", "SEK", "NOK", "DKK", "LKR", "NPR", "BDT"}
+)
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _supported(value: str) -> str:
+    if value not in SUPPORTED_CURRENCIES:
+        raise ValueError(f"unsupported currency {value!r}")
+    return value
+
+
+Currency = Annotated[str, BeforeValidator(_upper), Field(pattern=r"^[A-Z]{3}$"), AfterValidator(_supported)]
+
+
+class Money(BaseModel):
+    """An amount in minor units. ``value`` must be a true integer (no floats, no strings)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    value: StrictInt = Field(gt=0)
+    currency: Currency = "INR"
+
+    def __str__(self) -> str:
+        return f"{self.value} {self.currency} (minor units)"

@@ -1,0 +1,108 @@
+"""structlog, configured once for every process.
+
+JSON lines when stderr is not a terminal, a readable console otherwise. Every event, ours or a
+library's (uvicorn, celery, requests through the stdlib bridge), passes ``redact_card_data``:
+any run of 12 to 19 digits (spaces or dashes allowed between them) is masked to its last four,
+and any field whose key mentions ``cvv`` is dropped, at any depth.
+
+Plural's own identifiers (``v1-250129053005-aa-imFYK2-de-a``) carry long digit runs but cannot be
+card numbers; they are left readable.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+_PLURAL_ID = r"v1-\d{6,}-[a-z]{2}-[A-Za-z0-9]+(?:-[a-z]{2}-[A-Za-z0-9]+)?"
+_CARD_RUN = r"(?<![\w])\d(?:[ -]?\d){11,18}(?![\w])"
+_PATTERN = re.compile(f"({_PLURAL_ID})|({_CARD_RUN})")
+_SENSITIVE_KEY = re.compile(r"cvv|cvc|card_?number|^pan$", re.IGNORECASE)
+
+
+def mask_card_numbers(text: str) -> str:
+    """Mask every 12-19 digit run in ``text`` to ``****`` + its last four digits."""
+
+    def repl(match: re.Match[str]) -> str:
+        if match.group(1):
+            return match.group(1)
+        digits = re.sub(r"\D", "", match.group(2))
+        return "****" + digits[-4:]
+
+    return _PATTERN.sub(repl, text)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_card_numbers(value)
+    if isinstance(value, dict):
+        return {k: _scrub_field(k, v) for k, v in value.items() if not _drops(k)}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scrub(v) for v in value)
+    if isinstance(value, int) and not isinstance(value, bool) and 12 <= len(str(abs(value))) <= 19:
+        return mask_card_numbers(str(value))
+    return value
+
+
+def _drops(key: Any) -> bool:
+    return isinstance(key, str) and "cvv" in key.lower()
+
+
+def _scrub_field(key: Any, value: Any) -> Any:
+    if isinstance(key, str) and _SENSITIVE_KEY.search(key) and value is not None:
+        digits = re.sub(r"\D", "", str(value))
+        return "****" + digits[-4:] if digits else "****"
+    return _scrub(value)
+
+
+def redact_card_data(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: mask card numbers and drop CVV fields anywhere in the event."""
+    return _scrub(event_dict)
+
+
+_configured = False
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto", *, force: bool = False) -> None:
+    """Configure structlog and the stdlib root logger. Safe to call more than once."""
+    global _configured
+    if _configured and not force:
+        return
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact_card_data,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("urllib3", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _configured = True
+
+
+def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger(name)

@@ -1,0 +1,154 @@
+"""The access token: cached, shared between processes, refreshed by one process at a time.
+
+``TokenManager.get()`` answers from the store while the token is fresh (its expiry minus a
+margin); otherwise it takes the store's lock, looks again (another process may just have
+refreshed), and only then fetches a new token. ``invalidate(value)`` drops a token that Plural
+refused with 401, unless another process has already replaced it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterator, Protocol
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    value: str
+    expires_at: float
+    issued_at: float
+
+    def fresh(self, now: float, margin: float) -> bool:
+        # never let the margin eat more than half the token's life, or a short-lived token
+        # would be refreshed on every call
+        effective = min(margin, (self.expires_at - self.issued_at) / 2)
+        return now < self.expires_at - effective
+
+    def to_json(self) -> str:
+        return json.dumps({"access_token": self.value, "expires_at": self.expires_at, "issued_at": self.issued_at})
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "AccessToken":
+        data = json.loads(raw)
+        return cls(value=data["access_token"], expires_at=float(data["expires_at"]), issued_at=float(data["issued_at"]))
+
+
+class TokenStore(Protocol):
+    def load(self) -> AccessToken | None: ...
+
+    def save(self, token: AccessToken) -> None: ...
+
+    def discard(self, value: str) -> None: ...
+
+    def lock(self) -> ContextManager[Any]: ...
+
+
+class MemoryTokenStore:
+    """Process-local store, for tools and tests that have no Redis."""
+
+    def __init__(self) -> None:
+        self._token: AccessToken | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> AccessToken | None:
+        return self._token
+
+    def save(self, token: AccessToken) -> None:
+        self._token = token
+
+    def discard(self, value: str) -> None:
+        if self._token is not None and self._token.value == value:
+            self._token = None
+
+    def lock(self) -> ContextManager[Any]:
+        return self._lock
+
+
+class RedisTokenStore:
+    """Token shared through Redis by every worker, API and beat process of one client id."""
+
+    def __init__(self, redis: Any, client_id: str, *, lock_timeout: float = 30.0, prefix: str = "plural:token"):
+        suffix = hashlib.sha256(client_id.encode()).hexdigest()[:16]
+        self._redis = redis
+        self._key = f"{prefix}:{suffix}"
+        self._lock_key = f"{prefix}:{suffix}:lock"
+        self._lock_timeout = lock_timeout
+
+    def load(self) -> AccessToken | None:
+        raw = self._redis.get(self._key)
+        return AccessToken.from_json(raw) if raw else None
+
+    def save(self, token: AccessToken) -> None:
+        ttl = max(int(token.expires_at - time.time()), 1)
+        self._redis.set(self._key, token.to_json(), ex=ttl)
+
+    def discard(self, value: str) -> None:
+        with self._redis.pipeline() as pipe:
+            try:
+                pipe.watch(self._key)
+                raw = pipe.get(self._key)
+                if raw and AccessToken.from_json(raw).value == value:
+                    pipe.multi()
+                    pipe.delete(self._key)
+                    pipe.execute()
+                else:
+                    pipe.unwatch()
+            except Exception as exc:  # WatchError: someone replaced it meanwhile, which is what we want
+                if type(exc).__name__ != "WatchError":
+                    raise
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        lock = self._redis.lock(self._lock_key, timeout=self._lock_timeout, blocking_timeout=self._lock_timeout)
+        if not lock.acquire():
+            raise TimeoutError("could not take the token refresh lock")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                lock.release()
+
+
+class TokenManager:
+    def __init__(
+        self,
+        store: TokenStore,
+        fetch: Callable[[], AccessToken],
+        *,
+        margin: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._store = store
+        self._fetch = fetch
+        self._margin = margin
+        self._clock = clock
+
+    def get(self) -> str:
+        token = self._store.load()
+        if token is not None and token.fresh(self._clock(), self._margin):
+            return token.value
+        with self._store.lock():
+            token = self._store.load()
+            if token is not None and token.fresh(self._clock(), self._margin):
+                return token.value
+            token = self._fetch()
+            self._store.save(token)
+            return token.value
+
+    def refresh(self) -> AccessToken:
+        """Fetch a new token now (the beat's refresh-ahead job), under the same lock."""
+        with self._store.lock():
+            token = self._fetch()
+            self._store.save(token)
+            return token
+
+    def current(self) -> AccessToken | None:
+        return self._store.load()
+
+    def invalidate(self, value: str) -> None:
+        self._store.discard(value)

@@ -1,0 +1,28 @@
+"""A sandbox gateway that behaves like Plural UAT (in the spirit of stripe-mock), for development,
+demos and tests with no network."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.sandbox.faults import Faults
+
+
+def app_from_settings(settings: Any, *, port: int, host: str = "127.0.0.1", faults: Faults | None = None,
+                      webhook_url: str | None = None) -> Any:
+    """The sandbox app wired from ``config.Settings`` (credentials, secrets, OTP rules)."""
+    from orchestrator.sandbox.app import create_app
+    from orchestrator.sandbox.gateway import SandboxConfig
+
+    public = settings.sandbox_public_url or f"http://{host}:{port}"
+    config = SandboxConfig(
+        client_id=settings.plural_client_id,
+        client_secret=settings.plural_client_secret.get_secret_value(),
+        callback_key=settings.callback_key(),
+        public_url=public,
+        otp_resend_after=settings.sandbox_otp_resend_after,
+        otp_resend_limit=settings.sandbox_otp_resend_limit,
+        otp_max_attempts=settings.sandbox_otp_max_attempts,
+    )
+    return create_app(config, faults=faults, webhook_url=webhook_url or settings.sandbox_webhook_url,
+                      webhook_key=settings.webhook_key())

@@ -1,0 +1,275 @@
+"""The sandbox gateway over HTTP: Plural UAT's paths, plus ``/sandbox/*`` for the ACS page and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+from dataclasses import asdict
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from orchestrator.logs import get_logger
+from orchestrator.sandbox.faults import Faults
+from orchestrator.sandbox.gateway import Gateway, GatewayError, SandboxConfig
+from orchestrator.sandbox.webhooks import WebhookSender
+
+log = get_logger(__name__)
+
+PLURAL_PREFIXES = ("/api/",)
+
+
+def _error(exc: GatewayError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise GatewayError(400, "INVALID_REQUEST", "body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise GatewayError(400, "INVALID_REQUEST", "body must be a JSON object")
+    return data
+
+
+def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = None, webhook_url: str | None = None,
+               webhook_key: bytes = b"sandbox-webhook-secret", webhook_retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0)
+               ) -> FastAPI:
+    config = config or SandboxConfig()
+    faults = faults or Faults()
+    sender = WebhookSender(webhook_url, webhook_key, faults, retry_delays=webhook_retry_delays)
+    gateway = Gateway(config, emit=sender.send)
+    app = FastAPI(title="Plural sandbox gateway", version="1", docs_url="/sandbox/docs",
+                  openapi_url="/sandbox/openapi.json")
+    app.state.gateway, app.state.faults, app.state.webhooks = gateway, faults, sender
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
+        return _error(exc)
+
+    @app.middleware("http")
+    async def inject_faults(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        path = request.url.path
+        if not path.startswith(PLURAL_PREFIXES):
+            return await call_next(request)
+        fired = faults.match(request.method, path)
+        for rule in fired:
+            if rule.kind == "latency":
+                await asyncio.sleep(rule.seconds)
+            elif rule.kind == "error":
+                status = faults.pick(rule.statuses)
+                code = "PAYMENT_RATE_LIMIT" if status == 429 else "INTERNAL_ERROR"
+                headers = {"Retry-After": "1"} if status == 429 else {}
+                return JSONResponse({"code": code, "message": "injected fault"}, status_code=status, headers=headers)
+            elif rule.kind == "hang_before":
+                await asyncio.sleep(rule.seconds)
+                return JSONResponse({"code": "INTERNAL_ERROR", "message": "gateway timeout"}, status_code=504)
+        response = await call_next(request)
+        for rule in fired:
+            if rule.kind == "hang_after":
+                await asyncio.sleep(rule.seconds)
+        return response
+
+    def auth(request: Request, *, required: bool = True) -> None:
+        gateway.check_token(request.headers.get("authorization"), required=required)
+
+    # --- Plural's API -------------------------------------------------------------------
+
+    @app.post("/api/auth/v1/token")
+    async def token(request: Request) -> Any:
+        return gateway.issue_token(await _body(request))
+
+    @app.post("/api/pay/v1/orders")
+    async def create_order(request: Request) -> Any:
+        auth(request)
+        return gateway.create_order(await _body(request))
+
+    @app.get("/api/pay/v1/orders/reference/{reference}")
+    async def order_by_reference(reference: str, request: Request) -> Any:
+        auth(request)
+        return gateway.get_order_by_reference(reference)
+
+    @app.get("/api/pay/v1/orders/{order_id}")
+    async def get_order(order_id: str, request: Request) -> Any:
+        auth(request)
+        return gateway.get_order(order_id)
+
+    @app.post("/api/pay/v1/orders/{order_id}/payments")
+    async def create_payment(order_id: str, request: Request) -> Any:
+        auth(request)
+        return gateway.create_payment(order_id, await _body(request))
+
+    @app.put("/api/pay/v1/orders/{order_id}/capture")
+    async def capture(order_id: str, request: Request) -> Any:
+        auth(request)
+        return gateway.capture(order_id, await _body(request))
+
+    @app.put("/api/pay/v1/orders/{order_id}/cancel")
+    async def cancel(order_id: str, request: Request) -> Any:
+        auth(request)
+        return gateway.cancel(order_id)
+
+    @app.post("/api/pay/v1/refunds/{order_id}")
+    async def refund(order_id: str, request: Request) -> Any:
+        auth(request)
+        return gateway.refund(order_id, await _body(request))
+
+    @app.post("/api/pay/v1/getCardDetails")
+    async def card_details(request: Request) -> Any:
+        auth(request)
+        return gateway.card_details(await _body(request))
+
+    # Plural's OTP samples carry no Authorization header: a token is checked when one is sent
+    @app.post("/api/pay/v1/otp/generate")
+    async def otp_generate(request: Request) -> Any:
+        auth(request, required=False)
+        return gateway.generate_otp(await _body(request))
+
+    @app.post("/api/pay/v1/otp/submit")
+    async def otp_submit(request: Request) -> Any:
+        auth(request, required=False)
+        return gateway.submit_otp(await _body(request))
+
+    @app.post("/api/pay/v1/otp/resend")
+    async def otp_resend(request: Request) -> Any:
+        auth(request, required=False)
+        return gateway.resend_otp(await _body(request))
+
+    @app.post("/api/affordability/v1/offer/discovery")
+    async def offer_discovery(request: Request) -> Any:
+        auth(request)
+        return gateway.discover_offers(await _body(request))
+
+    @app.post("/api/affordability/v1/offer/validate")
+    async def offer_validate(request: Request) -> Any:
+        auth(request)
+        return gateway.validate_offer(await _body(request))
+
+    # --- the ACS (3-D Secure) page ------------------------------------------------------
+
+    @app.get("/sandbox/acs/{payment_id}", response_class=HTMLResponse)
+    async def acs_page(payment_id: str, token: str = "") -> HTMLResponse:
+        try:
+            _state, order, public = gateway.acs_view(payment_id, token)
+        except GatewayError as exc:
+            return HTMLResponse(f"<h1>{html.escape(exc.message)}</h1>", status_code=exc.status)
+        return HTMLResponse(_acs_html(payment_id, token, order, public))
+
+    async def decide(payment_id: str, request: Request, approve: bool) -> Response:
+        form = parse_qs((await request.body()).decode())
+        token = (form.get("token") or [request.query_params.get("token", "")])[0]
+        try:
+            target = gateway.acs_decide(payment_id, token, approve)
+        except GatewayError as exc:
+            return HTMLResponse(f"<h1>{html.escape(exc.message)}</h1>", status_code=exc.status)
+        if target:
+            return RedirectResponse(target, status_code=303)
+        outcome = "approved" if approve else "declined"
+        return HTMLResponse(f"<h1>Payment {outcome}</h1><p>The order has no callback URL.</p>")
+
+    @app.post("/sandbox/acs/{payment_id}/approve")
+    async def acs_approve(payment_id: str, request: Request) -> Response:
+        return await decide(payment_id, request, True)
+
+    @app.post("/sandbox/acs/{payment_id}/decline")
+    async def acs_decline(payment_id: str, request: Request) -> Response:
+        return await decide(payment_id, request, False)
+
+    # --- for tests and demos ------------------------------------------------------------
+
+    @app.get("/sandbox/health")
+    async def health() -> Any:
+        return {"status": "ok", "orders": len(gateway.orders), "webhooks_pending": sender.pending()}
+
+    @app.get("/sandbox/ledger")
+    async def ledger() -> Any:
+        return {"entries": gateway.ledger_view()}
+
+    @app.get("/sandbox/webhooks")
+    async def webhooks() -> Any:
+        return {"deliveries": sender.view(), "pending": sender.pending()}
+
+    @app.get("/sandbox/faults")
+    async def get_faults() -> Any:
+        return faults.to_dict()
+
+    @app.put("/sandbox/faults")
+    async def put_faults(request: Request) -> Any:
+        try:
+            faults.replace(await _body(request))
+        except (TypeError, ValueError) as exc:
+            raise GatewayError(400, "INVALID_REQUEST", f"bad fault set: {exc}") from None
+        return faults.to_dict()
+
+    @app.delete("/sandbox/faults")
+    async def clear_faults() -> Any:
+        faults.clear()
+        return faults.to_dict()
+
+    @app.get("/sandbox/config")
+    async def get_config() -> Any:
+        data = {k: v for k, v in asdict(config).items() if k not in ("callback_key", "client_secret")}
+        return {**data, "webhook_url": sender.url}
+
+    @app.put("/sandbox/config")
+    async def put_config(request: Request) -> Any:
+        body = await _body(request)
+        if "webhook_url" in body:
+            sender.url = body.pop("webhook_url") or None
+        for key, value in body.items():
+            if key in ("callback_key", "client_id", "client_secret") or not hasattr(config, key):
+                raise GatewayError(400, "INVALID_REQUEST", f"{key} cannot be set")
+            if not isinstance(value, type(getattr(config, key))) and not (
+                    isinstance(value, int) and isinstance(getattr(config, key), float)):
+                raise GatewayError(400, "INVALID_REQUEST", f"{key} has the wrong type")
+            setattr(config, key, value)
+        return await get_config()
+
+    @app.post("/sandbox/tokens/expire")
+    async def expire_tokens() -> Any:
+        gateway.expire_tokens()
+        return {"expired": True}
+
+    @app.post("/sandbox/reset")
+    async def reset() -> Any:
+        gateway.reset()
+        faults.clear()
+        return {"reset": True}
+
+    @app.on_event("shutdown")
+    def _stop() -> None:
+        sender.close()
+
+    return app
+
+
+def _acs_html(payment_id: str, token: str, order: dict[str, Any], payment: dict[str, Any]) -> str:
+    amount = payment["payment_amount"]
+    card = (payment.get("payment_option") or {}).get("card_data") or {}
+    e = html.escape
+    rupees = f"{amount['value'] // 100}.{amount['value'] % 100:02d}"
+    status = payment["status"]
+    if status != "PENDING":
+        buttons = f"<p>This payment is already <b>{e(status)}</b>.</p>"
+    else:
+        buttons = "".join(
+            f'<form method="post" action="/sandbox/acs/{e(payment_id)}/{action}" style="display:inline">'
+            f'<input type="hidden" name="token" value="{e(token)}">'
+            f'<button id="{action}" type="submit" class="{action}">{label}</button></form> '
+            for action, label in (("approve", "Approve"), ("decline", "Decline"))
+        )
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Sandbox 3-D Secure</title>
+<style>body{{font-family:sans-serif;max-width:28rem;margin:3rem auto}}button{{font-size:1.1rem;padding:.6rem 1.4rem}}
+.approve{{background:#1a7f37;color:#fff}}.decline{{background:#b42318;color:#fff}}td{{padding:.2rem .8rem}}</style>
+</head><body><h1>Plural sandbox &mdash; 3-D Secure</h1>
+<table><tr><td>Order</td><td>{e(order['order_id'])}</td></tr>
+<tr><td>Amount</td><td>{e(amount['currency'])} {rupees}</td></tr>
+<tr><td>Card</td><td>{e(card.get('network_name', ''))} **** {e(card.get('last4_digits', ''))}</td></tr></table>
+<p>This page stands in for the issuing bank's authentication page.</p>{buttons}</body></html>"""
