@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 from dataclasses import asdict
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
@@ -46,8 +47,13 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
     faults = faults or Faults()
     sender = WebhookSender(webhook_url, webhook_key, faults, retry_delays=webhook_retry_delays)
     gateway = Gateway(config, emit=sender.send)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        sender.close()
+
     app = FastAPI(title="Plural sandbox gateway", version="1", docs_url="/sandbox/docs",
-                  openapi_url="/sandbox/openapi.json")
+                  openapi_url="/sandbox/openapi.json", lifespan=lifespan)
     app.state.gateway, app.state.faults, app.state.webhooks = gateway, faults, sender
 
     @app.exception_handler(GatewayError)
@@ -242,10 +248,6 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
         gateway.reset()
         faults.clear()
         return {"reset": True}
-
-    @app.on_event("shutdown")
-    def _stop() -> None:
-        sender.close()
 
     return app
 

@@ -1,0 +1,142 @@
+"""Shared fixtures: settings, a real sandbox over loopback HTTP, a webhook catcher, a client."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+# Tests never read a developer's .env or environment by accident.
+for _name in list(os.environ):
+    if _name.startswith(("PLURAL_", "ORCHESTRATOR_", "SANDBOX_")) or _name in ("DATABASE_URL", "REDIS_URL"):
+        os.environ.pop(_name)
+
+from config import Settings  # noqa: E402
+from orchestrator.logs import configure_logging  # noqa: E402
+
+configure_logging("WARNING", "console")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ThreadedUvicorn:
+    """A real uvicorn server on loopback, in a thread of the test process."""
+
+    def __init__(self, app: Any, port: int | None = None):
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
+                                                    access_log=False, lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "ThreadedUvicorn":
+        self.thread.start()
+        deadline = time.time() + 10
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)
+
+
+@dataclass
+class Caught:
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class WebhookCatcher:
+    url: str
+    received: list[Caught] = field(default_factory=list)
+    status: int = 200
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0) -> list[Caught]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            hits = [c for c in list(self.received) if predicate(c)]
+            if hits:
+                return hits
+            time.sleep(0.02)
+        raise AssertionError("no matching webhook arrived")
+
+
+@pytest.fixture(scope="session")
+def webhook_catcher() -> Iterator[WebhookCatcher]:
+    catcher = WebhookCatcher(url="")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            catcher.received.append(Caught({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(catcher.status)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    catcher.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield catcher
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sandbox_settings() -> Settings:
+    return Settings(sandbox_otp_resend_after=1)
+
+
+@pytest.fixture(scope="session")
+def sandbox_server(sandbox_settings: Settings, webhook_catcher: WebhookCatcher) -> Iterator[ThreadedUvicorn]:
+    from orchestrator.sandbox import app_from_settings
+
+    port = free_port()
+    app = app_from_settings(sandbox_settings, port=port, webhook_url=webhook_catcher.url)
+    app.state.webhooks.retry_delays = (0.05, 0.05, 0.05)
+    with ThreadedUvicorn(app, port) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server: ThreadedUvicorn, webhook_catcher: WebhookCatcher) -> Iterator[ThreadedUvicorn]:
+    """The shared sandbox, with no faults and a healthy webhook catcher for each test."""
+    webhook_catcher.status = 200
+    requests.delete(sandbox_server.url + "/sandbox/faults", timeout=5)
+    yield sandbox_server
+    requests.delete(sandbox_server.url + "/sandbox/faults", timeout=5)
+
+
+@pytest.fixture
+def client(sandbox: ThreadedUvicorn, sandbox_settings: Settings) -> Any:
+    from orchestrator.plural import PluralClient
+
+    settings = sandbox_settings.model_copy(update={"plural_api_base": sandbox.url})
+    return PluralClient.from_settings(settings, backoff_base=0.01, backoff_cap=0.05, read_timeout=5.0)
+
+
+def ledger(base_url: str, order_id: str | None = None) -> list[dict[str, Any]]:
+    entries = requests.get(base_url + "/sandbox/ledger", timeout=5).json()["entries"]
+    return [e for e in entries if order_id is None or e["order_id"] == order_id]

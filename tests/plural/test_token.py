@@ -1,0 +1,86 @@
+import threading
+import time
+
+import fakeredis
+
+from orchestrator.plural.token import AccessToken, MemoryTokenStore, RedisTokenStore, TokenManager
+
+
+def counting_fetch(lifetime=3600.0, delay=0.0):
+    calls = []
+
+    def fetch():
+        if delay:
+            time.sleep(delay)
+        calls.append(1)
+        now = time.time()
+        return AccessToken(f"t{len(calls)}", now + lifetime, now)
+
+    return fetch, calls
+
+
+def test_fresh_token_respects_the_margin():
+    tok = AccessToken("t", expires_at=1000.0, issued_at=0.0)
+    assert tok.fresh(600, margin=300)
+    assert not tok.fresh(701, margin=300)
+
+
+def test_margin_never_exceeds_half_the_lifetime():
+    tok = AccessToken("t", expires_at=60.0, issued_at=0.0)
+    assert tok.fresh(29, margin=300)
+    assert not tok.fresh(31, margin=300)
+
+
+def test_token_near_expiry_is_refreshed():
+    fetch, calls = counting_fetch()
+    clock = [0.0]
+    store = MemoryTokenStore()
+    store.save(AccessToken("old", expires_at=1000.0, issued_at=0.0))
+    manager = TokenManager(store, fetch, margin=300, clock=lambda: clock[0])
+    clock[0] = 500
+    assert manager.get() == "old"
+    clock[0] = 800
+    assert manager.get() == "t1" and len(calls) == 1
+
+
+def test_token_is_shared_between_processes_through_redis():
+    server = fakeredis.FakeServer()
+    fetch, calls = counting_fetch()
+    a = TokenManager(RedisTokenStore(fakeredis.FakeRedis(server=server), "cid"), fetch)
+    b = TokenManager(RedisTokenStore(fakeredis.FakeRedis(server=server), "cid"), fetch)
+    assert a.get() == b.get() == "t1"
+    assert len(calls) == 1
+
+
+def test_concurrent_refreshers_fetch_only_once():
+    server = fakeredis.FakeServer()
+    fetch, calls = counting_fetch(delay=0.05)
+    results = []
+
+    def worker():
+        m = TokenManager(RedisTokenStore(fakeredis.FakeRedis(server=server), "cid"), fetch)
+        results.append(m.get())
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and results == ["t1"] * 8
+
+
+def test_invalidate_drops_only_the_refused_token():
+    server = fakeredis.FakeServer()
+    store = RedisTokenStore(fakeredis.FakeRedis(server=server), "cid")
+    store.save(AccessToken("new", time.time() + 100, time.time()))
+    store.discard("old")
+    assert store.load().value == "new"
+    store.discard("new")
+    assert store.load() is None
+
+
+def test_redis_entry_expires_with_the_token():
+    r = fakeredis.FakeRedis()
+    RedisTokenStore(r, "cid").save(AccessToken("t", time.time() + 120, time.time()))
+    key = next(iter(r.keys("plural:token:*")))
+    assert 100 < r.ttl(key) <= 120

@@ -1,0 +1,50 @@
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from config import ConfigurationError, PluralEnv, Settings, load_settings
+
+
+def test_sandbox_defaults_point_at_the_local_sandbox():
+    s = Settings()
+    assert s.plural_env is PluralEnv.sandbox
+    assert s.api_base == "http://127.0.0.1:8700"
+    assert s.token_url == "http://127.0.0.1:8700/api/auth/v1/token"
+
+
+def test_token_url_is_a_separate_setting_from_the_base():
+    s = Settings(plural_api_base="https://api.example/", plural_token_url="https://auth.example/token")
+    assert s.api_base == "https://api.example"
+    assert s.token_url == "https://auth.example/token"
+
+
+def test_uat_defaults_to_plural_uat_host_when_secrets_are_real():
+    s = Settings(plural_env="uat", plural_client_id="cid", plural_client_secret=SecretStr("x" * 20),
+                 plural_webhook_secret=SecretStr("w" * 20), plural_callback_secret=SecretStr("ab12"),
+                 orchestrator_api_key=SecretStr("k" * 20),
+                 card_encryption_key=SecretStr("MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="))
+    assert s.api_base == "https://pluraluat.v2.pinepg.in"
+
+
+def test_placeholder_secrets_are_refused_outside_sandbox_naming_the_variables():
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(plural_env="production")
+    text = str(err.value)
+    assert "PLURAL_CLIENT_SECRET" in text and "PLURAL_WEBHOOK_SECRET" in text and "PLURAL_CLIENT_ID" in text
+
+
+def test_callback_secret_must_be_hex():
+    with pytest.raises(ValidationError):
+        Settings(plural_callback_secret=SecretStr("not-hex"))
+
+
+def test_secrets_do_not_print():
+    s = Settings()
+    assert "sandbox-client-secret" not in repr(s)
+    assert "sandbox-client-secret" not in str(s.model_dump())
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("HTTP_READ_TIMEOUT", "7.5")
+    monkeypatch.setenv("CUSTOMER_ACTION_TIMEOUT", "42")
+    s = Settings()
+    assert s.http_read_timeout == 7.5 and s.customer_action_timeout == 42
