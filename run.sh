@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine with Python 3.11 and pip:
+#   ./run.sh up      start the whole stack on the embedded defaults (Redis, SQLite, sandbox, API, worker, beat)
+#   ./run.sh test    run the test suite
+#   ./run.sh ARGS    any other `orchestrator` command (sandbox, api, worker, beat, migrate, demo, ...)
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=".venv/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+case "${1:-}" in
+  test) shift; exec .venv/bin/python -m pytest "$@" ;;
+  "") exec .venv/bin/orchestrator --help ;;
+  *) exec .venv/bin/orchestrator "$@" ;;
+esac
