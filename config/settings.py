@@ -85,6 +85,19 @@ class Settings(BaseSettings):
     customer_action_timeout: int = Field(default=900, gt=0)
     public_base_url: str = "http://127.0.0.1:8000"
 
+    # --- saga timing and workers ------------------------------------------------------
+    poll_schedule: str = Field(default="5,10,30,60,120,300", description="seconds between Get Order polls")
+    step_lease_seconds: float = Field(default=120.0, gt=0, description="re-drive a step not finished by then")
+    retry_backoff_base: float = Field(default=2.0, gt=0)
+    retry_backoff_cap: float = Field(default=300.0, gt=0)
+    step_max_attempts: int = Field(default=8, ge=1)
+    sweep_interval: float = Field(default=5.0, gt=0)
+    sweep_batch: int = Field(default=200, ge=1)
+    broker_visibility_timeout: int = Field(default=600, ge=5)
+    worker_concurrency: int = Field(default=32, ge=1)
+    otp_ttl_seconds: int = Field(default=300, gt=0)
+    otp_max_attempts: int = Field(default=3, ge=1, description="wrong OTPs Plural allows (shown to the customer)")
+
     # --- logging ------------------------------------------------------------------------
     log_level: str = "INFO"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
@@ -128,7 +141,22 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("poll_schedule")
+    @classmethod
+    def _schedule_is_numbers(cls, value: str) -> str:
+        try:
+            parts = [float(p) for p in value.split(",") if p.strip()]
+        except ValueError:
+            raise ValueError("POLL_SCHEDULE must be comma-separated seconds") from None
+        if not parts or any(p <= 0 for p in parts):
+            raise ValueError("POLL_SCHEDULE must list positive seconds")
+        return value
+
     # --- derived values -----------------------------------------------------------------
+    @property
+    def poll_delays(self) -> tuple[float, ...]:
+        return tuple(float(p) for p in self.poll_schedule.split(",") if p.strip())
+
     @property
     def api_base(self) -> str:
         return (self.plural_api_base or DEFAULT_API_BASES[self.plural_env]).rstrip("/")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import time
 from typing import Sequence
 
 from config import ConfigurationError, load_settings
@@ -27,6 +30,89 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from orchestrator.api.app import app_from_runtime
+
+    uvicorn.run(app_from_runtime(), host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.celery_app import app
+
+    settings = load_settings()
+    concurrency = args.concurrency or settings.worker_concurrency
+    app.worker_main(["worker", "--pool=threads", f"--concurrency={concurrency}", "--loglevel=INFO", "-Q", "saga",
+                     "--without-gossip", "--without-mingle", f"--hostname=worker-{os.getpid()}@%h"])
+    return 0
+
+
+def _beat(_args: argparse.Namespace) -> int:
+    from workers.celery_app import app
+
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", "--loglevel=INFO", "-s", str(settings.data_dir / "celerybeat-schedule")])
+    return 0
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from orchestrator.db.migrate import upgrade
+
+    settings = load_settings()
+    upgrade(settings.sqlalchemy_url)
+    print(f"database at head: {settings.sqlalchemy_url}")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from orchestrator.stack import Stack
+
+    settings = load_settings()
+    stack = Stack(data_dir=settings.data_dir, api_port=args.api_port, sandbox_port=args.sandbox_port,
+                  redis_port=args.redis_port, host=args.host, redis_url=settings.redis_url,
+                  with_sandbox=settings.plural_env.value == "sandbox")
+    stop = {"now": False}
+
+    def _stop(_signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        stack.start()
+        lines = [
+            f"redis    {stack.redis_url}" + (" (embedded)" if stack.redis else ""),
+            f"database {settings.sqlalchemy_url}",
+        ]
+        if stack.with_sandbox:
+            lines.append(f"sandbox  {stack.sandbox_url}  (Plural UAT stand-in; ledger at /sandbox/ledger)")
+        lines += [f"api      {stack.api_url}  (OpenAPI at {stack.api_url}/docs)", "worker   celery, thread pool",
+                  "beat     due-time sweep every " + f"{settings.sweep_interval:g}s", "Ctrl-C stops everything."]
+        print("\n".join(lines), flush=True)
+        while not stop["now"]:
+            for name, proc in stack.processes.items():
+                if proc.poll() is not None:
+                    print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr, flush=True)
+                    stop["now"] = True
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping...", flush=True)
+        stack.stop()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from orchestrator.demo import run_demo
+
+    settings = load_settings()
+    return run_demo(api_url=args.api_url, api_key=args.api_key or settings.orchestrator_api_key.get_secret_value(),
+                    checkouts=args.checkouts, timeout=args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +129,32 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--webhook-reorder", type=float, default=0.0)
     sb.add_argument("--seed", type=int, default=None, help="random seed for the faults")
     sb.set_defaults(func=_sandbox)
+
+    api = sub.add_parser("api", help="run the merchant API (and webhook receiver)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(func=_api)
+
+    worker = sub.add_parser("worker", help="run a Celery worker (thread pool, I/O bound)")
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.set_defaults(func=_worker)
+
+    sub.add_parser("beat", help="run Celery beat (the due-time sweep); run exactly one").set_defaults(func=_beat)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+
+    up = sub.add_parser("up", help="start everything on the embedded defaults")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--api-port", type=int, default=8000)
+    up.add_argument("--sandbox-port", type=int, default=8700)
+    up.add_argument("--redis-port", type=int, default=6390, help="port of the embedded Redis")
+    up.set_defaults(func=_up)
+
+    demo = sub.add_parser("demo", help="drive checkouts of every kind through a running stack")
+    demo.add_argument("--checkouts", type=int, default=20)
+    demo.add_argument("--api-url", default="http://127.0.0.1:8000")
+    demo.add_argument("--api-key", default=None, help="default ORCHESTRATOR_API_KEY")
+    demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all to finish")
+    demo.set_defaults(func=_demo)
     return parser
 
 

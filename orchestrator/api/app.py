@@ -1,0 +1,90 @@
+"""The merchant API (FastAPI): checkouts, OTP actions, cancel. OpenAPI at /docs and /openapi.json.
+
+Every ``/v1`` route needs the ``X-API-Key`` header. Errors are ``{code, message}`` with a 4xx
+status; validation errors never echo the submitted values (a card number would be among them).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Callable
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestrator.service import CheckoutError, CheckoutIn, CheckoutService, OTPIn
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        out.append({"field": ".".join(loc), "message": err.get("msg", "invalid")})
+    return out
+
+
+def create_app(service_factory: Callable[[], CheckoutService], api_key: str) -> FastAPI:
+    app = FastAPI(title="Plural payment orchestrator", version="1",
+                  description="Checkouts driven through Plural (Pine Labs) to a final state.")
+
+    @app.exception_handler(CheckoutError)
+    async def checkout_error(_request: Request, exc: CheckoutError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(exc)
+        message = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
+        return JSONResponse({"code": "INVALID_REQUEST", "message": message, "errors": errors}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "ERROR")
+        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
+
+    def authenticated(x_api_key: str | None = Header(default=None)) -> None:
+        if not x_api_key or not secrets.compare_digest(x_api_key.encode(), api_key.encode()):
+            raise CheckoutError(401, "UNAUTHORIZED", "missing or wrong X-API-Key")
+
+    def service() -> CheckoutService:
+        return service_factory()
+
+    guarded = [Depends(authenticated)]
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/checkouts", status_code=202, dependencies=guarded)
+    def create_checkout(body: CheckoutIn, svc: CheckoutService = Depends(service)) -> JSONResponse:
+        row, created = svc.create(body)
+        return JSONResponse(svc.view(row), status_code=202 if created else 200)
+
+    @app.get("/v1/checkouts/{checkout_id}", dependencies=guarded)
+    def get_checkout(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+        return svc.view(svc.get(checkout_id))
+
+    @app.post("/v1/checkouts/{checkout_id}/otp", status_code=202, dependencies=guarded)
+    def submit_otp(checkout_id: str, body: OTPIn, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+        return svc.view(svc.submit_otp(checkout_id, body.otp))
+
+    @app.post("/v1/checkouts/{checkout_id}/otp/resend", status_code=202, dependencies=guarded)
+    def resend_otp(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+        return svc.view(svc.resend_otp(checkout_id))
+
+    @app.post("/v1/checkouts/{checkout_id}/cancel", status_code=202, dependencies=guarded)
+    def cancel(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+        return svc.view(svc.cancel(checkout_id))
+
+    return app
+
+
+def app_from_runtime() -> FastAPI:
+    """The API wired to this process's settings, database, Redis and Celery."""
+    from orchestrator.runtime import get_runtime
+
+    rt = get_runtime()
+    svc = CheckoutService(rt.settings, rt.repo, rt.vault, rt.enqueue)
+    return create_app(lambda: svc, rt.settings.orchestrator_api_key.get_secret_value())

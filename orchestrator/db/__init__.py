@@ -1,0 +1,1 @@
+"""Persistence: SQLModel tables, engines, the repository with compare-and-set transitions."""

@@ -1,0 +1,108 @@
+"""SQLModel tables: the checkout saga, its write-ahead step attempts, its transition history.
+
+Card data is never stored: only the last four digits and the network. Money columns are integer
+minor units with the currency beside them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def new_checkout_id() -> str:
+    return "chk_" + uuid.uuid4().hex
+
+
+class Checkout(SQLModel, table=True):
+    __tablename__ = "checkout"
+    __table_args__ = (
+        UniqueConstraint("merchant_order_reference", name="uq_checkout_merchant_order_reference"),
+        Index("ix_checkout_due", "next_due_at"),
+        Index("ix_checkout_state", "state"),
+        Index("ix_checkout_plural_order_id", "plural_order_id"),
+    )
+
+    id: str = Field(default_factory=new_checkout_id, primary_key=True, max_length=40)
+    state: str = Field(max_length=32)
+    version: int = 0
+
+    merchant_order_reference: str = Field(max_length=50)
+    merchant_payment_reference: str = Field(max_length=50)
+    merchant_capture_reference: str = Field(max_length=50)
+
+    amount_value: int
+    currency: str = Field(max_length=3)
+    pre_auth: bool = False
+    payment_method: str = Field(default="CARD", max_length=16)
+    customer: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
+    callback_url: Optional[str] = None
+    failure_callback_url: Optional[str] = None
+
+    card_last4: Optional[str] = Field(default=None, max_length=4)
+    card_network: Optional[str] = Field(default=None, max_length=20)
+    card_issuer: Optional[str] = Field(default=None, max_length=64)
+    native_otp: Optional[bool] = None
+
+    plural_order_id: Optional[str] = Field(default=None, max_length=64)
+    plural_payment_id: Optional[str] = Field(default=None, max_length=80)
+    challenge_url: Optional[str] = None
+    plural_status: Optional[str] = Field(default=None, max_length=32)
+
+    otp_resend_at: Optional[dt.datetime] = None
+    otp_attempts_left: Optional[int] = None
+
+    authorized_amount: int = 0
+    captured_amount: int = 0
+    refunded_amount: int = 0
+
+    deadline_at: Optional[dt.datetime] = None
+    next_due_at: Optional[dt.datetime] = None
+    polls: int = 0
+    step_failures: int = 0
+
+    error_code: Optional[str] = Field(default=None, max_length=64)
+    error_message: Optional[str] = None
+    finished_late: bool = False
+
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    updated_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class StepAttempt(SQLModel, table=True):
+    """Written before every gateway call (``in_flight``), finished after it."""
+
+    __tablename__ = "step_attempt"
+    __table_args__ = (Index("ix_step_attempt_checkout_step", "checkout_id", "step"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    checkout_id: str = Field(foreign_key="checkout.id", max_length=40)
+    step: str = Field(max_length=32)
+    reference: Optional[str] = Field(default=None, max_length=80)
+    outcome: str = Field(default="in_flight", max_length=16)  # in_flight, succeeded, failed, unknown
+    detail: Optional[str] = None
+    task_id: Optional[str] = Field(default=None, max_length=64)
+    started_at: dt.datetime = Field(default_factory=utcnow)
+    finished_at: Optional[dt.datetime] = None
+
+
+class Transition(SQLModel, table=True):
+    """Append-only history of every state change."""
+
+    __tablename__ = "transition"
+    __table_args__ = (Index("ix_transition_checkout", "checkout_id", "id"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    checkout_id: str = Field(foreign_key="checkout.id", max_length=40)
+    from_state: Optional[str] = Field(default=None, max_length=32)
+    to_state: str = Field(max_length=32)
+    reason: str = Field(max_length=200)
+    at: dt.datetime = Field(default_factory=utcnow)

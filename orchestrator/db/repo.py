@@ -1,0 +1,160 @@
+"""The repository: every state change is compare-and-set, and leaves a row in the history."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from orchestrator.core.saga import FINAL, State, allowed_from
+from orchestrator.db.models import Checkout, StepAttempt, Transition, utcnow
+
+
+class Repo:
+    def __init__(self, engine: Engine, clock: Callable[[], dt.datetime] = utcnow):
+        self.engine = engine
+        self.clock = clock
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # --- reads --------------------------------------------------------------------------
+
+    def get(self, checkout_id: str) -> Checkout | None:
+        with self.session() as s:
+            return s.get(Checkout, checkout_id)
+
+    def by_reference(self, merchant_order_reference: str) -> Checkout | None:
+        with self.session() as s:
+            return s.exec(select(Checkout).where(Checkout.merchant_order_reference == merchant_order_reference)).first()
+
+    def by_plural_order(self, plural_order_id: str) -> Checkout | None:
+        with self.session() as s:
+            return s.exec(select(Checkout).where(Checkout.plural_order_id == plural_order_id)).first()
+
+    def history(self, checkout_id: str) -> list[Transition]:
+        with self.session() as s:
+            rows = s.exec(select(Transition).where(Transition.checkout_id == checkout_id).order_by(col(Transition.id)))
+            return list(rows)
+
+    def attempts(self, checkout_id: str, step: str | None = None) -> list[StepAttempt]:
+        with self.session() as s:
+            q = select(StepAttempt).where(StepAttempt.checkout_id == checkout_id)
+            if step is not None:
+                q = q.where(StepAttempt.step == step)
+            return list(s.exec(q.order_by(col(StepAttempt.id))))
+
+    # --- writes -------------------------------------------------------------------------
+
+    def insert(self, checkout: Checkout, reason: str = "checkout received") -> tuple[Checkout, bool]:
+        """Insert a new checkout; on a duplicate merchant reference return the existing one."""
+        try:
+            with self.session() as s:
+                s.add(checkout)
+                s.flush()
+                s.add(Transition(checkout_id=checkout.id, from_state=None, to_state=checkout.state, reason=reason,
+                                 at=self.clock()))
+                s.commit()
+                return checkout, True
+        except IntegrityError:
+            existing = self.by_reference(checkout.merchant_order_reference)
+            if existing is None:
+                raise
+            return existing, False
+
+    def transition(self, checkout_id: str, target: State, reason: str, *,
+                   allowed: Iterable[State] | None = None, **fields: Any) -> Checkout | None:
+        """Move to ``target`` if the current state allows it; set ``fields`` in the same update.
+
+        Returns the updated row, or None when the saga was not in an allowed state (a late or
+        duplicate signal): nothing is written then.
+        """
+        guard = set(allowed if allowed is not None else allowed_from(target))
+        now = self.clock()
+        with self.session() as s:
+            current = s.exec(select(Checkout).where(Checkout.id == checkout_id).with_for_update()).first()
+            if current is None or State(current.state) not in guard:
+                s.rollback()
+                return None
+            result = s.execute(
+                update(Checkout)
+                .where(col(Checkout.id) == checkout_id, col(Checkout.state) == current.state)
+                .values(state=target.value, version=Checkout.version + 1, updated_at=now, **fields)
+            )
+            if result.rowcount != 1:  # pragma: no cover - guarded by the row lock above
+                s.rollback()
+                return None
+            s.add(Transition(checkout_id=checkout_id, from_state=current.state, to_state=target.value,
+                             reason=reason[:200], at=now))
+            s.commit()
+            return s.get(Checkout, checkout_id, populate_existing=True)
+
+    def update_fields(self, checkout_id: str, *, states: Iterable[State] | None = None, **fields: Any) -> bool:
+        """Set fields without a state change, only while the saga is in ``states`` (default: not final)."""
+        guard = [s.value for s in (states if states is not None else set(State) - FINAL)]
+        with self.session() as s:
+            result = s.execute(
+                update(Checkout)
+                .where(col(Checkout.id) == checkout_id, col(Checkout.state).in_(guard))
+                .values(version=Checkout.version + 1, updated_at=self.clock(), **fields)
+            )
+            s.commit()
+            return result.rowcount == 1
+
+    # --- write-ahead step attempts ------------------------------------------------------
+
+    def begin_attempt(self, checkout_id: str, step: str, reference: str | None, task_id: str | None) -> int:
+        with self.session() as s:
+            attempt = StepAttempt(checkout_id=checkout_id, step=step, reference=reference, task_id=task_id,
+                                  started_at=self.clock())
+            s.add(attempt)
+            s.commit()
+            assert attempt.id is not None
+            return attempt.id
+
+    def finish_attempt(self, attempt_id: int, outcome: str, detail: str | None = None) -> None:
+        with self.session() as s:
+            s.execute(update(StepAttempt).where(col(StepAttempt.id) == attempt_id)
+                      .values(outcome=outcome, detail=(detail or "")[:500] or None, finished_at=self.clock()))
+            s.commit()
+
+    def unresolved_attempts(self, checkout_id: str, steps: Iterable[str]) -> list[StepAttempt]:
+        """Attempts whose outcome nobody knows: still ``in_flight`` (a crash) or ``unknown`` (a timeout)."""
+        with self.session() as s:
+            q = select(StepAttempt).where(StepAttempt.checkout_id == checkout_id,
+                                          col(StepAttempt.step).in_(list(steps)),
+                                          col(StepAttempt.outcome).in_(["in_flight", "unknown"]))
+            return list(s.exec(q))
+
+    def resolve_attempts(self, attempt_ids: Iterable[int], outcome: str, detail: str) -> None:
+        ids = list(attempt_ids)
+        if not ids:
+            return
+        with self.session() as s:
+            s.execute(update(StepAttempt).where(col(StepAttempt.id).in_(ids))
+                      .values(outcome=outcome, detail=detail[:500], finished_at=self.clock()))
+            s.commit()
+
+    # --- due rows -----------------------------------------------------------------------
+
+    def due(self, now: dt.datetime, limit: int) -> list[tuple[str, str, dt.datetime]]:
+        """Sagas whose next step is due, oldest first (uses ``ix_checkout_due``)."""
+        finals = [s.value for s in FINAL]
+        with self.session() as s:
+            q = (select(Checkout.id, Checkout.state, Checkout.next_due_at)
+                 .where(col(Checkout.next_due_at) <= now, col(Checkout.state).not_in(finals))
+                 .order_by(col(Checkout.next_due_at)).limit(limit))
+            return [(r[0], r[1], r[2]) for r in s.exec(q)]
+
+    def claim(self, checkout_id: str, seen_due: dt.datetime, lease_until: dt.datetime | None) -> bool:
+        """Take a due row for one enqueue: compare-and-set on the due time, so two sweeps never both win."""
+        with self.session() as s:
+            result = s.execute(update(Checkout)
+                               .where(col(Checkout.id) == checkout_id, col(Checkout.next_due_at) == seen_due)
+                               .values(next_due_at=lease_until))
+            s.commit()
+            return result.rowcount == 1

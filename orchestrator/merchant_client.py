@@ -1,0 +1,81 @@
+"""A small helper for e-commerce backends: enqueue and query checkouts over the merchant API.
+
+It needs only ``requests`` and imports none of the worker code::
+
+    from orchestrator.merchant_client import OrchestratorClient
+    api = OrchestratorClient("http://127.0.0.1:8000", api_key="...")
+    checkout = api.create_checkout(amount=110000, card={...}, merchant_order_reference="order-42")
+    checkout = api.wait(checkout["id"], until={"AWAITING_OTP", "AWAITING_REDIRECT", "FAILED"})
+    api.submit_otp(checkout["id"], "123456")
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+import requests
+import requests.adapters
+
+FINAL_STATUSES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "AUTHORIZED"})
+
+
+class OrchestratorError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]):
+        super().__init__(f"{status} {body.get('code')}: {body.get('message')}")
+        self.status = status
+        self.code = body.get("code")
+        self.body = body
+
+
+class OrchestratorClient:
+    def __init__(self, base_url: str, api_key: str, timeout: float = 10.0, session: requests.Session | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        if session is None:
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self.session = session
+        self.session.headers["X-API-Key"] = api_key
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        answer = self.session.request(method, self.base_url + path, json=body, timeout=self.timeout)
+        data = answer.json() if answer.content else {}
+        if answer.status_code >= 400:
+            raise OrchestratorError(answer.status_code, data)
+        return data
+
+    def create_checkout(self, *, amount: int, card: dict[str, str], currency: str = "INR", pre_auth: bool = False,
+                        merchant_order_reference: str | None = None, **extra: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"amount": {"value": amount, "currency": currency}, "pre_auth": pre_auth,
+                                "payment_method": "CARD", "card": card, **extra}
+        if merchant_order_reference:
+            body["merchant_order_reference"] = merchant_order_reference
+        return self._call("POST", "/v1/checkouts", body)
+
+    def get_checkout(self, checkout_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/checkouts/{checkout_id}")
+
+    def submit_otp(self, checkout_id: str, otp: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/checkouts/{checkout_id}/otp", {"otp": otp})
+
+    def resend_otp(self, checkout_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/checkouts/{checkout_id}/otp/resend")
+
+    def cancel(self, checkout_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/checkouts/{checkout_id}/cancel")
+
+    def wait(self, checkout_id: str, until: Iterable[str] = FINAL_STATUSES, timeout: float = 60.0,
+             interval: float = 0.1) -> dict[str, Any]:
+        """Poll until the checkout's status is one of ``until``; return it (TimeoutError otherwise)."""
+        wanted = set(until)
+        deadline = time.monotonic() + timeout
+        while True:
+            checkout = self.get_checkout(checkout_id)
+            if checkout["status"] in wanted:
+                return checkout
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"checkout {checkout_id} still {checkout['status']} after {timeout}s")
+            time.sleep(interval)

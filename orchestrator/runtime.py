@@ -1,0 +1,73 @@
+"""Process-wide collaborators built once from settings: engine, repository, Redis, vault, Plural client."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from config import Settings, get_settings
+from orchestrator.core.saga import Step
+from orchestrator.db.engine import make_engine
+from orchestrator.db.repo import Repo
+from orchestrator.plural import PluralClient
+from orchestrator.steps import Deps
+from orchestrator.vault import Vault
+
+
+class RedisNotConfigured(RuntimeError):
+    pass
+
+
+def redis_client(settings: Settings) -> Any:
+    import redis
+
+    if not settings.redis_url:
+        raise RedisNotConfigured("REDIS_URL is not set: `orchestrator up` starts an embedded Redis and sets it; "
+                                 "otherwise point REDIS_URL at a Redis server")
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
+                                health_check_interval=30)
+
+
+def celery_enqueue(app: Any) -> Callable[[Step, str], None]:
+    def enqueue(step: Step, checkout_id: str) -> None:
+        app.send_task(f"tasks.{step.value}", args=[checkout_id])
+
+    return enqueue
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    repo: Repo
+    redis: Any
+    vault: Vault
+    plural: PluralClient
+    enqueue: Callable[[Step, str], None]
+
+    def deps(self) -> Deps:
+        return Deps(settings=self.settings, repo=self.repo, plural=self.plural, vault=self.vault,
+                    enqueue=self.enqueue)
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            from workers.celery_app import app
+
+            settings = get_settings()
+            redis = redis_client(settings)
+            _runtime = Runtime(
+                settings=settings,
+                repo=Repo(make_engine(settings.sqlalchemy_url)),
+                redis=redis,
+                vault=Vault(redis, settings.card_encryption_key.get_secret_value()),
+                plural=PluralClient.from_settings(settings, redis=redis),
+                enqueue=celery_enqueue(app),
+            )
+        return _runtime

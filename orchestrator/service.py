@@ -1,0 +1,250 @@
+"""What the merchant can ask of a checkout: create, read, submit or resend an OTP, cancel.
+
+Each action validates, writes, and enqueues only after its write committed; a refused action
+writes nothing. Errors are ``CheckoutError`` with an HTTP status and a machine-readable code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+
+from orchestrator.core import saga
+from orchestrator.core.cards import digits_only, expiry_in_future, luhn_ok, network_of
+from orchestrator.core.money import Money
+from orchestrator.core.saga import State, Step
+from orchestrator.db.models import Checkout, new_checkout_id, utcnow
+from orchestrator.db.repo import Repo
+from orchestrator.logs import get_logger
+from orchestrator.plural.models import Customer
+from orchestrator.vault import CardData, Vault
+
+log = get_logger("orchestrator.service")
+
+REFERENCE = r"^[A-Za-z0-9_-]{1,50}$"
+#: Plural's documented sample cards, which fail Luhn, are accepted only against the sandbox
+SANDBOX_SAMPLE_CARDS = frozenset({"2870287028702870", "4690478199123123", "4690000046910000"})
+
+
+class CheckoutError(Exception):
+    def __init__(self, status: int, code: str, message: str, **details: Any):
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+    def body(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.details}
+
+
+class CardIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    number: str = Field(repr=False)
+    name: str = Field(min_length=1, max_length=100)
+    cvv: str = Field(repr=False, pattern=r"^\d{3,4}$")
+    expiry_month: str = Field(pattern=r"^\d{1,2}$")
+    expiry_year: str = Field(pattern=r"^(\d{2}|\d{4})$")
+
+    @field_validator("number")
+    @classmethod
+    def _number(cls, value: str) -> str:
+        digits = digits_only(value)
+        if not re.fullmatch(r"\d{12,19}", digits):
+            raise ValueError("card number must be 12 to 19 digits")
+        return digits
+
+    @field_validator("expiry_month")
+    @classmethod
+    def _month(cls, value: str) -> str:
+        if not 1 <= int(value) <= 12:
+            raise ValueError("expiry_month must be 1 to 12")
+        return f"{int(value):02d}"
+
+    @model_validator(mode="after")
+    def _not_expired(self) -> "CardIn":
+        if not expiry_in_future(self.expiry_month, self.expiry_year, dt.date.today()):
+            raise ValueError("card has expired")
+        return self
+
+
+class CheckoutIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    merchant_order_reference: Annotated[str, Field(pattern=REFERENCE)] | None = None
+    amount: Money
+    pre_auth: StrictBool = False
+    payment_method: Literal["CARD"] = "CARD"
+    card: CardIn
+    customer: Customer | None = None
+    callback_url: Annotated[str, Field(pattern=r"^https?://", max_length=500)] | None = None
+    failure_callback_url: Annotated[str, Field(pattern=r"^https?://", max_length=500)] | None = None
+
+
+class OTPIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    otp: str = Field(pattern=r"^\d{4,8}$", repr=False)
+
+
+class CheckoutService:
+    def __init__(self, settings: Any, repo: Repo, vault: Vault, enqueue: Callable[[Step, str], None],
+                 clock: Callable[[], dt.datetime] = utcnow):
+        self.settings, self.repo, self.vault, self.enqueue, self.clock = settings, repo, vault, enqueue, clock
+
+    # --- create -------------------------------------------------------------------------
+
+    def create(self, req: CheckoutIn) -> tuple[Checkout, bool]:
+        sandbox = self.settings.plural_env.value == "sandbox"
+        if not luhn_ok(req.card.number) and not (sandbox and req.card.number in SANDBOX_SAMPLE_CARDS):
+            raise CheckoutError(400, "INVALID_CARD", "card number fails the Luhn check")
+        if req.merchant_order_reference:
+            existing = self.repo.by_reference(req.merchant_order_reference)
+            if existing is not None:
+                return self._same_or_conflict(existing, req), False
+        checkout_id = new_checkout_id()
+        now = self.clock()
+        row = Checkout(
+            id=checkout_id,
+            state=State.NEW.value,
+            merchant_order_reference=req.merchant_order_reference or checkout_id,
+            merchant_payment_reference=f"{checkout_id}-p1",
+            merchant_capture_reference=f"{checkout_id}-c1",
+            amount_value=req.amount.value,
+            currency=req.amount.currency,
+            pre_auth=req.pre_auth,
+            payment_method=req.payment_method,
+            customer=req.customer.model_dump(mode="json", exclude_none=True) if req.customer else None,
+            callback_url=req.callback_url,
+            failure_callback_url=req.failure_callback_url,
+            card_last4=req.card.number[-4:],
+            card_network=network_of(req.card.number),
+            deadline_at=now + dt.timedelta(seconds=self.settings.customer_action_timeout),
+            next_due_at=now + dt.timedelta(seconds=self.settings.step_lease_seconds),
+            created_at=now,
+            updated_at=now,
+        )
+        card = CardData(number=req.card.number, name=req.card.name, cvv=req.card.cvv,
+                        expiry_month=req.card.expiry_month, expiry_year=req.card.expiry_year)
+        try:
+            self.vault.put_card(checkout_id, card, self.settings.card_ttl_seconds)
+        except Exception as exc:
+            log.error("checkout.vault_unavailable", error=type(exc).__name__)
+            raise CheckoutError(503, "UNAVAILABLE", "the card vault is unavailable; nothing was stored") from None
+        try:
+            saved, created = self.repo.insert(row)
+        except Exception:
+            self.vault.drop_card(checkout_id)
+            raise
+        if not created:  # a concurrent request with the same reference won the race
+            self.vault.drop_card(checkout_id)
+            return self._same_or_conflict(saved, req), False
+        log.info("checkout.created", saga_id=saved.id, amount=saved.amount_value, currency=saved.currency,
+                 pre_auth=saved.pre_auth)
+        self._enqueue(Step.CREATE_ORDER, saved.id)
+        return saved, True
+
+    @staticmethod
+    def _same_or_conflict(existing: Checkout, req: CheckoutIn) -> Checkout:
+        same = (existing.amount_value == req.amount.value and existing.currency == req.amount.currency
+                and existing.pre_auth == req.pre_auth and existing.card_last4 == req.card.number[-4:])
+        if not same:
+            raise CheckoutError(409, "REFERENCE_CONFLICT",
+                                "merchant_order_reference already names a different checkout", id=existing.id)
+        return existing
+
+    def _enqueue(self, step: Step, checkout_id: str) -> None:
+        try:
+            self.enqueue(step, checkout_id)
+        except Exception as exc:  # the row's due time makes the sweep re-drive it
+            log.warning("checkout.enqueue_deferred", saga_id=checkout_id, step=step.value, error=type(exc).__name__)
+
+    # --- read ---------------------------------------------------------------------------
+
+    def get(self, checkout_id: str) -> Checkout:
+        row = self.repo.get(checkout_id)
+        if row is None:
+            raise CheckoutError(404, "CHECKOUT_NOT_FOUND", f"no checkout {checkout_id}")
+        return row
+
+    def view(self, c: Checkout) -> dict[str, Any]:
+        state = State(c.state)
+        now = self.clock()
+        next_action = None
+        if state is State.AWAITING_OTP:
+            wait = (c.otp_resend_at - now).total_seconds() if c.otp_resend_at else 0
+            next_action = {"type": "SUBMIT_OTP", "resend_after": max(int(wait + 0.999), 0),
+                           "attempts_left": c.otp_attempts_left}
+        elif state is State.AWAITING_REDIRECT and c.challenge_url:
+            next_action = {"type": "REDIRECT", "url": c.challenge_url}
+        return {
+            "id": c.id,
+            "status": saga.public_status(state),
+            "state": state.value,
+            "merchant_order_reference": c.merchant_order_reference,
+            "plural_order_id": c.plural_order_id,
+            "plural_payment_id": c.plural_payment_id,
+            "amount": {"value": c.amount_value, "currency": c.currency},
+            "pre_auth": c.pre_auth,
+            "authorized_amount": {"value": c.authorized_amount, "currency": c.currency},
+            "captured_amount": {"value": c.captured_amount, "currency": c.currency},
+            "card": {"last4": c.card_last4, "network": c.card_network},
+            "next_action": next_action,
+            "error": {"code": c.error_code, "message": c.error_message} if c.error_code else None,
+            "finished_late": c.finished_late,
+            "deadline_at": _iso(c.deadline_at),
+            "created_at": _iso(c.created_at),
+            "updated_at": _iso(c.updated_at),
+            "history": [{"from": t.from_state, "to": t.to_state, "reason": t.reason, "at": _iso(t.at)}
+                        for t in self.repo.history(c.id)],
+        }
+
+    # --- customer and merchant actions --------------------------------------------------
+
+    def submit_otp(self, checkout_id: str, otp: str) -> Checkout:
+        c = self.get(checkout_id)
+        if State(c.state) is not State.AWAITING_OTP:
+            raise CheckoutError(409, "INVALID_STATE", f"an OTP cannot be submitted while {saga.public_status(State(c.state))}",
+                                status=saga.public_status(State(c.state)))
+        self.vault.put_otp(c.id, otp, self.settings.otp_ttl_seconds)
+        lease = self.clock() + dt.timedelta(seconds=self.settings.step_lease_seconds)
+        moved = self.repo.transition(c.id, State.VERIFYING_OTP, "OTP submitted", allowed={State.AWAITING_OTP},
+                                     next_due_at=lease, error_code=None, error_message=None)
+        if moved is None:
+            self.vault.drop_otp(c.id)
+            raise CheckoutError(409, "INVALID_STATE", "the checkout moved on; the OTP was not used")
+        self._enqueue(Step.SUBMIT_OTP, c.id)
+        return moved
+
+    def resend_otp(self, checkout_id: str) -> Checkout:
+        c = self.get(checkout_id)
+        if State(c.state) is not State.AWAITING_OTP:
+            raise CheckoutError(409, "INVALID_STATE", f"no OTP to resend while {saga.public_status(State(c.state))}")
+        if c.otp_resend_at and c.otp_resend_at > self.clock():
+            wait = int((c.otp_resend_at - self.clock()).total_seconds() + 0.999)
+            raise CheckoutError(409, "RESEND_TOO_EARLY", f"the OTP can be resent in {wait} seconds",
+                                retry_after=wait)
+        self._enqueue(Step.RESEND_OTP, c.id)
+        return c
+
+    def cancel(self, checkout_id: str) -> Checkout:
+        c = self.get(checkout_id)
+        state = State(c.state)
+        if state is State.CANCELLING or state is State.CANCELLED:
+            return c
+        if state not in saga.CANCELLABLE:
+            raise CheckoutError(409, "INVALID_STATE", f"a {saga.public_status(state)} checkout cannot be cancelled",
+                                status=saga.public_status(state))
+        lease = self.clock() + dt.timedelta(seconds=self.settings.step_lease_seconds)
+        moved = self.repo.transition(c.id, State.CANCELLING, "cancel requested by the merchant",
+                                     allowed=saga.CANCELLABLE, next_due_at=lease)
+        if moved is None:
+            return self.cancel(checkout_id)
+        self._enqueue(Step.CANCEL_ORDER, c.id)
+        return moved
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.timezone.utc).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,165 @@
+"""The whole system as processes: Redis, the sandbox, the API, a worker and beat.
+
+``orchestrator up`` runs a ``Stack`` in the foreground; the end-to-end tests run one too, and can
+kill and restart any of its processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import requests
+
+from orchestrator.redis_server import EmbeddedRedis, env_with
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    api_port: int = 8000
+    sandbox_port: int = 8700
+    redis_port: int = 6390
+    host: str = "127.0.0.1"
+    redis_url: str | None = None
+    with_sandbox: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None  # None: children write to this process's stdout/stderr
+    components: tuple[str, ...] = ("sandbox", "api", "worker", "beat")
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    redis: EmbeddedRedis | None = None
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://{self.host}:{self.sandbox_port}"
+
+    def child_env(self) -> dict[str, str]:
+        self.data_dir = Path(self.data_dir).resolve()
+        values: dict[str, str | None] = {
+            "DATA_DIR": str(self.data_dir),
+            "REDIS_URL": self.redis_url,
+            "PUBLIC_BASE_URL": self.api_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+        if self.with_sandbox:
+            values.update({
+                "PLURAL_API_BASE": self.sandbox_url,
+                "PLURAL_TOKEN_URL": f"{self.sandbox_url}/api/auth/v1/token",
+                "SANDBOX_WEBHOOK_URL": f"{self.api_url}/webhooks/plural",
+                "SANDBOX_PUBLIC_URL": self.sandbox_url,
+            })
+        env = env_with(**values)
+        env.update(self.env)
+        return env
+
+    def start(self, timeout: float = 30.0) -> None:
+        from config import load_settings
+        from orchestrator.db.migrate import upgrade
+
+        self.data_dir = Path(self.data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.log_dir:
+            Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+        if self.redis_url is None:
+            log = Path(self.log_dir) / "redis.log" if self.log_dir else None
+            self.redis = EmbeddedRedis(self.redis_port, self.data_dir / "redis", log_file=log)
+            self.redis_url = self.redis.start()
+        env = self.child_env()
+        settings = load_settings(**{k.lower(): v for k, v in env.items() if k in ("DATA_DIR", "DATABASE_URL")})
+        upgrade(settings.sqlalchemy_url)
+        for name in self.components:
+            if name == "sandbox" and not self.with_sandbox:
+                continue
+            self.spawn(name)
+        self.wait_ready(timeout)
+
+    def command(self, name: str) -> list[str]:
+        base = [sys.executable, "-m", "orchestrator.cli"]
+        if name == "sandbox":
+            return base + ["sandbox", "--host", self.host, "--port", str(self.sandbox_port)]
+        if name == "api":
+            return base + ["api", "--host", self.host, "--port", str(self.api_port)]
+        return base + [name]
+
+    def spawn(self, name: str) -> subprocess.Popen[bytes]:
+        out: Any = None
+        if self.log_dir:
+            handle = open(Path(self.log_dir) / f"{name}.log", "ab")
+            self._logs.append(handle)
+            out = handle
+        proc = subprocess.Popen(self.command(name), env=self.child_env(), stdout=out, stderr=subprocess.STDOUT
+                                if out else None, start_new_session=True)
+        self.processes[name] = proc
+        return proc
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        checks = {"api": f"{self.api_url}/health", "sandbox": f"{self.sandbox_url}/sandbox/health"}
+        deadline = time.time() + timeout
+        for name, url in checks.items():
+            if name not in self.processes:
+                continue
+            while True:
+                proc = self.processes[name]
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}")
+                try:
+                    if requests.get(url, timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.time() > deadline:
+                    raise RuntimeError(f"{name} did not become ready")
+                time.sleep(0.1)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.processes[name]
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(15)
+
+    def restart(self, name: str) -> None:
+        if name in self.processes and self.processes[name].poll() is None:
+            self.kill(name, signal.SIGTERM)
+        self.spawn(name)
+        if name in ("api", "sandbox"):
+            self.wait_ready()
+
+    def stop(self) -> None:
+        for name in reversed(list(self.processes)):
+            proc = self.processes[name]
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        deadline = time.time() + 15
+        for proc in self.processes.values():
+            try:
+                proc.wait(max(deadline - time.time(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if self.redis:
+            self.redis.stop()
+        for handle in self._logs:
+            handle.close()
+
+    def __enter__(self) -> "Stack":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,78 @@
+"""Short-lived secrets (card data, OTPs) held encrypted in Redis, never in the database or a queue.
+
+Values are Fernet-encrypted with ``CARD_ENCRYPTION_KEY`` and stored with a TTL; the payment step
+reads the card and deletes it once the payment exists. A message on the queue carries only the
+checkout id.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+
+
+@dataclass(frozen=True)
+class CardData:
+    number: str
+    name: str
+    cvv: str
+    expiry_month: str
+    expiry_year: str
+
+    def __repr__(self) -> str:  # never print a card
+        return f"CardData(****{self.number[-4:]})"
+
+    __str__ = __repr__
+
+
+class VaultError(RuntimeError):
+    pass
+
+
+class Vault:
+    def __init__(self, redis: Any, key: str, prefix: str = "vault"):
+        try:
+            self._fernet = Fernet(key.encode() if isinstance(key, str) else key)
+        except (ValueError, TypeError):
+            raise VaultError("CARD_ENCRYPTION_KEY must be a Fernet key (urlsafe base64 of 32 bytes)") from None
+        self._redis = redis
+        self._prefix = prefix
+
+    def _key(self, kind: str, checkout_id: str) -> str:
+        return f"{self._prefix}:{kind}:{checkout_id}"
+
+    def _put(self, kind: str, checkout_id: str, data: dict[str, Any], ttl: int, *, only_new: bool = False) -> bool:
+        token = self._fernet.encrypt(json.dumps(data).encode())
+        return bool(self._redis.set(self._key(kind, checkout_id), token, ex=ttl, nx=only_new))
+
+    def _get(self, kind: str, checkout_id: str) -> dict[str, Any] | None:
+        raw = self._redis.get(self._key(kind, checkout_id))
+        if raw is None:
+            return None
+        try:
+            return json.loads(self._fernet.decrypt(raw))
+        except InvalidToken:
+            raise VaultError(f"{kind} for {checkout_id} does not decrypt with the configured key") from None
+
+    def put_card(self, checkout_id: str, card: CardData, ttl: int) -> bool:
+        return self._put("card", checkout_id, asdict(card), ttl, only_new=True)
+
+    def card(self, checkout_id: str) -> CardData | None:
+        data = self._get("card", checkout_id)
+        return CardData(**data) if data else None
+
+    def drop_card(self, checkout_id: str) -> None:
+        self._redis.delete(self._key("card", checkout_id))
+
+    def put_otp(self, checkout_id: str, otp: str, ttl: int) -> None:
+        self._put("otp", checkout_id, {"otp": otp}, ttl)
+
+    def otp(self, checkout_id: str) -> str | None:
+        data = self._get("otp", checkout_id)
+        return data["otp"] if data else None
+
+    def drop_otp(self, checkout_id: str) -> None:
+        self._redis.delete(self._key("otp", checkout_id))

@@ -1,0 +1,54 @@
+"""Celery tasks: thin wrappers that take a checkout id and run one saga step.
+
+The message carries the checkout id only: never card data, never an OTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from orchestrator.core.saga import Step
+from workers.celery_app import app
+
+
+def _run(step: Step, checkout_id: str, task_id: str | None) -> None:
+    from orchestrator import steps
+    from orchestrator.runtime import get_runtime
+
+    structlog.contextvars.bind_contextvars(saga_id=checkout_id, step=step.value)
+    steps.run(get_runtime().deps(), step, checkout_id, task_id)
+
+
+def _step_task(step: Step) -> Any:
+    @app.task(name=f"tasks.{step.value}", bind=True, acks_late=True)
+    def task(self: Any, checkout_id: str) -> None:
+        _run(step, checkout_id, self.request.id)
+
+    return task
+
+
+create_order = _step_task(Step.CREATE_ORDER)
+card_details = _step_task(Step.CARD_DETAILS)
+create_payment = _step_task(Step.CREATE_PAYMENT)
+generate_otp = _step_task(Step.GENERATE_OTP)
+submit_otp = _step_task(Step.SUBMIT_OTP)
+resend_otp = _step_task(Step.RESEND_OTP)
+poll_order = _step_task(Step.POLL_ORDER)
+cancel_order = _step_task(Step.CANCEL_ORDER)
+
+
+@app.task(name="tasks.sweep_due", acks_late=True, ignore_result=True)
+def sweep_due() -> int:
+    from orchestrator.runtime import get_runtime
+    from orchestrator.sweeps import sweep_due as sweep
+
+    return sweep(get_runtime().deps())
+
+
+@app.task(name="tasks.refresh_token", acks_late=True, ignore_result=True)
+def refresh_token() -> None:
+    from orchestrator.runtime import get_runtime
+
+    get_runtime().plural.requestor.tokens.get()
