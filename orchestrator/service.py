@@ -30,9 +30,9 @@ SANDBOX_SAMPLE_CARDS = frozenset({"2870287028702870", "4690478199123123", "46900
 
 
 class CheckoutError(Exception):
-    def __init__(self, status: int, code: str, message: str, **details: Any):
+    def __init__(self, http_status: int, code: str, message: str, **details: Any):
         super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details
+        self.status, self.code, self.message, self.details = http_status, code, message, details
 
     def body(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, **self.details}
@@ -204,8 +204,8 @@ class CheckoutService:
     def submit_otp(self, checkout_id: str, otp: str) -> Checkout:
         c = self.get(checkout_id)
         if State(c.state) is not State.AWAITING_OTP:
-            raise CheckoutError(409, "INVALID_STATE", f"an OTP cannot be submitted while {saga.public_status(State(c.state))}",
-                                status=saga.public_status(State(c.state)))
+            status = saga.public_status(State(c.state))
+            raise CheckoutError(409, "INVALID_STATE", f"an OTP cannot be submitted while {status}", status=status)
         self.vault.put_otp(c.id, otp, self.settings.otp_ttl_seconds)
         lease = self.clock() + dt.timedelta(seconds=self.settings.step_lease_seconds)
         moved = self.repo.transition(c.id, State.VERIFYING_OTP, "OTP submitted", allowed={State.AWAITING_OTP},

@@ -1,0 +1,106 @@
+import pytest
+
+from orchestrator.core import saga
+from orchestrator.core.saga import FINAL, GatewayView, State, Step
+
+
+def test_final_states_lead_nowhere():
+    for state in FINAL:
+        assert saga.TRANSITIONS[state] == frozenset()
+
+
+def test_every_state_is_in_the_table_and_has_a_public_status():
+    assert set(saga.TRANSITIONS) == set(State)
+    assert set(saga.PUBLIC_STATUS) == set(State)
+
+
+def test_public_statuses_include_the_documented_ones():
+    assert {"PROCESSING", "AWAITING_OTP", "AWAITING_REDIRECT", "AUTHORIZED", "COMPLETED", "CANCELLED",
+            "FAILED"} <= set(saga.PUBLIC_STATUS.values())
+
+
+def test_a_late_payment_failure_cannot_undo_authorized_or_completed():
+    assert State.AUTHORIZED not in saga.allowed_from(State.FAILED)
+    assert State.COMPLETED not in saga.allowed_from(State.FAILED)
+    with pytest.raises(saga.IllegalTransition):
+        saga.check(State.COMPLETED, State.FAILED)
+
+
+def test_allowed_from_is_the_inverse_of_the_table():
+    for target in State:
+        for source in saga.allowed_from(target):
+            assert saga.can_move(source, target)
+
+
+def test_cancelling_is_reachable_from_every_cancellable_state_only():
+    assert saga.allowed_from(State.CANCELLING) == saga.CANCELLABLE
+
+
+def test_a_cancel_may_discover_the_payment_completed():
+    assert saga.can_move(State.CANCELLING, State.COMPLETED)
+
+
+def test_next_step_per_state():
+    assert saga.next_step(State.NEW) is Step.CREATE_ORDER
+    assert saga.next_step(State.ORDER_CREATED) is Step.CARD_DETAILS
+    assert saga.next_step(State.CARD_CHECKED) is Step.CREATE_PAYMENT
+    assert saga.next_step(State.PAYMENT_CREATED) is Step.GENERATE_OTP
+    assert saga.next_step(State.AWAITING_REDIRECT) is Step.POLL_ORDER
+    assert saga.next_step(State.CANCELLING) is Step.CANCEL_ORDER
+    assert saga.next_step(State.AUTHORIZED) is None
+    assert all(saga.next_step(s) is None for s in FINAL)
+
+
+def test_every_next_step_runs_in_its_own_state():
+    for state, step in saga.NEXT_STEP.items():
+        assert state in saga.STEP_STATES[step]
+
+
+@pytest.mark.parametrize("order,payment,view", [
+    ("CREATED", None, GatewayView.PENDING),
+    ("PENDING", "PENDING", GatewayView.PENDING),
+    ("PENDING", "FAILED", GatewayView.PAYMENT_FAILED),
+    ("ATTEMPTED", "FAILED", GatewayView.PAYMENT_FAILED),
+    ("AUTHORIZED", "AUTHORIZED", GatewayView.AUTHORIZED),
+    ("PROCESSED", "PROCESSED", GatewayView.PROCESSED),
+    ("PARTIALLY_CAPTURED", "PROCESSED", GatewayView.PROCESSED),
+    ("FULLY_REFUNDED", None, GatewayView.PROCESSED),
+    ("CANCELLED", "CANCELLED", GatewayView.CANCELLED),
+    ("FAILED", "FAILED", GatewayView.FAILED),
+    ("SOMETHING_NEW", None, GatewayView.PENDING),
+])
+def test_gateway_view_reads_order_and_payment_status(order, payment, view):
+    assert saga.gateway_view(order, payment) is view
+
+
+def test_settle_target_depends_on_pre_auth():
+    assert saga.settle_target(GatewayView.AUTHORIZED, pre_auth=True) is State.AUTHORIZED
+    assert saga.settle_target(GatewayView.AUTHORIZED, pre_auth=False) is None
+    assert saga.settle_target(GatewayView.PROCESSED, pre_auth=False) is State.COMPLETED
+    assert saga.settle_target(GatewayView.PAYMENT_FAILED, pre_auth=False) is State.FAILED
+    assert saga.settle_target(GatewayView.PENDING, pre_auth=True) is None
+
+
+def test_poll_delay_follows_the_schedule_then_stays_at_its_end():
+    schedule = (5.0, 10.0, 30.0)
+    assert [saga.poll_delay(schedule, n) for n in range(5)] == [5.0, 10.0, 30.0, 30.0, 30.0]
+    with pytest.raises(ValueError):
+        saga.poll_delay((), 0)
+
+
+def test_the_core_imports_no_celery_http_or_database_code():
+    import ast
+    import pathlib
+
+    core = pathlib.Path(saga.__file__).parent
+    banned = {"celery", "kombu", "redis", "requests", "fastapi", "sqlmodel", "sqlalchemy", "httpx"}
+    for path in core.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in banned, f"{path.name} imports {name}"

@@ -1,0 +1,159 @@
+"""The merchant API over FastAPI's test client, with the real service, database, vault and sandbox."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from orchestrator.api.app import create_app
+
+KEY = "test-api-key"
+CARD = {"number": "4012 0010 3714 1112", "name": "Kevin Bob", "cvv": "123", "expiry_month": "12",
+        "expiry_year": "2030"}
+
+
+@pytest.fixture
+def api(harness):
+    app = create_app(lambda: harness.service, KEY)
+    with TestClient(app) as client:
+        client.headers["X-API-Key"] = KEY
+        yield client
+
+
+def body(**overrides):
+    out = {"merchant_order_reference": f"ord-{uuid.uuid4().hex[:12]}", "amount": {"value": 110000, "currency": "INR"},
+           "pre_auth": False, "payment_method": "CARD", "card": dict(CARD)}
+    out.update(overrides)
+    return out
+
+
+def test_missing_or_wrong_api_key_is_401(api):
+    for headers in ({"X-API-Key": ""}, {"X-API-Key": "nope"}):
+        answer = api.post("/v1/checkouts", json=body(), headers=headers)
+        assert answer.status_code == 401 and answer.json()["code"] == "UNAUTHORIZED"
+
+
+def test_create_returns_202_with_the_checkout_and_enqueues_its_first_step(api, harness):
+    answer = api.post("/v1/checkouts", json=body())
+    assert answer.status_code == 202
+    data = answer.json()
+    assert data["status"] == "PROCESSING" and data["amount"] == {"value": 110000, "currency": "INR"}
+    assert data["card"] == {"last4": "1112", "network": "VISA"}
+    assert [(s.value, i) for s, i in harness.queue] == [("create_order", data["id"])]
+
+
+def test_same_reference_twice_returns_the_same_checkout(api, harness):
+    first = api.post("/v1/checkouts", json=(b := body())).json()
+    second = api.post("/v1/checkouts", json=b)
+    assert second.status_code == 200 and second.json()["id"] == first["id"]
+    assert len(harness.queue) == 1
+
+
+def test_same_reference_with_a_different_amount_is_a_conflict(api):
+    b = body()
+    api.post("/v1/checkouts", json=b)
+    answer = api.post("/v1/checkouts", json={**b, "amount": {"value": 1, "currency": "INR"}})
+    assert answer.status_code == 409 and answer.json()["code"] == "REFERENCE_CONFLICT"
+
+
+@pytest.mark.parametrize("change", [
+    {"amount": {"value": 0, "currency": "INR"}},
+    {"amount": {"value": -100, "currency": "INR"}},
+    {"amount": {"value": 10.5, "currency": "INR"}},
+    {"amount": {"value": "100", "currency": "INR"}},
+    {"amount": {"value": 100, "currency": "ABC"}},
+    {"amount": None},
+    {"card": {**CARD, "number": "4012001037141113"}},
+    {"card": {**CARD, "number": "1234"}},
+    {"card": {**CARD, "cvv": "12"}},
+    {"card": {**CARD, "expiry_year": "2020"}},
+    {"card": {**CARD, "expiry_month": "13"}},
+    {"card": None},
+    {"payment_method": "UPI"},
+    {"merchant_order_reference": "has spaces!"},
+    {"pre_auth": "yes"},
+])
+def test_bad_input_is_a_4xx_with_a_code_and_nothing_is_stored(api, harness, change):
+    b = {k: v for k, v in {**body(), **change}.items() if v is not None}
+    answer = api.post("/v1/checkouts", json=b)
+    assert 400 <= answer.status_code < 500
+    data = answer.json()
+    assert data["code"] in ("INVALID_REQUEST", "INVALID_CARD") and data["message"]
+    assert "4012001037141113" not in answer.text and '"12"' not in answer.text
+    assert harness.queue == []
+    assert harness.deps.repo.by_reference(b["merchant_order_reference"]) is None
+
+
+def test_unknown_checkout_is_404(api):
+    answer = api.get("/v1/checkouts/chk_nothere")
+    assert answer.status_code == 404 and answer.json()["code"] == "CHECKOUT_NOT_FOUND"
+
+
+def test_otp_flow_through_the_api(api, harness):
+    created = api.post("/v1/checkouts", json=body()).json()
+    harness.drain()
+    waiting = api.get(f"/v1/checkouts/{created['id']}").json()
+    assert waiting["status"] == "AWAITING_OTP"
+    assert waiting["next_action"]["type"] == "SUBMIT_OTP" and waiting["next_action"]["resend_after"] >= 0
+    assert api.post(f"/v1/checkouts/{created['id']}/otp", json={"otp": "123456"}).status_code == 202
+    harness.drain()
+    done = api.get(f"/v1/checkouts/{created['id']}").json()
+    assert done["status"] == "COMPLETED" and done["captured_amount"]["value"] == 110000
+    assert done["plural_order_id"].startswith("v1-")
+    assert [h["to"] for h in done["history"]][-1] == "COMPLETED"
+    assert done["next_action"] is None
+
+
+def test_actions_not_allowed_in_the_current_state_are_409(api, harness):
+    created = api.post("/v1/checkouts", json=body()).json()
+    answer = api.post(f"/v1/checkouts/{created['id']}/otp", json={"otp": "123456"})
+    assert answer.status_code == 409 and answer.json()["code"] == "INVALID_STATE"
+    harness.drain()
+    api.post(f"/v1/checkouts/{created['id']}/otp", json={"otp": "123456"})
+    harness.drain()
+    answer = api.post(f"/v1/checkouts/{created['id']}/cancel")
+    assert answer.status_code == 409 and answer.json()["status"] == "COMPLETED"
+
+
+def test_resend_too_early_says_how_long_to_wait(api, harness):
+    created = api.post("/v1/checkouts", json=body()).json()
+    harness.drain()
+    answer = api.post(f"/v1/checkouts/{created['id']}/otp/resend")
+    assert answer.status_code == 409
+    assert answer.json()["code"] == "RESEND_TOO_EARLY" and 0 < answer.json()["retry_after"] <= 1
+
+
+def test_resend_after_the_wait_is_accepted(api, harness):
+    created = api.post("/v1/checkouts", json=body()).json()
+    harness.drain()
+    harness.clock.advance(2)
+    import time
+
+    time.sleep(1.05)  # the sandbox keeps real time
+    assert api.post(f"/v1/checkouts/{created['id']}/otp/resend").status_code == 202
+    harness.drain()
+    row = harness.deps.repo.get(created["id"])
+    assert row.error_code is None and [a.outcome for a in harness.deps.repo.attempts(row.id, "resend_otp")] == [
+        "succeeded"]
+
+
+def test_cancel_is_accepted_and_idempotent(api, harness):
+    created = api.post("/v1/checkouts", json=body()).json()
+    harness.drain()
+    assert api.post(f"/v1/checkouts/{created['id']}/cancel").json()["status"] == "CANCELLING"
+    assert api.post(f"/v1/checkouts/{created['id']}/cancel").status_code == 202
+    harness.drain()
+    assert api.get(f"/v1/checkouts/{created['id']}").json()["status"] == "CANCELLED"
+
+
+def test_otp_must_be_digits(api, harness):
+    created = api.post("/v1/checkouts", json=body()).json()
+    answer = api.post(f"/v1/checkouts/{created['id']}/otp", json={"otp": "abc"})
+    assert answer.status_code == 400 and answer.json()["code"] == "INVALID_REQUEST"
+
+
+def test_openapi_is_published(api):
+    spec = api.get("/openapi.json").json()
+    assert "/v1/checkouts" in spec["paths"] and api.get("/docs").status_code == 200

@@ -1,0 +1,255 @@
+"""The saga's steps with real collaborators: migrated SQLite, fakeredis vault, the sandbox over HTTP."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import requests
+
+from orchestrator import steps
+from orchestrator.core.saga import State, Step
+from orchestrator.service import CheckoutIn
+from tests.conftest import ledger
+
+OTP_CARD, ACS_CARD, DECLINE_CARD, OTP_REFUSED = (
+    "4012001037141112", "5555555555554444", "4000000000000002", "4111111111111111")
+
+
+def checkout(h, card=OTP_CARD, amount=1100, pre_auth=False, reference=None):
+    body = CheckoutIn.model_validate({
+        "merchant_order_reference": reference or f"ord-{uuid.uuid4().hex[:12]}",
+        "amount": {"value": amount, "currency": "INR"}, "pre_auth": pre_auth,
+        "card": {"number": card, "name": "Kevin Bob", "cvv": "123", "expiry_month": "12", "expiry_year": "2030"}})
+    row, created = h.service.create(body)
+    assert created
+    h.drain()
+    return h.deps.repo.get(row.id)
+
+
+def kinds(h, c):
+    return [e["kind"] for e in ledger(h.sandbox_url, c.plural_order_id)]
+
+
+def path(h, c):
+    return [t.to_state for t in h.deps.repo.history(c.id)]
+
+
+def test_native_otp_checkout_completes(harness):
+    h = harness
+    c = checkout(h)
+    assert c.state == "AWAITING_OTP" and c.native_otp and c.otp_attempts_left == 3
+    h.service.submit_otp(c.id, "123456")
+    h.drain()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "COMPLETED" and c.captured_amount == 1100
+    assert path(h, c) == ["NEW", "ORDER_CREATED", "CARD_CHECKED", "PAYMENT_CREATED", "AWAITING_OTP",
+                          "VERIFYING_OTP", "COMPLETED"]
+    assert kinds(h, c) == ["ORDER_CREATED", "PAYMENT_CREATED", "AUTHORIZED", "CAPTURED"]
+
+
+def test_pre_auth_checkout_waits_authorized(harness):
+    h = harness
+    c = checkout(h, pre_auth=True, amount=5000)
+    h.service.submit_otp(c.id, "123456")
+    h.drain()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "AUTHORIZED" and c.authorized_amount == 5000 and c.captured_amount == 0
+    assert c.next_due_at is None
+
+
+def test_wrong_otp_keeps_waiting_with_fewer_attempts_then_right_one_completes(harness):
+    h = harness
+    c = checkout(h)
+    h.service.submit_otp(c.id, "000000")
+    h.drain()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "AWAITING_OTP" and c.otp_attempts_left == 2 and c.error_code == "INVALID_OTP"
+    h.service.submit_otp(c.id, "123456")
+    h.drain()
+    assert h.state(c.id) == "COMPLETED"
+
+
+def test_too_many_wrong_otps_fail_the_checkout(harness):
+    h = harness
+    c = checkout(h)
+    for _ in range(3):
+        h.service.submit_otp(c.id, "000000")
+        h.drain()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "FAILED" and c.error_code == "USER_AUTHENTICATION_FAILED"
+
+
+def test_declined_card_fails_and_its_data_is_gone(harness):
+    h = harness
+    c = checkout(h, card=DECLINE_CARD)
+    assert c.state == "FAILED" and c.error_code == "PAYMENT_DECLINED"
+    assert h.deps.vault.card(c.id) is None
+
+
+def test_card_without_native_otp_waits_for_the_bank_page_and_polling_completes_it(harness):
+    h = harness
+    c = checkout(h, card=ACS_CARD)
+    assert c.state == "AWAITING_REDIRECT" and c.challenge_url
+    token = parse_qs(urlparse(c.challenge_url).query)["token"][0]
+    requests.post(f"{h.sandbox_url}/sandbox/acs/{c.plural_payment_id}/approve", data={"token": token},
+                  allow_redirects=False, timeout=5)
+    h.clock.advance(1)
+    h.run_due()
+    assert h.state(c.id) == "COMPLETED"
+
+
+def test_refused_otp_generation_falls_back_to_the_bank_page(harness):
+    c = checkout(harness, card=OTP_REFUSED)
+    assert c.state == "AWAITING_REDIRECT"
+    assert "bank page" in harness.deps.repo.history(c.id)[-1].reason
+
+
+def test_customer_who_never_finishes_is_cancelled_at_the_deadline(harness):
+    h = harness
+    c = checkout(h, card=ACS_CARD)
+    h.clock.advance(h.deps.settings.customer_action_timeout + 1)
+    h.run_due()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "CANCELLED"
+    order = requests.get(f"{h.sandbox_url}/sandbox/ledger", timeout=5)
+    assert "CANCELLED" in kinds(h, c)
+    assert order.status_code == 200
+
+
+def test_merchant_cancel_while_waiting_for_otp(harness):
+    h = harness
+    c = checkout(h)
+    h.service.cancel(c.id)
+    h.drain()
+    assert h.state(c.id) == "CANCELLED"
+
+
+def test_unknown_payment_outcome_is_resolved_by_get_order_without_paying_twice(harness):
+    h = harness
+    from orchestrator.plural import PluralClient
+
+    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "hang_after", "path": "/payments$", "seconds": 0.8, "count": 2}]}, timeout=5)
+    body = CheckoutIn.model_validate({
+        "amount": {"value": 2000, "currency": "INR"},
+        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}})
+    row, _ = h.service.create(body)
+    patient = h.deps.plural
+    h.deps.plural = PluralClient.from_settings(h.deps.settings, read_timeout=0.3, max_attempts=2,
+                                               backoff_base=0.01, backoff_cap=0.01)
+    h.drain()
+    h.deps.plural = patient
+    c = h.deps.repo.get(row.id)
+    assert c.state == "CARD_CHECKED"  # the payment call timed out: outcome unknown
+    attempts = h.deps.repo.attempts(c.id, Step.CREATE_PAYMENT.value)
+    assert [a.outcome for a in attempts] == ["unknown"]
+    h.clock.advance(5)
+    h.run_due()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "AWAITING_OTP"
+    assert kinds(h, c).count("PAYMENT_CREATED") == 1
+    assert [a.outcome for a in h.deps.repo.attempts(c.id, Step.CREATE_PAYMENT.value)] == ["succeeded"]
+
+
+def test_crash_between_call_and_record_is_reconciled_by_reference(harness):
+    """A worker died after Plural created the order but before the saga recorded it."""
+    h = harness
+    body = CheckoutIn.model_validate({
+        "amount": {"value": 1500, "currency": "INR"},
+        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}})
+    row, _ = h.service.create(body)
+    h.queue.clear()
+    h.deps.repo.begin_attempt(row.id, Step.CREATE_ORDER.value, row.merchant_order_reference, "dead-task")
+    from orchestrator.plural.models import Amount, CreateOrderRequest
+
+    made = h.deps.plural.create_order(CreateOrderRequest(merchant_order_reference=row.merchant_order_reference,
+                                                         order_amount=Amount(value=1500)))
+    steps.run(h.deps, Step.CREATE_ORDER, row.id)
+    c = h.deps.repo.get(row.id)
+    assert c.state == "ORDER_CREATED" and c.plural_order_id == made.order_id
+    assert [a.outcome for a in h.deps.repo.attempts(c.id, Step.CREATE_ORDER.value)] == ["succeeded"]
+    assert kinds(h, c) == ["ORDER_CREATED"]
+
+
+def test_a_duplicate_step_delivery_does_nothing(harness):
+    h = harness
+    c = checkout(h)
+    before = len(h.deps.repo.history(c.id))
+    steps.run(h.deps, Step.CREATE_ORDER, c.id)
+    steps.run(h.deps, Step.CREATE_PAYMENT, c.id)
+    assert len(h.deps.repo.history(c.id)) == before
+    assert kinds(h, c).count("PAYMENT_CREATED") == 1
+
+
+def test_a_late_signal_cannot_move_a_finished_saga_backwards(harness):
+    h = harness
+    c = checkout(h)
+    h.service.submit_otp(c.id, "123456")
+    h.drain()
+    assert h.deps.repo.transition(c.id, State.FAILED, "late PAYMENT_FAILED") is None
+    assert h.state(c.id) == "COMPLETED"
+    assert h.deps.repo.history(c.id)[-1].to_state == "COMPLETED"
+
+
+def test_card_data_never_reaches_the_database_or_the_queue(harness):
+    h = harness
+    c = checkout(harness, card=ACS_CARD)
+    raw = h.db_path.read_bytes() + (h.db_path.parent / "saga.db-wal").read_bytes()
+    assert ACS_CARD.encode() not in raw and b"5555 5555" not in raw
+    assert all(item[1] == c.id for item in h.queue)
+
+
+def test_card_is_encrypted_in_the_vault_and_dropped_after_payment(harness):
+    h = harness
+    body = CheckoutIn.model_validate({
+        "amount": {"value": 1500, "currency": "INR"},
+        "card": {"number": OTP_CARD, "name": "K", "cvv": "987", "expiry_month": "12", "expiry_year": "30"}})
+    row, _ = h.service.create(body)
+    stored = [h.redis.get(k) for k in h.redis.keys("vault:card:*")]
+    assert stored and all(OTP_CARD.encode() not in v and b"987" not in v for v in stored)
+    assert h.redis.ttl(f"vault:card:{row.id}") > 0
+    h.drain()
+    assert h.redis.get(f"vault:card:{row.id}") is None
+
+
+def test_sweep_enqueues_each_due_row_once_even_when_two_sweeps_race(harness):
+    from orchestrator.sweeps import sweep_due
+
+    h = harness
+    c = checkout(h, card=ACS_CARD)
+    h.clock.advance(1)
+    first = sweep_due(h.deps)
+    second = sweep_due(h.deps)
+    assert (first, second) == (1, 0)
+    assert h.queue == [(Step.POLL_ORDER, c.id)]
+
+
+def test_lost_message_is_re_driven_after_the_lease(harness):
+    h = harness
+    body = CheckoutIn.model_validate({
+        "amount": {"value": 1500, "currency": "INR"},
+        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}})
+    row, _ = h.service.create(body)
+    h.queue.clear()  # the create_order message is lost
+    h.clock.advance(h.deps.settings.step_lease_seconds + 1)
+    h.run_due()
+    assert h.state(row.id) == "AWAITING_OTP"
+
+
+@pytest.mark.parametrize("status", [503])
+def test_gateway_outage_backs_off_and_recovers(harness, status):
+    h = harness
+    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "error", "path": "/orders$", "statuses": [status], "count": 6}]}, timeout=5)
+    body = CheckoutIn.model_validate({
+        "amount": {"value": 1500, "currency": "INR"},
+        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}})
+    row, _ = h.service.create(body)
+    h.drain()
+    c = h.deps.repo.get(row.id)
+    assert c.state == "NEW" and c.step_failures == 1 and c.error_code == "INTERNAL_ERROR"
+    h.clock.advance(1)
+    h.run_due()
+    assert h.state(row.id) == "AWAITING_OTP"
