@@ -1,0 +1,216 @@
+"""End to end: a real Redis, a real Celery worker and beat, the API and the sandbox, as processes."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from orchestrator.demo import approve_on_bank_page
+from orchestrator.merchant_client import OrchestratorClient, OrchestratorError
+from orchestrator.redis_server import free_port
+from orchestrator.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+OTP_CARD, ACS_CARD, DECLINE_CARD = "4012001037141112", "5555555555554444", "4000000000000002"
+WAITING = {"AWAITING_OTP", "AWAITING_REDIRECT", "FAILED", "CANCELLED", "COMPLETED"}
+E2E_ENV = {
+    "SWEEP_INTERVAL": "0.5",
+    "POLL_SCHEDULE": "0.5,1",
+    "STEP_LEASE_SECONDS": "4",
+    "CUSTOMER_ACTION_TIMEOUT": "10",
+    "SANDBOX_OTP_RESEND_AFTER": "2",
+    "BROKER_VISIBILITY_TIMEOUT": "10",
+    "RETRY_BACKOFF_BASE": "0.5",
+    "RETRY_BACKOFF_CAP": "2",
+    "WORKER_CONCURRENCY": "16",
+    "LOG_FORMAT": "json",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("e2e")
+    s = Stack(data_dir=base / "var", api_port=free_port(), sandbox_port=free_port(), redis_port=free_port(),
+              log_dir=base / "logs", env=E2E_ENV)
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def api(stack: Stack) -> OrchestratorClient:
+    from config import Settings
+
+    return OrchestratorClient(stack.api_url, Settings().orchestrator_api_key.get_secret_value(), timeout=15)
+
+
+def card(number: str = OTP_CARD) -> dict[str, str]:
+    return {"number": number, "name": "Kevin Bob", "cvv": "123", "expiry_month": "12", "expiry_year": "2030"}
+
+
+def new(api: OrchestratorClient, number: str = OTP_CARD, **kw):
+    c = api.create_checkout(amount=kw.pop("amount", 110000), card=card(number),
+                            merchant_order_reference=kw.pop("reference", f"e2e-{uuid.uuid4().hex[:16]}"), **kw)
+    return api.wait(c["id"], WAITING, timeout=30)
+
+
+def ledger(stack: Stack, order_id: str) -> list[str]:
+    entries = requests.get(f"{stack.sandbox_url}/sandbox/ledger", timeout=5).json()["entries"]
+    return [e["kind"] for e in entries if e["order_id"] == order_id]
+
+
+def test_otp_checkout_completes(api, stack):
+    c = new(api)
+    assert c["status"] == "AWAITING_OTP"
+    api.submit_otp(c["id"], "123456")
+    done = api.wait(c["id"], timeout=30)
+    assert done["status"] == "COMPLETED" and done["captured_amount"]["value"] == 110000
+    assert ledger(stack, done["plural_order_id"]) == ["ORDER_CREATED", "PAYMENT_CREATED", "AUTHORIZED", "CAPTURED"]
+
+
+def test_wrong_otp_then_right(api):
+    c = new(api)
+    api.submit_otp(c["id"], "000000")
+    again = api.wait(c["id"], {"AWAITING_OTP"}, timeout=30)
+    for _ in range(100):
+        if again["error"]:
+            break
+        time.sleep(0.1)
+        again = api.get_checkout(c["id"])
+    assert again["error"]["code"] == "INVALID_OTP" and again["next_action"]["attempts_left"] == 2
+    api.submit_otp(c["id"], "123456")
+    assert api.wait(c["id"], timeout=30)["status"] == "COMPLETED"
+
+
+def test_too_many_wrong_otps_fail(api):
+    c = new(api)
+    for _ in range(3):
+        api.wait(c["id"], {"AWAITING_OTP", "FAILED"}, timeout=30)
+        try:
+            api.submit_otp(c["id"], "000000")
+        except OrchestratorError as exc:
+            assert exc.code == "INVALID_STATE"
+            time.sleep(0.2)
+            api.submit_otp(c["id"], "000000")
+        time.sleep(0.3)
+    done = api.wait(c["id"], {"FAILED"}, timeout=30)
+    assert done["error"]["code"] == "USER_AUTHENTICATION_FAILED"
+
+
+def test_resend_too_early_is_refused_then_accepted(api):
+    c = new(api)
+    with pytest.raises(OrchestratorError) as exc:
+        api.resend_otp(c["id"])
+    assert exc.value.status == 409 and exc.value.code == "RESEND_TOO_EARLY" and exc.value.body["retry_after"] >= 1
+    time.sleep(exc.value.body["retry_after"] + 0.2)
+    api.resend_otp(c["id"])
+    api.submit_otp(c["id"], "123456")
+    assert api.wait(c["id"], timeout=30)["status"] == "COMPLETED"
+
+
+@pytest.mark.parametrize("approve,final", [(True, "COMPLETED"), (False, "FAILED")])
+def test_redirect_approved_or_declined(api, approve, final):
+    c = new(api, ACS_CARD)
+    assert c["status"] == "AWAITING_REDIRECT" and c["next_action"]["type"] == "REDIRECT"
+    approve_on_bank_page(c["next_action"]["url"], approve)
+    assert api.wait(c["id"], timeout=30)["status"] == final
+
+
+def test_decline_at_payment(api):
+    c = new(api, DECLINE_CARD)
+    assert c["status"] == "FAILED" and c["error"]["code"] == "PAYMENT_DECLINED"
+
+
+def test_abandoned_customer_is_cancelled_at_the_deadline(api, stack):
+    c = new(api, ACS_CARD)
+    done = api.wait(c["id"], {"CANCELLED", "COMPLETED", "FAILED"}, timeout=40)
+    assert done["status"] == "CANCELLED"
+    assert "CANCELLED" in ledger(stack, done["plural_order_id"])
+
+
+def test_the_same_checkout_twice_is_one_checkout(api, stack):
+    reference = f"e2e-{uuid.uuid4().hex[:16]}"
+    first = api.create_checkout(amount=5000, card=card(), merchant_order_reference=reference)
+    second = api.create_checkout(amount=5000, card=card(), merchant_order_reference=reference)
+    assert first["id"] == second["id"]
+    c = api.wait(first["id"], WAITING, timeout=30)
+    assert ledger(stack, c["plural_order_id"]).count("ORDER_CREATED") == 1
+
+
+def test_worker_killed_mid_batch_loses_nothing_and_charges_nothing_twice(api, stack):
+    with cf.ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda i: api.create_checkout(amount=10000 + i, card=card(),
+                                                          merchant_order_reference=f"kill-{uuid.uuid4().hex[:12]}"
+                                                          )["id"], range(24)))
+    time.sleep(0.4)
+    stack.kill("worker", signal.SIGKILL)
+    time.sleep(1.0)
+    stack.restart("worker")
+    waiting = [api.wait(i, WAITING, timeout=60) for i in ids]
+    assert {c["status"] for c in waiting} == {"AWAITING_OTP"}
+    for c in waiting:
+        api.submit_otp(c["id"], "123456")
+    time.sleep(0.3)
+    stack.kill("worker", signal.SIGKILL)
+    stack.restart("worker")
+    final = [api.wait(i, timeout=60) for i in ids]
+    assert {c["status"] for c in final} == {"COMPLETED"}
+    entries = requests.get(f"{stack.sandbox_url}/sandbox/ledger", timeout=5).json()["entries"]
+    orders = {c["plural_order_id"] for c in final}
+    assert len(orders) == len(ids)
+    per_order = collections.Counter((e["order_id"], e["kind"]) for e in entries if e["order_id"] in orders)
+    for order_id in orders:
+        for kind in ("ORDER_CREATED", "PAYMENT_CREATED", "AUTHORIZED", "CAPTURED"):
+            assert per_order[(order_id, kind)] == 1, (order_id, kind)
+    by_reference = collections.Counter(e["merchant_order_reference"] for e in entries if e["kind"] == "ORDER_CREATED")
+    assert all(by_reference[c["merchant_order_reference"]] == 1 for c in final)
+
+
+def test_no_card_number_or_cvv_in_any_log_or_the_database(stack):
+    logs = b"".join(p.read_bytes() for p in Path(stack.log_dir).glob("*.log"))
+    assert logs, "the processes wrote no logs"
+    for number in (OTP_CARD, ACS_CARD, DECLINE_CARD):
+        assert number.encode() not in logs
+    assert b'"cvv"' not in logs
+    db = b"".join(p.read_bytes() for p in Path(stack.data_dir).glob("orchestrator.db*"))
+    assert OTP_CARD.encode() not in db and ACS_CARD.encode() not in db
+
+
+def test_orchestrator_up_runs_the_whole_stack_and_stops_on_ctrl_c(tmp_path):
+    ports = {"api": free_port(), "sandbox": free_port(), "redis": free_port()}
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "var"), **E2E_ENV}
+    env.pop("REDIS_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "up", "--api-port", str(ports["api"]),
+                             "--sandbox-port", str(ports["sandbox"]), "--redis-port", str(ports["redis"])],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        banner = b""
+        deadline = time.time() + 60
+        while b"Ctrl-C" not in banner and time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            banner += line
+        assert b"(embedded)" in banner and f"127.0.0.1:{ports['api']}".encode() in banner
+        from config import Settings
+
+        api = OrchestratorClient(f"http://127.0.0.1:{ports['api']}", Settings().orchestrator_api_key.get_secret_value())
+        c = new(api)
+        api.submit_otp(c["id"], "123456")
+        assert api.wait(c["id"], timeout=30)["status"] == "COMPLETED"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(30) == 0
+    with pytest.raises(requests.RequestException):
+        requests.get(f"http://127.0.0.1:{ports['api']}/health", timeout=1)
