@@ -213,6 +213,13 @@ def create_payment(d: Deps, c: Checkout, task_id: str | None) -> None:
             return _after_payment(d, c, order, "payment found at Plural")
     card = d.vault.card(c.id)
     if card is None:
+        # a concurrent run of this step may have made the payment and dropped the card: ask Plural
+        try:
+            order = d.plural.get_order(c.plural_order_id)
+        except TRANSIENT as exc:
+            return retry_later(d, c, Step.CREATE_PAYMENT, exc)
+        if _our_payment(c, order) is not None:
+            return _after_payment(d, c, order, "payment found at Plural")
         return go(d, c, State.CANCELLING, "card data expired before payment", error_code="CARD_DATA_EXPIRED",
                   error_message="the card data was not used in time and has been discarded")
     request = CreatePaymentRequest(payments=[PaymentRequest(

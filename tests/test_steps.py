@@ -253,3 +253,47 @@ def test_gateway_outage_backs_off_and_recovers(harness, status):
     h.clock.advance(1)
     h.run_due()
     assert h.state(row.id) == "AWAITING_OTP"
+
+
+def test_concurrent_payment_step_that_finds_the_card_gone_follows_plural(harness):
+    """Another run of the step made the payment and dropped the card: follow Plural, do not cancel."""
+    from orchestrator.plural.models import (
+        Amount, CardDetails, CreatePaymentRequest, PaymentOption, PaymentRequest)
+
+    h = harness
+    body = CheckoutIn.model_validate({
+        "amount": {"value": 1500, "currency": "INR"},
+        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}})
+    row, _ = h.service.create(body)
+    h.queue.clear()
+    steps.run(h.deps, Step.CREATE_ORDER, row.id)
+    steps.run(h.deps, Step.CARD_DETAILS, row.id)
+    h.queue.clear()
+    c = h.deps.repo.get(row.id)
+    assert c.state == "CARD_CHECKED"
+    h.deps.plural.create_payment(c.plural_order_id, CreatePaymentRequest(payments=[PaymentRequest(
+        merchant_payment_reference=c.merchant_payment_reference, payment_method="CARD",
+        payment_amount=Amount(value=1500), payment_option=PaymentOption(card_details=CardDetails(
+            name="K", card_number=OTP_CARD, cvv="123", expiry_month="12", expiry_year="30")))]))
+    h.deps.vault.drop_card(c.id)
+    steps.run(h.deps, Step.CREATE_PAYMENT, c.id)
+    h.drain()
+    assert h.state(c.id) == "AWAITING_OTP"
+    assert kinds(h, c).count("PAYMENT_CREATED") == 1
+
+
+def test_card_data_that_expired_before_payment_cancels_the_order(harness):
+    h = harness
+    body = CheckoutIn.model_validate({
+        "amount": {"value": 1500, "currency": "INR"},
+        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}})
+    row, _ = h.service.create(body)
+    h.queue.clear()
+    steps.run(h.deps, Step.CREATE_ORDER, row.id)
+    steps.run(h.deps, Step.CARD_DETAILS, row.id)
+    h.queue.clear()
+    h.deps.vault.drop_card(row.id)
+    steps.run(h.deps, Step.CREATE_PAYMENT, row.id)
+    h.drain()
+    c = h.deps.repo.get(row.id)
+    assert c.state == "CANCELLED" and c.error_code == "CARD_DATA_EXPIRED"
