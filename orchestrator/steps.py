@@ -157,8 +157,9 @@ def create_order(d: Deps, c: Checkout, task_id: str | None) -> None:
         merchant_order_reference=c.merchant_order_reference,
         order_amount=Amount(value=c.amount_value, currency=c.currency),
         pre_auth=c.pre_auth,
-        callback_url=c.callback_url or callback,
-        failure_callback_url=c.failure_callback_url or c.callback_url or callback,
+        # the browser always comes back through us: a hint to poll at once, then the merchant's URL
+        callback_url=callback,
+        failure_callback_url=callback,
         purchase_details=PurchaseDetails(customer=c.customer) if c.customer else None,
         notes=f"checkout {c.id}",
     )
@@ -427,8 +428,10 @@ def cancel_order(d: Deps, c: Checkout, task_id: str | None) -> None:
             return retry_later(d, c, Step.CANCEL_ORDER, exc)
         return
     d.repo.finish_attempt(attempt, "succeeded", cancelled.status)
-    go(d, c, State.CANCELLED, "cancelled at Plural", plural_status=cancelled.status,
-       finished_late=view is saga.GatewayView.AUTHORIZED and not c.pre_auth)
+    # an authorization that arrived after the customer's deadline is released, and says so
+    late = view is saga.GatewayView.AUTHORIZED and bool(c.deadline_at and d.clock() > c.deadline_at)
+    go(d, c, State.CANCELLED, "authorized after the deadline: hold released" if late else "cancelled at Plural",
+       plural_status=cancelled.status, finished_late=late)
 
 
 STEPS: dict[Step, Callable[[Deps, Checkout, str | None], None]] = {

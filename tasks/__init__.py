@@ -43,8 +43,21 @@ cancel_order = _step_task(Step.CANCEL_ORDER)
 def sweep_due() -> int:
     from orchestrator.runtime import get_runtime
     from orchestrator.sweeps import sweep_due as sweep
+    from orchestrator.webhooks import retry_deferred
 
-    return sweep(get_runtime().deps())
+    rt = get_runtime()
+    if retry_deferred(rt.deps()):
+        process_webhooks.delay()
+    return sweep(rt.deps())
+
+
+@app.task(name="tasks.process_webhooks", acks_late=True, ignore_result=True)
+def process_webhooks() -> int:
+    from orchestrator.runtime import get_runtime
+    from orchestrator.webhooks import process_pending
+
+    rt = get_runtime()
+    return process_pending(rt.deps(), rt.redis, batch=rt.settings.sweep_batch)
 
 
 @app.task(name="tasks.refresh_token", acks_late=True, ignore_result=True)

@@ -185,6 +185,20 @@ class Harness:
     def state(self, checkout_id: str) -> str:
         return self.deps.repo.get(checkout_id).state
 
+    @property
+    def inbound(self) -> Any:
+        from orchestrator.inbound import Inbound
+
+        s = self.deps.settings
+        return Inbound(self.deps, s.webhook_key(), s.callback_key(), kick=lambda: None)
+
+    def process_webhooks(self) -> int:
+        from orchestrator.webhooks import process_pending
+
+        done = process_pending(self.deps)
+        self.drain()
+        return done
+
     def run_due(self) -> None:
         """What beat would do now: enqueue every due step, then run them."""
         from orchestrator.sweeps import sweep_due

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import secrets
 from typing import Any, Callable
+from urllib.parse import parse_qs
+
+from starlette.concurrency import run_in_threadpool
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from orchestrator.inbound import Inbound
 from orchestrator.service import CheckoutError, CheckoutIn, CheckoutService, OTPIn
+from orchestrator.webhooks import WebhookRejected
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -25,7 +30,8 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
-def create_app(service_factory: Callable[[], CheckoutService], api_key: str) -> FastAPI:
+def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
+               inbound: Callable[[], Inbound] | None = None) -> FastAPI:
     app = FastAPI(title="Plural payment orchestrator", version="1",
                   description="Checkouts driven through Plural (Pine Labs) to a final state.")
 
@@ -78,7 +84,38 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str) -> 
     def cancel(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
         return svc.view(svc.cancel(checkout_id))
 
+    if inbound is not None:
+        _inbound_routes(app, inbound)
     return app
+
+
+def _inbound_routes(app: FastAPI, inbound: Callable[[], Inbound]) -> None:
+    @app.post("/webhooks/plural", tags=["from Plural"])
+    async def plural_webhook(request: Request) -> JSONResponse:
+        """Standard Webhooks from Plural: verified, stored once per webhook-id, applied asynchronously."""
+        body = await request.body()
+        try:
+            result = await run_in_threadpool(inbound().webhook, body, dict(request.headers))
+        except WebhookRejected as exc:
+            return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status)
+        return JSONResponse({"received": True, "duplicate": result.duplicate}, status_code=200)
+
+    async def callback(fields: dict[str, str]) -> Response:
+        answer = await run_in_threadpool(inbound().callback, fields)
+        if answer.redirect:
+            return RedirectResponse(answer.redirect, status_code=303)
+        return HTMLResponse(answer.page or "", status_code=answer.status)
+
+    @app.get("/callbacks/plural", tags=["from Plural"], response_class=HTMLResponse)
+    async def plural_callback_get(request: Request) -> Response:
+        """The customer's browser back from Plural (fields in the query)."""
+        return await callback(dict(request.query_params))
+
+    @app.post("/callbacks/plural", tags=["from Plural"], response_class=HTMLResponse)
+    async def plural_callback_post(request: Request) -> Response:
+        """The customer's browser back from Plural (fields posted as a form)."""
+        form = parse_qs((await request.body()).decode(errors="replace"))
+        return await callback({k: v[0] for k, v in form.items()})
 
 
 def app_from_runtime() -> FastAPI:
@@ -86,5 +123,8 @@ def app_from_runtime() -> FastAPI:
     from orchestrator.runtime import get_runtime
 
     rt = get_runtime()
+    from orchestrator.inbound import inbound_from_runtime
+
     svc = CheckoutService(rt.settings, rt.repo, rt.vault, rt.enqueue)
-    return create_app(lambda: svc, rt.settings.orchestrator_api_key.get_secret_value())
+    handler = inbound_from_runtime(rt)
+    return create_app(lambda: svc, rt.settings.orchestrator_api_key.get_secret_value(), lambda: handler)

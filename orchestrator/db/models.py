@@ -106,3 +106,30 @@ class Transition(SQLModel, table=True):
     to_state: str = Field(max_length=32)
     reason: str = Field(max_length=200)
     at: dt.datetime = Field(default_factory=utcnow)
+
+
+class WebhookEvent(SQLModel, table=True):
+    """Every verified webhook as it arrived, unique on Plural's ``webhook-id``."""
+
+    __tablename__ = "webhook_event"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", name="uq_webhook_event_webhook_id"),
+        Index("ix_webhook_event_status", "status", "id"),
+        Index("ix_webhook_event_order", "order_id"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    webhook_id: str = Field(max_length=128)
+    event_type: str = Field(max_length=64)
+    order_id: Optional[str] = Field(default=None, max_length=64)
+    merchant_order_reference: Optional[str] = Field(default=None, max_length=64)
+    order_status: Optional[str] = Field(default=None, max_length=32)
+    body: str
+    # pending → processing → applied | ignored | deferred (order not recorded yet) → applied
+    status: str = Field(default="pending", max_length=16)
+    claim: Optional[str] = Field(default=None, max_length=40)
+    note: Optional[str] = None
+    attempts: int = 0
+    received_at: dt.datetime = Field(default_factory=utcnow)
+    claimed_at: Optional[dt.datetime] = None
+    processed_at: Optional[dt.datetime] = None

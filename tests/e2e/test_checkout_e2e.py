@@ -226,3 +226,15 @@ def test_orchestrator_up_runs_the_whole_stack_and_stops_on_ctrl_c(tmp_path):
         assert proc.wait(30) == 0
     with pytest.raises(requests.RequestException):
         requests.get(f"http://127.0.0.1:{ports['api']}/health", timeout=1)
+
+
+def test_a_webhook_lost_entirely_is_settled_by_polling(api, stack):
+    requests.put(f"{stack.sandbox_url}/sandbox/faults", json={"webhooks": {"drop": 1.0}}, timeout=5)
+    try:
+        c = new(api, ACS_CARD)
+        approve_on_bank_page(c["next_action"]["url"])
+        done = api.wait(c["id"], timeout=30)
+    finally:
+        requests.delete(f"{stack.sandbox_url}/sandbox/faults", timeout=5)
+    assert done["status"] == "COMPLETED"
+    assert [h for h in done["history"] if h["to"] == "COMPLETED"][0]["reason"].startswith("polled")

@@ -1,0 +1,226 @@
+"""Plural's webhooks: raw bytes → verify → persist (unique on ``webhook-id``) → kick → 2xx, then
+applied to sagas in batches.
+
+Ingestion does not publish one Celery message per webhook: it stores the event and, only when no
+processor is already due, sets a Redis flag and publishes one ``tasks.process_webhooks``. The
+processor drains every pending event in batches and clears the flag before its last look, so an
+event stored meanwhile either is seen by that look or publishes a new kick (``bench/`` measures
+the difference).
+
+Applying an event only ever moves a saga forward: a legal move is compare-and-set from the event;
+a contradiction (a late ``PAYMENT_FAILED`` after ``AUTHORIZED``, say) is settled by asking Get
+Order and following Plural. An event for an order the saga has not recorded yet is kept
+(``deferred``) and applied once the order appears.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sqlalchemy import and_, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from orchestrator.core import saga
+from orchestrator.core.saga import State
+from orchestrator.db.models import Checkout, WebhookEvent
+from orchestrator.logs import get_logger
+from orchestrator.plural import errors
+from orchestrator.plural.models import Order
+from orchestrator.plural.signatures import SignatureError, verify_webhook
+from orchestrator.steps import TRANSIENT, Deps, go, settle
+
+log = get_logger("orchestrator.webhooks")
+
+ORDER_EVENTS = frozenset({"ORDER_AUTHORIZED", "ORDER_PROCESSED", "ORDER_CANCELLED", "ORDER_FAILED", "PAYMENT_FAILED"})
+REFUND_EVENTS = frozenset({"REFUND_PROCESSED", "REFUND_FAILED"})
+KICK_KEY = "webhooks:kick"
+DEFER_FOR = dt.timedelta(days=7)
+
+
+class WebhookRejected(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Ingested:
+    event_id: int | None
+    duplicate: bool
+    event_type: str
+
+
+def ingest(d: Deps, key: bytes, body: bytes, headers: dict[str, str], kick: Callable[[], None]) -> Ingested:
+    """Verify and store one delivery; a bad signature or body stores nothing."""
+    try:
+        verify_webhook(key, body, headers)
+    except SignatureError as exc:
+        raise WebhookRejected(401, "INVALID_SIGNATURE", str(exc)) from None
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise WebhookRejected(400, "MALFORMED_BODY", "body is not JSON") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("event_type"), str) \
+            or not isinstance(payload.get("data"), dict):
+        raise WebhookRejected(400, "MALFORMED_BODY", "body must be {\"event_type\": str, \"data\": object}")
+    data = payload["data"]
+    webhook_id = {k.lower(): v for k, v in headers.items()}["webhook-id"]
+    row = WebhookEvent(webhook_id=webhook_id[:128], event_type=payload["event_type"][:64],
+                       order_id=_short(data.get("order_id")), merchant_order_reference=_short(
+                           data.get("merchant_order_reference")), order_status=_short(data.get("status"), 32),
+                       body=body.decode(), received_at=d.clock())
+    try:
+        with d.repo.session() as s:
+            s.add(row)
+            s.commit()
+    except IntegrityError:
+        log.info("webhook.duplicate", webhook_id=webhook_id, event_type=row.event_type)
+        return Ingested(None, True, row.event_type)
+    if row.event_type not in ORDER_EVENTS | REFUND_EVENTS:
+        log.info("webhook.unknown_event", webhook_id=webhook_id, event_type=row.event_type)
+    else:
+        log.info("webhook.received", webhook_id=webhook_id, event_type=row.event_type, order_id=row.order_id)
+    kick()
+    return Ingested(row.id, False, row.event_type)
+
+
+def _short(value: Any, length: int = 64) -> str | None:
+    return str(value)[:length] if value is not None else None
+
+
+def redis_kick(redis: Any, publish: Callable[[], None], ttl: int = 30) -> Callable[[], None]:
+    """One processor message while one is due, not one per webhook."""
+
+    def kick() -> None:
+        if redis.set(KICK_KEY, "1", nx=True, ex=ttl):
+            publish()
+
+    return kick
+
+
+# --- processing -----------------------------------------------------------------------------
+
+
+def claim_batch(d: Deps, limit: int, statuses: tuple[str, ...] = ("pending",)) -> list[WebhookEvent]:
+    token = uuid.uuid4().hex
+    now = d.clock()
+    with d.repo.session() as s:
+        ids = select(WebhookEvent.id).where(col(WebhookEvent.status).in_(statuses))
+        if "deferred" in statuses:
+            ids = ids.where(col(WebhookEvent.received_at) > now - DEFER_FOR)
+        ids = ids.order_by(col(WebhookEvent.id)).limit(limit)
+        s.execute(update(WebhookEvent).where(col(WebhookEvent.id).in_(ids.scalar_subquery()),
+                                             col(WebhookEvent.status).in_(statuses))
+                  .values(status="processing", claim=token, claimed_at=now,
+                          attempts=WebhookEvent.attempts + 1).execution_options(synchronize_session=False))
+        s.commit()
+        return list(s.exec(select(WebhookEvent).where(WebhookEvent.claim == token).order_by(col(WebhookEvent.id))))
+
+
+def _finish(d: Deps, event: WebhookEvent, status: str, note: str) -> None:
+    with d.repo.session() as s:
+        s.execute(update(WebhookEvent).where(col(WebhookEvent.id) == event.id)
+                  .values(status=status, note=note[:500], processed_at=d.clock(), claim=None))
+        s.commit()
+    log.info("webhook.processed", webhook_id=event.webhook_id, event_type=event.event_type, outcome=status,
+             note=note)
+
+
+def _checkout_for(d: Deps, event: WebhookEvent) -> Checkout | None:
+    if event.order_id:
+        found = d.repo.by_plural_order(event.order_id)
+        if found is not None:
+            return found
+    if event.merchant_order_reference:
+        return d.repo.by_reference(event.merchant_order_reference)
+    return None
+
+
+def apply(d: Deps, event: WebhookEvent) -> None:
+    if event.event_type in REFUND_EVENTS:
+        return _finish(d, event, "ignored", "refunds are not tracked by this saga yet")
+    if event.event_type not in ORDER_EVENTS:
+        return _finish(d, event, "ignored", f"unknown event type {event.event_type}")
+    try:
+        order = Order.model_validate(json.loads(event.body)["data"])
+    except (ValueError, KeyError):
+        return _finish(d, event, "ignored", "data is not an order")
+    checkout = _checkout_for(d, event)
+    if checkout is None or checkout.plural_order_id is None:
+        return _finish(d, event, "deferred", "order not recorded by any saga yet")
+    if checkout.plural_order_id != order.order_id:
+        return _finish(d, event, "ignored", "order does not belong to this saga")
+    state = State(checkout.state)
+    payment = next((p for p in reversed(order.payments) if p.merchant_payment_reference ==
+                    checkout.merchant_payment_reference or p.id == checkout.plural_payment_id), None)
+    target = saga.settle_target(saga.gateway_view(order.status, payment.status if payment else None),
+                                checkout.pre_auth)
+    if target is None or target is state:
+        return _finish(d, event, "applied", f"nothing to do in {state.value}")
+    # a fresh event is Plural's signed snapshot: a legal forward move is applied from it; an event
+    # that waited (deferred, retried) may be stale and is checked against Get Order like a contradiction
+    fresh_event = event.note is None
+    if fresh_event and saga.can_move(state, target) and settle(d, checkout, order, f"webhook {event.event_type}"):
+        return _finish(d, event, "applied", f"{state.value} → {target.value}")
+    # a contradiction (a late failure after authorization, an authorization during a cancel): ask
+    # Plural and follow it; the transition table keeps whatever cannot go forward where it is
+    try:
+        truth = d.plural.get_order(checkout.plural_order_id)
+    except TRANSIENT as exc:
+        return _finish(d, event, "deferred", f"Get Order failed, retried by the sweep: {exc}")
+    except errors.APIError as exc:
+        return _finish(d, event, "ignored", f"Get Order refused: {exc.code}")
+    fresh = d.repo.get(checkout.id) or checkout
+    settle(d, fresh, truth, "Get Order after a contradicting webhook")
+    after = (d.repo.get(checkout.id) or fresh).state
+    why = "contradicted" if fresh_event else "kept event checked against"
+    _finish(d, event, "applied", f"{why} {state.value}; Plural reports {truth.status}; saga {after}")
+
+
+def process_pending(d: Deps, redis: Any | None = None, batch: int = 200) -> int:
+    """Drain pending events in batches; clear the kick flag before the last look."""
+    done = 0
+    while True:
+        events = claim_batch(d, batch)
+        if not events:
+            if redis is not None:
+                redis.delete(KICK_KEY)
+            events = claim_batch(d, batch)
+            if not events:
+                return done
+        for event in events:
+            try:
+                apply(d, event)
+            except Exception as exc:  # one bad event must not block the rest
+                log.exception("webhook.apply_failed", webhook_id=event.webhook_id)
+                _finish(d, event, "pending" if event.attempts < 5 else "failed", f"error: {exc}")
+            done += 1
+
+
+def retry_deferred(d: Deps, batch: int = 200) -> int:
+    """Release kept events whose order a saga has recorded since, and stale claims (the sweep calls
+    this); returns how much is waiting for a processor."""
+    with d.repo.session() as s:
+        mine = or_(col(Checkout.plural_order_id) == col(WebhookEvent.order_id),
+                   and_(col(Checkout.merchant_order_reference) == col(WebhookEvent.merchant_order_reference),
+                        col(Checkout.plural_order_id).is_not(None)))
+        ready = s.exec(select(WebhookEvent.id).join(Checkout, mine).where(
+            WebhookEvent.status == "deferred", col(WebhookEvent.received_at) > d.clock() - DEFER_FOR
+        ).limit(batch)).all()
+        stale = d.clock() - dt.timedelta(minutes=5)
+        s.execute(update(WebhookEvent).where(col(WebhookEvent.status) == "processing",
+                                             col(WebhookEvent.claimed_at) < stale).values(status="pending"))
+        if ready:
+            s.execute(update(WebhookEvent).where(col(WebhookEvent.id).in_(list(ready)))
+                      .values(status="pending"))
+        # pending events nobody is processing (a lost kick): worth a processor too
+        waiting = s.exec(select(WebhookEvent.id).where(
+            WebhookEvent.status == "pending", col(WebhookEvent.received_at) < d.clock() - dt.timedelta(seconds=10)
+        ).limit(1)).first()
+        s.commit()
+    return len(ready) + (1 if waiting is not None else 0)

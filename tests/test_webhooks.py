@@ -1,0 +1,283 @@
+"""Webhooks, return-URL callbacks and the deadline, with real collaborators (no Celery)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import requests
+from fastapi.testclient import TestClient
+from sqlmodel import select
+
+from orchestrator.api.app import create_app
+from orchestrator.db.models import WebhookEvent
+from orchestrator.plural.signatures import sign_callback, webhook_headers
+from orchestrator.service import CheckoutIn
+from orchestrator.webhooks import redis_kick, retry_deferred
+from tests.conftest import ledger
+
+OTP_CARD, ACS_CARD = "4012001037141112", "5555555555554444"
+
+
+def start(h, card=ACS_CARD, pre_auth=False, **extra):
+    body = CheckoutIn.model_validate({
+        "merchant_order_reference": f"wh-{uuid.uuid4().hex[:12]}", "amount": {"value": 3000, "currency": "INR"},
+        "pre_auth": pre_auth, **extra,
+        "card": {"number": card, "name": "Kevin", "cvv": "123", "expiry_month": "12", "expiry_year": "2030"}})
+    row, _ = h.service.create(body)
+    h.drain()
+    return h.deps.repo.get(row.id)
+
+
+def approve(h, c, yes=True):
+    token = parse_qs(urlparse(c.challenge_url).query)["token"][0]
+    return requests.post(f"{h.sandbox_url}/sandbox/acs/{c.plural_payment_id}/{'approve' if yes else 'decline'}",
+                         data={"token": token}, allow_redirects=False, timeout=5)
+
+
+def order_json(h, order_id):
+    return h.deps.plural.get_order(order_id).model_dump(mode="json", exclude_none=True)
+
+
+def signed(h, event_type, data, *, webhook_id=None, ts=None):
+    body = json.dumps({"event_type": event_type, "data": data}).encode()
+    headers = webhook_headers(h.deps.settings.webhook_key(), webhook_id or f"msg_{uuid.uuid4().hex}",
+                              ts or int(time.time()), body)
+    return body, headers
+
+
+def events(h):
+    with h.deps.repo.session() as s:
+        return list(s.exec(select(WebhookEvent)))
+
+
+def reasons(h, c):
+    return [t.reason for t in h.deps.repo.history(c.id)]
+
+
+@pytest.fixture
+def api(harness):
+    app = create_app(lambda: harness.service, "k", lambda: harness.inbound)
+    with TestClient(app) as client:
+        yield client
+
+
+def test_signed_webhook_settles_the_saga_without_polling(harness, api):
+    h = harness
+    c = start(h)
+    approve(h, c)
+    body, headers = signed(h, "ORDER_PROCESSED", order_json(h, c.plural_order_id))
+    answer = api.post("/webhooks/plural", content=body, headers=headers)
+    assert answer.status_code == 200 and answer.json() == {"received": True, "duplicate": False}
+    h.process_webhooks()
+    assert h.state(c.id) == "COMPLETED"
+    assert any(r.startswith("webhook ORDER_PROCESSED") for r in reasons(h, c))
+    assert [e.status for e in events(h)] == ["applied"]
+
+
+@pytest.mark.parametrize("tamper", ["body", "secret", "old", "missing"])
+def test_forged_replayed_or_unsigned_webhooks_are_refused_and_nothing_is_stored(harness, api, tamper):
+    h = harness
+    body, headers = signed(h, "ORDER_PROCESSED", {"order_id": "v1-x", "status": "PROCESSED"},
+                           ts=int(time.time()) - 301 if tamper == "old" else None)
+    if tamper == "body":
+        body = body.replace(b"PROCESSED", b"CANCELLED")
+    elif tamper == "secret":
+        headers = webhook_headers(b"not-the-secret", headers["webhook-id"], int(time.time()), body)
+    elif tamper == "missing":
+        headers = {}
+    answer = api.post("/webhooks/plural", content=body, headers=headers)
+    assert answer.status_code == 401 and answer.json()["code"] == "INVALID_SIGNATURE"
+    assert events(h) == []
+
+
+def test_a_malformed_body_is_refused_even_when_signed(harness, api):
+    for raw in (b"not json", b"[1, 2]", b'{"event_type": "X"}'):
+        headers = webhook_headers(harness.deps.settings.webhook_key(), f"msg_{uuid.uuid4().hex}",
+                                  int(time.time()), raw)
+        answer = api.post("/webhooks/plural", content=raw, headers=headers)
+        assert answer.status_code == 400 and answer.json()["code"] == "MALFORMED_BODY"
+    assert events(harness) == []
+
+
+def test_a_duplicate_delivery_is_acknowledged_and_not_processed_again(harness, api):
+    h = harness
+    c = start(h)
+    approve(h, c)
+    body, headers = signed(h, "ORDER_PROCESSED", order_json(h, c.plural_order_id))
+    assert api.post("/webhooks/plural", content=body, headers=headers).json()["duplicate"] is False
+    again = api.post("/webhooks/plural", content=body, headers=headers)
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert h.process_webhooks() == 1
+    assert len(events(h)) == 1
+    assert sum(r.startswith("webhook") for r in reasons(h, c)) == 1
+
+
+def test_an_unknown_event_type_is_stored_logged_and_acknowledged(harness, api):
+    h = harness
+    body, headers = signed(h, "CUSTOMER_CREATED", {"customer_id": "c1"})
+    assert api.post("/webhooks/plural", content=body, headers=headers).status_code == 200
+    h.process_webhooks()
+    (event,) = events(h)
+    assert event.event_type == "CUSTOMER_CREATED" and event.status == "ignored"
+
+
+def test_a_late_payment_failed_cannot_undo_an_authorization(harness):
+    h = harness
+    c = start(h, pre_auth=True)
+    approve(h, c)
+    authorized = order_json(h, c.plural_order_id)
+    stale = json.loads(json.dumps(authorized))
+    stale["status"] = "ATTEMPTED"
+    stale["payments"][0]["status"] = "FAILED"
+    for event_type, data in (("ORDER_AUTHORIZED", authorized), ("PAYMENT_FAILED", stale)):
+        h.inbound.webhook(*signed(h, event_type, data))
+    h.process_webhooks()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "AUTHORIZED"
+    notes = [e.note for e in events(h)]
+    assert "contradicted AUTHORIZED" in notes[1] and "Plural reports AUTHORIZED" in notes[1]
+
+
+def test_reordered_events_end_in_plural_truth(harness):
+    """PAYMENT_FAILED of a declined bank page arrives before an (impossible) older PENDING view."""
+    h = harness
+    c = start(h)
+    approve(h, c, yes=False)
+    failed = order_json(h, c.plural_order_id)
+    h.inbound.webhook(*signed(h, "PAYMENT_FAILED", failed))
+    h.process_webhooks()
+    assert h.state(c.id) == "FAILED"
+    approved_view = json.loads(json.dumps(failed))
+    approved_view["status"] = "PROCESSED"
+    h.inbound.webhook(*signed(h, "ORDER_PROCESSED", approved_view))
+    h.process_webhooks()
+    assert h.state(c.id) == "FAILED"
+
+
+def test_an_event_before_the_saga_knows_its_order_is_kept_and_applied_later(harness):
+    h = harness
+    reference = f"early-{uuid.uuid4().hex[:10]}"
+    from orchestrator.plural.models import Amount, CreateOrderRequest
+
+    made = h.deps.plural.create_order(CreateOrderRequest(merchant_order_reference=reference,
+                                                         order_amount=Amount(value=3000)))
+    early = order_json(h, made.order_id)
+    early["status"] = "CANCELLED"
+    h.inbound.webhook(*signed(h, "ORDER_CANCELLED", early))
+    h.process_webhooks()
+    assert [e.status for e in events(h)] == ["deferred"]
+    assert retry_deferred(h.deps) == 0
+    body = CheckoutIn.model_validate({
+        "merchant_order_reference": reference, "amount": {"value": 3000, "currency": "INR"},
+        "card": {"number": ACS_CARD, "name": "Kevin", "cvv": "123", "expiry_month": "12", "expiry_year": "2030"}})
+    row, _ = h.service.create(body)
+    h.drain()
+    c = h.deps.repo.get(row.id)
+    assert c.plural_order_id == made.order_id and c.state == "AWAITING_REDIRECT"
+    assert retry_deferred(h.deps) == 1
+    h.process_webhooks()
+    (event,) = events(h)
+    assert event.status == "applied"
+    # the event said CANCELLED but Plural says PENDING: the saga follows Plural and keeps waiting
+    assert h.state(c.id) == "AWAITING_REDIRECT"
+
+
+def test_the_kick_publishes_once_while_a_processor_is_due(harness):
+    import fakeredis
+
+    published = []
+    kick = redis_kick(fakeredis.FakeRedis(), lambda: published.append(1))
+    for _ in range(50):
+        kick()
+    assert published == [1]
+
+
+def test_a_valid_callback_polls_at_once_and_redirects_to_the_merchant(harness, api):
+    h = harness
+    c = start(h, callback_url="https://shop.test/thanks", failure_callback_url="https://shop.test/sorry")
+    answer = approve(h, c)
+    plural_redirect = urlparse(answer.headers["location"])
+    assert plural_redirect.path == "/callbacks/plural"
+    h.queue.clear()
+    back = api.get("/callbacks/plural?" + plural_redirect.query, follow_redirects=False)
+    assert back.status_code == 303
+    target = urlparse(back.headers["location"])
+    assert target.netloc == "shop.test" and target.path == "/thanks"
+    assert parse_qs(target.query)["checkout_id"] == [c.id]
+    h.drain()
+    assert h.state(c.id) == "COMPLETED"
+
+
+def test_a_declined_callback_goes_to_the_failure_url(harness, api):
+    h = harness
+    c = start(h, callback_url="https://shop.test/thanks", failure_callback_url="https://shop.test/sorry")
+    plural_redirect = urlparse(approve(h, c, yes=False).headers["location"])
+    fields = {k: v[0] for k, v in parse_qs(plural_redirect.query).items()}
+    back = api.post("/callbacks/plural", data=fields, follow_redirects=False)
+    assert urlparse(back.headers["location"]).path == "/sorry"
+    h.drain()
+    assert h.state(c.id) == "FAILED"
+
+
+def test_a_tampered_callback_changes_nothing_and_says_so(harness, api):
+    h = harness
+    c = start(h)
+    fields = {"order_id": c.plural_order_id, "status": "AUTHORIZED"}
+    fields["signature"] = sign_callback(fields, h.deps.settings.callback_key())
+    fields["status"] = "PROCESSED"
+    h.queue.clear()
+    back = api.get("/callbacks/plural", params=fields, follow_redirects=False)
+    assert back.status_code == 400 and "nothing was changed" in back.text
+    assert h.queue == [] and h.state(c.id) == "AWAITING_REDIRECT"
+
+
+def test_timeout_cancels_at_plural(harness):
+    h = harness
+    c = start(h)
+    h.clock.advance(h.deps.settings.customer_action_timeout + 1)
+    h.run_due()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "CANCELLED" and not c.finished_late
+    assert ledger(h.sandbox_url, c.plural_order_id)[-1]["kind"] == "CANCELLED"
+
+
+def test_a_pre_auth_authorization_after_the_deadline_is_released_and_recorded_late(harness):
+    h = harness
+    c = start(h, pre_auth=True)
+    h.clock.advance(h.deps.settings.customer_action_timeout + 1)
+    from orchestrator.sweeps import sweep_due
+
+    sweep_due(h.deps)
+    h.queue.clear()
+    from orchestrator import steps
+    from orchestrator.core.saga import Step
+
+    steps.run(h.deps, Step.POLL_ORDER, c.id)  # finds the deadline passed → CANCELLING
+    assert h.state(c.id) == "CANCELLING"
+    approve(h, c)  # the customer finishes just now
+    h.drain()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "CANCELLED" and c.finished_late
+    entries = ledger(h.sandbox_url, c.plural_order_id)
+    assert [e["kind"] for e in entries][-2:] == ["AUTHORIZED", "CANCELLED"]
+    assert entries[-1]["amount"]["value"] == 3000
+
+
+def test_a_payment_processed_after_the_deadline_is_reported_not_hidden(harness):
+    h = harness
+    c = start(h)
+    h.clock.advance(h.deps.settings.customer_action_timeout + 1)
+    from orchestrator import steps
+    from orchestrator.core.saga import Step
+
+    h.queue.clear()
+    steps.run(h.deps, Step.POLL_ORDER, c.id)
+    assert h.state(c.id) == "CANCELLING"
+    approve(h, c)
+    h.drain()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "COMPLETED" and c.finished_late and c.captured_amount == 3000
