@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=32, ge=1)
     otp_ttl_seconds: int = Field(default=300, gt=0)
     otp_max_attempts: int = Field(default=3, ge=1, description="wrong OTPs Plural allows (shown to the customer)")
+    hold_days: float = Field(default=7.0, gt=0, description="how long an authorization holds at the issuer")
+    hold_margin_seconds: float = Field(default=6 * 3600.0, ge=0, description="release holds this long before")
 
     # --- logging ------------------------------------------------------------------------
     log_level: str = "INFO"

@@ -20,6 +20,7 @@ from orchestrator.db.models import Checkout, new_checkout_id, utcnow
 from orchestrator.db.repo import Repo
 from orchestrator.logs import get_logger
 from orchestrator.plural.models import Customer
+from orchestrator.refunds import refund_view
 from orchestrator.vault import CardData, Vault
 
 log = get_logger("orchestrator.service")
@@ -80,6 +81,17 @@ class CheckoutIn(BaseModel):
     customer: Customer | None = None
     callback_url: Annotated[str, Field(pattern=r"^https?://", max_length=500)] | None = None
     failure_callback_url: Annotated[str, Field(pattern=r"^https?://", max_length=500)] | None = None
+
+
+class DeliveryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    capture_amount: Money | None = None
+
+
+class RefundIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    amount: Money | None = None
+    merchant_refund_reference: Annotated[str, Field(pattern=REFERENCE)] | None = None
 
 
 class OTPIn(BaseModel):
@@ -188,6 +200,12 @@ class CheckoutService:
             "pre_auth": c.pre_auth,
             "authorized_amount": {"value": c.authorized_amount, "currency": c.currency},
             "captured_amount": {"value": c.captured_amount, "currency": c.currency},
+            "refunded_amount": {"value": c.refunded_amount, "currency": c.currency},
+            "capture_amount": ({"value": c.capture_amount, "currency": c.currency}
+                               if c.capture_amount is not None else None),
+            "delivered_at": _iso(c.delivered_at),
+            "capture_deadline_at": _iso(c.capture_deadline_at),
+            "cancel_reason": c.cancel_reason,
             "card": {"last4": c.card_last4, "network": c.card_network},
             "next_action": next_action,
             "error": {"code": c.error_code, "message": c.error_message} if c.error_code else None,
@@ -197,6 +215,8 @@ class CheckoutService:
             "updated_at": _iso(c.updated_at),
             "history": [{"from": t.from_state, "to": t.to_state, "reason": t.reason, "at": _iso(t.at)}
                         for t in self.repo.history(c.id)],
+            "refunds": [refund_view(r) for r in self.refunds(c.id)] if c.pre_auth or state is State.COMPLETED
+            else [],
         }
 
     # --- customer and merchant actions --------------------------------------------------
@@ -237,11 +257,62 @@ class CheckoutService:
                                 status=saga.public_status(state))
         lease = self.clock() + dt.timedelta(seconds=self.settings.step_lease_seconds)
         moved = self.repo.transition(c.id, State.CANCELLING, "cancel requested by the merchant",
-                                     allowed=saga.CANCELLABLE, next_due_at=lease)
+                                     allowed=saga.CANCELLABLE, next_due_at=lease, cancel_reason="MERCHANT")
         if moved is None:
             return self.cancel(checkout_id)
         self._enqueue(Step.CANCEL_ORDER, c.id)
         return moved
+
+
+    # --- pre-auth delivery and refunds --------------------------------------------------
+
+    def deliver(self, checkout_id: str, capture_amount: int | None) -> Checkout:
+        """Record the delivery of a pre-auth checkout and start its capture (once)."""
+        c = self.get(checkout_id)
+        state = State(c.state)
+        if not c.pre_auth:
+            raise CheckoutError(409, "NOT_PRE_AUTH", "only a pre_auth checkout is captured on delivery")
+        if c.delivered_at is not None and state in (State.CAPTURING, State.COMPLETED):
+            if capture_amount is not None and capture_amount != c.capture_amount:
+                raise CheckoutError(409, "DELIVERY_CONFLICT", "this checkout was delivered with another amount",
+                                    capture_amount={"value": c.capture_amount, "currency": c.currency})
+            return c
+        if state is not State.AUTHORIZED:
+            status = saga.public_status(state)
+            raise CheckoutError(409, "INVALID_STATE", f"a {status} checkout cannot be delivered", status=status)
+        amount = c.authorized_amount if capture_amount is None else capture_amount
+        if not 0 < amount <= c.authorized_amount:
+            raise CheckoutError(422, "CAPTURE_EXCEEDS_AUTHORIZED",
+                                f"capture_amount must be between 1 and the authorized {c.authorized_amount}",
+                                authorized_amount={"value": c.authorized_amount, "currency": c.currency})
+        now = self.clock()
+        moved = self.repo.transition(
+            c.id, State.CAPTURING, "delivered: capture " + ("in full" if amount == c.authorized_amount
+                                                            else f"of {amount} (partial)"),
+            allowed={State.AUTHORIZED}, delivered_at=now, capture_amount=amount,
+            next_due_at=now + dt.timedelta(seconds=self.settings.step_lease_seconds))
+        if moved is None:
+            return self.deliver(checkout_id, capture_amount)
+        self._enqueue(Step.CAPTURE_ORDER, c.id)
+        return moved
+
+
+    def _deps(self) -> Any:
+        from orchestrator.steps import Deps
+
+        return Deps(settings=self.settings, repo=self.repo, plural=None, vault=self.vault, enqueue=self.enqueue,
+                    clock=self.clock)
+
+    def refund(self, checkout_id: str, amount: int | None, reference: str | None) -> tuple[Any, bool]:
+        from orchestrator.refunds import request_refund
+
+        self.get(checkout_id)
+        return request_refund(self._deps(), checkout_id, amount, reference)
+
+    def refunds(self, checkout_id: str) -> list[Any]:
+        from orchestrator.refunds import refunds_of
+
+        return refunds_of(self._deps(), checkout_id)
 
 
 def _iso(value: dt.datetime | None) -> str | None:

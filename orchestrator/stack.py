@@ -48,6 +48,7 @@ class Stack:
         self.data_dir = Path(self.data_dir).resolve()
         values: dict[str, str | None] = {
             "DATA_DIR": str(self.data_dir),
+            "DATABASE_URL": os.environ.get("DATABASE_URL") or f"sqlite:///{self.data_dir / 'orchestrator.db'}",
             "REDIS_URL": self.redis_url,
             "PUBLIC_BASE_URL": self.api_url,
             "PYTHONUNBUFFERED": "1",
@@ -76,8 +77,7 @@ class Stack:
             self.redis = EmbeddedRedis(self.redis_port, self.data_dir / "redis", log_file=log)
             self.redis_url = self.redis.start()
         env = self.child_env()
-        settings = load_settings(**{k.lower(): v for k, v in env.items() if k in ("DATA_DIR", "DATABASE_URL")})
-        upgrade(settings.sqlalchemy_url)
+        upgrade(load_settings(data_dir=env["DATA_DIR"], database_url=env["DATABASE_URL"]).sqlalchemy_url)
         for name in self.components:
             if name == "sandbox" and not self.with_sandbox:
                 continue
@@ -92,14 +92,16 @@ class Stack:
             return base + ["api", "--host", self.host, "--port", str(self.api_port)]
         return base + [name]
 
-    def spawn(self, name: str) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, *, command: str | None = None, env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        """Start one process; ``command`` and ``env`` let a test add a second beat or worker."""
         out: Any = None
         if self.log_dir:
             handle = open(Path(self.log_dir) / f"{name}.log", "ab")
             self._logs.append(handle)
             out = handle
-        proc = subprocess.Popen(self.command(name), env=self.child_env(), stdout=out, stderr=subprocess.STDOUT
-                                if out else None, start_new_session=True)
+        proc = subprocess.Popen(self.command(command or name), env={**self.child_env(), **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT if out else None, start_new_session=True)
         self.processes[name] = proc
         return proc
 

@@ -26,7 +26,7 @@ from orchestrator.db.repo import Repo
 from orchestrator.logs import get_logger
 from orchestrator.plural import errors
 from orchestrator.plural.models import (
-    Amount, CardDetails, CardDetailsRequest, CardIdentifier, CreateOrderRequest, CreatePaymentRequest, Order,
+    Amount, CaptureRequest, CardDetails, CardDetailsRequest, CardIdentifier, CreateOrderRequest, CreatePaymentRequest, Order,
     PaymentOption, PaymentRequest, PurchaseDetails)
 from orchestrator.vault import Vault
 
@@ -51,10 +51,13 @@ def _s(d: Deps, seconds: float) -> dt.datetime:
     return d.clock() + dt.timedelta(seconds=seconds)
 
 
-def due_for(d: Deps, c: Checkout, target: State, polls: int = 0) -> dt.datetime | None:
+def due_for(d: Deps, c: Checkout, target: State, polls: int = 0,
+            capture_deadline: dt.datetime | None = None) -> dt.datetime | None:
     """When the saga in ``target`` next needs attention (the re-drive safety net included)."""
-    if target in saga.FINAL or target is State.AUTHORIZED:
+    if target in saga.FINAL:
         return None
+    if target is State.AUTHORIZED:
+        return capture_deadline or c.capture_deadline_at
     if target in POLLING:
         nxt = _s(d, saga.poll_delay(d.settings.poll_delays, polls))
         return min(nxt, c.deadline_at) if c.deadline_at else nxt
@@ -65,7 +68,7 @@ def go(d: Deps, c: Checkout, target: State, reason: str, **fields: Any) -> Check
     """Compare-and-set to ``target``, then enqueue its next step (after the commit)."""
     fields.setdefault("polls", 0)
     fields.setdefault("step_failures", 0)
-    fields["next_due_at"] = due_for(d, c, target, fields["polls"])
+    fields["next_due_at"] = due_for(d, c, target, fields["polls"], fields.get("capture_deadline_at"))
     updated = d.repo.transition(c.id, target, reason, **fields)
     if updated is None:
         log.info("saga.transition.skipped", target=target.value, found=(d.repo.get(c.id) or c).state)
@@ -75,7 +78,7 @@ def go(d: Deps, c: Checkout, target: State, reason: str, **fields: Any) -> Check
         d.vault.drop_card(c.id)
         d.vault.drop_otp(c.id)
     step = saga.next_step(target)
-    if step is not None and target not in POLLING:
+    if step is not None and target not in POLLING and target is not State.AUTHORIZED:
         d.enqueue(step, c.id)
     return updated
 
@@ -107,6 +110,11 @@ def settle(d: Deps, c: Checkout, order: Order, reason: str) -> bool:
     fields: dict[str, Any] = {"plural_status": order.status}
     if target in (State.AUTHORIZED, State.COMPLETED) and payment and payment.payment_amount:
         fields["authorized_amount"] = payment.payment_amount.value
+    if target is State.AUTHORIZED:
+        now = d.clock()
+        hold = dt.timedelta(days=d.settings.hold_days) - dt.timedelta(seconds=d.settings.hold_margin_seconds)
+        fields["authorized_at"] = now
+        fields["capture_deadline_at"] = now + max(hold, dt.timedelta(0))
     if target is State.COMPLETED:
         fields["captured_amount"] = order.captured_amount() or (payment.payment_amount.value
                                                                 if payment and payment.payment_amount else 0)
@@ -367,13 +375,14 @@ def poll_order(d: Deps, c: Checkout, task_id: str | None) -> None:
         order = d.plural.get_order(c.plural_order_id)
     except TRANSIENT as exc:
         if _past_deadline(d, c):
-            go(d, c, State.CANCELLING, "customer action deadline passed")
+            go(d, c, State.CANCELLING, "customer action deadline passed", cancel_reason="CUSTOMER_TIMEOUT")
             return
         return retry_later(d, c, Step.POLL_ORDER, exc)
     if settle(d, c, order, "polled"):
         return
     if _past_deadline(d, c):
-        go(d, c, State.CANCELLING, "customer action deadline passed", plural_status=order.status)
+        go(d, c, State.CANCELLING, "customer action deadline passed", plural_status=order.status,
+           cancel_reason="CUSTOMER_TIMEOUT")
         return
     polls = c.polls + 1
     due = _s(d, saga.poll_delay(d.settings.poll_delays, polls))
@@ -400,10 +409,11 @@ def cancel_order(d: Deps, c: Checkout, task_id: str | None) -> None:
         return retry_later(d, c, Step.CANCEL_ORDER, exc)
     payment = _our_payment(c, order)
     view = saga.gateway_view(order.status, payment.status if payment else None)
+    final = State.EXPIRED if c.cancel_reason == "HOLD_EXPIRED" else State.CANCELLED
     if view is saga.GatewayView.CANCELLED:
         d.repo.resolve_attempts([a.id for a in d.repo.unresolved_attempts(c.id, [Step.CANCEL_ORDER.value])
                                  if a.id], "succeeded", "order CANCELLED")
-        go(d, c, State.CANCELLED, "Plural reports CANCELLED", plural_status=order.status)
+        go(d, c, final, "Plural reports CANCELLED", plural_status=order.status)
         return
     if view is saga.GatewayView.PROCESSED:
         # the customer paid before the cancel: report it, never hide it
@@ -429,9 +439,84 @@ def cancel_order(d: Deps, c: Checkout, task_id: str | None) -> None:
         return
     d.repo.finish_attempt(attempt, "succeeded", cancelled.status)
     # an authorization that arrived after the customer's deadline is released, and says so
-    late = view is saga.GatewayView.AUTHORIZED and bool(c.deadline_at and d.clock() > c.deadline_at)
-    go(d, c, State.CANCELLED, "authorized after the deadline: hold released" if late else "cancelled at Plural",
-       plural_status=cancelled.status, finished_late=late)
+    late = view is saga.GatewayView.AUTHORIZED and c.cancel_reason == "CUSTOMER_TIMEOUT"
+    if final is State.EXPIRED:
+        reason = "hold released before it lapsed: no delivery by the capture deadline"
+    else:
+        reason = "authorized after the deadline: hold released" if late else "cancelled at Plural"
+    go(d, c, final, reason, plural_status=cancelled.status, finished_late=late)
+
+
+def captured_with(order: Order, reference: str) -> int | None:
+    """The amount Plural captured under ``reference``, or None when it has no such capture."""
+    for payment in order.payments:
+        for capture in payment.capture_data or []:
+            if capture.merchant_capture_reference == reference and capture.capture_amount:
+                return capture.capture_amount.value
+    return None
+
+
+def _follow_capture(d: Deps, c: Checkout, order: Order, reason: str) -> bool:
+    """Settle a capturing saga from Plural's order; True when it moved."""
+    amount = captured_with(order, c.merchant_capture_reference)
+    if amount is not None:
+        go(d, c, State.COMPLETED, f"{reason}: captured", captured_amount=amount, plural_status=order.status)
+        return True
+    view = saga.gateway_view(order.status)
+    if view is saga.GatewayView.PROCESSED:
+        go(d, c, State.COMPLETED, f"{reason}: Plural reports {order.status}",
+           captured_amount=order.captured_amount(), plural_status=order.status)
+        return True
+    if view is saga.GatewayView.CANCELLED:
+        go(d, c, State.CANCELLED, f"{reason}: the hold was cancelled at Plural", plural_status=order.status,
+           error_code="HOLD_CANCELLED", error_message="the authorization was cancelled before the capture")
+        return True
+    return False
+
+
+def capture_order(d: Deps, c: Checkout, task_id: str | None) -> None:
+    unresolved = d.repo.unresolved_attempts(c.id, [Step.CAPTURE_ORDER.value])
+    if unresolved:
+        try:
+            order = d.plural.get_order(c.plural_order_id)
+        except TRANSIENT as exc:
+            return retry_later(d, c, Step.CAPTURE_ORDER, exc)
+        found = captured_with(order, c.merchant_capture_reference) is not None
+        d.repo.resolve_attempts([a.id for a in unresolved if a.id], "succeeded" if found else "failed",
+                                f"order {order.status}")
+        if _follow_capture(d, c, order, "capture found at Plural"):
+            return
+    amount = c.capture_amount or c.authorized_amount
+    attempt = _attempt(d, c, Step.CAPTURE_ORDER, c.merchant_capture_reference, task_id)
+    try:
+        order = d.plural.capture_order(c.plural_order_id, CaptureRequest(
+            merchant_capture_reference=c.merchant_capture_reference,
+            capture_amount=Amount(value=amount, currency=c.currency)))
+    except TRANSIENT as exc:
+        d.repo.finish_attempt(attempt, "unknown", str(exc))
+        return retry_later(d, c, Step.CAPTURE_ORDER, exc)
+    except errors.APIError as exc:
+        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
+        try:
+            truth = d.plural.get_order(c.plural_order_id)
+        except TRANSIENT as again:
+            return retry_later(d, c, Step.CAPTURE_ORDER, again)
+        if not _follow_capture(d, c, truth, f"capture refused ({exc.code})"):
+            go(d, c, State.AUTHORIZED, f"capture refused ({exc.code}); the hold stands", error_code=exc.code[:64],
+               error_message=exc.message[:500])
+        return
+    d.repo.finish_attempt(attempt, "succeeded", order.status)
+    if not _follow_capture(d, c, order, "captured"):
+        retry_later(d, c, Step.CAPTURE_ORDER, errors.ResponseFormatError("capture answer shows no capture"))
+
+
+def expire_hold(d: Deps, c: Checkout, task_id: str | None) -> None:
+    """An authorization with no delivery by its capture deadline is released before it lapses."""
+    if c.capture_deadline_at is None or d.clock() < c.capture_deadline_at:
+        d.repo.update_fields(c.id, states={State.AUTHORIZED}, next_due_at=c.capture_deadline_at)
+        return
+    go(d, c, State.CANCELLING, "no delivery by the capture deadline: releasing the hold",
+       cancel_reason="HOLD_EXPIRED")
 
 
 STEPS: dict[Step, Callable[[Deps, Checkout, str | None], None]] = {
@@ -443,11 +528,17 @@ STEPS: dict[Step, Callable[[Deps, Checkout, str | None], None]] = {
     Step.RESEND_OTP: resend_otp,
     Step.POLL_ORDER: poll_order,
     Step.CANCEL_ORDER: cancel_order,
+    Step.CAPTURE_ORDER: capture_order,
+    Step.EXPIRE_HOLD: expire_hold,
 }
 
 
 def run(d: Deps, step: Step, checkout_id: str, task_id: str | None = None) -> None:
     """Run one step for one checkout, if the checkout is (still) in a state the step belongs to."""
+    if step is Step.REFUND:
+        from orchestrator.refunds import run_refund
+
+        return run_refund(d, checkout_id, task_id)
     c = d.repo.get(checkout_id)
     if c is None:
         log.warning("saga.step.unknown_checkout", step=step.value)
@@ -457,7 +548,7 @@ def run(d: Deps, step: Step, checkout_id: str, task_id: str | None = None) -> No
         log.info("saga.step.skipped", step=step.value, state=state.value)
         return
     if step is not Step.CANCEL_ORDER and step is not Step.POLL_ORDER and _past_deadline(d, c):
-        go(d, c, State.CANCELLING, "customer action deadline passed")
+        go(d, c, State.CANCELLING, "customer action deadline passed", cancel_reason="CUSTOMER_TIMEOUT")
         return
     log.info("saga.step.start", step=step.value, state=state.value)
     STEPS[step](d, c, task_id)

@@ -1,15 +1,17 @@
 """The due-time sweep (run by beat): every saga whose next step is due gets it enqueued once.
 
-A row is claimed by moving its due time forward by the step lease (compare-and-set on the old due
-time), so two beats or two sweeps never enqueue the same row twice; a step that dies or a message
-that is lost leaves the lease to expire, and the next sweep re-drives it.
+Rows are claimed by moving their due time forward by the step lease in the claiming transaction
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so two beats or two
+sweeps never enqueue the same row twice; a step that dies or a message that is lost leaves the
+lease to expire, and the next sweep re-drives it. The same sweep captures delivered holds,
+expires undelivered ones at their capture deadline and tracks refunds: each is a due time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from orchestrator.core.saga import State, next_step
+from orchestrator.core.saga import State, Step, next_step
 from orchestrator.logs import get_logger
 from orchestrator.steps import Deps
 
@@ -17,17 +19,19 @@ log = get_logger("orchestrator.sweeps")
 
 
 def sweep_due(d: Deps, now: dt.datetime | None = None) -> int:
+    """Enqueue the step of every saga (and refund) that is due: re-drives, polls, deadlines,
+    captures, hold expiries. Returns how many were enqueued."""
     now = now or d.clock()
     lease = now + dt.timedelta(seconds=d.settings.step_lease_seconds)
     enqueued = 0
-    for checkout_id, state, due in d.repo.due(now, d.settings.sweep_batch):
+    for checkout_id, state in d.repo.claim_due(now, lease, d.settings.sweep_batch):
         step = next_step(State(state))
-        if step is None:
-            d.repo.claim(checkout_id, due, None)
-            continue
-        if d.repo.claim(checkout_id, due, lease):
+        if step is not None:
             d.enqueue(step, checkout_id)
             enqueued += 1
+    for refund_id in d.repo.claim_due_refunds(now, lease, d.settings.sweep_batch):
+        d.enqueue(Step.REFUND, refund_id)
+        enqueued += 1
     if enqueued:
         log.info("sweep.due.enqueued", count=enqueued)
     return enqueued

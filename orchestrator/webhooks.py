@@ -27,7 +27,7 @@ from sqlmodel import col, select
 
 from orchestrator.core import saga
 from orchestrator.core.saga import State
-from orchestrator.db.models import Checkout, WebhookEvent
+from orchestrator.db.models import Checkout, Refund, WebhookEvent
 from orchestrator.logs import get_logger
 from orchestrator.plural import errors
 from orchestrator.plural.models import Order
@@ -142,14 +142,17 @@ def _checkout_for(d: Deps, event: WebhookEvent) -> Checkout | None:
 
 
 def apply(d: Deps, event: WebhookEvent) -> None:
-    if event.event_type in REFUND_EVENTS:
-        return _finish(d, event, "ignored", "refunds are not tracked by this saga yet")
-    if event.event_type not in ORDER_EVENTS:
+    if event.event_type not in ORDER_EVENTS | REFUND_EVENTS:
         return _finish(d, event, "ignored", f"unknown event type {event.event_type}")
     try:
         order = Order.model_validate(json.loads(event.body)["data"])
     except (ValueError, KeyError):
         return _finish(d, event, "ignored", "data is not an order")
+    if event.event_type in REFUND_EVENTS:
+        from orchestrator.refunds import apply_refund_event
+
+        note = apply_refund_event(d, order)
+        return _finish(d, event, "applied" if note else "deferred", note or "refund not recorded yet")
     checkout = _checkout_for(d, event)
     if checkout is None or checkout.plural_order_id is None:
         return _finish(d, event, "deferred", "order not recorded by any saga yet")
@@ -209,9 +212,14 @@ def retry_deferred(d: Deps, batch: int = 200) -> int:
         mine = or_(col(Checkout.plural_order_id) == col(WebhookEvent.order_id),
                    and_(col(Checkout.merchant_order_reference) == col(WebhookEvent.merchant_order_reference),
                         col(Checkout.plural_order_id).is_not(None)))
-        ready = s.exec(select(WebhookEvent.id).join(Checkout, mine).where(
+        ready = list(s.exec(select(WebhookEvent.id).join(Checkout, mine).where(
             WebhookEvent.status == "deferred", col(WebhookEvent.received_at) > d.clock() - DEFER_FOR
-        ).limit(batch)).all()
+        ).limit(batch)).all())
+        refund_known = or_(col(Refund.plural_refund_order_id) == col(WebhookEvent.order_id),
+                           col(Refund.merchant_refund_reference) == col(WebhookEvent.merchant_order_reference))
+        ready += list(s.exec(select(WebhookEvent.id).join(Refund, refund_known).where(
+            WebhookEvent.status == "deferred", col(WebhookEvent.received_at) > d.clock() - DEFER_FOR
+        ).limit(batch)).all())
         stale = d.clock() - dt.timedelta(minutes=5)
         s.execute(update(WebhookEvent).where(col(WebhookEvent.status) == "processing",
                                              col(WebhookEvent.claimed_at) < stale).values(status="pending"))

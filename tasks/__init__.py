@@ -37,6 +37,17 @@ submit_otp = _step_task(Step.SUBMIT_OTP)
 resend_otp = _step_task(Step.RESEND_OTP)
 poll_order = _step_task(Step.POLL_ORDER)
 cancel_order = _step_task(Step.CANCEL_ORDER)
+capture_order = _step_task(Step.CAPTURE_ORDER)
+expire_hold = _step_task(Step.EXPIRE_HOLD)
+
+
+@app.task(name="tasks.refund", bind=True, acks_late=True)
+def refund(self: Any, refund_id: str) -> None:
+    from orchestrator.refunds import run_refund
+    from orchestrator.runtime import get_runtime
+
+    structlog.contextvars.bind_contextvars(refund_id=refund_id, step="refund")
+    run_refund(get_runtime().deps(), refund_id, self.request.id)
 
 
 @app.task(name="tasks.sweep_due", acks_late=True, ignore_result=True)

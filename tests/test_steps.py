@@ -56,7 +56,9 @@ def test_pre_auth_checkout_waits_authorized(harness):
     h.drain()
     c = h.deps.repo.get(c.id)
     assert c.state == "AUTHORIZED" and c.authorized_amount == 5000 and c.captured_amount == 0
-    assert c.next_due_at is None
+    # the only thing due is the hold's expiry: 7 days after authorization less the 6-hour margin
+    assert c.next_due_at == c.capture_deadline_at
+    assert (c.capture_deadline_at - c.authorized_at).total_seconds() == 7 * 86400 - 6 * 3600
 
 
 def test_wrong_otp_keeps_waiting_with_fewer_attempts_then_right_one_completes(harness):

@@ -18,7 +18,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.inbound import Inbound
-from orchestrator.service import CheckoutError, CheckoutIn, CheckoutService, OTPIn
+from orchestrator.refunds import RefundRefused, refund_view
+from orchestrator.service import CheckoutError, CheckoutIn, CheckoutService, DeliveryIn, OTPIn, RefundIn
 from orchestrator.webhooks import WebhookRejected
 
 
@@ -83,6 +84,36 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
     @app.post("/v1/checkouts/{checkout_id}/cancel", status_code=202, dependencies=guarded)
     def cancel(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
         return svc.view(svc.cancel(checkout_id))
+
+    @app.post("/v1/checkouts/{checkout_id}/delivery", status_code=202, dependencies=guarded)
+    def delivery(checkout_id: str, body: DeliveryIn | None = None,
+                 svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+        """Delivered: capture a pre-auth checkout, in full or for ``capture_amount``."""
+        c = svc.get(checkout_id)
+        amount = body.capture_amount if body else None
+        if amount is not None and amount.currency != c.currency:
+            raise CheckoutError(400, "INVALID_REQUEST", f"capture_amount must be in {c.currency}")
+        return svc.view(svc.deliver(checkout_id, amount.value if amount else None))
+
+    @app.post("/v1/checkouts/{checkout_id}/refunds", status_code=202, dependencies=guarded)
+    def refund(checkout_id: str, body: RefundIn | None = None,
+               svc: CheckoutService = Depends(service)) -> JSONResponse:
+        """Refund a COMPLETED checkout, in full (default) or in part; idempotent on the reference."""
+        c = svc.get(checkout_id)
+        amount = body.amount if body else None
+        if amount is not None and amount.currency != c.currency:
+            raise CheckoutError(400, "INVALID_REQUEST", f"amount must be in {c.currency}")
+        try:
+            row, created = svc.refund(checkout_id, amount.value if amount else None,
+                                      body.merchant_refund_reference if body else None)
+        except RefundRefused as exc:
+            raise CheckoutError(exc.status, exc.code, exc.message, **exc.details) from None
+        return JSONResponse(refund_view(row), status_code=202 if created else 200)
+
+    @app.get("/v1/checkouts/{checkout_id}/refunds", dependencies=guarded)
+    def refunds(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+        svc.get(checkout_id)
+        return {"refunds": [refund_view(r) for r in svc.refunds(checkout_id)]}
 
     if inbound is not None:
         _inbound_routes(app, inbound)

@@ -3,6 +3,8 @@ the step each state asks for. No Celery, HTTP or database code here.
 
 ::
 
+    (AUTHORIZING: the customer is done, Plural has not reported yet; polled like the waiting states)
+
     NEW ──create_order──▶ ORDER_CREATED ──card_details──▶ CARD_CHECKED ──create_payment──┐
                                                                                           │
         ┌────────────── native OTP ◀── PAYMENT_CREATED ◀─────────────────────────────────┤
@@ -11,7 +13,8 @@ the step each state asks for. No Celery, HTTP or database code here.
         │  └──submit──────────▶  │            └────────────────────────────────▶ AWAITING_REDIRECT
         │                        ▼                                                     │
         └──────────── poll / submit / webhook: Plural AUTHORIZED or PROCESSED ◀────────┘
-                       ├─ pre_auth: true  → AUTHORIZED (capture or cancel later)
+                       ├─ pre_auth: true  → AUTHORIZED ──delivery──▶ CAPTURING ──capture──▶ COMPLETED
+                       │                        └─ no delivery by the capture deadline ─▶ CANCELLING ─▶ EXPIRED
                        └─ pre_auth: false → COMPLETED
     any waiting state ──deadline / merchant cancel──▶ CANCELLING ──cancel──▶ CANCELLED
     declines, OTP attempts exhausted, payment failed ──▶ FAILED
@@ -35,14 +38,16 @@ class State(str, Enum):
     AWAITING_REDIRECT = "AWAITING_REDIRECT"
     AUTHORIZING = "AUTHORIZING"  # the customer is done; Plural has not reported the outcome yet
     AUTHORIZED = "AUTHORIZED"
+    CAPTURING = "CAPTURING"  # delivered: the capture is on its way
     CANCELLING = "CANCELLING"
     COMPLETED = "COMPLETED"
     CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"  # a pre-auth hold never delivered, released before it lapsed
     FAILED = "FAILED"
 
 
 S = State
-FINAL = frozenset({S.COMPLETED, S.CANCELLED, S.FAILED})
+FINAL = frozenset({S.COMPLETED, S.CANCELLED, S.EXPIRED, S.FAILED})
 #: states in which the customer has still to act (OTP or the bank page)
 CUSTOMER_ACTION = frozenset({S.AWAITING_OTP, S.VERIFYING_OTP, S.AWAITING_REDIRECT})
 #: states before authorization: the customer-action deadline cancels them
@@ -63,11 +68,14 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.VERIFYING_OTP: frozenset({S.AWAITING_OTP, S.AUTHORIZING, *_SETTLED}),
     S.AWAITING_REDIRECT: frozenset({S.AUTHORIZING, *_SETTLED}),
     S.AUTHORIZING: frozenset(_SETTLED),
-    S.AUTHORIZED: frozenset({S.CANCELLING, S.CANCELLED, S.COMPLETED}),
+    S.AUTHORIZED: frozenset({S.CAPTURING, S.CANCELLING, S.CANCELLED, S.COMPLETED}),
+    # a refused capture leaves the hold as it was
+    S.CAPTURING: frozenset({S.COMPLETED, S.AUTHORIZED, S.CANCELLED}),
     # a cancel may find the payment already processed (reported, never hidden) or failed
-    S.CANCELLING: frozenset({S.CANCELLED, S.COMPLETED, S.FAILED}),
+    S.CANCELLING: frozenset({S.CANCELLED, S.EXPIRED, S.COMPLETED, S.FAILED}),
     S.COMPLETED: frozenset(),
     S.CANCELLED: frozenset(),
+    S.EXPIRED: frozenset(),
     S.FAILED: frozenset(),
 }
 
@@ -102,9 +110,11 @@ PUBLIC_STATUS: dict[State, str] = {
     S.AWAITING_REDIRECT: "AWAITING_REDIRECT",
     S.AUTHORIZING: "PROCESSING",
     S.AUTHORIZED: "AUTHORIZED",
+    S.CAPTURING: "CAPTURING",
     S.CANCELLING: "CANCELLING",
     S.COMPLETED: "COMPLETED",
     S.CANCELLED: "CANCELLED",
+    S.EXPIRED: "EXPIRED",
     S.FAILED: "FAILED",
 }
 
@@ -124,6 +134,9 @@ class Step(str, Enum):
     RESEND_OTP = "resend_otp"
     POLL_ORDER = "poll_order"
     CANCEL_ORDER = "cancel_order"
+    CAPTURE_ORDER = "capture_order"
+    EXPIRE_HOLD = "expire_hold"
+    REFUND = "refund"  # takes a refund id, not a checkout id
 
 
 NEXT_STEP: dict[State, Step] = {
@@ -135,6 +148,8 @@ NEXT_STEP: dict[State, Step] = {
     S.AWAITING_OTP: Step.POLL_ORDER,
     S.AWAITING_REDIRECT: Step.POLL_ORDER,
     S.AUTHORIZING: Step.POLL_ORDER,
+    S.AUTHORIZED: Step.EXPIRE_HOLD,  # only once its capture deadline is due
+    S.CAPTURING: Step.CAPTURE_ORDER,
     S.CANCELLING: Step.CANCEL_ORDER,
 }
 
@@ -148,6 +163,8 @@ STEP_STATES: dict[Step, frozenset[State]] = {
     Step.RESEND_OTP: frozenset({S.AWAITING_OTP}),
     Step.POLL_ORDER: frozenset({S.AWAITING_OTP, S.AWAITING_REDIRECT, S.AUTHORIZING}),
     Step.CANCEL_ORDER: frozenset({S.CANCELLING}),
+    Step.CAPTURE_ORDER: frozenset({S.CAPTURING}),
+    Step.EXPIRE_HOLD: frozenset({S.AUTHORIZED}),
 }
 
 
@@ -211,3 +228,36 @@ def poll_delay(schedule: tuple[float, ...], polls_done: int) -> float:
     if not schedule:
         raise ValueError("empty poll schedule")
     return schedule[min(polls_done, len(schedule) - 1)]
+
+
+# --- refunds ----------------------------------------------------------------------------
+
+class RefundState(str, Enum):
+    REQUESTED = "REQUESTED"  # written ahead; not yet accepted by Plural
+    PENDING = "PENDING"      # Plural has the refund order, not settled yet
+    PROCESSED = "PROCESSED"
+    FAILED = "FAILED"
+
+
+REFUND_FINAL = frozenset({RefundState.PROCESSED, RefundState.FAILED})
+REFUND_TRANSITIONS: dict[RefundState, frozenset[RefundState]] = {
+    RefundState.REQUESTED: frozenset({RefundState.PENDING, RefundState.PROCESSED, RefundState.FAILED}),
+    RefundState.PENDING: frozenset({RefundState.PROCESSED, RefundState.FAILED}),
+    RefundState.PROCESSED: frozenset(),
+    RefundState.FAILED: frozenset(),
+}
+
+
+def refund_state_of(plural_status: str) -> RefundState:
+    """Plural's refund statuses: CREATED, PENDING, PROCESSED, FAILED."""
+    status = (plural_status or "").upper()
+    if status == "PROCESSED":
+        return RefundState.PROCESSED
+    if status == "FAILED":
+        return RefundState.FAILED
+    return RefundState.PENDING
+
+
+def refundable(captured: int, refunds_not_failed: int) -> int:
+    """What may still be refunded: captured minus every refund that has not failed."""
+    return max(captured - refunds_not_failed, 0)

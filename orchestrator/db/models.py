@@ -73,6 +73,12 @@ class Checkout(SQLModel, table=True):
     error_message: Optional[str] = None
     finished_late: bool = False
 
+    authorized_at: Optional[dt.datetime] = None
+    capture_deadline_at: Optional[dt.datetime] = None
+    delivered_at: Optional[dt.datetime] = None
+    capture_amount: Optional[int] = None
+    cancel_reason: Optional[str] = Field(default=None, max_length=32)
+
     created_at: dt.datetime = Field(default_factory=utcnow)
     updated_at: dt.datetime = Field(default_factory=utcnow)
 
@@ -133,3 +139,31 @@ class WebhookEvent(SQLModel, table=True):
     received_at: dt.datetime = Field(default_factory=utcnow)
     claimed_at: Optional[dt.datetime] = None
     processed_at: Optional[dt.datetime] = None
+
+
+class Refund(SQLModel, table=True):
+    """A refund of a completed checkout, written ahead with its own idempotency reference."""
+
+    __tablename__ = "refund"
+    __table_args__ = (
+        UniqueConstraint("merchant_refund_reference", name="uq_refund_reference"),
+        Index("ix_refund_due", "next_due_at"),
+        Index("ix_refund_checkout", "checkout_id"),
+        Index("ix_refund_plural_order_id", "plural_refund_order_id"),
+    )
+
+    id: str = Field(default_factory=lambda: "rfd_" + uuid.uuid4().hex, primary_key=True, max_length=40)
+    checkout_id: str = Field(foreign_key="checkout.id", max_length=40)
+    merchant_refund_reference: str = Field(max_length=50)
+    amount_value: int
+    currency: str = Field(max_length=3)
+    state: str = Field(default="REQUESTED", max_length=16)
+    plural_refund_order_id: Optional[str] = Field(default=None, max_length=64)
+    plural_status: Optional[str] = Field(default=None, max_length=32)
+    next_due_at: Optional[dt.datetime] = None
+    polls: int = 0
+    failures: int = 0
+    error_code: Optional[str] = Field(default=None, max_length=64)
+    error_message: Optional[str] = None
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    updated_at: dt.datetime = Field(default_factory=utcnow)

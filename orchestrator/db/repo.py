@@ -141,20 +141,35 @@ class Repo:
 
     # --- due rows -----------------------------------------------------------------------
 
-    def due(self, now: dt.datetime, limit: int) -> list[tuple[str, str, dt.datetime]]:
-        """Sagas whose next step is due, oldest first (uses ``ix_checkout_due``)."""
+    def claim_due(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[tuple[str, str]]:
+        """Take up to ``limit`` sagas whose next step is due, oldest first, moving their due time to
+        ``lease_until`` in the same transaction.
+
+        PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so concurrent sweeps take disjoint rows. SQLite:
+        the transaction is ``BEGIN IMMEDIATE``, so sweeps run one after another and the second
+        finds the rows no longer due. Either way a row is enqueued once per lease. The query
+        walks ``ix_checkout_due``: its cost follows the due rows, not the table.
+        """
         finals = [s.value for s in FINAL]
         with self.session() as s:
-            q = (select(Checkout.id, Checkout.state, Checkout.next_due_at)
+            q = (select(Checkout.id, Checkout.state)
                  .where(col(Checkout.next_due_at) <= now, col(Checkout.state).not_in(finals))
-                 .order_by(col(Checkout.next_due_at)).limit(limit))
-            return [(r[0], r[1], r[2]) for r in s.exec(q)]
-
-    def claim(self, checkout_id: str, seen_due: dt.datetime, lease_until: dt.datetime | None) -> bool:
-        """Take a due row for one enqueue: compare-and-set on the due time, so two sweeps never both win."""
-        with self.session() as s:
-            result = s.execute(update(Checkout)
-                               .where(col(Checkout.id) == checkout_id, col(Checkout.next_due_at) == seen_due)
-                               .values(next_due_at=lease_until))
+                 .order_by(col(Checkout.next_due_at)).limit(limit).with_for_update(skip_locked=True))
+            rows = [(r[0], r[1]) for r in s.exec(q)]
+            if rows:
+                s.execute(update(Checkout).where(col(Checkout.id).in_([r[0] for r in rows]))
+                          .values(next_due_at=lease_until))
             s.commit()
-            return result.rowcount == 1
+            return rows
+
+    def claim_due_refunds(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[str]:
+        from orchestrator.db.models import Refund
+
+        with self.session() as s:
+            q = (select(Refund.id).where(col(Refund.next_due_at) <= now)
+                 .order_by(col(Refund.next_due_at)).limit(limit).with_for_update(skip_locked=True))
+            ids = list(s.exec(q))
+            if ids:
+                s.execute(update(Refund).where(col(Refund.id).in_(ids)).values(next_due_at=lease_until))
+            s.commit()
+            return ids

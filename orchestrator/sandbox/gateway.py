@@ -85,6 +85,7 @@ class SandboxConfig:
     otp_max_attempts: int = 3
     payment_retries: int = 9
     refund_settle_seconds: float = 0.0
+    fail_refunds: bool = False  # refunds settle as FAILED (REFUND_FAILED), for tests
 
 
 @dataclass
@@ -150,9 +151,12 @@ class Gateway:
         order["updated_at"] = self.now_iso()
         if status is not None and status != order["status"]:
             order["status"] = status
-            if event and status in EVENT_FOR_STATUS:
-                event_type = "REFUND_PROCESSED" if order.get("type") == "REFUND" else EVENT_FOR_STATUS[status]
-                self.emit(event_type, copy.deepcopy(order))
+            if order.get("type") == "REFUND":
+                event_type = {"PROCESSED": "REFUND_PROCESSED", "FAILED": "REFUND_FAILED"}.get(status)
+            else:
+                event_type = EVENT_FOR_STATUS.get(status)
+            if event and event_type:
+                self.emit(event_type, self._public(order))
 
     def _order(self, order_id: str) -> dict[str, Any]:
         order = self.orders.get(order_id)
@@ -608,6 +612,10 @@ class Gateway:
                          merchant_refund_reference=reference)
             if self.config.refund_settle_seconds <= 0:
                 self._settle_refund(refund)
+            else:
+                timer = threading.Timer(self.config.refund_settle_seconds + 0.01, self.tick)
+                timer.daemon = True
+                timer.start()
             return {"data": self._public(refund)}
 
     @staticmethod
@@ -624,6 +632,10 @@ class Gateway:
     def _settle_refund(self, refund: dict[str, Any]) -> None:
         parent = self.orders[refund["parent_order_id"]]
         refund.pop("_settle_at", None)
+        if self.config.fail_refunds:
+            self._record("REFUND_FAILED", parent, refund["order_amount"]["value"], refund_order_id=refund["order_id"])
+            self._touch(refund, "FAILED")
+            return
         self._record("REFUNDED", parent, refund["order_amount"]["value"], refund_order_id=refund["order_id"])
         self._touch(refund, "PROCESSED")
         full = self._refunded(parent["order_id"]) >= self._captured(parent)

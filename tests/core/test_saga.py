@@ -47,7 +47,8 @@ def test_next_step_per_state():
     assert saga.next_step(State.PAYMENT_CREATED) is Step.GENERATE_OTP
     assert saga.next_step(State.AWAITING_REDIRECT) is Step.POLL_ORDER
     assert saga.next_step(State.CANCELLING) is Step.CANCEL_ORDER
-    assert saga.next_step(State.AUTHORIZED) is None
+    assert saga.next_step(State.AUTHORIZED) is Step.EXPIRE_HOLD
+    assert saga.next_step(State.CAPTURING) is Step.CAPTURE_ORDER
     assert all(saga.next_step(s) is None for s in FINAL)
 
 

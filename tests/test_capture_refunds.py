@@ -1,0 +1,299 @@
+"""Pre-auth capture after delivery, hold expiry, refunds and the claiming sweep, with an injectable
+clock and the sandbox's ledger as the witness."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+
+from orchestrator.core.saga import Step
+from orchestrator.plural import PluralClient
+from orchestrator.refunds import RefundRefused, get_refund
+from orchestrator.service import CheckoutError, CheckoutIn
+from orchestrator.sweeps import sweep_due
+from tests.conftest import ledger
+from tests.test_webhooks import signed
+
+OTP_CARD = "4012001037141112"
+
+
+def authorized(h, amount=5000, pre_auth=True):
+    body = CheckoutIn.model_validate({
+        "merchant_order_reference": f"cap-{uuid.uuid4().hex[:12]}", "amount": {"value": amount, "currency": "INR"},
+        "pre_auth": pre_auth,
+        "card": {"number": OTP_CARD, "name": "Kevin", "cvv": "123", "expiry_month": "12", "expiry_year": "2030"}})
+    row, _ = h.service.create(body)
+    h.drain()
+    h.service.submit_otp(row.id, "123456")
+    h.drain()
+    c = h.deps.repo.get(row.id)
+    assert c.state == ("AUTHORIZED" if pre_auth else "COMPLETED")
+    return c
+
+
+def kinds(h, c):
+    return [(e["kind"], (e.get("amount") or {}).get("value")) for e in ledger(h.sandbox_url, c.plural_order_id)]
+
+
+@pytest.fixture
+def sandbox_config(harness):
+    yield lambda **values: requests.put(f"{harness.sandbox_url}/sandbox/config", json=values, timeout=5)
+    requests.put(f"{harness.sandbox_url}/sandbox/config", json={"refund_settle_seconds": 0.0, "fail_refunds": False},
+                 timeout=5)
+
+
+def impatient(h):
+    return PluralClient.from_settings(h.deps.settings, read_timeout=0.3, max_attempts=2, backoff_base=0.01,
+                                      backoff_cap=0.01)
+
+
+# --- capture ------------------------------------------------------------------------------
+
+def test_delivery_captures_in_full_once(harness):
+    h = harness
+    c = authorized(h)
+    h.service.deliver(c.id, None)
+    h.drain()
+    done = h.deps.repo.get(c.id)
+    assert done.state == "COMPLETED" and done.captured_amount == 5000 and done.delivered_at
+    again = h.service.deliver(c.id, None)
+    h.drain()
+    assert again.state == "COMPLETED" and h.queue == []
+    assert [k for k in kinds(h, c) if k[0] == "CAPTURED"] == [("CAPTURED", 5000)]
+
+
+def test_partial_capture_releases_the_rest(harness):
+    h = harness
+    c = authorized(h)
+    h.service.deliver(c.id, 3000)
+    h.drain()
+    done = h.deps.repo.get(c.id)
+    assert done.state == "COMPLETED" and done.captured_amount == 3000 and done.capture_amount == 3000
+    assert ("CAPTURED", 3000) in kinds(h, c) and ("RELEASED", 2000) in kinds(h, c)
+
+
+def test_capture_above_the_authorization_is_refused_and_nothing_changes(harness):
+    h = harness
+    c = authorized(h)
+    with pytest.raises(CheckoutError) as exc:
+        h.service.deliver(c.id, 5001)
+    assert exc.value.status == 422 and exc.value.code == "CAPTURE_EXCEEDS_AUTHORIZED"
+    assert h.state(c.id) == "AUTHORIZED" and h.queue == []
+
+
+def test_a_second_delivery_with_another_amount_is_a_conflict(harness):
+    h = harness
+    c = authorized(h)
+    h.service.deliver(c.id, 1000)
+    with pytest.raises(CheckoutError) as exc:
+        h.service.deliver(c.id, 2000)
+    assert exc.value.code == "DELIVERY_CONFLICT"
+
+
+def test_delivery_of_a_checkout_that_is_not_pre_auth_is_refused(harness):
+    c = authorized(harness, pre_auth=False)
+    with pytest.raises(CheckoutError) as exc:
+        harness.service.deliver(c.id, None)
+    assert exc.value.code == "NOT_PRE_AUTH"
+
+
+def test_a_capture_that_timed_out_is_reconciled_and_captured_exactly_once(harness):
+    h = harness
+    c = authorized(h)
+    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "hang_after", "path": "/capture$", "seconds": 0.8, "count": 2}]}, timeout=5)
+    patient, h.deps.plural = h.deps.plural, impatient(h)
+    h.service.deliver(c.id, None)
+    h.drain()
+    h.deps.plural = patient
+    mid = h.deps.repo.get(c.id)
+    assert mid.state == "CAPTURING"
+    assert [a.outcome for a in h.deps.repo.attempts(c.id, Step.CAPTURE_ORDER.value)] == ["unknown"]
+    h.clock.advance(5)
+    time.sleep(0.9)
+    h.run_due()
+    done = h.deps.repo.get(c.id)
+    assert done.state == "COMPLETED" and done.captured_amount == 5000
+    assert [k for k in kinds(h, c) if k[0] == "CAPTURED"] == [("CAPTURED", 5000)]
+    assert [a.outcome for a in h.deps.repo.attempts(c.id, Step.CAPTURE_ORDER.value)] == ["succeeded"]
+
+
+def test_an_undelivered_hold_expires_before_it_lapses(harness):
+    h = harness
+    c = authorized(h)
+    h.clock.advance(6 * 86400)
+    h.run_due()
+    assert h.state(c.id) == "AUTHORIZED"
+    h.clock.advance(86400)
+    h.run_due()
+    done = h.deps.repo.get(c.id)
+    assert done.state == "EXPIRED" and done.cancel_reason == "HOLD_EXPIRED"
+    assert "no delivery by the capture deadline" in " ".join(t.reason for t in h.deps.repo.history(c.id))
+    assert kinds(h, c)[-1] == ("CANCELLED", 5000)
+
+
+def test_merchant_cancel_of_an_authorized_hold_releases_it(harness):
+    h = harness
+    c = authorized(h)
+    h.service.cancel(c.id)
+    h.drain()
+    assert h.state(c.id) == "CANCELLED" and kinds(h, c)[-1] == ("CANCELLED", 5000)
+
+
+def test_two_sweeps_racing_enqueue_each_due_row_once(harness):
+    h = harness
+    rows = [authorized(h) for _ in range(4)]
+    for c in rows:
+        h.service.deliver(c.id, None)
+    h.queue.clear()  # the capture messages are lost
+    h.clock.advance(h.deps.settings.step_lease_seconds + 1)
+    barrier = threading.Barrier(4)
+    counts = []
+
+    def sweep():
+        barrier.wait()
+        counts.append(sweep_due(h.deps))
+
+    threads = [threading.Thread(target=sweep) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(counts) == 4
+    assert sorted(i for _, i in h.queue) == sorted(c.id for c in rows)
+    h.drain()
+    for c in rows:
+        assert h.state(c.id) == "COMPLETED"
+        assert [k for k in kinds(h, c) if k[0] == "CAPTURED"] == [("CAPTURED", 5000)]
+
+
+# --- refunds ------------------------------------------------------------------------------
+
+def completed(h, amount=10000):
+    return authorized(h, amount=amount, pre_auth=False)
+
+
+def refund(h, c, amount=None, reference=None):
+    row, created = h.service.refund(c.id, amount, reference)
+    h.drain()
+    return get_refund(h.deps, row.id), created
+
+
+def test_full_refund_is_processed_and_counted(harness):
+    h = harness
+    c = completed(h)
+    r, created = refund(h, c)
+    assert created and r.state == "PROCESSED" and r.amount_value == 10000
+    assert h.deps.repo.get(c.id).refunded_amount == 10000
+    assert ("REFUNDED", 10000) in kinds(h, c)
+
+
+def test_partial_refunds_never_exceed_what_was_captured(harness):
+    h = harness
+    c = completed(h)
+    assert refund(h, c, 4000)[0].state == "PROCESSED"
+    assert refund(h, c, 5000)[0].state == "PROCESSED"
+    with pytest.raises(RefundRefused) as exc:
+        h.service.refund(c.id, 1001, None)
+    assert exc.value.status == 422 and exc.value.code == "REFUND_EXCEEDS_CAPTURED"
+    assert exc.value.details["refundable"]["value"] == 1000
+    rest, _ = refund(h, c)
+    assert rest.amount_value == 1000
+    assert h.deps.repo.get(c.id).refunded_amount == 10000
+    assert [k for k in kinds(h, c) if k[0] == "REFUNDED"] == [("REFUNDED", 4000), ("REFUNDED", 5000),
+                                                             ("REFUNDED", 1000)]
+
+
+def test_a_refund_reference_is_idempotent(harness):
+    h = harness
+    c = completed(h)
+    first, created = refund(h, c, 2500, "my-refund-1")
+    again, created_again = refund(h, c, 2500, "my-refund-1")
+    assert created and not created_again and first.id == again.id
+    with pytest.raises(RefundRefused) as exc:
+        h.service.refund(c.id, 2600, "my-refund-1")
+    assert exc.value.code == "REFERENCE_CONFLICT"
+    assert [k for k in kinds(h, c) if k[0] == "REFUNDED"] == [("REFUNDED", 2500)]
+
+
+def test_refund_of_a_checkout_that_is_not_completed_is_refused(harness):
+    c = authorized(harness)
+    with pytest.raises(RefundRefused) as exc:
+        harness.service.refund(c.id, None, None)
+    assert exc.value.code == "INVALID_STATE"
+
+
+def test_concurrent_refunds_cannot_spend_the_same_paise(harness):
+    h = harness
+    c = completed(h)
+    results = []
+
+    def ask():
+        try:
+            results.append(h.service.refund(c.id, 6000, None)[0].id)
+        except RefundRefused as exc:
+            results.append(exc.code)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("REFUND_EXCEEDS_CAPTURED") == 3
+
+
+def test_a_pending_refund_is_tracked_by_polling(harness, sandbox_config):
+    h = harness
+    sandbox_config(refund_settle_seconds=0.3)
+    c = completed(h)
+    r, _ = refund(h, c, 3000)
+    assert r.state == "PENDING" and r.plural_refund_order_id
+    time.sleep(0.4)
+    h.clock.advance(10)
+    h.run_due()
+    assert get_refund(h.deps, r.id).state == "PROCESSED"
+    assert h.deps.repo.get(c.id).refunded_amount == 3000
+
+
+def test_a_pending_refund_is_settled_by_its_webhook(harness, sandbox_config):
+    h = harness
+    sandbox_config(refund_settle_seconds=0.2)
+    c = completed(h)
+    r, _ = refund(h, c, 3000)
+    time.sleep(0.3)
+    data = h.deps.plural.get_order(r.plural_refund_order_id).model_dump(mode="json", exclude_none=True)
+    assert data["status"] == "PROCESSED"
+    h.inbound.webhook(*signed(h, "REFUND_PROCESSED", data))
+    h.process_webhooks()
+    assert get_refund(h.deps, r.id).state == "PROCESSED"
+
+
+def test_a_failed_refund_frees_its_amount_again(harness, sandbox_config):
+    h = harness
+    c = completed(h)
+    sandbox_config(fail_refunds=True)
+    r, _ = refund(h, c)
+    assert r.state == "FAILED" and r.error_code == "REFUND_FAILED"
+    sandbox_config(fail_refunds=False)
+    again, _ = refund(h, c)
+    assert again.state == "PROCESSED" and again.amount_value == 10000
+
+
+def test_a_refund_whose_answer_was_lost_is_found_by_reference_not_sent_twice(harness):
+    h = harness
+    c = completed(h)
+    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "hang_after", "path": "/refunds/", "seconds": 0.8, "count": 2}]}, timeout=5)
+    patient, h.deps.plural = h.deps.plural, impatient(h)
+    r, _ = refund(h, c, 4000)
+    h.deps.plural = patient
+    assert r.state == "REQUESTED" and r.failures == 1
+    time.sleep(0.9)
+    h.clock.advance(60)
+    h.run_due()
+    assert get_refund(h.deps, r.id).state == "PROCESSED"
+    assert [k for k in kinds(h, c) if k[0] == "REFUNDED"] == [("REFUNDED", 4000)]
