@@ -209,6 +209,10 @@ class Harness:
 
 @pytest.fixture
 def harness(tmp_path: Any, sandbox: ThreadedUvicorn, sandbox_settings: Settings) -> Harness:
+    return make_harness(f"sqlite:///{tmp_path / 'saga.db'}", sandbox, sandbox_settings, tmp_path / "saga.db")
+
+
+def make_harness(url: str, sandbox: ThreadedUvicorn, sandbox_settings: Settings, db_path: Any = None) -> Harness:
     import fakeredis
 
     from orchestrator.db.engine import make_engine
@@ -219,7 +223,6 @@ def harness(tmp_path: Any, sandbox: ThreadedUvicorn, sandbox_settings: Settings)
     from orchestrator.steps import Deps
     from orchestrator.vault import Vault
 
-    url = f"sqlite:///{tmp_path / 'saga.db'}"
     upgrade(url)
     settings = sandbox_settings.model_copy(update={
         "plural_api_base": sandbox.url, "poll_schedule": "0.01", "step_lease_seconds": 30.0,
@@ -233,4 +236,41 @@ def harness(tmp_path: Any, sandbox: ThreadedUvicorn, sandbox_settings: Settings)
     enqueue = lambda step, checkout_id: queue.append((step, checkout_id))  # noqa: E731
     deps = Deps(settings=settings, repo=repo, plural=plural, vault=vault, enqueue=enqueue, clock=clock)
     service = CheckoutService(settings, repo, vault, enqueue, clock=clock)
-    return Harness(deps, service, clock, sandbox.url, tmp_path / "saga.db", redis, queue)
+    return Harness(deps, service, clock, sandbox.url, db_path, redis, queue)
+
+
+# --- a throwaway PostgreSQL server, when this machine has one --------------------------
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    import glob
+    import shutil
+    import subprocess
+    import tempfile
+
+    pg_ctl = shutil.which("pg_ctl") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))), None)
+    if not pg_ctl:
+        pytest.skip("no PostgreSQL server binaries on this machine")
+    bindir = os.path.dirname(os.path.realpath(pg_ctl))
+    run_as: list[str] = []
+    data = tempfile.mkdtemp(prefix="orchestrator-pg-")
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres user
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root with no postgres user")
+        shutil.chown(data, "postgres")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run(run_as + [f"{bindir}/initdb", "-D", data, "-U", "orchestrator", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-w", "-l", f"{data}/log", "-o",
+                             f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql://orchestrator@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)

@@ -157,3 +157,36 @@ def test_otp_must_be_digits(api, harness):
 def test_openapi_is_published(api):
     spec = api.get("/openapi.json").json()
     assert "/v1/checkouts" in spec["paths"] and api.get("/docs").status_code == 200
+
+
+def test_delivery_and_refund_endpoints(api, harness):
+    created = api.post("/v1/checkouts", json=body(pre_auth=True)).json()
+    harness.drain()
+    api.post(f"/v1/checkouts/{created['id']}/otp", json={"otp": "123456"})
+    harness.drain()
+    too_much = api.post(f"/v1/checkouts/{created['id']}/delivery",
+                        json={"capture_amount": {"value": 110001, "currency": "INR"}})
+    assert too_much.status_code == 422 and too_much.json()["code"] == "CAPTURE_EXCEEDS_AUTHORIZED"
+    wrong_currency = api.post(f"/v1/checkouts/{created['id']}/delivery",
+                              json={"capture_amount": {"value": 100, "currency": "USD"}})
+    assert wrong_currency.status_code == 400
+    early_refund = api.post(f"/v1/checkouts/{created['id']}/refunds", json={})
+    assert early_refund.status_code == 409 and early_refund.json()["code"] == "INVALID_STATE"
+    delivered = api.post(f"/v1/checkouts/{created['id']}/delivery", json={
+        "capture_amount": {"value": 100000, "currency": "INR"}})
+    assert delivered.status_code == 202 and delivered.json()["status"] == "CAPTURING"
+    harness.drain()
+    done = api.get(f"/v1/checkouts/{created['id']}").json()
+    assert done["status"] == "COMPLETED" and done["captured_amount"]["value"] == 100000
+    over = api.post(f"/v1/checkouts/{created['id']}/refunds", json={"amount": {"value": 100001, "currency": "INR"}})
+    assert over.status_code == 422 and over.json()["refundable"]["value"] == 100000
+    made = api.post(f"/v1/checkouts/{created['id']}/refunds", json={"amount": {"value": 40000, "currency": "INR"},
+                                                                     "merchant_refund_reference": "api-refund-1"})
+    assert made.status_code == 202 and made.json()["merchant_refund_reference"] == "api-refund-1"
+    repeat = api.post(f"/v1/checkouts/{created['id']}/refunds", json={"amount": {"value": 40000, "currency": "INR"},
+                                                                       "merchant_refund_reference": "api-refund-1"})
+    assert repeat.status_code == 200 and repeat.json()["id"] == made.json()["id"]
+    harness.drain()
+    listed = api.get(f"/v1/checkouts/{created['id']}/refunds").json()["refunds"]
+    assert [(r["amount"]["value"], r["status"]) for r in listed] == [(40000, "PROCESSED")]
+    assert api.get(f"/v1/checkouts/{created['id']}").json()["refunded_amount"]["value"] == 40000
