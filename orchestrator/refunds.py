@@ -74,12 +74,12 @@ def request_refund(d: Deps, checkout_id: str, amount: int | None, reference: str
 
 
 def refunds_of(d: Deps, checkout_id: str) -> list[Refund]:
-    with d.repo.session() as s:
+    with d.repo.read_session() as s:
         return list(s.exec(select(Refund).where(Refund.checkout_id == checkout_id).order_by(col(Refund.created_at))))
 
 
 def get_refund(d: Deps, refund_id: str) -> Refund | None:
-    with d.repo.session() as s:
+    with d.repo.read_session() as s:
         return s.get(Refund, refund_id)
 
 

@@ -18,31 +18,42 @@ class Repo:
     def __init__(self, engine: Engine, clock: Callable[[], dt.datetime] = utcnow):
         self.engine = engine
         self.clock = clock
+        # SQLite writers begin IMMEDIATE; reads go through an engine that never takes the write lock
+        self.read_engine = engine
+        if engine.dialect.name == "sqlite":
+            from orchestrator.db.engine import make_engine
+
+            self.read_engine = make_engine(engine.url.render_as_string(hide_password=False), immediate=False)
 
     def session(self) -> Session:
+        """A session for writing (and for reads that decide a write)."""
         return Session(self.engine, expire_on_commit=False)
+
+    def read_session(self) -> Session:
+        """A session for plain reads."""
+        return Session(self.read_engine, expire_on_commit=False)
 
     # --- reads --------------------------------------------------------------------------
 
     def get(self, checkout_id: str) -> Checkout | None:
-        with self.session() as s:
+        with self.read_session() as s:
             return s.get(Checkout, checkout_id)
 
     def by_reference(self, merchant_order_reference: str) -> Checkout | None:
-        with self.session() as s:
+        with self.read_session() as s:
             return s.exec(select(Checkout).where(Checkout.merchant_order_reference == merchant_order_reference)).first()
 
     def by_plural_order(self, plural_order_id: str) -> Checkout | None:
-        with self.session() as s:
+        with self.read_session() as s:
             return s.exec(select(Checkout).where(Checkout.plural_order_id == plural_order_id)).first()
 
     def history(self, checkout_id: str) -> list[Transition]:
-        with self.session() as s:
+        with self.read_session() as s:
             rows = s.exec(select(Transition).where(Transition.checkout_id == checkout_id).order_by(col(Transition.id)))
             return list(rows)
 
     def attempts(self, checkout_id: str, step: str | None = None) -> list[StepAttempt]:
-        with self.session() as s:
+        with self.read_session() as s:
             q = select(StepAttempt).where(StepAttempt.checkout_id == checkout_id)
             if step is not None:
                 q = q.where(StepAttempt.step == step)
@@ -124,7 +135,7 @@ class Repo:
 
     def unresolved_attempts(self, checkout_id: str, steps: Iterable[str]) -> list[StepAttempt]:
         """Attempts whose outcome nobody knows: still ``in_flight`` (a crash) or ``unknown`` (a timeout)."""
-        with self.session() as s:
+        with self.read_session() as s:
             q = select(StepAttempt).where(StepAttempt.checkout_id == checkout_id,
                                           col(StepAttempt.step).in_(list(steps)),
                                           col(StepAttempt.outcome).in_(["in_flight", "unknown"]))
