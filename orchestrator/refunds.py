@@ -20,7 +20,7 @@ from orchestrator.db.models import Checkout, Refund
 from orchestrator.logs import get_logger
 from orchestrator.plural import errors
 from orchestrator.plural.models import Amount, Order, RefundRequest
-from orchestrator.steps import TRANSIENT, Deps
+from orchestrator.steps import TRANSIENT, Deps, call_ahead
 
 log = get_logger("orchestrator.refunds")
 
@@ -153,20 +153,17 @@ def run_refund(d: Deps, refund_id: str, task_id: str | None = None) -> None:
         else:
             d.repo.resolve_attempts([a.id for a in mine if a.id], "succeeded", found.order_id)
             return follow(d, r, found, "refund found by reference")
-    attempt = d.repo.begin_attempt(c.id, Step.REFUND.value, r.merchant_refund_reference, task_id)
-    try:
-        order = d.plural.create_refund(c.plural_order_id, RefundRequest(
-            merchant_order_reference=r.merchant_refund_reference,
-            order_amount=Amount(value=r.amount_value, currency=r.currency)))
-    except TRANSIENT as exc:
-        d.repo.finish_attempt(attempt, "unknown", str(exc))
-        return _backoff(d, r, exc)
-    except errors.APIError as exc:
-        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
-        move(d, r, RefundState.FAILED, error_code=exc.code[:64], error_message=exc.message[:500], next_due_at=None)
+    request = RefundRequest(merchant_order_reference=r.merchant_refund_reference,
+                            order_amount=Amount(value=r.amount_value, currency=r.currency))
+    got = call_ahead(d, c.id, Step.REFUND, r.merchant_refund_reference, task_id,
+                     lambda: d.plural.create_refund(c.plural_order_id, request), lambda o: o.order_id)
+    if got.transient:
+        return _backoff(d, r, got.transient)
+    if got.refused:
+        move(d, r, RefundState.FAILED, error_code=got.refused.code[:64], error_message=got.refused.message[:500],
+             next_due_at=None)
         return
-    d.repo.finish_attempt(attempt, "succeeded", order.order_id)
-    follow(d, r, order, "submitted")
+    follow(d, r, got.result, "submitted")
 
 
 def refund_view(r: Refund) -> dict[str, Any]:

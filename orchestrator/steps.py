@@ -139,8 +139,30 @@ def _past_deadline(d: Deps, c: Checkout) -> bool:
     return bool(c.deadline_at and d.clock() >= c.deadline_at and State(c.state) in saga.BEFORE_AUTHORIZATION)
 
 
-def _attempt(d: Deps, c: Checkout, step: Step, reference: str | None, task_id: str | None) -> int:
-    return d.repo.begin_attempt(c.id, step.value, reference, task_id)
+@dataclass
+class Called:
+    """The outcome of one written-ahead gateway call: a result, a transient failure, or a refusal."""
+
+    result: Any = None
+    transient: BaseException | None = None
+    refused: errors.APIError | None = None
+
+
+def call_ahead(d: Deps, checkout_id: str, step: Step, reference: str | None, task_id: str | None,
+               call: Callable[[], Any], detail: Callable[[Any], str] = lambda _r: "ok") -> Called:
+    """Commit a step attempt (``in_flight``) with its reference, make the call, record the outcome:
+    ``unknown`` for a transient failure (Plural may have acted), ``failed`` for a refusal."""
+    attempt = d.repo.begin_attempt(checkout_id, step.value, reference, task_id)
+    try:
+        result = call()
+    except TRANSIENT as exc:
+        d.repo.finish_attempt(attempt, "unknown", str(exc))
+        return Called(transient=exc)
+    except errors.APIError as exc:
+        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
+        return Called(refused=exc)
+    d.repo.finish_attempt(attempt, "succeeded", detail(result))
+    return Called(result=result)
 
 
 # --- the steps ------------------------------------------------------------------------------
@@ -171,16 +193,13 @@ def create_order(d: Deps, c: Checkout, task_id: str | None) -> None:
         purchase_details=PurchaseDetails(customer=c.customer) if c.customer else None,
         notes=f"checkout {c.id}",
     )
-    attempt = _attempt(d, c, Step.CREATE_ORDER, c.merchant_order_reference, task_id)
-    try:
-        order = d.plural.create_order(request)
-    except TRANSIENT as exc:
-        d.repo.finish_attempt(attempt, "unknown", str(exc))
-        return retry_later(d, c, Step.CREATE_ORDER, exc)
-    except errors.APIError as exc:
-        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
-        return fail(d, c, exc)
-    d.repo.finish_attempt(attempt, "succeeded", order.order_id)
+    got = call_ahead(d, c.id, Step.CREATE_ORDER, c.merchant_order_reference, task_id,
+                     lambda: d.plural.create_order(request), lambda o: o.order_id)
+    if got.transient:
+        return retry_later(d, c, Step.CREATE_ORDER, got.transient)
+    if got.refused:
+        return fail(d, c, got.refused)
+    order = got.result
     go(d, c, State.ORDER_CREATED, "order created", plural_order_id=order.order_id, plural_status=order.status)
 
 
@@ -189,20 +208,17 @@ def card_details(d: Deps, c: Checkout, task_id: str | None) -> None:
     if card is None:
         return go(d, c, State.CANCELLING, "card data expired before payment", error_code="CARD_DATA_EXPIRED",
                   error_message="the card data was not used in time and has been discarded")
-    attempt = _attempt(d, c, Step.CARD_DETAILS, None, task_id)
-    try:
-        answer = d.plural.get_card_details(CardDetailsRequest(
-            amount=str(c.amount_value), card_details=[CardIdentifier(payment_identifier=card.number)]))
-    except TRANSIENT as exc:
-        d.repo.finish_attempt(attempt, "unknown", str(exc))
-        return retry_later(d, c, Step.CARD_DETAILS, exc)
-    except errors.APIError as exc:
-        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
+    request = CardDetailsRequest(amount=str(c.amount_value),
+                                 card_details=[CardIdentifier(payment_identifier=card.number)])
+    got = call_ahead(d, c.id, Step.CARD_DETAILS, None, task_id, lambda: d.plural.get_card_details(request))
+    if got.transient:
+        return retry_later(d, c, Step.CARD_DETAILS, got.transient)
+    if got.refused:
         d.vault.drop_card(c.id)
-        return go(d, c, State.CANCELLING, f"card refused: {exc.code}", error_code=exc.code[:64],
-                  error_message=exc.message[:500])
+        return go(d, c, State.CANCELLING, f"card refused: {got.refused.code}", error_code=got.refused.code[:64],
+                  error_message=got.refused.message[:500])
+    answer = got.result
     info = answer.card_payment_details[0] if answer.card_payment_details else None
-    d.repo.finish_attempt(attempt, "succeeded", f"native_otp={bool(info and info.is_native_otp_supported)}")
     go(d, c, State.CARD_CHECKED, "card details known", native_otp=bool(info and info.is_native_otp_supported),
        card_network=(info.card_network if info else None), card_issuer=(info.card_issuer if info else None))
 
@@ -239,20 +255,14 @@ def create_payment(d: Deps, c: Checkout, task_id: str | None) -> None:
             name=card.name, card_number=card.number, cvv=card.cvv, expiry_month=card.expiry_month,
             expiry_year=card.expiry_year)),
     )])
-    attempt = _attempt(d, c, Step.CREATE_PAYMENT, c.merchant_payment_reference, task_id)
-    try:
-        order = d.plural.create_payment(c.plural_order_id, request)
-    except TRANSIENT as exc:
-        d.repo.finish_attempt(attempt, "unknown", str(exc))
-        return retry_later(d, c, Step.CREATE_PAYMENT, exc)
-    except errors.APIError as exc:
-        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
-        d.vault.drop_card(c.id)
-        return fail(d, c, exc)
+    got = call_ahead(d, c.id, Step.CREATE_PAYMENT, c.merchant_payment_reference, task_id,
+                     lambda: d.plural.create_payment(c.plural_order_id, request), lambda o: o.order_id)
+    if got.transient:
+        return retry_later(d, c, Step.CREATE_PAYMENT, got.transient)
     d.vault.drop_card(c.id)
-    payment = _our_payment(c, order)
-    d.repo.finish_attempt(attempt, "succeeded", payment.id if payment else order.order_id)
-    _after_payment(d, c, order, "payment created")
+    if got.refused:
+        return fail(d, c, got.refused)
+    _after_payment(d, c, got.result, "payment created")
 
 
 def _after_payment(d: Deps, c: Checkout, order: Order, reason: str) -> None:
@@ -269,21 +279,14 @@ def _after_payment(d: Deps, c: Checkout, order: Order, reason: str) -> None:
 
 
 def generate_otp(d: Deps, c: Checkout, task_id: str | None) -> None:
-    attempt = _attempt(d, c, Step.GENERATE_OTP, c.plural_payment_id, task_id)
-    try:
-        answer = d.plural.generate_otp(c.plural_payment_id)
-    except errors.OTPRejected as exc:
-        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
-        go(d, c, State.AWAITING_REDIRECT, f"native OTP refused ({exc.code}): bank page instead")
+    got = call_ahead(d, c.id, Step.GENERATE_OTP, c.plural_payment_id, task_id,
+                     lambda: d.plural.generate_otp(c.plural_payment_id), lambda a: f"resend_after={a.resend_after_seconds}")
+    if got.transient:
+        return retry_later(d, c, Step.GENERATE_OTP, got.transient)
+    if got.refused:
+        go(d, c, State.AWAITING_REDIRECT, f"native OTP refused ({got.refused.code}): bank page instead")
         return
-    except TRANSIENT as exc:
-        d.repo.finish_attempt(attempt, "unknown", str(exc))
-        return retry_later(d, c, Step.GENERATE_OTP, exc)
-    except errors.APIError as exc:
-        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
-        go(d, c, State.AWAITING_REDIRECT, f"native OTP unavailable ({exc.code}): bank page instead")
-        return
-    d.repo.finish_attempt(attempt, "succeeded", f"resend_after={answer.resend_after_seconds}")
+    answer = got.result
     go(d, c, State.AWAITING_OTP, "OTP sent", otp_resend_at=_s(d, answer.resend_after_seconds or 0),
        otp_attempts_left=c.otp_attempts_left or d.settings.otp_max_attempts)
 
@@ -303,22 +306,13 @@ def submit_otp(d: Deps, c: Checkout, task_id: str | None) -> None:
         go(d, c, State.AWAITING_OTP, "OTP expired before it was sent", error_code="OTP_EXPIRED",
            error_message="submit the OTP again")
         return
-    attempt = _attempt(d, c, Step.SUBMIT_OTP, c.plural_payment_id, task_id)
-    try:
-        d.plural.submit_otp(c.plural_payment_id, otp)
-    except errors.OTPRejected as exc:
-        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
-        d.vault.drop_otp(c.id)
-        return _otp_refused(d, c, exc)
-    except TRANSIENT as exc:
-        d.repo.finish_attempt(attempt, "unknown", str(exc))
-        return retry_later(d, c, Step.SUBMIT_OTP, exc)
-    except errors.APIError as exc:
-        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
-        d.vault.drop_otp(c.id)
-        return _otp_refused(d, c, exc)
-    d.repo.finish_attempt(attempt, "succeeded", "OTP accepted")
+    got = call_ahead(d, c.id, Step.SUBMIT_OTP, c.plural_payment_id, task_id,
+                     lambda: d.plural.submit_otp(c.plural_payment_id, otp))
+    if got.transient:
+        return retry_later(d, c, Step.SUBMIT_OTP, got.transient)
     d.vault.drop_otp(c.id)
+    if got.refused:
+        return _otp_refused(d, c, got.refused)
     _confirm(d, c, "OTP accepted")
 
 
@@ -349,23 +343,21 @@ def _otp_refused(d: Deps, c: Checkout, exc: errors.APIError) -> None:
 
 
 def resend_otp(d: Deps, c: Checkout, task_id: str | None) -> None:
-    attempt = _attempt(d, c, Step.RESEND_OTP, c.plural_payment_id, task_id)
-    try:
-        answer = d.plural.resend_otp(c.plural_payment_id)
-    except errors.APIError as exc:
-        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
+    got = call_ahead(d, c.id, Step.RESEND_OTP, c.plural_payment_id, task_id,
+                     lambda: d.plural.resend_otp(c.plural_payment_id), lambda a: f"resend_after={a.resend_after_seconds}")
+    if got.refused:
+        exc = got.refused
         fields: dict[str, Any] = {"error_code": exc.code[:64], "error_message": exc.message[:500]}
         wait = exc.details.get("resend_after") if isinstance(exc.details, dict) else None
         if wait is not None and str(wait).isdigit():
             fields["otp_resend_at"] = _s(d, int(wait))
         d.repo.update_fields(c.id, states={State.AWAITING_OTP}, **fields)
         return
-    except errors.PluralError as exc:
-        d.repo.finish_attempt(attempt, "unknown", str(exc))
+    if got.transient:
         d.repo.update_fields(c.id, states={State.AWAITING_OTP}, error_code="RESEND_FAILED",
                              error_message="the OTP could not be resent; try again")
         return
-    d.repo.finish_attempt(attempt, "succeeded", f"resend_after={answer.resend_after_seconds}")
+    answer = got.result
     d.repo.update_fields(c.id, states={State.AWAITING_OTP}, otp_resend_at=_s(d, answer.resend_after_seconds or 0),
                          error_code=None, error_message=None)
 
@@ -422,22 +414,19 @@ def cancel_order(d: Deps, c: Checkout, task_id: str | None) -> None:
     if view is saga.GatewayView.FAILED:
         go(d, c, State.CANCELLED, "order had already failed at Plural", plural_status=order.status)
         return
-    attempt = _attempt(d, c, Step.CANCEL_ORDER, order_id, task_id)
-    try:
-        cancelled = d.plural.cancel_order(order_id)
-    except TRANSIENT as exc:
-        d.repo.finish_attempt(attempt, "unknown", str(exc))
-        return retry_later(d, c, Step.CANCEL_ORDER, exc)
-    except errors.APIError as exc:
-        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
+    got = call_ahead(d, c.id, Step.CANCEL_ORDER, order_id, task_id, lambda: d.plural.cancel_order(order_id),
+                     lambda o: o.status)
+    if got.transient:
+        return retry_later(d, c, Step.CANCEL_ORDER, got.transient)
+    if got.refused:
         try:
             truth = d.plural.get_order(order_id)
         except TRANSIENT as again:
             return retry_later(d, c, Step.CANCEL_ORDER, again)
-        if not settle(d, c, truth, f"cancel refused ({exc.code})"):
-            return retry_later(d, c, Step.CANCEL_ORDER, exc)
+        if not settle(d, c, truth, f"cancel refused ({got.refused.code})"):
+            return retry_later(d, c, Step.CANCEL_ORDER, got.refused)
         return
-    d.repo.finish_attempt(attempt, "succeeded", cancelled.status)
+    cancelled = got.result
     # an authorization that arrived after the customer's deadline is released, and says so
     late = view is saga.GatewayView.AUTHORIZED and c.cancel_reason == "CUSTOMER_TIMEOUT"
     if final is State.EXPIRED:
@@ -487,16 +476,14 @@ def capture_order(d: Deps, c: Checkout, task_id: str | None) -> None:
         if _follow_capture(d, c, order, "capture found at Plural"):
             return
     amount = c.capture_amount or c.authorized_amount
-    attempt = _attempt(d, c, Step.CAPTURE_ORDER, c.merchant_capture_reference, task_id)
-    try:
-        order = d.plural.capture_order(c.plural_order_id, CaptureRequest(
-            merchant_capture_reference=c.merchant_capture_reference,
-            capture_amount=Amount(value=amount, currency=c.currency)))
-    except TRANSIENT as exc:
-        d.repo.finish_attempt(attempt, "unknown", str(exc))
-        return retry_later(d, c, Step.CAPTURE_ORDER, exc)
-    except errors.APIError as exc:
-        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
+    request = CaptureRequest(merchant_capture_reference=c.merchant_capture_reference,
+                             capture_amount=Amount(value=amount, currency=c.currency))
+    got = call_ahead(d, c.id, Step.CAPTURE_ORDER, c.merchant_capture_reference, task_id,
+                     lambda: d.plural.capture_order(c.plural_order_id, request), lambda o: o.status)
+    if got.transient:
+        return retry_later(d, c, Step.CAPTURE_ORDER, got.transient)
+    if got.refused:
+        exc = got.refused
         try:
             truth = d.plural.get_order(c.plural_order_id)
         except TRANSIENT as again:
@@ -505,8 +492,7 @@ def capture_order(d: Deps, c: Checkout, task_id: str | None) -> None:
             go(d, c, State.AUTHORIZED, f"capture refused ({exc.code}); the hold stands", error_code=exc.code[:64],
                error_message=exc.message[:500])
         return
-    d.repo.finish_attempt(attempt, "succeeded", order.status)
-    if not _follow_capture(d, c, order, "captured"):
+    if not _follow_capture(d, c, got.result, "captured"):
         retry_later(d, c, Step.CAPTURE_ORDER, errors.ResponseFormatError("capture answer shows no capture"))
 
 

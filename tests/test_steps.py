@@ -28,6 +28,14 @@ def checkout(h, card=OTP_CARD, amount=1100, pre_auth=False, reference=None):
     return h.deps.repo.get(row.id)
 
 
+def received(h, amount=1500, cvv="123"):
+    """A checkout just received (its first step queued, not run)."""
+    body = CheckoutIn.model_validate({
+        "amount": {"value": amount, "currency": "INR"},
+        "card": {"number": OTP_CARD, "name": "K", "cvv": cvv, "expiry_month": "12", "expiry_year": "30"}})
+    return h.service.create(body)[0]
+
+
 def kinds(h, c):
     return [e["kind"] for e in ledger(h.sandbox_url, c.plural_order_id)]
 
@@ -134,10 +142,7 @@ def test_unknown_payment_outcome_is_resolved_by_get_order_without_paying_twice(h
 
     requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
         {"kind": "hang_after", "path": "/payments$", "seconds": 0.8, "count": 2}]}, timeout=5)
-    body = CheckoutIn.model_validate({
-        "amount": {"value": 2000, "currency": "INR"},
-        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}})
-    row, _ = h.service.create(body)
+    row = received(h, amount=2000)
     patient = h.deps.plural
     h.deps.plural = PluralClient.from_settings(h.deps.settings, read_timeout=0.3, max_attempts=2,
                                                backoff_base=0.01, backoff_cap=0.01)
@@ -158,10 +163,7 @@ def test_unknown_payment_outcome_is_resolved_by_get_order_without_paying_twice(h
 def test_crash_between_call_and_record_is_reconciled_by_reference(harness):
     """A worker died after Plural created the order but before the saga recorded it."""
     h = harness
-    body = CheckoutIn.model_validate({
-        "amount": {"value": 1500, "currency": "INR"},
-        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}})
-    row, _ = h.service.create(body)
+    row = received(h)
     h.queue.clear()
     h.deps.repo.begin_attempt(row.id, Step.CREATE_ORDER.value, row.merchant_order_reference, "dead-task")
     from orchestrator.plural.models import Amount, CreateOrderRequest
@@ -205,10 +207,7 @@ def test_card_data_never_reaches_the_database_or_the_queue(harness):
 
 def test_card_is_encrypted_in_the_vault_and_dropped_after_payment(harness):
     h = harness
-    body = CheckoutIn.model_validate({
-        "amount": {"value": 1500, "currency": "INR"},
-        "card": {"number": OTP_CARD, "name": "K", "cvv": "987", "expiry_month": "12", "expiry_year": "30"}})
-    row, _ = h.service.create(body)
+    row = received(h, cvv="987")
     stored = [h.redis.get(k) for k in h.redis.keys("vault:card:*")]
     assert stored and all(OTP_CARD.encode() not in v and b"987" not in v for v in stored)
     assert h.redis.ttl(f"vault:card:{row.id}") > 0
@@ -230,10 +229,7 @@ def test_sweep_enqueues_each_due_row_once_even_when_two_sweeps_race(harness):
 
 def test_lost_message_is_re_driven_after_the_lease(harness):
     h = harness
-    body = CheckoutIn.model_validate({
-        "amount": {"value": 1500, "currency": "INR"},
-        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}})
-    row, _ = h.service.create(body)
+    row = received(h)
     h.queue.clear()  # the create_order message is lost
     h.clock.advance(h.deps.settings.step_lease_seconds + 1)
     h.run_due()
@@ -245,10 +241,7 @@ def test_gateway_outage_backs_off_and_recovers(harness, status):
     h = harness
     requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
         {"kind": "error", "path": "/orders$", "statuses": [status], "count": 6}]}, timeout=5)
-    body = CheckoutIn.model_validate({
-        "amount": {"value": 1500, "currency": "INR"},
-        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}})
-    row, _ = h.service.create(body)
+    row = received(h)
     h.drain()
     c = h.deps.repo.get(row.id)
     assert c.state == "NEW" and c.step_failures == 1 and c.error_code == "INTERNAL_ERROR"
@@ -263,10 +256,7 @@ def test_concurrent_payment_step_that_finds_the_card_gone_follows_plural(harness
         Amount, CardDetails, CreatePaymentRequest, PaymentOption, PaymentRequest)
 
     h = harness
-    body = CheckoutIn.model_validate({
-        "amount": {"value": 1500, "currency": "INR"},
-        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}})
-    row, _ = h.service.create(body)
+    row = received(h)
     h.queue.clear()
     steps.run(h.deps, Step.CREATE_ORDER, row.id)
     steps.run(h.deps, Step.CARD_DETAILS, row.id)
@@ -286,10 +276,7 @@ def test_concurrent_payment_step_that_finds_the_card_gone_follows_plural(harness
 
 def test_card_data_that_expired_before_payment_cancels_the_order(harness):
     h = harness
-    body = CheckoutIn.model_validate({
-        "amount": {"value": 1500, "currency": "INR"},
-        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}})
-    row, _ = h.service.create(body)
+    row = received(h)
     h.queue.clear()
     steps.run(h.deps, Step.CREATE_ORDER, row.id)
     steps.run(h.deps, Step.CARD_DETAILS, row.id)
