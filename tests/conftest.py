@@ -264,11 +264,13 @@ def postgres_url() -> Iterator[str]:
         shutil.chown(data, "postgres")
         run_as = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    subprocess.run(run_as + [f"{bindir}/initdb", "-D", data, "-U", "orchestrator", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-w", "-l", f"{data}/log", "-o",
-                             f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-                   check=True, capture_output=True)
+    for command in ([f"{bindir}/initdb", "-D", data, "-U", "orchestrator", "--auth=trust", "-E", "UTF8"],
+                    [f"{bindir}/pg_ctl", "-D", data, "-w", "-l", f"{data}/log", "-o",
+                     f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]):
+        done = subprocess.run(run_as + command, capture_output=True, text=True)
+        if done.returncode != 0:
+            shutil.rmtree(data, ignore_errors=True)
+            pytest.skip(f"could not start a PostgreSQL server: {done.stderr.strip()[-300:]}")
     try:
         yield f"postgresql://orchestrator@127.0.0.1:{port}/postgres"
     finally:
