@@ -107,6 +107,8 @@ def settle(d: Deps, c: Checkout, order: Order, reason: str) -> bool:
     target = saga.settle_target(view, c.pre_auth)
     if target is None:
         return False
+    if target is State.CANCELLED and c.cancel_reason == "HOLD_EXPIRED":
+        target = State.EXPIRED  # our own release of an undelivered hold, reported before the cancel step
     fields: dict[str, Any] = {"plural_status": order.status}
     if target in (State.AUTHORIZED, State.COMPLETED) and payment and payment.payment_amount:
         fields["authorized_amount"] = payment.payment_amount.value

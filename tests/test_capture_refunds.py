@@ -297,3 +297,21 @@ def test_a_refund_whose_answer_was_lost_is_found_by_reference_not_sent_twice(har
     h.run_due()
     assert get_refund(h.deps, r.id).state == "PROCESSED"
     assert [k for k in kinds(h, c) if k[0] == "REFUNDED"] == [("REFUNDED", 4000)]
+
+
+def test_the_cancel_webhook_of_an_expiring_hold_ends_it_expired_not_cancelled(harness):
+    h = harness
+    c = authorized(h)
+    h.clock.advance(7 * 86400)
+    sweep_due(h.deps)
+    expire = [item for item in h.queue if item[0] is Step.EXPIRE_HOLD]
+    h.queue.clear()
+    from orchestrator import steps
+
+    steps.run(h.deps, Step.EXPIRE_HOLD, expire[0][1])
+    assert h.state(c.id) == "CANCELLING"
+    cancelled = h.deps.plural.cancel_order(c.plural_order_id)  # Plural acts; its webhook beats our cancel step
+    h.queue.clear()
+    h.inbound.webhook(*signed(h, "ORDER_CANCELLED", cancelled.model_dump(mode="json", exclude_none=True)))
+    h.process_webhooks()
+    assert h.state(c.id) == "EXPIRED"
