@@ -19,6 +19,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import structlog
+
 from orchestrator.core import saga
 from orchestrator.core.saga import POLLING, State, Step
 from orchestrator.db.models import Checkout, utcnow
@@ -531,6 +533,7 @@ def run(d: Deps, step: Step, checkout_id: str, task_id: str | None = None) -> No
     if c is None:
         log.warning("saga.step.unknown_checkout", step=step.value)
         return
+    structlog.contextvars.bind_contextvars(saga_id=c.id, order_id=c.plural_order_id)
     state = State(c.state)
     if state not in saga.STEP_STATES[step]:
         log.info("saga.step.skipped", step=step.value, state=state.value)

@@ -238,3 +238,14 @@ def test_a_webhook_lost_entirely_is_settled_by_polling(api, stack):
         requests.delete(f"{stack.sandbox_url}/sandbox/faults", timeout=5)
     assert done["status"] == "COMPLETED"
     assert [h for h in done["history"] if h["to"] == "COMPLETED"][0]["reason"].startswith("polled")
+
+
+def test_the_demo_drives_every_kind_to_a_final_status(api, stack, capsys):
+    from config import Settings
+    from orchestrator.demo import KINDS, run_demo
+
+    assert run_demo(stack.api_url, Settings().orchestrator_api_key.get_secret_value(), len(KINDS), timeout=90) == 0
+    table = capsys.readouterr().out
+    for kind, _ in KINDS:
+        assert kind in table
+    assert "ERROR" not in table and "COMPLETED" in table and "CANCELLED" in table
