@@ -406,9 +406,11 @@ def cancel_order(d: Deps, c: Checkout, task_id: str | None) -> None:
     payment = _our_payment(c, order)
     view = saga.gateway_view(order.status, payment.status if payment else None)
     final = State.EXPIRED if c.cancel_reason == "HOLD_EXPIRED" else State.CANCELLED
+    # an earlier cancel whose answer was lost took effect exactly when Plural now says CANCELLED
+    earlier = [a.id for a in d.repo.unresolved_attempts(c.id, [Step.CANCEL_ORDER.value]) if a.id]
+    d.repo.resolve_attempts(earlier, "succeeded" if view is saga.GatewayView.CANCELLED else "failed",
+                            f"order {order.status}")
     if view is saga.GatewayView.CANCELLED:
-        d.repo.resolve_attempts([a.id for a in d.repo.unresolved_attempts(c.id, [Step.CANCEL_ORDER.value])
-                                 if a.id], "succeeded", "order CANCELLED")
         go(d, c, final, "Plural reports CANCELLED", plural_status=order.status)
         return
     if view is saga.GatewayView.PROCESSED:

@@ -286,3 +286,24 @@ def test_card_data_that_expired_before_payment_cancels_the_order(harness):
     h.drain()
     c = h.deps.repo.get(row.id)
     assert c.state == "CANCELLED" and c.error_code == "CARD_DATA_EXPIRED"
+
+
+def test_a_cancel_whose_answer_was_lost_is_confirmed_by_get_order(harness):
+    from orchestrator.plural import PluralClient
+
+    h = harness
+    c = checkout(h, card=ACS_CARD)
+    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "hang_after", "path": "/cancel$", "seconds": 0.8, "count": 1}]}, timeout=5)
+    patient = h.deps.plural
+    h.deps.plural = PluralClient.from_settings(h.deps.settings, read_timeout=0.3, max_attempts=1)
+    h.service.cancel(c.id)
+    h.drain()
+    h.deps.plural = patient
+    assert h.state(c.id) == "CANCELLING"
+    assert [a.outcome for a in h.deps.repo.attempts(c.id, Step.CANCEL_ORDER.value)] == ["unknown"]
+    h.clock.advance(5)
+    h.run_due()
+    assert h.state(c.id) == "CANCELLED"
+    assert [a.outcome for a in h.deps.repo.attempts(c.id, Step.CANCEL_ORDER.value)] == ["succeeded"]
+    assert kinds(h, c).count("CANCELLED") == 1
