@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+from urllib.parse import urlencode
 
 from orchestrator.core.cards import digits_only, expiry_in_future, luhn_ok, valid_shape
 from orchestrator.core.money import SUPPORTED_CURRENCIES
@@ -517,8 +518,6 @@ class Gateway:
             fields["signature"] = sign_callback(fields, self.config.callback_key)
             if not target:
                 return ""
-            from urllib.parse import urlencode
-
             return f"{target}{'&' if '?' in target else '?'}{urlencode(fields)}"
 
     # --- capture, cancel, refund --------------------------------------------------------
