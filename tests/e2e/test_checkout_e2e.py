@@ -249,3 +249,18 @@ def test_the_demo_drives_every_kind_to_a_final_status(api, stack, capsys):
     for kind, _ in KINDS:
         assert kind in table
     assert "ERROR" not in table and "COMPLETED" in table and "CANCELLED" in table
+
+
+def test_a_pre_auth_authorization_after_the_deadline_is_released(tmp_path):
+    with make_stack(tmp_path, CUSTOMER_ACTION_TIMEOUT="3") as stack:
+        api = client_for(stack)
+        # the first cancel stalls for two seconds: the customer approves meanwhile
+        requests.put(f"{stack.sandbox_url}/sandbox/faults", json={"rules": [
+            {"kind": "hang_before", "path": "/cancel$", "seconds": 2, "count": 1}]}, timeout=5)
+        c = new(api, ACS_CARD, pre_auth=True)
+        api.wait(c["id"], {"CANCELLING"}, timeout=30, interval=0.05)
+        approve_on_bank_page(c["next_action"]["url"])
+        done = api.wait(c["id"], {"CANCELLED", "AUTHORIZED", "COMPLETED", "FAILED"}, timeout=40)
+        assert done["status"] == "CANCELLED" and done["finished_late"] is True
+        kinds = ledger(stack, done["plural_order_id"])
+        assert kinds.index("AUTHORIZED") < kinds.index("CANCELLED")

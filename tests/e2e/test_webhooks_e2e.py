@@ -85,3 +85,27 @@ def test_a_forged_webhook_is_refused_by_the_running_api(stack):
     headers = webhook_headers(b"wrong-secret", "msg_forged", int(time.time()), body)
     answer = requests.post(f"{stack.api_url}/webhooks/plural", data=body, headers=headers, timeout=5)
     assert answer.status_code == 401
+
+
+def test_a_replayed_webhook_with_an_old_timestamp_is_refused(stack):
+    from config import Settings
+
+    body = json.dumps({"event_type": "ORDER_PROCESSED", "data": {"order_id": "v1-x"}}).encode()
+    headers = webhook_headers(Settings().webhook_key(), "msg_replayed", int(time.time()) - 400, body)
+    answer = requests.post(f"{stack.api_url}/webhooks/plural", data=body, headers=headers, timeout=5)
+    assert answer.status_code == 401 and answer.json()["code"] == "INVALID_SIGNATURE"
+
+
+def test_a_tampered_callback_changes_nothing(stack):
+    requests.put(f"{stack.sandbox_url}/sandbox/faults", json={"webhooks": {"drop": 1.0}}, timeout=5)
+    api = client_for(stack)
+    c = new(api, ACS_CARD)
+    page = urlparse(c["next_action"]["url"])
+    token = page.query.split("token=")[1]
+    bank = requests.post(f"{page.scheme}://{page.netloc}{page.path}/decline", data={"token": token},
+                         allow_redirects=False, timeout=5)
+    forged = bank.headers["location"].replace("status=FAILED", "status=AUTHORIZED")
+    answer = requests.get(forged, allow_redirects=False, timeout=5)
+    assert answer.status_code == 400 and "nothing was changed" in answer.text
+    time.sleep(1.0)
+    assert api.get_checkout(c["id"])["status"] == "AWAITING_REDIRECT"  # no hint, slow polls: still waiting
