@@ -23,8 +23,9 @@ HOLD_SECONDS = 12.0
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     # a hold lasts HOLD_SECONDS here, so that an undelivered one expires within the test
+    # and a call to Plural is given up after 2 s without retrying, so that a slow answer is an unknown outcome
     with make_stack(tmp_path_factory.mktemp("capture"), HOLD_DAYS=str(HOLD_SECONDS / 86400),
-                    HOLD_MARGIN_SECONDS="0") as s:
+                    HOLD_MARGIN_SECONDS="0", HTTP_READ_TIMEOUT="2", HTTP_MAX_ATTEMPTS="1") as s:
         yield s
 
 
@@ -131,3 +132,18 @@ def test_two_beats_by_mistake_still_capture_each_hold_once(api, stack, tmp_path)
     for c in final:
         counted[len(captures(stack, c["plural_order_id"]))] += 1
     assert counted == {1: 6}
+
+
+def test_a_capture_that_times_out_is_reconciled_and_captured_once(api, stack):
+    c = authorized(api)
+    # the answer never comes in time and no webhook tells: only asking Get Order can settle it
+    requests.put(f"{stack.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "hang_after", "path": "/capture$", "seconds": 3, "count": 1}], "webhooks": {"drop": 1.0}},
+        timeout=5)
+    try:
+        deliver(api, c["id"])
+        done = api.wait(c["id"], {"COMPLETED"}, timeout=40)
+    finally:
+        requests.delete(f"{stack.sandbox_url}/sandbox/faults", timeout=5)
+    assert captures(stack, done["plural_order_id"]) == [5000]
+    assert "capture found at Plural" in " ".join(h["reason"] for h in done["history"])
