@@ -45,6 +45,24 @@ class Runtime:
     plural: PluralClient
     enqueue: Callable[[Step, str], None]
 
+    def readiness(self) -> dict[str, str]:
+        """Can this process reach its database and Redis right now?"""
+        from sqlalchemy import text
+
+        checks: dict[str, str] = {}
+        try:
+            with self.repo.read_engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # a readiness probe reports, it does not raise
+            checks["database"] = type(exc).__name__
+        try:
+            self.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = type(exc).__name__
+        return checks
+
     def deps(self) -> Deps:
         return Deps(settings=self.settings, repo=self.repo, plural=self.plural, vault=self.vault,
                     enqueue=self.enqueue)

@@ -190,3 +190,10 @@ def test_delivery_and_refund_endpoints(api, harness):
     listed = api.get(f"/v1/checkouts/{created['id']}/refunds").json()["refunds"]
     assert [(r["amount"]["value"], r["status"]) for r in listed] == [(40000, "PROCESSED")]
     assert api.get(f"/v1/checkouts/{created['id']}").json()["refunded_amount"]["value"] == 40000
+
+
+def test_readiness_is_503_naming_what_is_down(harness):
+    app = create_app(lambda: harness.service, KEY, readiness=lambda: {"database": "ok", "redis": "ConnectionError"})
+    with TestClient(app) as client:
+        answer = client.get("/ready")
+    assert answer.status_code == 503 and answer.json()["checks"]["redis"] == "ConnectionError"

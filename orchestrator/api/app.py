@@ -32,7 +32,8 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 
 def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
-               inbound: Callable[[], Inbound] | None = None) -> FastAPI:
+               inbound: Callable[[], Inbound] | None = None,
+               readiness: Callable[[], dict[str, str]] | None = None) -> FastAPI:
     app = FastAPI(title="Plural payment orchestrator", version="1",
                   description="Checkouts driven through Plural (Pine Labs) to a final state.")
 
@@ -62,7 +63,16 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
+        """Liveness: the process answers."""
         return {"status": "ok"}
+
+    @app.get("/ready", include_in_schema=False)
+    def ready() -> JSONResponse:
+        """Readiness: the database and Redis answer (503 naming what does not)."""
+        checks = readiness() if readiness else {}
+        failing = {name: result for name, result in checks.items() if result != "ok"}
+        return JSONResponse({"status": "ok" if not failing else "unavailable", "checks": checks},
+                            status_code=503 if failing else 200)
 
     @app.post("/v1/checkouts", status_code=202, dependencies=guarded)
     def create_checkout(body: CheckoutIn, svc: CheckoutService = Depends(service)) -> JSONResponse:
@@ -158,4 +168,5 @@ def app_from_runtime() -> FastAPI:
 
     svc = CheckoutService(rt.settings, rt.repo, rt.vault, rt.enqueue)
     handler = inbound_from_runtime(rt)
-    return create_app(lambda: svc, rt.settings.orchestrator_api_key.get_secret_value(), lambda: handler)
+    return create_app(lambda: svc, rt.settings.orchestrator_api_key.get_secret_value(), lambda: handler,
+                      readiness=rt.readiness)

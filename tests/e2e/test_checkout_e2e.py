@@ -264,3 +264,9 @@ def test_a_pre_auth_authorization_after_the_deadline_is_released(tmp_path):
         assert done["status"] == "CANCELLED" and done["finished_late"] is True
         kinds = ledger(stack, done["plural_order_id"])
         assert kinds.index("AUTHORIZED") < kinds.index("CANCELLED")
+
+
+def test_readiness_reports_database_and_redis(stack):
+    answer = requests.get(f"{stack.api_url}/ready", timeout=5)
+    assert answer.status_code == 200
+    assert answer.json()["checks"] == {"database": "ok", "redis": "ok"}
