@@ -126,7 +126,9 @@ def settle(d: Deps, c: Checkout, order: Order, reason: str) -> bool:
         detail = payment.error_detail if payment else None
         fields["error_code"] = (detail.code if detail and detail.code else "PAYMENT_FAILED")[:64]
         fields["error_message"] = (detail.message if detail and detail.message else f"order {order.status}")[:500]
-    if c.deadline_at and d.clock() > c.deadline_at and target in (State.AUTHORIZED, State.COMPLETED):
+    # late: the customer finished after their deadline (a delivery days later is not late)
+    if (c.deadline_at and d.clock() > c.deadline_at and target in (State.AUTHORIZED, State.COMPLETED)
+            and State(c.state) not in (State.AUTHORIZED, State.CAPTURING)):
         fields["finished_late"] = True
     go(d, c, target, f"{reason}: Plural reports {order.status}", **fields)
     return True

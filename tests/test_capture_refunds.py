@@ -56,10 +56,12 @@ def impatient(h):
 def test_delivery_captures_in_full_once(harness):
     h = harness
     c = authorized(h)
+    h.clock.advance(2 * 86400)  # delivered two days later: long after the customer's deadline, not late
     h.service.deliver(c.id, None)
     h.drain()
     done = h.deps.repo.get(c.id)
     assert done.state == "COMPLETED" and done.captured_amount == 5000 and done.delivered_at
+    assert not done.finished_late
     again = h.service.deliver(c.id, None)
     h.drain()
     assert again.state == "COMPLETED" and h.queue == []
