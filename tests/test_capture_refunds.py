@@ -317,3 +317,19 @@ def test_the_cancel_webhook_of_an_expiring_hold_ends_it_expired_not_cancelled(ha
     h.inbound.webhook(*signed(h, "ORDER_CANCELLED", cancelled.model_dump(mode="json", exclude_none=True)))
     h.process_webhooks()
     assert h.state(c.id) == "EXPIRED"
+
+
+def test_a_capture_reported_by_webhook_days_later_is_not_late(harness):
+    from orchestrator.plural.models import CaptureRequest
+
+    h = harness
+    c = authorized(h)
+    h.clock.advance(2 * 86400)
+    h.service.deliver(c.id, None)
+    h.queue.clear()  # Plural's webhook arrives before our capture step reports
+    order = h.deps.plural.capture_order(c.plural_order_id,
+                                        CaptureRequest(merchant_capture_reference=c.merchant_capture_reference))
+    h.inbound.webhook(*signed(h, "ORDER_PROCESSED", order.model_dump(mode="json", exclude_none=True)))
+    h.process_webhooks()
+    done = h.deps.repo.get(c.id)
+    assert done.state == "COMPLETED" and done.captured_amount == 5000 and not done.finished_late
