@@ -15,7 +15,7 @@ from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from orchestrator.core.saga import REFUND_TRANSITIONS, RefundState, State, Step, refund_state_of, refundable
+from orchestrator.core.saga import REFUND_FINAL, REFUND_TRANSITIONS, RefundState, State, Step, refund_state_of, refundable
 from orchestrator.db.models import Checkout, Refund
 from orchestrator.logs import get_logger
 from orchestrator.plural import errors
@@ -132,7 +132,7 @@ def run_refund(d: Deps, refund_id: str, task_id: str | None = None) -> None:
     """The refund step: submit a REQUESTED refund (resolving an unknown earlier submit first), or
     poll a PENDING one."""
     r = get_refund(d, refund_id)
-    if r is None or RefundState(r.state) in (RefundState.PROCESSED, RefundState.FAILED):
+    if r is None or RefundState(r.state) in REFUND_FINAL:
         return
     c = d.repo.get(r.checkout_id)
     assert c is not None

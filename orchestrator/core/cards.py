@@ -58,7 +58,3 @@ def expiry_in_future(month: str, year: str, today: dt.date) -> bool:
 def valid_shape(number: str) -> bool:
     digits = digits_only(number)
     return digits.isdigit() and 12 <= len(digits) <= 19
-
-
-def last4(number: str) -> str:
-    return digits_only(number)[-4:]

@@ -48,8 +48,6 @@ class State(str, Enum):
 
 S = State
 FINAL = frozenset({S.COMPLETED, S.CANCELLED, S.EXPIRED, S.FAILED})
-#: states in which the customer has still to act (OTP or the bank page)
-CUSTOMER_ACTION = frozenset({S.AWAITING_OTP, S.VERIFYING_OTP, S.AWAITING_REDIRECT})
 #: states before authorization: the customer-action deadline cancels them
 BEFORE_AUTHORIZATION = frozenset({S.NEW, S.ORDER_CREATED, S.CARD_CHECKED, S.PAYMENT_CREATED, S.AWAITING_OTP,
                                   S.VERIFYING_OTP, S.AWAITING_REDIRECT, S.AUTHORIZING})

@@ -140,15 +140,5 @@ class TokenManager:
             self._store.save(token)
             return token.value
 
-    def refresh(self) -> AccessToken:
-        """Fetch a new token now (the beat's refresh-ahead job), under the same lock."""
-        with self._store.lock():
-            token = self._fetch()
-            self._store.save(token)
-            return token
-
-    def current(self) -> AccessToken | None:
-        return self._store.load()
-
     def invalidate(self, value: str) -> None:
         self._store.discard(value)

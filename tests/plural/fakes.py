@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator.plural.transport import Request, Response
 
@@ -56,6 +56,3 @@ def requestor_kwargs(transport: Any, **extra: Any) -> dict[str, Any]:
                                 token_store=MemoryTokenStore(), max_attempts=3, sleep=lambda s: None)
     base.update(extra)
     return base
-
-
-Sleeps = Callable[[float], None]
