@@ -25,6 +25,23 @@ from orchestrator.logs import configure_logging  # noqa: E402
 configure_logging("WARNING", "console")
 
 
+def at_once(fn: Any, n: int) -> list[Any]:
+    """Call ``fn`` from ``n`` threads released together; their results, in finishing order."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = []
+
+    def run() -> None:
+        barrier.wait()
+        results.append(fn())
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

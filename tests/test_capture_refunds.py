@@ -3,7 +3,6 @@ clock and the sandbox's ledger as the witness."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 
@@ -15,7 +14,7 @@ from orchestrator.plural import PluralClient
 from orchestrator.refunds import RefundRefused, get_refund
 from orchestrator.service import CheckoutError, CheckoutIn
 from orchestrator.sweeps import sweep_due
-from tests.conftest import ledger
+from tests.conftest import at_once, ledger
 from tests.test_webhooks import signed
 
 OTP_CARD = "4012001037141112"
@@ -153,18 +152,7 @@ def test_two_sweeps_racing_enqueue_each_due_row_once(harness):
         h.service.deliver(c.id, None)
     h.queue.clear()  # the capture messages are lost
     h.clock.advance(h.deps.settings.step_lease_seconds + 1)
-    barrier = threading.Barrier(4)
-    counts = []
-
-    def sweep():
-        barrier.wait()
-        counts.append(sweep_due(h.deps))
-
-    threads = [threading.Thread(target=sweep) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    counts = at_once(lambda: sweep_due(h.deps), 4)
     assert sum(counts) == 4
     assert sorted(i for _, i in h.queue) == sorted(c.id for c in rows)
     h.drain()
@@ -232,19 +220,14 @@ def test_refund_of_a_checkout_that_is_not_completed_is_refused(harness):
 def test_concurrent_refunds_cannot_spend_the_same_paise(harness):
     h = harness
     c = completed(h)
-    results = []
 
     def ask():
         try:
-            results.append(h.service.refund(c.id, 6000, None)[0].id)
+            return h.service.refund(c.id, 6000, None)[0].id
         except RefundRefused as exc:
-            results.append(exc.code)
+            return exc.code
 
-    threads = [threading.Thread(target=ask) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = at_once(ask, 4)
     assert results.count("REFUND_EXCEEDS_CAPTURED") == 3
 
 

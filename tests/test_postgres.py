@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 
 import pytest
 
 from orchestrator.service import CheckoutIn
 from orchestrator.sweeps import sweep_due
-from tests.conftest import make_harness
+from tests.conftest import at_once, make_harness
 
 
 @pytest.fixture
@@ -74,18 +73,7 @@ def test_concurrent_sweeps_skip_locked_rows_on_postgres(pg):
         pg.service.deliver(c.id, None)
     pg.queue.clear()
     pg.clock.advance(pg.deps.settings.step_lease_seconds + 1)
-    barrier = threading.Barrier(5)
-    counts = []
-
-    def sweep():
-        barrier.wait()
-        counts.append(sweep_due(pg.deps))
-
-    threads = [threading.Thread(target=sweep) for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    counts = at_once(lambda: sweep_due(pg.deps), 5)
     assert sum(counts) == 5 and sorted(i for _, i in pg.queue) == sorted(c.id for c in rows)
 
 

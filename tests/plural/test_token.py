@@ -1,9 +1,9 @@
-import threading
 import time
 
 import fakeredis
 
 from orchestrator.plural.token import AccessToken, MemoryTokenStore, RedisTokenStore, TokenManager
+from tests.conftest import at_once
 
 
 def counting_fetch(lifetime=3600.0, delay=0.0):
@@ -55,17 +55,7 @@ def test_token_is_shared_between_processes_through_redis():
 def test_concurrent_refreshers_fetch_only_once():
     server = fakeredis.FakeServer()
     fetch, calls = counting_fetch(delay=0.05)
-    results = []
-
-    def worker():
-        m = TokenManager(RedisTokenStore(fakeredis.FakeRedis(server=server), "cid"), fetch)
-        results.append(m.get())
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = at_once(lambda: TokenManager(RedisTokenStore(fakeredis.FakeRedis(server=server), "cid"), fetch).get(), 8)
     assert len(calls) == 1 and results == ["t1"] * 8
 
 
