@@ -90,7 +90,10 @@ class Settings(BaseSettings):
     step_lease_seconds: float = Field(default=120.0, gt=0, description="re-drive a step not finished by then")
     retry_backoff_base: float = Field(default=2.0, gt=0)
     retry_backoff_cap: float = Field(default=300.0, gt=0)
-    step_max_attempts: int = Field(default=8, ge=1)
+    step_max_attempts: int = Field(default=8, ge=1, description="failed tries of a step before NEEDS_ATTENTION")
+    attention_poll_seconds: float = Field(default=600.0, gt=0, description="Get Order period while NEEDS_ATTENTION")
+    watch_seconds: float = Field(default=2 * 86400.0, gt=0,
+                                 description="how long a cancel Plural refused is watched for a late payment")
     sweep_interval: float = Field(default=5.0, gt=0)
     sweep_batch: int = Field(default=200, ge=1)
     broker_visibility_timeout: int = Field(default=600, ge=5)
@@ -158,6 +161,20 @@ class Settings(BaseSettings):
     @property
     def poll_delays(self) -> tuple[float, ...]:
         return tuple(float(p) for p in self.poll_schedule.split(",") if p.strip())
+
+    @property
+    def call_budget_seconds(self) -> float:
+        """The worst case of one gateway call: every attempt timing out, each wait the longest a
+        Retry-After may ask for (four times the backoff cap)."""
+        attempts = self.http_max_attempts
+        return (attempts * (self.http_connect_timeout + self.http_read_timeout)
+                + (attempts - 1) * 4 * self.http_backoff_cap)
+
+    @property
+    def run_lease_seconds(self) -> float:
+        """How long a run owns its checkout: longer than a step's worst case (three calls: a look-up,
+        the call, a confirmation), so a live run's claim never lapses under it."""
+        return 3 * self.call_budget_seconds + 5.0
 
     @property
     def api_base(self) -> str:

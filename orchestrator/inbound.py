@@ -48,9 +48,13 @@ class Inbound:
             return CallbackAnswer(404, page=_page("Unknown order", "No checkout has this order."))
         state = State(checkout.state)
         if state in saga.POLLING:
-            # a hint, not the truth: ask Plural now instead of waiting for the next poll
-            d.repo.update_fields(checkout.id, states={state}, next_due_at=d.clock())
-            d.enqueue(Step.POLL_ORDER, checkout.id)
+            # a hint, not the truth: ask Plural now instead of waiting for the next poll. The
+            # customer is sent on even when this cannot be done (the sweep polls anyway).
+            try:
+                d.repo.note(checkout.id, states={state}, next_due_at=d.clock())
+                d.enqueue(Step.POLL_ORDER, checkout.id)
+            except Exception as exc:
+                log.warning("callback.poll_deferred", saga_id=checkout.id, error=type(exc).__name__)
         reported = (fields.get("status") or fields.get("payment_status") or "").upper()
         failed = reported == "FAILED" or bool(fields.get("error_code"))
         log.info("callback.received", saga_id=checkout.id, order_id=checkout.plural_order_id, reported=reported)

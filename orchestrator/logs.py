@@ -2,8 +2,10 @@
 
 JSON lines when stderr is not a terminal, a readable console otherwise. Every event, ours or a
 library's (uvicorn, celery, requests through the stdlib bridge), passes ``redact_card_data``:
-any run of 12 to 19 digits (spaces or dashes allowed between them) is masked to its last four,
-and any field whose key mentions ``cvv`` is dropped, at any depth.
+any run of 12 to 19 digits (spaces, dots or dashes allowed between them, glued to anything) is
+masked to its last four, a CVV in free text and a validation error's ``input_value`` are hidden,
+and any field whose key mentions ``cvv`` is dropped, at any depth. ``mask_text`` is the same rule
+for text that is stored or returned (Plural's error messages, validation errors).
 
 Plural's own identifiers (``v1-250129053005-aa-imFYK2-de-a``) carry long digit runs but cannot be
 card numbers; they are left readable.
@@ -19,13 +21,18 @@ from typing import Any
 import structlog
 
 _PLURAL_ID = r"v1-\d{6,}-[a-z]{2}-[A-Za-z0-9]+(?:-[a-z]{2}-[A-Za-z0-9]+)?"
-_CARD_RUN = r"(?<![\w])\d(?:[ -]?\d){11,18}(?![\w])"
+# no word boundaries: a card number glued to letters, underscores or URL escapes is still one
+_CARD_RUN = r"\d(?:[ .-]?\d){11,18}"
 _PATTERN = re.compile(f"({_PLURAL_ID})|({_CARD_RUN})")
+_CVV_TEXT = re.compile(r"(?i)(cvv2?|cvc2?|cvn|card.?verification|security.?code)(\W{0,6})\d{3,4}")
+_INPUT_VALUE = re.compile(r"input_value=('[^']*'|\"[^\"]*\"|[^,\]\s]+)")
 _SENSITIVE_KEY = re.compile(r"cvv|cvc|card_?number|^pan$", re.IGNORECASE)
 
 
-def mask_card_numbers(text: str) -> str:
-    """Mask every 12-19 digit run in ``text`` to ``****`` + its last four digits."""
+def mask_text(text: str) -> str:
+    """Mask every 12-19 digit run (spaces, dots or dashes between digits allowed, whatever stands
+    around it) to ``****`` + its last four digits; hide a CVV written in free text and the
+    ``input_value`` a validation error quotes. Plural's own identifiers stay readable."""
 
     def repl(match: re.Match[str]) -> str:
         if match.group(1):
@@ -33,18 +40,28 @@ def mask_card_numbers(text: str) -> str:
         digits = re.sub(r"\D", "", match.group(2))
         return "****" + digits[-4:]
 
+    text = _INPUT_VALUE.sub("input_value=***", text)
+    text = _CVV_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
     return _PATTERN.sub(repl, text)
+
+
+#: the older name
+mask_card_numbers = mask_text
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return mask_card_numbers(value)
+        return mask_text(value)
+    if isinstance(value, (bytes, bytearray)):
+        return mask_text(bytes(value).decode("utf-8", "replace"))
     if isinstance(value, dict):
         return {k: _scrub_field(k, v) for k, v in value.items() if not _drops(k)}
     if isinstance(value, (list, tuple)):
         return type(value)(_scrub(v) for v in value)
     if isinstance(value, int) and not isinstance(value, bool) and 12 <= len(str(abs(value))) <= 19:
-        return mask_card_numbers(str(value))
+        return mask_text(str(value))
+    if isinstance(value, BaseException):
+        return mask_text(repr(value))
     return value
 
 

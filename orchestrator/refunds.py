@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -20,7 +20,8 @@ from orchestrator.db.models import Checkout, Refund
 from orchestrator.logs import get_logger
 from orchestrator.plural import errors
 from orchestrator.plural.models import Amount, Order, RefundRequest
-from orchestrator.steps import TRANSIENT, Deps, call_ahead
+from orchestrator.engine import Run
+from orchestrator.steps import TRANSIENT, Deps, call_ahead, text
 
 log = get_logger("orchestrator.refunds")
 
@@ -83,20 +84,24 @@ def get_refund(d: Deps, refund_id: str) -> Refund | None:
         return s.get(Refund, refund_id)
 
 
-def move(d: Deps, r: Refund, target: RefundState, **fields: Any) -> bool:
-    """Compare-and-set a refund's state; a PROCESSED refund adds to the checkout's refunded amount."""
+def move(d: Deps, r: Refund, target: RefundState, claim: str | None = None, **fields: Any) -> bool:
+    """Compare-and-set a refund's state (fenced by the run's ``claim``); a refund that becomes
+    PROCESSED adds its amount to the checkout's refunded amount in the same transaction, as an
+    increment, so concurrent refunds of one checkout never lose each other's update."""
     allowed = [s.value for s, targets in REFUND_TRANSITIONS.items() if target in targets]
     if target.value == r.state:
+        if target in REFUND_FINAL:
+            return False
         allowed.append(r.state)
     now = d.clock()
+    conditions = [col(Refund.id) == r.id, col(Refund.state).in_(allowed)]
+    if claim is not None:
+        conditions.append(col(Refund.claim_token) == claim)
     with d.repo.session() as s:
-        result = s.execute(update(Refund).where(col(Refund.id) == r.id, col(Refund.state).in_(allowed))
-                           .values(state=target.value, updated_at=now, **fields))
+        result = s.execute(update(Refund).where(*conditions).values(state=target.value, updated_at=now, **fields))
         if result.rowcount == 1 and target is RefundState.PROCESSED:
-            total = s.exec(select(func.coalesce(func.sum(Refund.amount_value), 0)).where(
-                Refund.checkout_id == r.checkout_id, Refund.state == RefundState.PROCESSED.value)).one()
             s.execute(update(Checkout).where(col(Checkout.id) == r.checkout_id)
-                      .values(refunded_amount=int(total), updated_at=now))
+                      .values(refunded_amount=Checkout.refunded_amount + r.amount_value, updated_at=now))
         s.commit()
         moved = result.rowcount == 1
     if moved:
@@ -104,7 +109,7 @@ def move(d: Deps, r: Refund, target: RefundState, **fields: Any) -> bool:
     return moved
 
 
-def follow(d: Deps, r: Refund, order: Order, reason: str) -> None:
+def follow(d: Deps, r: Refund, order: Order, reason: str, claim: str | None = None) -> None:
     """Move a refund to what Plural's refund order says."""
     target = refund_state_of(order.status)
     fields: dict[str, Any] = {"plural_refund_order_id": order.order_id, "plural_status": order.status}
@@ -114,23 +119,40 @@ def follow(d: Deps, r: Refund, order: Order, reason: str) -> None:
     else:
         fields["next_due_at"] = None
     if target is RefundState.FAILED:
-        fields.update(error_code="REFUND_FAILED", error_message=reason[:500])
-    move(d, r, target, **fields)
+        fields.update(error_code="REFUND_FAILED", error_message=text(reason))
+    move(d, r, target, claim, **fields)
 
 
-def _backoff(d: Deps, r: Refund, exc: BaseException) -> None:
+def _backoff(d: Deps, r: Refund, exc: BaseException, claim: str) -> None:
+    """Try again later; after ``STEP_MAX_ATTEMPTS`` failures stop trying and say so (the refund
+    keeps its amount reserved: it may still have happened at Plural)."""
     failures = r.failures + 1
     delay = min(d.settings.retry_backoff_cap, d.settings.retry_backoff_base * 2 ** (failures - 1))
+    gave_up = failures >= d.settings.step_max_attempts
+    due = d.clock() + dt.timedelta(seconds=d.settings.attention_poll_seconds if gave_up else delay)
+    code = "NEEDS_ATTENTION" if gave_up else str(getattr(exc, "code", type(exc).__name__))[:64]
     with d.repo.session() as s:
-        s.execute(update(Refund).where(col(Refund.id) == r.id).values(
-            failures=failures, next_due_at=d.clock() + dt.timedelta(seconds=delay),
-            error_code=getattr(exc, "code", type(exc).__name__)[:64], error_message=str(exc)[:500]))
+        s.execute(update(Refund).where(col(Refund.id) == r.id, col(Refund.claim_token) == claim).values(
+            failures=failures, next_due_at=due, error_code=code, error_message=text(exc)))
         s.commit()
+    (log.error if gave_up else log.warning)("refund.retry_later", refund_id=r.id, failures=failures,
+                                            error=text(exc))
 
 
 def run_refund(d: Deps, refund_id: str, task_id: str | None = None) -> None:
-    """The refund step: submit a REQUESTED refund (resolving an unknown earlier submit first), or
-    poll a PENDING one."""
+    """The refund step: claim the refund, submit it if REQUESTED (resolving an unknown earlier
+    submit first), or poll it if PENDING."""
+    token = d.repo.claim(Refund, refund_id, d.settings.run_lease_seconds)
+    if token is None:
+        log.info("refund.busy", refund_id=refund_id)
+        return
+    try:
+        _run_refund(d, refund_id, token, task_id)
+    finally:
+        d.repo.release(Refund, refund_id, token)
+
+
+def _run_refund(d: Deps, refund_id: str, token: str, task_id: str | None) -> None:
     r = get_refund(d, refund_id)
     if r is None or RefundState(r.state) in REFUND_FINAL:
         return
@@ -138,9 +160,9 @@ def run_refund(d: Deps, refund_id: str, task_id: str | None = None) -> None:
     assert c is not None
     if r.plural_refund_order_id:
         try:
-            return follow(d, r, d.plural.get_order(r.plural_refund_order_id), "polled")
+            return follow(d, r, d.plural.get_order(r.plural_refund_order_id), "polled", token)
         except TRANSIENT as exc:
-            return _backoff(d, r, exc)
+            return _backoff(d, r, exc, token)
     unresolved = d.repo.unresolved_attempts(c.id, [Step.REFUND.value])
     mine = [a for a in unresolved if a.reference == r.merchant_refund_reference]
     if mine:
@@ -149,21 +171,22 @@ def run_refund(d: Deps, refund_id: str, task_id: str | None = None) -> None:
         except errors.NotFound:
             d.repo.resolve_attempts([a.id for a in mine if a.id], "failed", "no refund at Plural")
         except TRANSIENT as exc:
-            return _backoff(d, r, exc)
+            return _backoff(d, r, exc, token)
         else:
             d.repo.resolve_attempts([a.id for a in mine if a.id], "succeeded", found.order_id)
-            return follow(d, r, found, "refund found by reference")
+            return follow(d, r, found, "refund found by reference", token)
     request = RefundRequest(merchant_order_reference=r.merchant_refund_reference,
                             order_amount=Amount(value=r.amount_value, currency=r.currency))
-    got = call_ahead(d, c.id, Step.REFUND, r.merchant_refund_reference, task_id,
+    run = Run(c.id, None, task_id, State(c.state))  # the refund's own claim fences its writes
+    got = call_ahead(d, run, Step.REFUND, r.merchant_refund_reference,
                      lambda: d.plural.create_refund(c.plural_order_id, request), lambda o: o.order_id)
     if got.transient:
-        return _backoff(d, r, got.transient)
+        return _backoff(d, r, got.transient, token)
     if got.refused:
-        move(d, r, RefundState.FAILED, error_code=got.refused.code[:64], error_message=got.refused.message[:500],
+        move(d, r, RefundState.FAILED, token, error_code=got.refused.code[:64], error_message=text(got.refused.message),
              next_due_at=None)
         return
-    follow(d, r, got.result, "submitted")
+    follow(d, r, got.result, "submitted", token)
 
 
 def refund_view(r: Refund) -> dict[str, Any]:
@@ -175,6 +198,7 @@ def refund_view(r: Refund) -> dict[str, Any]:
         "status": r.state,
         "plural_refund_order_id": r.plural_refund_order_id,
         "error": {"code": r.error_code, "message": r.error_message} if r.state == "FAILED" else None,
+        "origin": r.origin,
         "created_at": r.created_at.isoformat() if r.created_at else None,
     }
 

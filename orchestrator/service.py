@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 from orchestrator.core import saga
 from orchestrator.core.cards import digits_only, expiry_in_future, luhn_ok, network_of
 from orchestrator.core.money import Money
-from orchestrator.core.saga import State, Step
+from orchestrator.core.saga import Fact, Source, State, Step
 from orchestrator.db.models import Checkout, new_checkout_id, utcnow
 from orchestrator.db.repo import Repo
+from orchestrator.engine import Engine
 from orchestrator.logs import get_logger
 from orchestrator.plural.models import Customer
 from orchestrator.refunds import refund_view
@@ -103,6 +104,7 @@ class CheckoutService:
     def __init__(self, settings: Any, repo: Repo, vault: Vault, enqueue: Callable[[Step, str], None],
                  clock: Callable[[], dt.datetime] = utcnow):
         self.settings, self.repo, self.vault, self.enqueue, self.clock = settings, repo, vault, enqueue, clock
+        self.engine = Engine(settings, repo, vault, enqueue, clock)
 
     # --- create -------------------------------------------------------------------------
 
@@ -210,10 +212,15 @@ class CheckoutService:
             "next_action": next_action,
             "error": {"code": c.error_code, "message": c.error_message} if c.error_code else None,
             "finished_late": c.finished_late,
+            # how a payment that completed after the checkout ended was undone: RELEASED or REFUNDED
+            "late_undo": c.late_undo,
+            "attention": ({"reason": c.attention_reason, "stuck_in": c.attention_from}
+                          if state is State.NEEDS_ATTENTION else None),
             "deadline_at": _iso(c.deadline_at),
             "created_at": _iso(c.created_at),
             "updated_at": _iso(c.updated_at),
-            "history": [{"from": t.from_state, "to": t.to_state, "reason": t.reason, "at": _iso(t.at)}
+            "history": [{"from": t.from_state, "to": t.to_state, "fact": t.fact, "source": t.source,
+                         "reason": t.reason, "at": _iso(t.at)}
                         for t in self.repo.history(c.id)],
             "refunds": [refund_view(r) for r in self.refunds(c.id)] if c.pre_auth or state is State.COMPLETED
             else [],
@@ -226,14 +233,17 @@ class CheckoutService:
         if State(c.state) is not State.AWAITING_OTP:
             status = saga.public_status(State(c.state))
             raise CheckoutError(409, "INVALID_STATE", f"an OTP cannot be submitted while {status}", status=status)
-        self.vault.put_otp(c.id, otp, self.settings.otp_ttl_seconds)
-        lease = self.clock() + dt.timedelta(seconds=self.settings.step_lease_seconds)
-        moved = self.repo.transition(c.id, State.VERIFYING_OTP, "OTP submitted", allowed={State.AWAITING_OTP},
-                                     next_due_at=lease, error_code=None, error_message=None)
+        try:
+            self.vault.put_otp(c.id, otp, self.settings.otp_ttl_seconds)
+        except Exception as exc:
+            log.error("checkout.vault_unavailable", saga_id=c.id, error=type(exc).__name__)
+            raise CheckoutError(503, "UNAVAILABLE", "the OTP store (Redis) is unavailable; nothing was changed",
+                                unavailable="redis") from None
+        moved = self.engine.apply(c.id, Fact.OTP_SUBMITTED, Source.MERCHANT, "OTP submitted",
+                                  fields={"error_code": None, "error_message": None})
         if moved is None:
             self.vault.drop_otp(c.id)
             raise CheckoutError(409, "INVALID_STATE", "the checkout moved on; the OTP was not used")
-        self._enqueue(Step.SUBMIT_OTP, c.id)
         return moved
 
     def resend_otp(self, checkout_id: str) -> Checkout:
@@ -255,12 +265,10 @@ class CheckoutService:
         if state not in saga.CANCELLABLE:
             raise CheckoutError(409, "INVALID_STATE", f"a {saga.public_status(state)} checkout cannot be cancelled",
                                 status=saga.public_status(state))
-        lease = self.clock() + dt.timedelta(seconds=self.settings.step_lease_seconds)
-        moved = self.repo.transition(c.id, State.CANCELLING, "cancel requested by the merchant",
-                                     allowed=saga.CANCELLABLE, next_due_at=lease, cancel_reason="MERCHANT")
+        moved = self.engine.apply(c.id, Fact.CANCEL_REQUESTED, Source.MERCHANT, "cancel requested by the merchant",
+                                  fields={"cancel_reason": "MERCHANT"})
         if moved is None:
             return self.cancel(checkout_id)
-        self._enqueue(Step.CANCEL_ORDER, c.id)
         return moved
 
 
@@ -285,15 +293,12 @@ class CheckoutService:
             raise CheckoutError(422, "CAPTURE_EXCEEDS_AUTHORIZED",
                                 f"capture_amount must be between 1 and the authorized {c.authorized_amount}",
                                 authorized_amount={"value": c.authorized_amount, "currency": c.currency})
-        now = self.clock()
-        moved = self.repo.transition(
-            c.id, State.CAPTURING, "delivered: capture " + ("in full" if amount == c.authorized_amount
-                                                            else f"of {amount} (partial)"),
-            allowed={State.AUTHORIZED}, delivered_at=now, capture_amount=amount,
-            next_due_at=now + dt.timedelta(seconds=self.settings.step_lease_seconds))
+        moved = self.engine.apply(
+            c.id, Fact.DELIVERED, Source.MERCHANT,
+            "delivered: capture " + ("in full" if amount == c.authorized_amount else f"of {amount} (partial)"),
+            fields={"delivered_at": self.clock(), "capture_amount": amount})
         if moved is None:
             return self.deliver(checkout_id, capture_amount)
-        self._enqueue(Step.CAPTURE_ORDER, c.id)
         return moved
 
 

@@ -1,16 +1,18 @@
-"""The saga's steps (the activities): reload, check the state, write ahead, call Plural, record,
-schedule the next step. Plain functions over injected collaborators: Celery only wraps them.
+"""The saga's steps (the activities): claim, reload, check the state, write ahead, call Plural,
+hand the outcome to the engine. Plain functions over injected collaborators: Celery only wraps them.
 
 Rules every step follows:
 
-- it runs only in the states ``STEP_STATES`` allows; anywhere else it does nothing (a duplicate
-  or late delivery is harmless);
+- ``run`` claims the checkout first; while another run holds it, a second delivery does nothing.
+  Every write of the run is fenced by its claim; a run that lost it stops (``LostClaim``);
+- it runs only in the states ``STEP_STATES`` allows; anywhere else it does nothing;
 - an earlier attempt of the same step whose outcome is unknown (``in_flight`` after a crash,
-  ``unknown`` after a timeout) is resolved by asking Plural before anything is sent again;
+  ``unknown`` after a timeout) is resolved by asking Plural before anything is sent again, and
+  so is a 4xx answer to a call that repeated an idempotency reference;
 - a step attempt row is committed, with its deterministic reference, before the call;
-- every state change is compare-and-set; the next step is enqueued only after the commit, and a
-  due time is always left on the row, so a lost message is re-driven by the sweep;
-- transient failures leave the state as it is and set a due time with exponential backoff.
+- a step never changes the state itself: it states a fact (``saga.Fact``) and the engine decides;
+- transient failures back off through the row's due time, at most ``STEP_MAX_ATTEMPTS`` times;
+  then the checkout NEEDS_ATTENTION, visibly.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Any, Callable
 import structlog
 
 from orchestrator.core import saga
-from orchestrator.core.saga import POLLING, State, Step
+from orchestrator.core.saga import Fact, Source, State, Step
 from orchestrator.db.models import Checkout, utcnow
-from orchestrator.db.repo import Repo
-from orchestrator.logs import get_logger
+from orchestrator.db.repo import LostClaim, Repo
+from orchestrator.engine import Engine, Run
+from orchestrator.logs import get_logger, mask_text
 from orchestrator.plural import errors
 from orchestrator.plural.models import (
     Amount, CaptureRequest, CardDetails, CardDetailsRequest, CardIdentifier, CreateOrderRequest, CreatePaymentRequest, Order,
@@ -48,90 +51,42 @@ class Deps:
     enqueue: Callable[[Step, str], None]
     clock: Callable[[], dt.datetime] = field(default=utcnow)
 
+    @property
+    def engine(self) -> Engine:
+        return Engine(self.settings, self.repo, self.vault, self.enqueue, self.clock)
+
 
 def _s(d: Deps, seconds: float) -> dt.datetime:
     return d.clock() + dt.timedelta(seconds=seconds)
 
 
-def due_for(d: Deps, c: Checkout, target: State, polls: int = 0,
-            capture_deadline: dt.datetime | None = None) -> dt.datetime | None:
-    """When the saga in ``target`` next needs attention (the re-drive safety net included)."""
-    if target in saga.FINAL:
-        return None
-    if target is State.AUTHORIZED:
-        return capture_deadline or c.capture_deadline_at
-    if target in POLLING:
-        nxt = _s(d, saga.poll_delay(d.settings.poll_delays, polls))
-        return min(nxt, c.deadline_at) if c.deadline_at else nxt
-    return _s(d, d.settings.step_lease_seconds)
+def text(value: Any, limit: int = 500) -> str:
+    """Text from Plural or an exception, masked before it is stored, logged or shown."""
+    return mask_text(str(value))[:limit]
 
 
-def go(d: Deps, c: Checkout, target: State, reason: str, **fields: Any) -> Checkout | None:
-    """Compare-and-set to ``target``, then enqueue its next step (after the commit)."""
-    fields.setdefault("polls", 0)
-    fields.setdefault("step_failures", 0)
-    fields["next_due_at"] = due_for(d, c, target, fields["polls"], fields.get("capture_deadline_at"))
-    updated = d.repo.transition(c.id, target, reason, **fields)
-    if updated is None:
-        log.info("saga.transition.skipped", target=target.value, found=(d.repo.get(c.id) or c).state)
-        return None
-    log.info("saga.transition", from_state=c.state, to_state=target.value, reason=reason)
-    if target in saga.FINAL:
-        d.vault.drop_card(c.id)
-        d.vault.drop_otp(c.id)
-    step = saga.next_step(target)
-    if step is not None and target not in POLLING and target is not State.AUTHORIZED:
-        d.enqueue(step, c.id)
-    return updated
+def state_fact(d: Deps, run: Run, fact: Fact, reason: str, **fields: Any) -> Checkout | None:
+    """A step's own outcome, handed to the engine under the run's claim."""
+    return d.engine.apply(run.checkout_id, fact, Source.STEP, reason, run=run, fields=fields)
 
 
-def retry_later(d: Deps, c: Checkout, step: Step, error: BaseException) -> None:
+def retry_later(d: Deps, run: Run, c: Checkout, step: Step, error: BaseException) -> None:
+    """Back off through the due time; after ``STEP_MAX_ATTEMPTS`` failures, NEEDS_ATTENTION."""
     failures = c.step_failures + 1
+    message = text(error)
+    code = str(getattr(error, "code", type(error).__name__))[:64]
+    if failures >= d.settings.step_max_attempts and State(c.state) is not State.NEEDS_ATTENTION:
+        log.error("saga.step.gave_up", step=step.value, failures=failures, error=message)
+        d.engine.apply(c.id, Fact.GAVE_UP, Source.TIMER, f"{step.value} failed {failures} times: {code}", run=run,
+                       fields={"error_code": code, "error_message": message})
+        return
     delay = min(d.settings.retry_backoff_cap, d.settings.retry_backoff_base * 2 ** (failures - 1))
     due = _s(d, delay)
-    if c.deadline_at and c.state in {s.value for s in saga.BEFORE_AUTHORIZATION}:
+    if c.deadline_at and State(c.state) in saga.BEFORE_AUTHORIZATION:
         due = min(due, max(c.deadline_at, d.clock()))
-    d.repo.update_fields(c.id, states={State(c.state)}, step_failures=failures, next_due_at=due,
-                         error_code=getattr(error, "code", type(error).__name__)[:64], error_message=str(error)[:500])
-    log.warning("saga.step.retry_later", step=step.value, failures=failures, delay=delay, error=str(error))
-
-
-def fail(d: Deps, c: Checkout, error: errors.APIError | str, message: str | None = None) -> None:
-    code = error.code if isinstance(error, errors.APIError) else error
-    text = error.message if isinstance(error, errors.APIError) else (message or code)
-    go(d, c, State.FAILED, f"failed: {code}", error_code=code[:64], error_message=text[:500])
-
-
-def settle(d: Deps, c: Checkout, order: Order, reason: str) -> bool:
-    """Follow Plural's view of the order; True when the saga moved (or had nothing left to wait for)."""
-    payment = _our_payment(c, order)
-    view = saga.gateway_view(order.status, payment.status if payment else None)
-    target = saga.settle_target(view, c.pre_auth)
-    if target is None:
-        return False
-    if target is State.CANCELLED and c.cancel_reason == "HOLD_EXPIRED":
-        target = State.EXPIRED  # our own release of an undelivered hold, reported before the cancel step
-    fields: dict[str, Any] = {"plural_status": order.status}
-    if target in (State.AUTHORIZED, State.COMPLETED) and payment and payment.payment_amount:
-        fields["authorized_amount"] = payment.payment_amount.value
-    if target is State.AUTHORIZED:
-        now = d.clock()
-        hold = dt.timedelta(days=d.settings.hold_days) - dt.timedelta(seconds=d.settings.hold_margin_seconds)
-        fields["authorized_at"] = now
-        fields["capture_deadline_at"] = now + max(hold, dt.timedelta(0))
-    if target is State.COMPLETED:
-        fields["captured_amount"] = order.captured_amount() or (payment.payment_amount.value
-                                                                if payment and payment.payment_amount else 0)
-    if target is State.FAILED:
-        detail = payment.error_detail if payment else None
-        fields["error_code"] = (detail.code if detail and detail.code else "PAYMENT_FAILED")[:64]
-        fields["error_message"] = (detail.message if detail and detail.message else f"order {order.status}")[:500]
-    # late: the customer finished after their deadline (a delivery days later is not late)
-    if (c.deadline_at and d.clock() > c.deadline_at and target in (State.AUTHORIZED, State.COMPLETED)
-            and State(c.state) not in (State.AUTHORIZED, State.CAPTURING)):
-        fields["finished_late"] = True
-    go(d, c, target, f"{reason}: Plural reports {order.status}", **fields)
-    return True
+    d.repo.note(c.id, states={State(c.state)}, claim=run.token, step_failures=failures, next_due_at=due,
+                error_code=code, error_message=message)
+    log.warning("saga.step.retry_later", step=step.value, failures=failures, delay=delay, error=message)
 
 
 def _our_payment(c: Checkout, order: Order) -> Any:
@@ -139,6 +94,48 @@ def _our_payment(c: Checkout, order: Order) -> Any:
         if payment.merchant_payment_reference == c.merchant_payment_reference or payment.id == c.plural_payment_id:
             return payment
     return None
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def order_fact(d: Deps, c: Checkout, order: Order) -> tuple[Fact | None, dict[str, Any]]:
+    """What Plural's order states about this checkout, and the fields that go with it."""
+    payment = _our_payment(c, order)
+    fact = saga.fact_of(saga.gateway_view(order.status, payment.status if payment else None))
+    fields: dict[str, Any] = {"plural_status": order.status}
+    if payment is not None and payment.payment_amount and fact in (Fact.PLURAL_AUTHORIZED, Fact.PLURAL_PROCESSED):
+        fields["authorized_amount"] = payment.payment_amount.value
+    if fact is Fact.PLURAL_AUTHORIZED:
+        # the hold runs from Plural's authorization, never from when we heard of it
+        now = d.clock()
+        at = _aware(payment.updated_at if payment is not None else None) or _aware(order.updated_at) or now
+        at = min(at, now)
+        fields["authorized_at"] = at
+        fields["capture_deadline_at"] = saga.capture_deadline(at, d.settings.hold_days, d.settings.hold_margin_seconds)
+    if fact is Fact.PLURAL_PROCESSED:
+        fields["captured_amount"] = order.captured_amount() or (
+            payment.payment_amount.value if payment is not None and payment.payment_amount else 0)
+    if fact in (Fact.PLURAL_PAYMENT_FAILED, Fact.PLURAL_FAILED):
+        detail = payment.error_detail if payment is not None else None
+        fields["error_code"] = (detail.code if detail and detail.code else "PAYMENT_FAILED")[:64]
+        fields["error_message"] = text(detail.message if detail and detail.message else f"order {order.status}")
+    if fact is Fact.PLURAL_CANCELLED and State(c.state) is State.CAPTURING:
+        fields.update(error_code="HOLD_CANCELLED", error_message="the authorization was cancelled before the capture")
+    return fact, fields
+
+
+def settle(d: Deps, c: Checkout, order: Order, reason: str, source: Source = Source.POLL,
+           run: Run | None = None) -> bool:
+    """Hand Plural's view of the order to the engine; True when the checkout moved."""
+    fact, fields = order_fact(d, c, order)
+    if fact is None:
+        return False
+    moved = d.engine.apply(c.id, fact, source, f"{reason}: Plural reports {order.status}", run=run, fields=fields)
+    return moved is not None
 
 
 def _past_deadline(d: Deps, c: Checkout) -> bool:
@@ -154,39 +151,52 @@ class Called:
     refused: errors.APIError | None = None
 
 
-def call_ahead(d: Deps, checkout_id: str, step: Step, reference: str | None, task_id: str | None,
-               call: Callable[[], Any], detail: Callable[[Any], str] = lambda _r: "ok") -> Called:
+def call_ahead(d: Deps, run: Run, step: Step, reference: str | None, call: Callable[[], Any],
+               detail: Callable[[Any], str] = lambda _r: "ok", *, idempotent: bool = True) -> Called:
     """Commit a step attempt (``in_flight``) with its reference, make the call, record the outcome:
-    ``unknown`` for a transient failure (Plural may have acted), ``failed`` for a refusal."""
-    attempt = d.repo.begin_attempt(checkout_id, step.value, reference, task_id)
+    ``unknown`` for a transient failure (Plural may have acted), ``failed`` for a refusal.
+
+    A refusal of an idempotent call that repeats a reference used before is not final on its own
+    (Plural may be answering "in progress" or "already done"): it is recorded ``unknown`` and
+    resolved by looking the object up on the next run.
+    """
+    repeated = idempotent and d.repo.has_attempt(run.checkout_id, step.value, reference)
+    attempt = d.repo.begin_attempt(run.checkout_id, step.value, reference, run.task_id, claim=run.token)
     try:
         result = call()
     except TRANSIENT as exc:
-        d.repo.finish_attempt(attempt, "unknown", str(exc))
+        d.repo.finish_attempt(attempt, "unknown", text(exc))
         return Called(transient=exc)
     except errors.APIError as exc:
-        d.repo.finish_attempt(attempt, "failed", f"{exc.code}: {exc.message}")
+        if repeated:
+            d.repo.finish_attempt(attempt, "unknown", text(f"refused a repeated reference: {exc.code}: {exc.message}"))
+            return Called(transient=exc)
+        d.repo.finish_attempt(attempt, "failed", text(f"{exc.code}: {exc.message}"))
         return Called(refused=exc)
-    d.repo.finish_attempt(attempt, "succeeded", detail(result))
+    d.repo.finish_attempt(attempt, "succeeded", text(detail(result)))
     return Called(result=result)
+
+
+def _resolve(d: Deps, c: Checkout, step: Step, outcome: str, detail: str) -> None:
+    unresolved = d.repo.unresolved_attempts(c.id, [step.value])
+    d.repo.resolve_attempts([a.id for a in unresolved if a.id], outcome, text(detail))
 
 
 # --- the steps ------------------------------------------------------------------------------
 
 
-def create_order(d: Deps, c: Checkout, task_id: str | None) -> None:
-    unresolved = d.repo.unresolved_attempts(c.id, [Step.CREATE_ORDER.value])
-    if unresolved:
+def create_order(d: Deps, run: Run, c: Checkout) -> None:
+    if d.repo.unresolved_attempts(c.id, [Step.CREATE_ORDER.value]):
         try:
             order = d.plural.get_order_by_reference(c.merchant_order_reference)
         except errors.NotFound:
-            d.repo.resolve_attempts([a.id for a in unresolved if a.id], "failed", "no order at Plural")
+            _resolve(d, c, Step.CREATE_ORDER, "failed", "no order at Plural")
         except TRANSIENT as exc:
-            return retry_later(d, c, Step.CREATE_ORDER, exc)
+            return retry_later(d, run, c, Step.CREATE_ORDER, exc)
         else:
-            d.repo.resolve_attempts([a.id for a in unresolved if a.id], "succeeded", order.order_id)
-            go(d, c, State.ORDER_CREATED, "order found by reference", plural_order_id=order.order_id,
-               plural_status=order.status)
+            _resolve(d, c, Step.CREATE_ORDER, "succeeded", order.order_id)
+            state_fact(d, run, Fact.ORDER_CREATED, "order found by reference", plural_order_id=order.order_id,
+                       plural_status=order.status)
             return
     callback = f"{d.settings.public_base_url.rstrip('/')}/callbacks/plural"
     request = CreateOrderRequest(
@@ -199,60 +209,69 @@ def create_order(d: Deps, c: Checkout, task_id: str | None) -> None:
         purchase_details=PurchaseDetails(customer=c.customer) if c.customer else None,
         notes=f"checkout {c.id}",
     )
-    got = call_ahead(d, c.id, Step.CREATE_ORDER, c.merchant_order_reference, task_id,
+    got = call_ahead(d, run, Step.CREATE_ORDER, c.merchant_order_reference,
                      lambda: d.plural.create_order(request), lambda o: o.order_id)
     if got.transient:
-        return retry_later(d, c, Step.CREATE_ORDER, got.transient)
+        return retry_later(d, run, c, Step.CREATE_ORDER, got.transient)
     if got.refused:
-        return fail(d, c, got.refused)
+        exc = got.refused
+        state_fact(d, run, Fact.ORDER_REFUSED, f"order refused: {exc.code}", error_code=exc.code[:64],
+                   error_message=text(exc.message))
+        return
     order = got.result
-    go(d, c, State.ORDER_CREATED, "order created", plural_order_id=order.order_id, plural_status=order.status)
+    state_fact(d, run, Fact.ORDER_CREATED, "order created", plural_order_id=order.order_id,
+               plural_status=order.status)
 
 
-def card_details(d: Deps, c: Checkout, task_id: str | None) -> None:
+def _card_gone(d: Deps, run: Run) -> None:
+    state_fact(d, run, Fact.CARD_GONE, "card data expired before payment", error_code="CARD_DATA_EXPIRED",
+               error_message="the card data was not used in time and has been discarded")
+
+
+def card_details(d: Deps, run: Run, c: Checkout) -> None:
     card = d.vault.card(c.id)
     if card is None:
-        return go(d, c, State.CANCELLING, "card data expired before payment", error_code="CARD_DATA_EXPIRED",
-                  error_message="the card data was not used in time and has been discarded")
+        return _card_gone(d, run)
     request = CardDetailsRequest(amount=str(c.amount_value),
                                  card_details=[CardIdentifier(payment_identifier=card.number)])
-    got = call_ahead(d, c.id, Step.CARD_DETAILS, None, task_id, lambda: d.plural.get_card_details(request))
+    got = call_ahead(d, run, Step.CARD_DETAILS, None, lambda: d.plural.get_card_details(request),
+                     idempotent=False)
     if got.transient:
-        return retry_later(d, c, Step.CARD_DETAILS, got.transient)
+        return retry_later(d, run, c, Step.CARD_DETAILS, got.transient)
     if got.refused:
         d.vault.drop_card(c.id)
-        return go(d, c, State.CANCELLING, f"card refused: {got.refused.code}", error_code=got.refused.code[:64],
-                  error_message=got.refused.message[:500])
+        exc = got.refused
+        state_fact(d, run, Fact.CARD_REFUSED, f"card refused: {exc.code}", error_code=exc.code[:64],
+                   error_message=text(exc.message))
+        return
     answer = got.result
     info = answer.card_payment_details[0] if answer.card_payment_details else None
-    go(d, c, State.CARD_CHECKED, "card details known", native_otp=bool(info and info.is_native_otp_supported),
-       card_network=(info.card_network if info else None), card_issuer=(info.card_issuer if info else None))
+    state_fact(d, run, Fact.CARD_CHECKED, "card details known", native_otp=bool(info and info.is_native_otp_supported),
+               card_network=(info.card_network if info else None), card_issuer=(info.card_issuer if info else None))
 
 
-def create_payment(d: Deps, c: Checkout, task_id: str | None) -> None:
-    unresolved = d.repo.unresolved_attempts(c.id, [Step.CREATE_PAYMENT.value])
-    if unresolved:
+def create_payment(d: Deps, run: Run, c: Checkout) -> None:
+    if d.repo.unresolved_attempts(c.id, [Step.CREATE_PAYMENT.value]):
         try:
             order = d.plural.get_order(c.plural_order_id)
         except TRANSIENT as exc:
-            return retry_later(d, c, Step.CREATE_PAYMENT, exc)
+            return retry_later(d, run, c, Step.CREATE_PAYMENT, exc)
         payment = _our_payment(c, order)
-        d.repo.resolve_attempts([a.id for a in unresolved if a.id], "succeeded" if payment else "failed",
-                                payment.id if payment else "no payment at Plural")
+        _resolve(d, c, Step.CREATE_PAYMENT, "succeeded" if payment else "failed",
+                 payment.id if payment else "no payment at Plural")
         if payment is not None:
             d.vault.drop_card(c.id)
-            return _after_payment(d, c, order, "payment found at Plural")
+            return _after_payment(d, run, c, order, "payment found at Plural")
     card = d.vault.card(c.id)
     if card is None:
-        # a concurrent run of this step may have made the payment and dropped the card: ask Plural
+        # an earlier run may have made the payment and dropped the card: ask Plural
         try:
             order = d.plural.get_order(c.plural_order_id)
         except TRANSIENT as exc:
-            return retry_later(d, c, Step.CREATE_PAYMENT, exc)
+            return retry_later(d, run, c, Step.CREATE_PAYMENT, exc)
         if _our_payment(c, order) is not None:
-            return _after_payment(d, c, order, "payment found at Plural")
-        return go(d, c, State.CANCELLING, "card data expired before payment", error_code="CARD_DATA_EXPIRED",
-                  error_message="the card data was not used in time and has been discarded")
+            return _after_payment(d, run, c, order, "payment found at Plural")
+        return _card_gone(d, run)
     request = CreatePaymentRequest(payments=[PaymentRequest(
         merchant_payment_reference=c.merchant_payment_reference,
         payment_method="CARD",
@@ -261,187 +280,226 @@ def create_payment(d: Deps, c: Checkout, task_id: str | None) -> None:
             name=card.name, card_number=card.number, cvv=card.cvv, expiry_month=card.expiry_month,
             expiry_year=card.expiry_year)),
     )])
-    got = call_ahead(d, c.id, Step.CREATE_PAYMENT, c.merchant_payment_reference, task_id,
+    got = call_ahead(d, run, Step.CREATE_PAYMENT, c.merchant_payment_reference,
                      lambda: d.plural.create_payment(c.plural_order_id, request), lambda o: o.order_id)
     if got.transient:
-        return retry_later(d, c, Step.CREATE_PAYMENT, got.transient)
+        return retry_later(d, run, c, Step.CREATE_PAYMENT, got.transient)
     d.vault.drop_card(c.id)
     if got.refused:
-        return fail(d, c, got.refused)
-    _after_payment(d, c, got.result, "payment created")
+        exc = got.refused
+        state_fact(d, run, Fact.PAYMENT_REFUSED, f"payment refused: {exc.code}", error_code=exc.code[:64],
+                   error_message=text(exc.message))
+        return
+    _after_payment(d, run, c, got.result, "payment created")
 
 
-def _after_payment(d: Deps, c: Checkout, order: Order, reason: str) -> None:
+def _after_payment(d: Deps, run: Run, c: Checkout, order: Order, reason: str) -> None:
     payment = _our_payment(c, order)
-    fields = {"plural_payment_id": payment.id if payment else None, "challenge_url": order.challenge_url,
-              "plural_status": order.status}
+    fields: dict[str, Any] = {"plural_payment_id": payment.id if payment else None,
+                              "challenge_url": order.challenge_url, "plural_status": order.status}
     if payment is not None and payment.status == "FAILED":
         detail = payment.error_detail
-        return go(d, c, State.FAILED, f"{reason}: payment failed", **fields,
-                  error_code=(detail.code if detail and detail.code else "PAYMENT_FAILED")[:64],
-                  error_message=(detail.message if detail and detail.message else "payment failed")[:500])
-    target = State.PAYMENT_CREATED if c.native_otp else State.AWAITING_REDIRECT
-    go(d, c, target, reason, **fields)
+        state_fact(d, run, Fact.PAYMENT_REFUSED, f"{reason}: payment failed", **fields,
+                   error_code=(detail.code if detail and detail.code else "PAYMENT_FAILED")[:64],
+                   error_message=text(detail.message if detail and detail.message else "payment failed"))
+        return
+    fact = Fact.PAYMENT_NATIVE_OTP if c.native_otp else Fact.PAYMENT_REDIRECT
+    state_fact(d, run, fact, reason, **fields)
 
 
-def generate_otp(d: Deps, c: Checkout, task_id: str | None) -> None:
-    got = call_ahead(d, c.id, Step.GENERATE_OTP, c.plural_payment_id, task_id,
-                     lambda: d.plural.generate_otp(c.plural_payment_id), lambda a: f"resend_after={a.resend_after_seconds}")
+def generate_otp(d: Deps, run: Run, c: Checkout) -> None:
+    got = call_ahead(d, run, Step.GENERATE_OTP, c.plural_payment_id, lambda: d.plural.generate_otp(c.plural_payment_id),
+                     lambda a: f"resend_after={a.resend_after_seconds}", idempotent=False)
     if got.transient:
-        return retry_later(d, c, Step.GENERATE_OTP, got.transient)
+        return retry_later(d, run, c, Step.GENERATE_OTP, got.transient)
     if got.refused:
-        go(d, c, State.AWAITING_REDIRECT, f"native OTP refused ({got.refused.code}): bank page instead")
+        state_fact(d, run, Fact.OTP_UNAVAILABLE, f"native OTP refused ({got.refused.code}): bank page instead")
         return
     answer = got.result
-    go(d, c, State.AWAITING_OTP, "OTP sent", otp_resend_at=_s(d, answer.resend_after_seconds or 0),
-       otp_attempts_left=c.otp_attempts_left or d.settings.otp_max_attempts)
+    state_fact(d, run, Fact.OTP_SENT, "OTP sent", otp_resend_at=_s(d, answer.resend_after_seconds or 0),
+               otp_attempts_left=c.otp_attempts_left or d.settings.otp_max_attempts)
 
 
-def submit_otp(d: Deps, c: Checkout, task_id: str | None) -> None:
-    unresolved = d.repo.unresolved_attempts(c.id, [Step.SUBMIT_OTP.value])
-    if unresolved:
+def submit_otp(d: Deps, run: Run, c: Checkout) -> None:
+    if d.repo.unresolved_attempts(c.id, [Step.SUBMIT_OTP.value]):
+        # an OTP whose answer never came may have been used: never send it again. Plural decides.
         try:
             order = d.plural.get_order(c.plural_order_id)
         except TRANSIENT as exc:
-            return retry_later(d, c, Step.SUBMIT_OTP, exc)
-        d.repo.resolve_attempts([a.id for a in unresolved if a.id], "succeeded", f"order {order.status}")
-        if settle(d, c, order, "OTP outcome found at Plural"):
+            return retry_later(d, run, c, Step.SUBMIT_OTP, exc)
+        fact, _fields = order_fact(d, c, order)
+        _resolve(d, c, Step.SUBMIT_OTP, "succeeded" if fact else "failed", f"order {order.status}")
+        d.vault.drop_otp(c.id)
+        if settle(d, c, order, "OTP outcome found at Plural", Source.POLL, run):
             return
+        state_fact(d, run, Fact.OTP_NOT_USED, "OTP outcome unknown and Plural still waiting: ask again",
+                   error_code="OTP_UNCONFIRMED", error_message="the OTP could not be confirmed; submit it again")
+        return
     otp = d.vault.otp(c.id)
     if otp is None:
-        go(d, c, State.AWAITING_OTP, "OTP expired before it was sent", error_code="OTP_EXPIRED",
-           error_message="submit the OTP again")
+        state_fact(d, run, Fact.OTP_NOT_USED, "OTP expired before it was sent", error_code="OTP_EXPIRED",
+                   error_message="submit the OTP again")
         return
-    got = call_ahead(d, c.id, Step.SUBMIT_OTP, c.plural_payment_id, task_id,
-                     lambda: d.plural.submit_otp(c.plural_payment_id, otp))
+    got = call_ahead(d, run, Step.SUBMIT_OTP, c.plural_payment_id, lambda: d.plural.submit_otp(c.plural_payment_id, otp),
+                     idempotent=False)
     if got.transient:
-        return retry_later(d, c, Step.SUBMIT_OTP, got.transient)
+        return retry_later(d, run, c, Step.SUBMIT_OTP, got.transient)
     d.vault.drop_otp(c.id)
     if got.refused:
-        return _otp_refused(d, c, got.refused)
-    _confirm(d, c, "OTP accepted")
+        return _otp_refused(d, run, c, got.refused)
+    _confirm(d, run, c, "OTP accepted")
 
 
-def _confirm(d: Deps, c: Checkout, reason: str) -> None:
+def _confirm(d: Deps, run: Run, c: Checkout, reason: str) -> None:
     """After the customer finished: ask Plural for the outcome at once; poll if it is not there yet."""
     try:
         order = d.plural.get_order(c.plural_order_id)
     except TRANSIENT as exc:
-        log.warning("saga.confirm.deferred", error=str(exc))
-        go(d, c, State.AUTHORIZING, f"{reason}; outcome to be polled")
+        log.warning("saga.confirm.deferred", error=text(exc))
+        state_fact(d, run, Fact.OTP_ACCEPTED, f"{reason}; outcome to be polled")
         return
-    if not settle(d, c, order, reason):
-        go(d, c, State.AUTHORIZING, f"{reason}; Plural reports {order.status}")
+    if not settle(d, c, order, reason, Source.STEP, run):
+        state_fact(d, run, Fact.OTP_ACCEPTED, f"{reason}; Plural reports {order.status}")
 
 
-def _otp_refused(d: Deps, c: Checkout, exc: errors.APIError) -> None:
+def _otp_refused(d: Deps, run: Run, c: Checkout, exc: errors.APIError) -> None:
     left = exc.details.get("attempts_remaining") if isinstance(exc.details, dict) else None
     try:
         order = d.plural.get_order(c.plural_order_id)
     except TRANSIENT:
         order = None
-    if order is not None and settle(d, c, order, f"OTP refused ({exc.code})"):
+    if order is not None and settle(d, c, order, f"OTP refused ({exc.code})", Source.STEP, run):
         return
-    fields: dict[str, Any] = {"error_code": exc.code[:64], "error_message": exc.message[:500]}
+    fields: dict[str, Any] = {"error_code": exc.code[:64], "error_message": text(exc.message)}
     if isinstance(left, int):
         fields["otp_attempts_left"] = left
-    go(d, c, State.AWAITING_OTP, f"OTP refused ({exc.code})", **fields)
+    state_fact(d, run, Fact.OTP_WRONG, f"OTP refused ({exc.code})", **fields)
 
 
-def resend_otp(d: Deps, c: Checkout, task_id: str | None) -> None:
-    got = call_ahead(d, c.id, Step.RESEND_OTP, c.plural_payment_id, task_id,
-                     lambda: d.plural.resend_otp(c.plural_payment_id), lambda a: f"resend_after={a.resend_after_seconds}")
+def resend_otp(d: Deps, run: Run, c: Checkout) -> None:
+    got = call_ahead(d, run, Step.RESEND_OTP, c.plural_payment_id, lambda: d.plural.resend_otp(c.plural_payment_id),
+                     lambda a: f"resend_after={a.resend_after_seconds}", idempotent=False)
     if got.refused:
         exc = got.refused
-        fields: dict[str, Any] = {"error_code": exc.code[:64], "error_message": exc.message[:500]}
+        fields: dict[str, Any] = {"error_code": exc.code[:64], "error_message": text(exc.message)}
         wait = exc.details.get("resend_after") if isinstance(exc.details, dict) else None
         if wait is not None and str(wait).isdigit():
             fields["otp_resend_at"] = _s(d, int(wait))
-        d.repo.update_fields(c.id, states={State.AWAITING_OTP}, **fields)
+        d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.token, **fields)
         return
     if got.transient:
-        d.repo.update_fields(c.id, states={State.AWAITING_OTP}, error_code="RESEND_FAILED",
-                             error_message="the OTP could not be resent; try again")
+        d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.token, error_code="RESEND_FAILED",
+                    error_message="the OTP could not be resent; try again")
         return
     answer = got.result
-    d.repo.update_fields(c.id, states={State.AWAITING_OTP}, otp_resend_at=_s(d, answer.resend_after_seconds or 0),
-                         error_code=None, error_message=None)
+    d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.token,
+                otp_resend_at=_s(d, answer.resend_after_seconds or 0), error_code=None, error_message=None)
 
 
-def poll_order(d: Deps, c: Checkout, task_id: str | None) -> None:
+def _order_id(d: Deps, run: Run, c: Checkout) -> str | None:
+    """Plural's order id, looked up by our reference when a crash kept us from recording it."""
+    if c.plural_order_id:
+        return c.plural_order_id
     try:
-        order = d.plural.get_order(c.plural_order_id)
+        order_id = d.plural.get_order_by_reference(c.merchant_order_reference).order_id
+    except errors.NotFound:
+        return None
+    d.repo.note(c.id, claim=run.token, plural_order_id=order_id)
+    c.plural_order_id = order_id
+    return order_id
+
+
+def poll_order(d: Deps, run: Run, c: Checkout) -> None:
+    """Get Order while waiting for the customer, while watching a refused cancel, and (slowly)
+    while a checkout NEEDS_ATTENTION."""
+    state = State(c.state)
+    try:
+        order_id = _order_id(d, run, c)
+        order = d.plural.get_order(order_id) if order_id else None
     except TRANSIENT as exc:
         if _past_deadline(d, c):
-            go(d, c, State.CANCELLING, "customer action deadline passed", cancel_reason="CUSTOMER_TIMEOUT")
+            d.engine.apply(c.id, Fact.DEADLINE_PASSED, Source.TIMER, "customer action deadline passed", run=run,
+                           fields={"cancel_reason": "CUSTOMER_TIMEOUT"})
             return
-        return retry_later(d, c, Step.POLL_ORDER, exc)
-    if settle(d, c, order, "polled"):
+        if state is State.NEEDS_ATTENTION:
+            d.repo.note(c.id, states={state}, claim=run.token, next_due_at=_s(d, d.settings.attention_poll_seconds))
+            return
+        return retry_later(d, run, c, Step.POLL_ORDER, exc)
+    if order is not None and settle(d, c, order, "polled", Source.POLL, run):
         return
     if _past_deadline(d, c):
-        go(d, c, State.CANCELLING, "customer action deadline passed", plural_status=order.status,
-           cancel_reason="CUSTOMER_TIMEOUT")
+        d.engine.apply(c.id, Fact.DEADLINE_PASSED, Source.TIMER, "customer action deadline passed", run=run,
+                       fields={"cancel_reason": "CUSTOMER_TIMEOUT",
+                               "plural_status": order.status if order else None})
+        return
+    if state is State.WATCHING and c.watch_until and d.clock() >= c.watch_until:
+        d.engine.apply(c.id, Fact.GAVE_UP, Source.TIMER, "Plural's side never became final while watched",
+                       run=run)
         return
     polls = c.polls + 1
-    due = _s(d, saga.poll_delay(d.settings.poll_delays, polls))
-    if c.deadline_at:
-        due = min(due, c.deadline_at)
-    d.repo.update_fields(c.id, states={State(c.state)}, polls=polls, next_due_at=due, plural_status=order.status)
+    if state is State.NEEDS_ATTENTION:
+        due = _s(d, d.settings.attention_poll_seconds)
+    else:
+        due = _s(d, saga.poll_delay(d.settings.poll_delays, polls))
+        if c.deadline_at and state in saga.POLLING:
+            due = min(due, c.deadline_at)
+        if c.watch_until and state is State.WATCHING:
+            due = min(due, c.watch_until)
+    d.repo.note(c.id, states={state}, claim=run.token, polls=polls, next_due_at=due,
+                plural_status=order.status if order else c.plural_status)
 
 
-def cancel_order(d: Deps, c: Checkout, task_id: str | None) -> None:
-    order_id = c.plural_order_id
+def cancel_order(d: Deps, run: Run, c: Checkout) -> None:
+    """Cancel at Plural, or find out that no money can move any more. Plural cancels only an
+    AUTHORIZED order; a refusal is resolved from Get Order, never retried blindly."""
+    try:
+        order_id = _order_id(d, run, c)
+    except TRANSIENT as exc:
+        return retry_later(d, run, c, Step.CANCEL_ORDER, exc)
     if order_id is None:
-        try:
-            order_id = d.plural.get_order_by_reference(c.merchant_order_reference).order_id
-        except errors.NotFound:
-            go(d, c, State.CANCELLED, "cancelled before any order reached Plural")
-            return
-        except TRANSIENT as exc:
-            return retry_later(d, c, Step.CANCEL_ORDER, exc)
-        d.repo.update_fields(c.id, states={State.CANCELLING}, plural_order_id=order_id)
-        c.plural_order_id = order_id
+        state_fact(d, run, Fact.NOTHING_TO_CANCEL, "cancelled before any order reached Plural")
+        return
     try:
         order = d.plural.get_order(order_id)
     except TRANSIENT as exc:
-        return retry_later(d, c, Step.CANCEL_ORDER, exc)
-    payment = _our_payment(c, order)
-    view = saga.gateway_view(order.status, payment.status if payment else None)
-    final = State.EXPIRED if c.cancel_reason == "HOLD_EXPIRED" else State.CANCELLED
+        return retry_later(d, run, c, Step.CANCEL_ORDER, exc)
+    fact, _fields = order_fact(d, c, order)
     # an earlier cancel whose answer was lost took effect exactly when Plural now says CANCELLED
-    earlier = [a.id for a in d.repo.unresolved_attempts(c.id, [Step.CANCEL_ORDER.value]) if a.id]
-    d.repo.resolve_attempts(earlier, "succeeded" if view is saga.GatewayView.CANCELLED else "failed",
-                            f"order {order.status}")
-    if view is saga.GatewayView.CANCELLED:
-        go(d, c, final, "Plural reports CANCELLED", plural_status=order.status)
+    _resolve(d, c, Step.CANCEL_ORDER, "succeeded" if fact is Fact.PLURAL_CANCELLED else "failed",
+             f"order {order.status}")
+    if fact in (Fact.PLURAL_CANCELLED, Fact.PLURAL_PROCESSED, Fact.PLURAL_FAILED, Fact.PLURAL_PAYMENT_FAILED):
+        settle(d, c, order, "before cancelling", Source.POLL, run)
         return
-    if view is saga.GatewayView.PROCESSED:
-        # the customer paid before the cancel: report it, never hide it
-        settle(d, c, order, "payment completed before the cancel")
+    if fact is None and _our_payment(c, order) is None and d.vault.card(c.id) is None:
+        # no payment of ours exists and none can be made (the card data is gone): no money can move
+        state_fact(d, run, Fact.NOTHING_TO_CANCEL, "no payment at Plural and none can be made",
+                   plural_status=order.status)
         return
-    if view is saga.GatewayView.FAILED:
-        go(d, c, State.CANCELLED, "order had already failed at Plural", plural_status=order.status)
-        return
-    got = call_ahead(d, c.id, Step.CANCEL_ORDER, order_id, task_id, lambda: d.plural.cancel_order(order_id),
-                     lambda o: o.status)
+    got = call_ahead(d, run, Step.CANCEL_ORDER, order_id, lambda: d.plural.cancel_order(order_id), lambda o: o.status)
     if got.transient:
-        return retry_later(d, c, Step.CANCEL_ORDER, got.transient)
+        return retry_later(d, run, c, Step.CANCEL_ORDER, got.transient)
     if got.refused:
         try:
             truth = d.plural.get_order(order_id)
         except TRANSIENT as again:
-            return retry_later(d, c, Step.CANCEL_ORDER, again)
-        if not settle(d, c, truth, f"cancel refused ({got.refused.code})"):
-            return retry_later(d, c, Step.CANCEL_ORDER, got.refused)
+            return retry_later(d, run, c, Step.CANCEL_ORDER, again)
+        if settle(d, c, truth, f"cancel refused ({got.refused.code})", Source.POLL, run):
+            return
+        # the payment is still open at Plural: cancelled for the merchant, watched until Plural is final
+        state_fact(d, run, Fact.CANCEL_REFUSED, f"cancel refused ({got.refused.code}); watching the open payment",
+                   plural_status=truth.status)
         return
     cancelled = got.result
     # an authorization that arrived after the customer's deadline is released, and says so
-    late = view is saga.GatewayView.AUTHORIZED and c.cancel_reason == "CUSTOMER_TIMEOUT"
-    if final is State.EXPIRED:
+    late = fact is Fact.PLURAL_AUTHORIZED and c.cancel_reason == "CUSTOMER_TIMEOUT"
+    if c.cancel_reason == "HOLD_EXPIRED":
         reason = "hold released before it lapsed: no delivery by the capture deadline"
     else:
         reason = "authorized after the deadline: hold released" if late else "cancelled at Plural"
-    go(d, c, final, reason, plural_status=cancelled.status, finished_late=late)
+    fields: dict[str, Any] = {"plural_status": cancelled.status}
+    if late:
+        fields["finished_late"] = True
+    state_fact(d, run, Fact.CANCEL_CONFIRMED, reason, **fields)
 
 
 def captured_with(order: Order, reference: str) -> int | None:
@@ -453,67 +511,57 @@ def captured_with(order: Order, reference: str) -> int | None:
     return None
 
 
-def _follow_capture(d: Deps, c: Checkout, order: Order, reason: str) -> bool:
-    """Settle a capturing saga from Plural's order; True when it moved."""
+def _follow_capture(d: Deps, run: Run, c: Checkout, order: Order, reason: str, source: Source) -> bool:
+    """Settle a capturing checkout from Plural's order; True when it moved."""
     amount = captured_with(order, c.merchant_capture_reference)
     if amount is not None:
-        go(d, c, State.COMPLETED, f"{reason}: captured", captured_amount=amount, plural_status=order.status)
-        return True
-    view = saga.gateway_view(order.status)
-    if view is saga.GatewayView.PROCESSED:
-        go(d, c, State.COMPLETED, f"{reason}: Plural reports {order.status}",
-           captured_amount=order.captured_amount(), plural_status=order.status)
-        return True
-    if view is saga.GatewayView.CANCELLED:
-        go(d, c, State.CANCELLED, f"{reason}: the hold was cancelled at Plural", plural_status=order.status,
-           error_code="HOLD_CANCELLED", error_message="the authorization was cancelled before the capture")
-        return True
-    return False
+        moved = d.engine.apply(c.id, Fact.PLURAL_PROCESSED, source, f"{reason}: captured", run=run,
+                               fields={"captured_amount": amount, "plural_status": order.status})
+        return moved is not None
+    return settle(d, c, order, reason, source, run)
 
 
-def capture_order(d: Deps, c: Checkout, task_id: str | None) -> None:
-    unresolved = d.repo.unresolved_attempts(c.id, [Step.CAPTURE_ORDER.value])
-    if unresolved:
+def capture_order(d: Deps, run: Run, c: Checkout) -> None:
+    if d.repo.unresolved_attempts(c.id, [Step.CAPTURE_ORDER.value]):
         try:
             order = d.plural.get_order(c.plural_order_id)
         except TRANSIENT as exc:
-            return retry_later(d, c, Step.CAPTURE_ORDER, exc)
+            return retry_later(d, run, c, Step.CAPTURE_ORDER, exc)
         found = captured_with(order, c.merchant_capture_reference) is not None
-        d.repo.resolve_attempts([a.id for a in unresolved if a.id], "succeeded" if found else "failed",
-                                f"order {order.status}")
-        if _follow_capture(d, c, order, "capture found at Plural"):
+        _resolve(d, c, Step.CAPTURE_ORDER, "succeeded" if found else "failed", f"order {order.status}")
+        if _follow_capture(d, run, c, order, "capture found at Plural", Source.POLL):
             return
     amount = c.capture_amount or c.authorized_amount
     request = CaptureRequest(merchant_capture_reference=c.merchant_capture_reference,
                              capture_amount=Amount(value=amount, currency=c.currency))
-    got = call_ahead(d, c.id, Step.CAPTURE_ORDER, c.merchant_capture_reference, task_id,
+    got = call_ahead(d, run, Step.CAPTURE_ORDER, c.merchant_capture_reference,
                      lambda: d.plural.capture_order(c.plural_order_id, request), lambda o: o.status)
     if got.transient:
-        return retry_later(d, c, Step.CAPTURE_ORDER, got.transient)
+        return retry_later(d, run, c, Step.CAPTURE_ORDER, got.transient)
     if got.refused:
         exc = got.refused
         try:
             truth = d.plural.get_order(c.plural_order_id)
         except TRANSIENT as again:
-            return retry_later(d, c, Step.CAPTURE_ORDER, again)
-        if not _follow_capture(d, c, truth, f"capture refused ({exc.code})"):
-            go(d, c, State.AUTHORIZED, f"capture refused ({exc.code}); the hold stands", error_code=exc.code[:64],
-               error_message=exc.message[:500])
+            return retry_later(d, run, c, Step.CAPTURE_ORDER, again)
+        if not _follow_capture(d, run, c, truth, f"capture refused ({exc.code})", Source.POLL):
+            state_fact(d, run, Fact.CAPTURE_REFUSED, f"capture refused ({exc.code}); the hold stands",
+                       error_code=exc.code[:64], error_message=text(exc.message))
         return
-    if not _follow_capture(d, c, got.result, "captured"):
-        retry_later(d, c, Step.CAPTURE_ORDER, errors.ResponseFormatError("capture answer shows no capture"))
+    if not _follow_capture(d, run, c, got.result, "captured", Source.STEP):
+        retry_later(d, run, c, Step.CAPTURE_ORDER, errors.ResponseFormatError("capture answer shows no capture"))
 
 
-def expire_hold(d: Deps, c: Checkout, task_id: str | None) -> None:
+def expire_hold(d: Deps, run: Run, c: Checkout) -> None:
     """An authorization with no delivery by its capture deadline is released before it lapses."""
     if c.capture_deadline_at is None or d.clock() < c.capture_deadline_at:
-        d.repo.update_fields(c.id, states={State.AUTHORIZED}, next_due_at=c.capture_deadline_at)
+        d.repo.note(c.id, states={State.AUTHORIZED}, claim=run.token, next_due_at=c.capture_deadline_at)
         return
-    go(d, c, State.CANCELLING, "no delivery by the capture deadline: releasing the hold",
-       cancel_reason="HOLD_EXPIRED")
+    d.engine.apply(c.id, Fact.HOLD_DUE, Source.TIMER, "no delivery by the capture deadline: releasing the hold",
+                   run=run, fields={"cancel_reason": "HOLD_EXPIRED"})
 
 
-STEPS: dict[Step, Callable[[Deps, Checkout, str | None], None]] = {
+STEPS: dict[Step, Callable[[Deps, Run, Checkout], None]] = {
     Step.CREATE_ORDER: create_order,
     Step.CARD_DETAILS: card_details,
     Step.CREATE_PAYMENT: create_payment,
@@ -528,22 +576,39 @@ STEPS: dict[Step, Callable[[Deps, Checkout, str | None], None]] = {
 
 
 def run(d: Deps, step: Step, checkout_id: str, task_id: str | None = None) -> None:
-    """Run one step for one checkout, if the checkout is (still) in a state the step belongs to."""
+    """Run one step for one checkout: claim it, and act only if it is (still) in a state the step
+    belongs to. A second delivery while a run holds the checkout does nothing."""
     if step is Step.REFUND:
         from orchestrator.refunds import run_refund
 
         return run_refund(d, checkout_id, task_id)
-    c = d.repo.get(checkout_id)
-    if c is None:
-        log.warning("saga.step.unknown_checkout", step=step.value)
+    token = d.repo.claim(Checkout, checkout_id, d.settings.run_lease_seconds)
+    if token is None:
+        log.info("saga.step.busy", step=step.value, saga_id=checkout_id)
         return
+    c = d.repo.get(checkout_id)
+    if c is None:  # pragma: no cover - a claim implies the row
+        return
+    owned = Run(checkout_id, token, task_id, State(c.state))
     structlog.contextvars.bind_contextvars(saga_id=c.id, order_id=c.plural_order_id)
+    try:
+        _run_claimed(d, step, owned, c)
+    except LostClaim:
+        log.warning("saga.claim.lost", step=step.value)
+    finally:
+        row = d.repo.release(Checkout, checkout_id, token)
+        if row is not None:
+            d.engine.wake(row, owned)
+
+
+def _run_claimed(d: Deps, step: Step, owned: Run, c: Checkout) -> None:
     state = State(c.state)
     if state not in saga.STEP_STATES[step]:
         log.info("saga.step.skipped", step=step.value, state=state.value)
         return
     if step is not Step.CANCEL_ORDER and step is not Step.POLL_ORDER and _past_deadline(d, c):
-        go(d, c, State.CANCELLING, "customer action deadline passed", cancel_reason="CUSTOMER_TIMEOUT")
+        d.engine.apply(c.id, Fact.DEADLINE_PASSED, Source.TIMER, "customer action deadline passed", run=owned,
+                       fields={"cancel_reason": "CUSTOMER_TIMEOUT"})
         return
     log.info("saga.step.start", step=step.value, state=state.value)
-    STEPS[step](d, c, task_id)
+    STEPS[step](d, owned, c)

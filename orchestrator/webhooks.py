@@ -7,10 +7,9 @@ processor drains every pending event in batches and clears the flag before its l
 event stored meanwhile either is seen by that look or publishes a new kick (``bench/`` measures
 the difference).
 
-Applying an event only ever moves a saga forward: a legal move is compare-and-set from the event;
-a contradiction (a late ``PAYMENT_FAILED`` after ``AUTHORIZED``, say) is settled by asking Get
-Order and following Plural. An event for an order the saga has not recorded yet is kept
-(``deferred``) and applied once the order appears.
+Applying an event hands the engine a fact from ``Source.WEBHOOK``; the engine's table decides, so
+a late or reordered event cannot move a checkout backwards. An event for an order the saga has
+not recorded yet is kept (``deferred``) and applied once the order appears.
 """
 
 from __future__ import annotations
@@ -25,14 +24,12 @@ from sqlalchemy import and_, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from orchestrator.core import saga
-from orchestrator.core.saga import State
+from orchestrator.core.saga import Source
 from orchestrator.db.models import Checkout, Refund, WebhookEvent
 from orchestrator.logs import get_logger
-from orchestrator.plural import errors
 from orchestrator.plural.models import Order
 from orchestrator.plural.signatures import SignatureError, verify_webhook
-from orchestrator.steps import TRANSIENT, Deps, go, settle
+from orchestrator.steps import Deps, order_fact, settle
 
 log = get_logger("orchestrator.webhooks")
 
@@ -142,6 +139,13 @@ def _checkout_for(d: Deps, event: WebhookEvent) -> Checkout | None:
 
 
 def apply(d: Deps, event: WebhookEvent) -> None:
+    """Hand the event's snapshot to the engine as a fact from ``Source.WEBHOOK``.
+
+    Plural's snapshot of our order is true of some moment; the move table only ever moves a
+    checkout forward along Plural's own order lifecycle, so a late, retried or reordered event
+    finds no move and changes nothing (a stale ``ORDER_AUTHORIZED`` during a capture, a stale
+    ``PAYMENT_FAILED`` after an authorization). Polling settles whatever an event cannot.
+    """
     if event.event_type not in ORDER_EVENTS | REFUND_EVENTS:
         return _finish(d, event, "ignored", f"unknown event type {event.event_type}")
     try:
@@ -158,31 +162,13 @@ def apply(d: Deps, event: WebhookEvent) -> None:
         return _finish(d, event, "deferred", "order not recorded by any saga yet")
     if checkout.plural_order_id != order.order_id:
         return _finish(d, event, "ignored", "order does not belong to this saga")
-    state = State(checkout.state)
-    payment = next((p for p in reversed(order.payments) if p.merchant_payment_reference ==
-                    checkout.merchant_payment_reference or p.id == checkout.plural_payment_id), None)
-    target = saga.settle_target(saga.gateway_view(order.status, payment.status if payment else None),
-                                checkout.pre_auth)
-    if target is None or target is state:
-        return _finish(d, event, "applied", f"nothing to do in {state.value}")
-    # a fresh event is Plural's signed snapshot: a legal forward move is applied from it; an event
-    # that waited (deferred, retried) may be stale and is checked against Get Order like a contradiction
-    fresh_event = event.note is None
-    if fresh_event and saga.can_move(state, target) and settle(d, checkout, order, f"webhook {event.event_type}"):
-        return _finish(d, event, "applied", f"{state.value} → {target.value}")
-    # a contradiction (a late failure after authorization, an authorization during a cancel): ask
-    # Plural and follow it; the transition table keeps whatever cannot go forward where it is
-    try:
-        truth = d.plural.get_order(checkout.plural_order_id)
-    except TRANSIENT as exc:
-        return _finish(d, event, "deferred", f"Get Order failed, retried by the sweep: {exc}")
-    except errors.APIError as exc:
-        return _finish(d, event, "ignored", f"Get Order refused: {exc.code}")
-    fresh = d.repo.get(checkout.id) or checkout
-    settle(d, fresh, truth, "Get Order after a contradicting webhook")
-    after = (d.repo.get(checkout.id) or fresh).state
-    why = "contradicted" if fresh_event else "kept event checked against"
-    _finish(d, event, "applied", f"{why} {state.value}; Plural reports {truth.status}; saga {after}")
+    before = checkout.state
+    fact, _fields = order_fact(d, checkout, order)
+    if fact is None:
+        return _finish(d, event, "applied", f"nothing decided yet ({order.status})")
+    moved = settle(d, checkout, order, f"webhook {event.event_type}", Source.WEBHOOK)
+    note = f"{before} → {(d.repo.get(checkout.id) or checkout).state}" if moved else f"no move from {before}"
+    _finish(d, event, "applied", note)
 
 
 def process_pending(d: Deps, redis: Any | None = None, batch: int = 200) -> int:
@@ -201,7 +187,7 @@ def process_pending(d: Deps, redis: Any | None = None, batch: int = 200) -> int:
                 apply(d, event)
             except Exception as exc:  # one bad event must not block the rest
                 log.exception("webhook.apply_failed", webhook_id=event.webhook_id)
-                _finish(d, event, "pending" if event.attempts < 5 else "failed", f"error: {exc}")
+                _finish(d, event, "pending" if event.attempts < 5 else "failed", f"error: {type(exc).__name__}")
             done += 1
 
 

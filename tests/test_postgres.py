@@ -82,4 +82,6 @@ def test_compare_and_set_refuses_a_backward_move_on_postgres(pg):
 
     c = checkout(pg)
     assert c.state == "COMPLETED"
-    assert pg.deps.repo.transition(c.id, State.FAILED, "late") is None
+    from orchestrator.core.saga import Fact, Source
+
+    assert pg.deps.engine.apply(c.id, Fact.PLURAL_PAYMENT_FAILED, Source.WEBHOOK, "late") is None

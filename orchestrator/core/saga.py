@@ -18,13 +18,18 @@ the step each state asks for. No Celery, HTTP or database code here.
                        └─ pre_auth: false → COMPLETED
     any waiting state ──deadline / merchant cancel──▶ CANCELLING ──cancel──▶ CANCELLED
     declines, OTP attempts exhausted, payment failed ──▶ FAILED
+    CANCELLING ──Plural refuses while a payment is open──▶ WATCHING (public CANCELLED) ──▶ CANCELLED
+    any active state ──retry budget spent──▶ NEEDS_ATTENTION ──operator retry / Plural final──▶ …
 
-Every change is compare-and-set against ``allowed_from(target)``, so a late or duplicate signal
-can never move a saga backwards.
+Every input is a ``Fact`` from a ``Source``; ``decide`` is the one rule that maps (state, fact,
+source) to a move, from the ``MOVES`` table and the ``SOURCES`` table (which source may state
+which fact). The legal-transition table ``TRANSITIONS`` is derived from ``MOVES``. A late,
+stale or duplicated fact finds no entry and moves nothing.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from enum import Enum
 
 
@@ -44,6 +49,11 @@ class State(str, Enum):
     CANCELLED = "CANCELLED"
     EXPIRED = "EXPIRED"  # a pre-auth hold never delivered, released before it lapsed
     FAILED = "FAILED"
+    #: cancelled for the merchant (public status CANCELLED), but Plural refused the cancel while a
+    #: payment was still open: watched until Plural's side is final, and undone if it pays after all
+    WATCHING = "WATCHING"
+    #: retries or the watch ran out: visible, reconciled slowly against Get Order, for an operator
+    NEEDS_ATTENTION = "NEEDS_ATTENTION"
 
 
 S = State
@@ -51,31 +61,205 @@ FINAL = frozenset({S.COMPLETED, S.CANCELLED, S.EXPIRED, S.FAILED})
 #: states before authorization: the customer-action deadline cancels them
 BEFORE_AUTHORIZATION = frozenset({S.NEW, S.ORDER_CREATED, S.CARD_CHECKED, S.PAYMENT_CREATED, S.AWAITING_OTP,
                                   S.VERIFYING_OTP, S.AWAITING_REDIRECT, S.AUTHORIZING})
+#: states in which our payment may exist at Plural and its outcome is awaited
+PAYING = frozenset({S.CARD_CHECKED, S.PAYMENT_CREATED, S.AWAITING_OTP, S.VERIFYING_OTP, S.AWAITING_REDIRECT,
+                    S.AUTHORIZING})
 #: states that wait on a Get Order poll (or a webhook) rather than on a step of ours
 POLLING = frozenset({S.AWAITING_OTP, S.AWAITING_REDIRECT, S.AUTHORIZING})
 #: states the merchant may cancel from
 CANCELLABLE = BEFORE_AUTHORIZATION | {S.AUTHORIZED}
+#: states an operator may send a checkout back to from NEEDS_ATTENTION
+RESUMABLE = frozenset(set(State) - FINAL - {S.NEEDS_ATTENTION})
 
-_SETTLED = {S.AUTHORIZED, S.COMPLETED, S.CANCELLING, S.CANCELLED, S.FAILED}
-TRANSITIONS: dict[State, frozenset[State]] = {
-    S.NEW: frozenset({S.ORDER_CREATED, S.CANCELLING, S.FAILED}),
-    S.ORDER_CREATED: frozenset({S.CARD_CHECKED, S.CANCELLING, S.FAILED}),
-    S.CARD_CHECKED: frozenset({S.PAYMENT_CREATED, S.AWAITING_REDIRECT, *_SETTLED}),
-    S.PAYMENT_CREATED: frozenset({S.AWAITING_OTP, S.AWAITING_REDIRECT, *_SETTLED}),
-    S.AWAITING_OTP: frozenset({S.VERIFYING_OTP, S.AWAITING_REDIRECT, *_SETTLED}),
-    S.VERIFYING_OTP: frozenset({S.AWAITING_OTP, S.AUTHORIZING, *_SETTLED}),
-    S.AWAITING_REDIRECT: frozenset({S.AUTHORIZING, *_SETTLED}),
-    S.AUTHORIZING: frozenset(_SETTLED),
-    S.AUTHORIZED: frozenset({S.CAPTURING, S.CANCELLING, S.CANCELLED, S.COMPLETED}),
-    # a refused capture leaves the hold as it was
-    S.CAPTURING: frozenset({S.COMPLETED, S.AUTHORIZED, S.CANCELLED}),
-    # a cancel may find the payment already processed (reported, never hidden) or failed
-    S.CANCELLING: frozenset({S.CANCELLED, S.EXPIRED, S.COMPLETED, S.FAILED}),
-    S.COMPLETED: frozenset(),
-    S.CANCELLED: frozenset(),
-    S.EXPIRED: frozenset(),
-    S.FAILED: frozenset(),
+
+class Source(str, Enum):
+    """Where a fact comes from. The return URL is a hint to poll, never a fact."""
+
+    STEP = "step"          # the answer to our own call (or our own vault)
+    WEBHOOK = "webhook"    # Plural's signed snapshot of the order
+    POLL = "poll"          # Get Order, asked by us
+    MERCHANT = "merchant"  # the merchant's API
+    TIMER = "timer"        # a due time passed, or a retry budget ran out
+    OPERATOR = "operator"  # a person, through the CLI
+
+
+class Fact(str, Enum):
+    # the answers to our own calls
+    ORDER_CREATED = "order_created"
+    ORDER_REFUSED = "order_refused"
+    CARD_CHECKED = "card_checked"
+    CARD_REFUSED = "card_refused"
+    CARD_GONE = "card_gone"                  # the card data expired in the vault before the payment
+    PAYMENT_NATIVE_OTP = "payment_native_otp"
+    PAYMENT_REDIRECT = "payment_redirect"
+    PAYMENT_REFUSED = "payment_refused"
+    OTP_SENT = "otp_sent"
+    OTP_UNAVAILABLE = "otp_unavailable"      # generate refused: the bank page instead
+    OTP_WRONG = "otp_wrong"
+    OTP_NOT_USED = "otp_not_used"            # the OTP lapsed in the vault, or its outcome is unknown: ask again
+    OTP_ACCEPTED = "otp_accepted"
+    CAPTURE_REFUSED = "capture_refused"
+    CANCEL_CONFIRMED = "cancel_confirmed"
+    CANCEL_REFUSED = "cancel_refused"        # Plural refused; the payment may still complete: watched
+    NOTHING_TO_CANCEL = "nothing_to_cancel"  # no order, or no payment of ours: no money can move
+    # Plural's view of the order (a webhook's snapshot, a poll, or the order in our call's answer)
+    PLURAL_AUTHORIZED = "plural_authorized"
+    PLURAL_PROCESSED = "plural_processed"
+    PLURAL_PAYMENT_FAILED = "plural_payment_failed"
+    PLURAL_FAILED = "plural_failed"
+    PLURAL_CANCELLED = "plural_cancelled"
+    # the merchant
+    OTP_SUBMITTED = "otp_submitted"
+    CANCEL_REQUESTED = "cancel_requested"
+    DELIVERED = "delivered"
+    # due times and budgets
+    DEADLINE_PASSED = "deadline_passed"
+    HOLD_DUE = "hold_due"
+    GAVE_UP = "gave_up"                      # retries or the watch ran out: a person must look
+    # operators
+    OPERATOR_RETRY = "operator_retry"
+    OPERATOR_RESOLVE = "operator_resolve"
+
+
+F = Fact
+_STEP = frozenset({Source.STEP})
+_PLURAL = frozenset({Source.STEP, Source.WEBHOOK, Source.POLL})
+#: which sources may state which fact: a fact from any other source is ignored
+SOURCES: dict[Fact, frozenset[Source]] = {
+    **{f: _STEP for f in (F.ORDER_CREATED, F.ORDER_REFUSED, F.CARD_CHECKED, F.CARD_REFUSED, F.CARD_GONE,
+                          F.PAYMENT_NATIVE_OTP, F.PAYMENT_REDIRECT, F.PAYMENT_REFUSED, F.OTP_SENT,
+                          F.OTP_UNAVAILABLE, F.OTP_WRONG, F.OTP_NOT_USED, F.OTP_ACCEPTED, F.CAPTURE_REFUSED,
+                          F.CANCEL_CONFIRMED, F.CANCEL_REFUSED, F.NOTHING_TO_CANCEL)},
+    **{f: _PLURAL for f in (F.PLURAL_AUTHORIZED, F.PLURAL_PROCESSED, F.PLURAL_PAYMENT_FAILED, F.PLURAL_FAILED,
+                            F.PLURAL_CANCELLED)},
+    F.OTP_SUBMITTED: frozenset({Source.MERCHANT}),
+    F.CANCEL_REQUESTED: frozenset({Source.MERCHANT}),
+    F.DELIVERED: frozenset({Source.MERCHANT}),
+    F.DEADLINE_PASSED: frozenset({Source.TIMER}),
+    F.HOLD_DUE: frozenset({Source.TIMER}),
+    F.GAVE_UP: frozenset({Source.TIMER}),
+    F.OPERATOR_RETRY: frozenset({Source.OPERATOR}),
+    F.OPERATOR_RESOLVE: frozenset({Source.OPERATOR}),
 }
+
+#: placeholders in the table, resolved by ``decide`` from the checkout's own facts
+HOLD_IF_PRE_AUTH = "hold if pre_auth"          # AUTHORIZED for a pre-auth order; a normal one waits for PROCESSED
+CANCEL_END = "cancelled or expired"             # EXPIRED when we released an undelivered hold, else CANCELLED
+RELEASE_IF_PRE_AUTH = "release if pre_auth"     # a hold that came after we gave up: release it
+
+
+def _table() -> dict[tuple[State, Fact], State | str]:
+    t: dict[tuple[State, Fact], State | str] = {
+        (S.NEW, F.ORDER_CREATED): S.ORDER_CREATED,
+        (S.NEW, F.ORDER_REFUSED): S.FAILED,
+        (S.ORDER_CREATED, F.CARD_CHECKED): S.CARD_CHECKED,
+        (S.ORDER_CREATED, F.CARD_REFUSED): S.CANCELLING,
+        (S.ORDER_CREATED, F.CARD_GONE): S.CANCELLING,
+        (S.CARD_CHECKED, F.CARD_GONE): S.CANCELLING,
+        (S.CARD_CHECKED, F.PAYMENT_NATIVE_OTP): S.PAYMENT_CREATED,
+        (S.CARD_CHECKED, F.PAYMENT_REDIRECT): S.AWAITING_REDIRECT,
+        (S.CARD_CHECKED, F.PAYMENT_REFUSED): S.FAILED,
+        (S.PAYMENT_CREATED, F.OTP_SENT): S.AWAITING_OTP,
+        (S.PAYMENT_CREATED, F.OTP_UNAVAILABLE): S.AWAITING_REDIRECT,
+        (S.AWAITING_OTP, F.OTP_SUBMITTED): S.VERIFYING_OTP,
+        (S.VERIFYING_OTP, F.OTP_WRONG): S.AWAITING_OTP,
+        (S.VERIFYING_OTP, F.OTP_NOT_USED): S.AWAITING_OTP,
+        (S.VERIFYING_OTP, F.OTP_ACCEPTED): S.AUTHORIZING,
+        (S.AUTHORIZED, F.DELIVERED): S.CAPTURING,
+        (S.AUTHORIZED, F.HOLD_DUE): S.CANCELLING,
+        # only the answer to our own capture call may move a capture back
+        (S.CAPTURING, F.CAPTURE_REFUSED): S.AUTHORIZED,
+        (S.CANCELLING, F.CANCEL_CONFIRMED): CANCEL_END,
+        (S.CANCELLING, F.NOTHING_TO_CANCEL): S.CANCELLED,
+        (S.CANCELLING, F.CANCEL_REFUSED): S.WATCHING,
+        # Plural's view: it only ever moves a checkout forward along Plural's own order lifecycle
+        (S.AUTHORIZED, F.PLURAL_PROCESSED): S.COMPLETED,
+        (S.AUTHORIZED, F.PLURAL_CANCELLED): S.CANCELLED,
+        (S.CAPTURING, F.PLURAL_PROCESSED): S.COMPLETED,
+        (S.CAPTURING, F.PLURAL_CANCELLED): S.CANCELLED,
+        (S.CANCELLING, F.PLURAL_PROCESSED): S.COMPLETED,   # paid before the cancel: reported, never hidden
+        (S.CANCELLING, F.PLURAL_CANCELLED): CANCEL_END,
+        (S.CANCELLING, F.PLURAL_FAILED): S.CANCELLED,
+        (S.CANCELLING, F.PLURAL_PAYMENT_FAILED): S.CANCELLED,
+        # cancelled for the merchant, still watched until Plural's side is final
+        (S.WATCHING, F.PLURAL_AUTHORIZED): RELEASE_IF_PRE_AUTH,
+        (S.WATCHING, F.PLURAL_PROCESSED): S.CANCELLED,     # with the payment refunded automatically
+        (S.WATCHING, F.PLURAL_FAILED): S.CANCELLED,
+        (S.WATCHING, F.PLURAL_PAYMENT_FAILED): S.CANCELLED,
+        (S.WATCHING, F.PLURAL_CANCELLED): S.CANCELLED,
+        (S.WATCHING, F.GAVE_UP): S.NEEDS_ATTENTION,
+    }
+    for s in PAYING:
+        t[(s, F.PLURAL_AUTHORIZED)] = HOLD_IF_PRE_AUTH
+        t[(s, F.PLURAL_PROCESSED)] = S.COMPLETED
+        t[(s, F.PLURAL_PAYMENT_FAILED)] = S.FAILED
+        t[(s, F.PLURAL_FAILED)] = S.FAILED
+        t[(s, F.PLURAL_CANCELLED)] = S.CANCELLED
+    for s in BEFORE_AUTHORIZATION:
+        t[(s, F.DEADLINE_PASSED)] = S.CANCELLING
+    for s in CANCELLABLE:
+        t[(s, F.CANCEL_REQUESTED)] = S.CANCELLING
+    for s in RESUMABLE:
+        t.setdefault((s, F.GAVE_UP), S.NEEDS_ATTENTION)
+    return t
+
+
+#: (state, fact) → the state it moves to. Anything not in this table moves nothing.
+MOVES = _table()
+#: what an operator may declare a stuck checkout to have ended as
+OPERATOR_OUTCOMES = frozenset({S.COMPLETED, S.CANCELLED, S.FAILED})
+
+
+def _concrete(target: State | str, pre_auth: bool, cancel_reason: str | None) -> State | None:
+    if target == HOLD_IF_PRE_AUTH:
+        return S.AUTHORIZED if pre_auth else None
+    if target == RELEASE_IF_PRE_AUTH:
+        return S.CANCELLING if pre_auth else None
+    if target == CANCEL_END:
+        return S.EXPIRED if cancel_reason == "HOLD_EXPIRED" else S.CANCELLED
+    assert isinstance(target, State)
+    return target
+
+
+def decide(state: State, fact: Fact, source: Source, *, pre_auth: bool = False, cancel_reason: str | None = None,
+           attention_from: State | None = None, wanted: State | None = None) -> State | None:
+    """The one rule of the saga: where ``fact`` from ``source`` moves a checkout in ``state``, or None.
+
+    A fact from a source that may not state it moves nothing. A checkout that NEEDS_ATTENTION
+    still follows Plural to a final outcome (or to a hold) as the state it got stuck in would; an
+    operator sends it back to that state, or declares its outcome.
+    """
+    if source not in SOURCES[fact]:
+        return None
+    if state is S.NEEDS_ATTENTION:
+        if fact is F.OPERATOR_RETRY:
+            return attention_from if attention_from in RESUMABLE else None
+        if fact is F.OPERATOR_RESOLVE:
+            return wanted if wanted in OPERATOR_OUTCOMES else None
+        if source in _PLURAL and attention_from is not None and attention_from in RESUMABLE:
+            target = decide(attention_from, fact, source, pre_auth=pre_auth, cancel_reason=cancel_reason)
+            return target if target is not None and (target in FINAL or target is S.AUTHORIZED) else None
+        return None
+    target = MOVES.get((state, fact))
+    if target is None:
+        return None
+    return _concrete(target, pre_auth, cancel_reason)
+
+
+def _transitions() -> dict[State, frozenset[State]]:
+    out: dict[State, set[State]] = {s: set() for s in State}
+    for (state, _fact), target in MOVES.items():
+        for pre_auth in (False, True):
+            for reason in (None, "HOLD_EXPIRED"):
+                concrete = _concrete(target, pre_auth, reason)
+                if concrete is not None:
+                    out[state].add(concrete)
+    out[S.NEEDS_ATTENTION] |= set(RESUMABLE) | set(FINAL) | {S.AUTHORIZED}
+    return {s: frozenset(t) for s, t in out.items()}
+
+
+#: the legal-transition table, derived from MOVES: every (from, to) some fact can cause
+TRANSITIONS: dict[State, frozenset[State]] = _transitions()
 
 
 class IllegalTransition(ValueError):
@@ -87,13 +271,26 @@ def can_move(current: State, target: State) -> bool:
 
 
 def allowed_from(target: State) -> frozenset[State]:
-    """Every state from which ``target`` may be reached: the compare-and-set guard."""
+    """Every state from which ``target`` may be reached."""
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
 
 
 def check(current: State, target: State) -> None:
     if not can_move(current, target):
         raise IllegalTransition(f"{current.value} cannot move to {target.value}")
+
+
+def may_cause(source: Source, current: State, target: State) -> bool:
+    """Could a fact from ``source`` move ``current`` to ``target``? (the invariant tests check every move)"""
+    for (state, fact), t in MOVES.items():
+        if state is current and source in SOURCES[fact]:
+            for pre_auth in (False, True):
+                for reason in (None, "HOLD_EXPIRED"):
+                    if _concrete(t, pre_auth, reason) is target:
+                        return True
+    if current is S.NEEDS_ATTENTION:
+        return target in TRANSITIONS[current] and (source in _PLURAL or source is Source.OPERATOR)
+    return False
 
 
 # --- what the merchant sees -------------------------------------------------------------
@@ -114,6 +311,8 @@ PUBLIC_STATUS: dict[State, str] = {
     S.CANCELLED: "CANCELLED",
     S.EXPIRED: "EXPIRED",
     S.FAILED: "FAILED",
+    S.WATCHING: "CANCELLED",
+    S.NEEDS_ATTENTION: "NEEDS_ATTENTION",
 }
 
 
@@ -149,6 +348,8 @@ NEXT_STEP: dict[State, Step] = {
     S.AUTHORIZED: Step.EXPIRE_HOLD,  # only once its capture deadline is due
     S.CAPTURING: Step.CAPTURE_ORDER,
     S.CANCELLING: Step.CANCEL_ORDER,
+    S.WATCHING: Step.POLL_ORDER,
+    S.NEEDS_ATTENTION: Step.POLL_ORDER,
 }
 
 #: the states a step may run in (a step found in any other state does nothing)
@@ -159,7 +360,8 @@ STEP_STATES: dict[Step, frozenset[State]] = {
     Step.GENERATE_OTP: frozenset({S.PAYMENT_CREATED}),
     Step.SUBMIT_OTP: frozenset({S.VERIFYING_OTP}),
     Step.RESEND_OTP: frozenset({S.AWAITING_OTP}),
-    Step.POLL_ORDER: frozenset({S.AWAITING_OTP, S.AWAITING_REDIRECT, S.AUTHORIZING}),
+    Step.POLL_ORDER: frozenset({S.AWAITING_OTP, S.AWAITING_REDIRECT, S.AUTHORIZING, S.WATCHING,
+                                S.NEEDS_ATTENTION}),
     Step.CANCEL_ORDER: frozenset({S.CANCELLING}),
     Step.CAPTURE_ORDER: frozenset({S.CAPTURING}),
     Step.EXPIRE_HOLD: frozenset({S.AUTHORIZED}),
@@ -207,18 +409,24 @@ def gateway_view(order_status: str, payment_status: str | None = None) -> Gatewa
     return view
 
 
-def settle_target(view: GatewayView, pre_auth: bool) -> State | None:
-    """The saga state Plural's view settles a waiting checkout in, or None to keep waiting."""
-    if view is GatewayView.PROCESSED:
-        return S.COMPLETED
-    if view is GatewayView.AUTHORIZED:
-        # a non-pre-auth order is captured by Plural right after authorization: wait for PROCESSED
-        return S.AUTHORIZED if pre_auth else None
-    if view in (GatewayView.PAYMENT_FAILED, GatewayView.FAILED):
-        return S.FAILED
-    if view is GatewayView.CANCELLED:
-        return S.CANCELLED
-    return None
+_VIEW_FACT = {
+    GatewayView.AUTHORIZED: Fact.PLURAL_AUTHORIZED,
+    GatewayView.PROCESSED: Fact.PLURAL_PROCESSED,
+    GatewayView.PAYMENT_FAILED: Fact.PLURAL_PAYMENT_FAILED,
+    GatewayView.FAILED: Fact.PLURAL_FAILED,
+    GatewayView.CANCELLED: Fact.PLURAL_CANCELLED,
+}
+
+
+def fact_of(view: GatewayView) -> Fact | None:
+    """The fact Plural's view of an order states, or None while nothing is decided."""
+    return _VIEW_FACT.get(view)
+
+
+def capture_deadline(authorized_at: dt.datetime, hold_days: float, margin_seconds: float) -> dt.datetime:
+    """When an undelivered hold is released: Plural's authorization time plus the hold, less a margin."""
+    hold = dt.timedelta(days=hold_days) - dt.timedelta(seconds=margin_seconds)
+    return authorized_at + max(hold, dt.timedelta(0))
 
 
 def poll_delay(schedule: tuple[float, ...], polls_done: int) -> float:

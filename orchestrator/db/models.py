@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -20,6 +20,13 @@ def utcnow() -> dt.datetime:
 
 def new_checkout_id() -> str:
     return "chk_" + uuid.uuid4().hex
+
+
+def money(nullable: bool = False, default: int | None = None) -> Any:
+    """A money column: integer minor units, 64-bit everywhere (int4 overflows at 21 lakh rupees)."""
+    if nullable:
+        return Field(default=default, sa_column=Column(BigInteger, nullable=True))
+    return Field(default=default if default is not None else ..., sa_column=Column(BigInteger, nullable=False))
 
 
 class Checkout(SQLModel, table=True):
@@ -39,7 +46,7 @@ class Checkout(SQLModel, table=True):
     merchant_payment_reference: str = Field(max_length=50)
     merchant_capture_reference: str = Field(max_length=50)
 
-    amount_value: int
+    amount_value: int = money()
     currency: str = Field(max_length=3)
     pre_auth: bool = False
     payment_method: str = Field(default="CARD", max_length=16)
@@ -60,9 +67,9 @@ class Checkout(SQLModel, table=True):
     otp_resend_at: Optional[dt.datetime] = None
     otp_attempts_left: Optional[int] = None
 
-    authorized_amount: int = 0
-    captured_amount: int = 0
-    refunded_amount: int = 0
+    authorized_amount: int = money(default=0)
+    captured_amount: int = money(default=0)
+    refunded_amount: int = money(default=0)
 
     deadline_at: Optional[dt.datetime] = None
     next_due_at: Optional[dt.datetime] = None
@@ -76,8 +83,18 @@ class Checkout(SQLModel, table=True):
     authorized_at: Optional[dt.datetime] = None
     capture_deadline_at: Optional[dt.datetime] = None
     delivered_at: Optional[dt.datetime] = None
-    capture_amount: Optional[int] = None
+    capture_amount: Optional[int] = money(nullable=True)
     cancel_reason: Optional[str] = Field(default=None, max_length=32)
+
+    # the run that owns the checkout now: every write of that run is fenced by its token
+    claim_token: Optional[str] = Field(default=None, max_length=40)
+    claim_until: Optional[dt.datetime] = None
+    # NEEDS_ATTENTION: where it got stuck and why; WATCHING: until when Plural's side is watched
+    attention_from: Optional[str] = Field(default=None, max_length=32)
+    attention_reason: Optional[str] = None
+    watch_until: Optional[dt.datetime] = None
+    # a payment that completed after the checkout ended for the merchant, and how it was undone
+    late_undo: Optional[str] = Field(default=None, max_length=16)
 
     created_at: dt.datetime = Field(default_factory=utcnow)
     updated_at: dt.datetime = Field(default_factory=utcnow)
@@ -110,6 +127,8 @@ class Transition(SQLModel, table=True):
     checkout_id: str = Field(foreign_key="checkout.id", max_length=40)
     from_state: Optional[str] = Field(default=None, max_length=32)
     to_state: str = Field(max_length=32)
+    fact: Optional[str] = Field(default=None, max_length=32)
+    source: Optional[str] = Field(default=None, max_length=16)
     reason: str = Field(max_length=200)
     at: dt.datetime = Field(default_factory=utcnow)
 
@@ -155,9 +174,13 @@ class Refund(SQLModel, table=True):
     id: str = Field(default_factory=lambda: "rfd_" + uuid.uuid4().hex, primary_key=True, max_length=40)
     checkout_id: str = Field(foreign_key="checkout.id", max_length=40)
     merchant_refund_reference: str = Field(max_length=50)
-    amount_value: int
+    amount_value: int = money()
     currency: str = Field(max_length=3)
     state: str = Field(default="REQUESTED", max_length=16)
+    claim_token: Optional[str] = Field(default=None, max_length=40)
+    claim_until: Optional[dt.datetime] = None
+    # why the refund exists when the merchant did not ask for it (a payment that completed too late)
+    origin: str = Field(default="MERCHANT", max_length=16)
     plural_refund_order_id: Optional[str] = Field(default=None, max_length=64)
     plural_status: Optional[str] = Field(default=None, max_length=32)
     next_due_at: Optional[dt.datetime] = None

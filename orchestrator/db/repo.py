@@ -5,13 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import update
+import uuid
+
+from sqlalchemy import or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from orchestrator.core.saga import FINAL, State, allowed_from
+from orchestrator.core.saga import FINAL, State
 from orchestrator.db.models import Checkout, StepAttempt, Transition, utcnow
+
+
+class LostClaim(RuntimeError):
+    """A run tried to write after another run took its checkout: it must stop."""
 
 
 class Repo:
@@ -77,49 +83,108 @@ class Repo:
                 raise
             return existing, False
 
-    def transition(self, checkout_id: str, target: State, reason: str, *,
-                   allowed: Iterable[State] | None = None, **fields: Any) -> Checkout | None:
-        """Move to ``target`` if the current state allows it; set ``fields`` in the same update.
+    def move(self, checkout_id: str, plan: Callable[[Checkout], tuple[State, dict[str, Any]] | None], *,
+             reason: str, fact: str | None = None, source: str | None = None, claim: str | None = None,
+             effect: Callable[[Session, Checkout, State], None] | None = None) -> tuple[Checkout, Checkout] | None:
+        """Decide and write one state change in one transaction that holds the checkout's row.
 
-        Returns the updated row, or None when the saga was not in an allowed state (a late or
-        duplicate signal): nothing is written then.
+        ``plan`` sees the row as it is now and returns the target state and the fields to set, or
+        None for no move. A run's write is fenced by its ``claim``: if another run holds the
+        checkout, ``LostClaim`` is raised and nothing is written. Returns (before, after), or
+        None when nothing moved. ``effect`` writes more rows in the same transaction.
         """
-        guard = set(allowed if allowed is not None else allowed_from(target))
         now = self.clock()
         with self.session() as s:
             current = s.exec(select(Checkout).where(Checkout.id == checkout_id).with_for_update()).first()
-            if current is None or State(current.state) not in guard:
+            if current is None:
                 s.rollback()
                 return None
-            result = s.execute(
-                update(Checkout)
-                .where(col(Checkout.id) == checkout_id, col(Checkout.state) == current.state)
-                .values(state=target.value, version=Checkout.version + 1, updated_at=now, **fields)
-            )
+            if claim is not None and current.claim_token != claim:
+                s.rollback()
+                raise LostClaim(checkout_id)
+            before = Checkout.model_validate(current.model_dump())
+            decided = plan(before)
+            if decided is None:
+                s.rollback()
+                return None
+            target, fields = decided
+            values: dict[str, Any] = {**fields, "state": target.value, "version": current.version + 1,
+                                      "updated_at": now}
+            if claim is not None:  # a run's move ends the run: the next step claims afresh
+                values.update(claim_token=None, claim_until=None)
+            result = s.execute(update(Checkout)
+                               .where(col(Checkout.id) == checkout_id, col(Checkout.version) == current.version)
+                               .values(**values))
             if result.rowcount != 1:  # pragma: no cover - guarded by the row lock above
                 s.rollback()
                 return None
-            s.add(Transition(checkout_id=checkout_id, from_state=current.state, to_state=target.value,
-                             reason=reason[:200], at=now))
+            s.add(Transition(checkout_id=checkout_id, from_state=before.state, to_state=target.value, fact=fact,
+                             source=source, reason=reason[:200], at=now))
+            if effect is not None:
+                effect(s, before, target)
             s.commit()
-            return s.get(Checkout, checkout_id, populate_existing=True)
+            after = s.get(Checkout, checkout_id, populate_existing=True)
+            assert after is not None
+            return before, after
 
-    def update_fields(self, checkout_id: str, *, states: Iterable[State] | None = None, **fields: Any) -> bool:
-        """Set fields without a state change, only while the saga is in ``states`` (default: not final)."""
+    def note(self, checkout_id: str, *, states: Iterable[State] | None = None, claim: str | None = None,
+             **fields: Any) -> bool:
+        """Set fields without a state change, only while the checkout is in ``states`` (default: not
+        final) and, for a run, while the run still holds it."""
         guard = [s.value for s in (states if states is not None else set(State) - FINAL)]
+        conditions = [col(Checkout.id) == checkout_id, col(Checkout.state).in_(guard)]
+        if claim is not None:
+            conditions.append(col(Checkout.claim_token) == claim)
         with self.session() as s:
-            result = s.execute(
-                update(Checkout)
-                .where(col(Checkout.id) == checkout_id, col(Checkout.state).in_(guard))
-                .values(version=Checkout.version + 1, updated_at=self.clock(), **fields)
-            )
+            result = s.execute(update(Checkout).where(*conditions)
+                               .values(version=Checkout.version + 1, updated_at=self.clock(), **fields))
             s.commit()
             return result.rowcount == 1
 
+    # kept for callers outside the saga (tests, tools) that set plain fields
+    update_fields = note
+
+    # --- run claims ---------------------------------------------------------------------
+
+    def claim(self, table: type[Any], row_id: str, lease_seconds: float) -> str | None:
+        """Take ``row_id`` for one run: a token, or None while another run holds an unexpired claim."""
+        token = uuid.uuid4().hex
+        now = self.clock()
+        with self.session() as s:
+            result = s.execute(update(table).where(
+                col(table.id) == row_id,
+                or_(col(table.claim_token).is_(None), col(table.claim_until) < now))
+                .values(claim_token=token, claim_until=now + dt.timedelta(seconds=lease_seconds)))
+            s.commit()
+            return token if result.rowcount == 1 else None
+
+    def release(self, table: type[Any], row_id: str, token: str) -> Any | None:
+        """Give the claim back; the row as it is now if this run still held it, else None."""
+        with self.session() as s:
+            row = s.exec(select(table).where(table.id == row_id).with_for_update()).first()
+            if row is None or row.claim_token != token:
+                s.rollback()
+                return None
+            s.execute(update(table).where(col(table.id) == row_id, col(table.claim_token) == token)
+                      .values(claim_token=None, claim_until=None))
+            s.commit()
+            return row
+
+    def holds(self, table: type[Any], row_id: str, token: str) -> bool:
+        with self.read_session() as s:
+            return s.exec(select(table.claim_token).where(table.id == row_id)).first() == token
+
     # --- write-ahead step attempts ------------------------------------------------------
 
-    def begin_attempt(self, checkout_id: str, step: str, reference: str | None, task_id: str | None) -> int:
+    def begin_attempt(self, checkout_id: str, step: str, reference: str | None, task_id: str | None,
+                      claim: str | None = None) -> int:
+        """Write ahead: commit an ``in_flight`` attempt before the call (only while ``claim`` holds)."""
         with self.session() as s:
+            if claim is not None:
+                held = s.exec(select(Checkout.claim_token).where(Checkout.id == checkout_id).with_for_update()).first()
+                if held != claim:
+                    s.rollback()
+                    raise LostClaim(checkout_id)
             attempt = StepAttempt(checkout_id=checkout_id, step=step, reference=reference, task_id=task_id,
                                   started_at=self.clock())
             s.add(attempt)
@@ -132,6 +197,15 @@ class Repo:
             s.execute(update(StepAttempt).where(col(StepAttempt.id) == attempt_id)
                       .values(outcome=outcome, detail=(detail or "")[:500] or None, finished_at=self.clock()))
             s.commit()
+
+    def has_attempt(self, checkout_id: str, step: str, reference: str | None) -> bool:
+        """Was a call of ``step`` with ``reference`` made before (a repeat of an idempotent call)?"""
+        if reference is None:
+            return False
+        with self.read_session() as s:
+            return s.exec(select(StepAttempt.id).where(StepAttempt.checkout_id == checkout_id,
+                                                       StepAttempt.step == step,
+                                                       StepAttempt.reference == reference).limit(1)).first() is not None
 
     def unresolved_attempts(self, checkout_id: str, steps: Iterable[str]) -> list[StepAttempt]:
         """Attempts whose outcome nobody knows: still ``in_flight`` (a crash) or ``unknown`` (a timeout)."""

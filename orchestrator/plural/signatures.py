@@ -37,7 +37,7 @@ def verify_callback(fields: Mapping[str, str], key: bytes) -> None:
     given = fields.get("signature")
     if not given:
         raise SignatureError("callback carries no signature")
-    if not hmac.compare_digest(sign_callback(fields, key), given.upper()):
+    if not given.isascii() or not hmac.compare_digest(sign_callback(fields, key), given.upper()):
         raise SignatureError("callback signature does not match its fields")
 
 

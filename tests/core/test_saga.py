@@ -32,8 +32,9 @@ def test_allowed_from_is_the_inverse_of_the_table():
             assert saga.can_move(source, target)
 
 
-def test_cancelling_is_reachable_from_every_cancellable_state_only():
-    assert saga.allowed_from(State.CANCELLING) == saga.CANCELLABLE
+def test_the_merchant_cancels_from_every_cancellable_state_only():
+    reachable = {s for s in State if saga.decide(s, saga.Fact.CANCEL_REQUESTED, saga.Source.MERCHANT) is not None}
+    assert reachable == saga.CANCELLABLE
 
 
 def test_a_cancel_may_discover_the_payment_completed():
@@ -74,12 +75,14 @@ def test_gateway_view_reads_order_and_payment_status(order, payment, view):
     assert saga.gateway_view(order, payment) is view
 
 
-def test_settle_target_depends_on_pre_auth():
-    assert saga.settle_target(GatewayView.AUTHORIZED, pre_auth=True) is State.AUTHORIZED
-    assert saga.settle_target(GatewayView.AUTHORIZED, pre_auth=False) is None
-    assert saga.settle_target(GatewayView.PROCESSED, pre_auth=False) is State.COMPLETED
-    assert saga.settle_target(GatewayView.PAYMENT_FAILED, pre_auth=False) is State.FAILED
-    assert saga.settle_target(GatewayView.PENDING, pre_auth=True) is None
+def test_an_authorization_holds_a_pre_auth_checkout_and_a_normal_one_waits_for_processed():
+    F, W = saga.Fact, saga.Source.WEBHOOK
+    assert saga.fact_of(GatewayView.AUTHORIZED) is F.PLURAL_AUTHORIZED
+    assert saga.decide(State.AWAITING_OTP, F.PLURAL_AUTHORIZED, W, pre_auth=True) is State.AUTHORIZED
+    assert saga.decide(State.AWAITING_OTP, F.PLURAL_AUTHORIZED, W, pre_auth=False) is None
+    assert saga.decide(State.AWAITING_OTP, F.PLURAL_PROCESSED, W) is State.COMPLETED
+    assert saga.decide(State.AWAITING_OTP, F.PLURAL_PAYMENT_FAILED, W) is State.FAILED
+    assert saga.fact_of(GatewayView.PENDING) is None
 
 
 def test_poll_delay_follows_the_schedule_then_stays_at_its_end():

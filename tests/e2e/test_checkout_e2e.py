@@ -34,6 +34,11 @@ E2E_ENV = {
     "RETRY_BACKOFF_BASE": "0.5",
     "RETRY_BACKOFF_CAP": "2",
     "WORKER_CONCURRENCY": "16",
+    # a short call budget, so a killed worker's claims lapse in about 25 s (the run lease)
+    "HTTP_CONNECT_TIMEOUT": "1",
+    "HTTP_READ_TIMEOUT": "2",
+    "HTTP_MAX_ATTEMPTS": "2",
+    "HTTP_BACKOFF_CAP": "0.2",
     "LOG_FORMAT": "json",
 }
 
@@ -166,7 +171,7 @@ def test_worker_killed_mid_batch_loses_nothing_and_charges_nothing_twice(api, st
     stack.kill("worker", signal.SIGKILL)
     time.sleep(1.0)
     stack.restart("worker")
-    waiting = [api.wait(i, WAITING, timeout=60) for i in ids]
+    waiting = [api.wait(i, WAITING, timeout=90) for i in ids]
     odd = [(c["status"], c["error"], [h["reason"] for h in c["history"]]) for c in waiting
            if c["status"] != "AWAITING_OTP"]
     assert not odd
@@ -175,7 +180,7 @@ def test_worker_killed_mid_batch_loses_nothing_and_charges_nothing_twice(api, st
     time.sleep(0.3)
     stack.kill("worker", signal.SIGKILL)
     stack.restart("worker")
-    final = [api.wait(i, timeout=60) for i in ids]
+    final = [api.wait(i, timeout=90) for i in ids]
     odd = [(c["status"], c["error"], [h["reason"] for h in c["history"]]) for c in final if c["status"] != "COMPLETED"]
     assert not odd
     entries = requests.get(f"{stack.sandbox_url}/sandbox/ledger", timeout=5).json()["entries"]

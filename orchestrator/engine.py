@@ -1,0 +1,173 @@
+"""The saga engine: the one writer of a checkout's state.
+
+Steps, webhooks, polls, merchant actions, timers and operators never change a checkout's state
+themselves: they hand the engine a ``Fact`` from a ``Source``. The engine locks the row, asks the
+pure rule (``saga.decide``) where that fact moves the checkout from where it is *now*, and writes
+the move, its fields, its next due time and a history row (with the fact and its source) in one
+compare-and-set transaction. Effects follow the commit: the next step is enqueued, card data
+is dropped from the vault once the checkout is final.
+
+A run of a step owns its checkout through a claim (``Run``): its writes are fenced by the claim's
+token, and its own move ends the claim, so the next step claims afresh.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sqlmodel import Session, col, func, select
+
+from orchestrator.core import saga
+from orchestrator.core.saga import Fact, Source, State, Step
+from orchestrator.db.models import Checkout, Refund, utcnow
+from orchestrator.db.repo import Repo
+from orchestrator.logs import get_logger
+from orchestrator.vault import Vault
+
+log = get_logger("orchestrator.engine")
+
+#: states whose next step the engine enqueues at once; the others wait for their due time
+#: (a poll, a capture deadline, a watch, an operator)
+_WAITING = saga.POLLING | {State.AUTHORIZED, State.WATCHING, State.NEEDS_ATTENTION}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of one step, holding its checkout's claim."""
+
+    checkout_id: str
+    token: str | None
+    task_id: str | None
+    started_in: State
+
+
+@dataclass
+class Engine:
+    settings: Any
+    repo: Repo
+    vault: Vault
+    enqueue: Callable[[Step, str], None]
+    clock: Callable[[], dt.datetime] = utcnow
+
+    def _at(self, seconds: float) -> dt.datetime:
+        return self.clock() + dt.timedelta(seconds=seconds)
+
+    def due_for(self, row: Checkout, target: State, fields: dict[str, Any]) -> dt.datetime | None:
+        """When a checkout in ``target`` next needs attention (a re-drive safety net included)."""
+        if target in saga.FINAL:
+            return None
+        if target is State.AUTHORIZED:
+            return fields.get("capture_deadline_at") or row.capture_deadline_at
+        if target is State.NEEDS_ATTENTION:
+            return self._at(self.settings.attention_poll_seconds)
+        if target is State.WATCHING:
+            return self._at(saga.poll_delay(self.settings.poll_delays, 0))
+        if target in saga.POLLING:
+            nxt = self._at(saga.poll_delay(self.settings.poll_delays, fields.get("polls", 0)))
+            return min(nxt, row.deadline_at) if row.deadline_at else nxt
+        return self._at(self.settings.step_lease_seconds)
+
+    def _values(self, row: Checkout, state: State, target: State, fact: Fact, reason: str,
+                fields: dict[str, Any]) -> dict[str, Any]:
+        values = dict(fields)
+        values.setdefault("polls", 0)
+        values.setdefault("step_failures", 0)
+        values["next_due_at"] = self.due_for(row, target, values)
+        now = self.clock()
+        if target is State.NEEDS_ATTENTION:
+            values["attention_from"] = state.value
+            values["attention_reason"] = reason[:500]
+        elif state is State.NEEDS_ATTENTION:
+            values["attention_from"] = None
+        if target is State.WATCHING:
+            values["watch_until"] = self._at(self.settings.watch_seconds)
+        if state is State.WATCHING and target is State.CANCELLING:
+            values.update(finished_late=True, late_undo="RELEASED")
+        if state is State.WATCHING and fact is Fact.PLURAL_PROCESSED:
+            values.update(finished_late=True, late_undo="REFUNDED")
+        # the customer finished after their deadline (a delivery days later is not late)
+        late_from = state in saga.BEFORE_AUTHORIZATION or (state is State.CANCELLING
+                                                           and row.cancel_reason != "HOLD_EXPIRED")
+        if (target in (State.AUTHORIZED, State.COMPLETED) and late_from and row.deadline_at
+                and now > row.deadline_at):
+            values["finished_late"] = True
+        return values
+
+    def _late_refund(self, refunds: list[Refund], fields: dict[str, Any]) -> Callable[[Session, Checkout, State], None]:
+        """A payment that completed after the checkout was cancelled for the merchant is refunded."""
+
+        def effect(s: Session, row: Checkout, target: State) -> None:
+            amount = int(fields.get("captured_amount") or row.amount_value)
+            count = s.exec(select(func.count()).select_from(Refund).where(col(Refund.checkout_id) == row.id)).one()
+            now = self.clock()
+            refund = Refund(checkout_id=row.id, merchant_refund_reference=f"{row.id}-r{int(count) + 1}",
+                            amount_value=amount, currency=row.currency, origin="LATE_PAYMENT",
+                            next_due_at=self._at(self.settings.step_lease_seconds), created_at=now, updated_at=now)
+            s.add(refund)
+            refunds.append(refund)
+
+        return effect
+
+    def apply(self, checkout_id: str, fact: Fact, source: Source, reason: str, *, run: Run | None = None,
+              fields: dict[str, Any] | None = None, wanted: State | None = None) -> Checkout | None:
+        """Hand the engine one fact. Returns the checkout after the move, or None if it did not move."""
+        given = dict(fields or {})
+        late_refunds: list[Refund] = []
+
+        def plan(row: Checkout) -> tuple[State, dict[str, Any]] | None:
+            state = State(row.state)
+            attention_from = State(row.attention_from) if row.attention_from else None
+            target = saga.decide(state, fact, source, pre_auth=row.pre_auth, cancel_reason=row.cancel_reason,
+                                 attention_from=attention_from, wanted=wanted)
+            if target is None:
+                return None
+            return target, self._values(row, state, target, fact, reason, given)
+
+        effect = None
+        if fact is Fact.PLURAL_PROCESSED:
+            refund_effect = self._late_refund(late_refunds, given)
+
+            def effect(s: Session, row: Checkout, target: State) -> None:
+                if State(row.state) is State.WATCHING or (State(row.state) is State.NEEDS_ATTENTION
+                                                          and row.attention_from == State.WATCHING.value):
+                    refund_effect(s, row, target)
+
+        moved = self.repo.move(checkout_id, plan, reason=reason, fact=fact.value, source=source.value,
+                               claim=run.token if run else None, effect=effect)
+        if moved is None:
+            log.info("saga.fact.ignored", fact=fact.value, source=source.value)
+            return None
+        before, after = moved
+        log.info("saga.transition", from_state=before.state, to_state=after.state, fact=fact.value,
+                 source=source.value, reason=reason)
+        self._after(after)
+        for refund in late_refunds:
+            log.warning("saga.late_payment.refunding", refund_id=refund.id, amount=refund.amount_value)
+            self._send(Step.REFUND, refund.id)
+        return after
+
+    def _after(self, after: Checkout) -> None:
+        target = State(after.state)
+        if target in saga.FINAL or target in (State.WATCHING, State.NEEDS_ATTENTION):
+            self.vault.drop_card(after.id)
+            self.vault.drop_otp(after.id)
+        step = saga.next_step(target)
+        if step is not None and target not in _WAITING:
+            self._send(step, after.id)
+
+    def _send(self, step: Step, row_id: str) -> None:
+        try:
+            self.enqueue(step, row_id)
+        except Exception as exc:  # the row's due time makes the sweep re-drive it
+            log.warning("saga.enqueue_deferred", step=step.value, error=type(exc).__name__)
+
+    def wake(self, row: Checkout, run: Run) -> None:
+        """At the end of a run: if something else moved the checkout meanwhile, its step was refused
+        the claim this run held; send it again now."""
+        state = State(row.state)
+        if state is not run.started_in:
+            step = saga.next_step(state)
+            if step is not None and state not in _WAITING:
+                self._send(step, row.id)
