@@ -475,7 +475,9 @@ def cancel_order(d: Deps, run: Run, c: Checkout) -> None:
         state_fact(d, run, Fact.NOTHING_TO_CANCEL, "no payment at Plural and none can be made",
                    plural_status=order.status)
         return
-    got = call_ahead(d, run, Step.CANCEL_ORDER, order_id, lambda: d.plural.cancel_order(order_id), lambda o: o.status)
+    # a refusal is checked against Get Order below, repeated or not
+    got = call_ahead(d, run, Step.CANCEL_ORDER, order_id, lambda: d.plural.cancel_order(order_id), lambda o: o.status,
+                     idempotent=False)
     if got.transient:
         return retry_later(d, run, c, Step.CANCEL_ORDER, got.transient)
     if got.refused:

@@ -29,7 +29,8 @@ from orchestrator.db.models import Checkout, Refund, WebhookEvent
 from orchestrator.logs import get_logger
 from orchestrator.plural.models import Order
 from orchestrator.plural.signatures import SignatureError, verify_webhook
-from orchestrator.steps import Deps, order_fact, settle
+from orchestrator.plural import errors
+from orchestrator.steps import TRANSIENT, Deps, order_fact, settle
 
 log = get_logger("orchestrator.webhooks")
 
@@ -163,10 +164,20 @@ def apply(d: Deps, event: WebhookEvent) -> None:
     if checkout.plural_order_id != order.order_id:
         return _finish(d, event, "ignored", "order does not belong to this saga")
     before = checkout.state
+    source = Source.WEBHOOK
+    if event.note is not None:
+        # an event that was kept waiting may be old: what Plural says now is applied instead
+        try:
+            order = d.plural.get_order(checkout.plural_order_id)
+        except TRANSIENT as exc:
+            return _finish(d, event, "deferred", f"Get Order failed, retried by the sweep: {type(exc).__name__}")
+        except errors.APIError as exc:
+            return _finish(d, event, "ignored", f"Get Order refused: {exc.code}")
+        source = Source.POLL
     fact, _fields = order_fact(d, checkout, order)
     if fact is None:
         return _finish(d, event, "applied", f"nothing decided yet ({order.status})")
-    moved = settle(d, checkout, order, f"webhook {event.event_type}", Source.WEBHOOK)
+    moved = settle(d, checkout, order, f"webhook {event.event_type}", source)
     note = f"{before} → {(d.repo.get(checkout.id) or checkout).state}" if moved else f"no move from {before}"
     _finish(d, event, "applied", note)
 

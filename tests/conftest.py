@@ -188,6 +188,13 @@ class Harness:
     db_path: Any
     redis: Any
     queue: list = field(default_factory=list)
+    mode: str = "strict"
+
+    def status(self, checkout_id: str) -> str:
+        """The public status the merchant sees."""
+        from orchestrator.core.saga import State, public_status
+
+        return public_status(State(self.state(checkout_id)))
 
     def drain(self, limit: int = 100) -> None:
         from orchestrator import steps
@@ -224,9 +231,23 @@ class Harness:
         self.drain()
 
 
-@pytest.fixture
-def harness(tmp_path: Any, sandbox: ThreadedUvicorn, sandbox_settings: Settings) -> Harness:
-    return make_harness(f"sqlite:///{tmp_path / 'saga.db'}", sandbox, sandbox_settings, tmp_path / "saga.db")
+def sandbox_mode(url: str, mode: str) -> None:
+    """``strict``: cancel only AUTHORIZED orders, unpaid payments expire, a repeated reference in
+    progress answers 409, as Plural documents. ``lenient``: cancels anything, nothing expires."""
+    strict = mode == "strict"
+    requests.put(url + "/sandbox/config", json={"strict": strict, "payment_expiry_seconds": 900.0 if strict else 0.0},
+                 timeout=5).raise_for_status()
+
+
+@pytest.fixture(params=["strict", "lenient"])
+def harness(request: Any, tmp_path: Any, sandbox: ThreadedUvicorn, sandbox_settings: Settings) -> Iterator[Harness]:
+    """The saga over SQLite, the vault and the sandbox; every test runs against the strict and the
+    lenient sandbox."""
+    sandbox_mode(sandbox.url, request.param)
+    h = make_harness(f"sqlite:///{tmp_path / 'saga.db'}", sandbox, sandbox_settings, tmp_path / "saga.db")
+    h.mode = request.param
+    yield h
+    sandbox_mode(sandbox.url, "strict")
 
 
 def make_harness(url: str, sandbox: ThreadedUvicorn, sandbox_settings: Settings, db_path: Any = None) -> Harness:

@@ -201,11 +201,12 @@ def test_partial_refunds_never_exceed_what_was_captured(harness):
 def test_a_refund_reference_is_idempotent(harness):
     h = harness
     c = completed(h)
-    first, created = refund(h, c, 2500, "my-refund-1")
-    again, created_again = refund(h, c, 2500, "my-refund-1")
+    reference = f"my-refund-{uuid.uuid4().hex[:8]}"
+    first, created = refund(h, c, 2500, reference)
+    again, created_again = refund(h, c, 2500, reference)
     assert created and not created_again and first.id == again.id
     with pytest.raises(RefundRefused) as exc:
-        h.service.refund(c.id, 2600, "my-refund-1")
+        h.service.refund(c.id, 2600, reference)
     assert exc.value.code == "REFERENCE_CONFLICT"
     assert [k for k in kinds(h, c) if k[0] == "REFUNDED"] == [("REFUNDED", 2500)]
 

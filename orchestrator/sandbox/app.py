@@ -77,14 +77,28 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
             elif rule.kind == "hang_before":
                 await asyncio.sleep(rule.seconds)
                 return JSONResponse({"code": "INTERNAL_ERROR", "message": "gateway timeout"}, status_code=504)
-        response = await call_next(request)
-        for rule in fired:
-            if rule.kind == "hang_after":
-                await asyncio.sleep(rule.seconds)
-        return response
+        try:
+            response = await call_next(request)
+            for rule in fired:
+                if rule.kind == "hang_after":
+                    await asyncio.sleep(rule.seconds)
+            return response
+        finally:  # the request is in progress until its answer leaves
+            key = getattr(request.state, "in_progress", None)
+            if key is not None:
+                gateway.end_request(key)
 
     def auth(request: Request, *, required: bool = True) -> None:
         gateway.check_token(request.headers.get("authorization"), required=required)
+
+    def in_progress(request: Request, *key: Any) -> None:
+        """A repeated idempotent request while the first is still being answered: Plural's 409."""
+        if any(k is None for k in key):
+            return
+        marked = tuple(str(k) for k in key)
+        if not gateway.begin_request(marked):
+            raise GatewayError(409, "DUPLICATE_REQUEST", "a request with this reference is already in progress")
+        request.state.in_progress = marked
 
     # --- Plural's API -------------------------------------------------------------------
 
@@ -95,7 +109,9 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
     @app.post("/api/pay/v1/orders")
     async def create_order(request: Request) -> Any:
         auth(request)
-        return gateway.create_order(await _body(request))
+        body = await _body(request)
+        in_progress(request, "order", body.get("merchant_order_reference"))
+        return gateway.create_order(body)
 
     @app.get("/api/pay/v1/orders/reference/{reference}")
     async def order_by_reference(reference: str, request: Request) -> Any:
@@ -110,22 +126,31 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
     @app.post("/api/pay/v1/orders/{order_id}/payments")
     async def create_payment(order_id: str, request: Request) -> Any:
         auth(request)
-        return gateway.create_payment(order_id, await _body(request))
+        body = await _body(request)
+        items = body.get("payments") if isinstance(body.get("payments"), list) else []
+        first = items[0] if items and isinstance(items[0], dict) else {}
+        in_progress(request, "payment", order_id, first.get("merchant_payment_reference"))
+        return gateway.create_payment(order_id, body)
 
     @app.put("/api/pay/v1/orders/{order_id}/capture")
     async def capture(order_id: str, request: Request) -> Any:
         auth(request)
-        return gateway.capture(order_id, await _body(request))
+        body = await _body(request)
+        in_progress(request, "capture", body.get("merchant_capture_reference"))
+        return gateway.capture(order_id, body)
 
     @app.put("/api/pay/v1/orders/{order_id}/cancel")
     async def cancel(order_id: str, request: Request) -> Any:
         auth(request)
+        in_progress(request, "cancel", order_id)
         return gateway.cancel(order_id)
 
     @app.post("/api/pay/v1/refunds/{order_id}")
     async def refund(order_id: str, request: Request) -> Any:
         auth(request)
-        return gateway.refund(order_id, await _body(request))
+        body = await _body(request)
+        in_progress(request, "refund", body.get("merchant_order_reference"))
+        return gateway.refund(order_id, body)
 
     @app.post("/api/pay/v1/getCardDetails")
     async def card_details(request: Request) -> Any:

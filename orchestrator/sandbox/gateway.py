@@ -87,6 +87,11 @@ class SandboxConfig:
     payment_retries: int = 9
     refund_settle_seconds: float = 0.0
     fail_refunds: bool = False  # refunds settle as FAILED (REFUND_FAILED), for tests
+    #: as strict as Plural documents: cancel only an AUTHORIZED order; a repeated reference while
+    #: the first request is still in progress answers 409 DUPLICATE_REQUEST
+    strict: bool = True
+    #: a payment of a non-pre-auth order not completed in this time expires (PAYMENT_EXPIRED); 0: never
+    payment_expiry_seconds: float = 900.0
 
 
 @dataclass
@@ -95,6 +100,7 @@ class PaymentState:
     order_id: str
     card: cards.CardProfile | None
     method: str
+    created_at: float = 0.0
     otp_sent_at: float | None = None
     otp_attempts: int = 0
     resends: int = 0
@@ -115,8 +121,23 @@ class Gateway:
         self.lock = threading.RLock()
         self.reset()
 
+    def begin_request(self, key: tuple[str, ...]) -> bool:
+        """Strict mode: mark an idempotent request in progress; False if the same one already is."""
+        if not self.config.strict:
+            return True
+        with self.lock:
+            if key in self.in_progress:
+                return False
+            self.in_progress.add(key)
+            return True
+
+    def end_request(self, key: tuple[str, ...]) -> None:
+        with self.lock:
+            self.in_progress.discard(key)
+
     def reset(self) -> None:
         with self.lock:
+            self.in_progress: set[tuple[str, ...]] = set()
             self.orders: dict[str, dict[str, Any]] = {}
             self.by_reference: dict[str, str] = {}
             self.payments: dict[str, PaymentState] = {}
@@ -270,6 +291,7 @@ class Gateway:
     def get_order(self, order_id: str) -> dict[str, Any]:
         with self.lock:
             self._settle_due_refunds()
+            self._expire_due_payments()
             return {"data": self._public(self._order(order_id))}
 
     def get_order_by_reference(self, reference: str) -> dict[str, Any]:
@@ -357,7 +379,7 @@ class Gateway:
             }
             if method != "CARD":
                 public["offer_data"] = copy.deepcopy(item["offer_data"])
-            state = PaymentState(payment_id, order_id, card, method)
+            state = PaymentState(payment_id, order_id, card, method, created_at=self.clock())
             order["payments"].append(public)
             self.payments[payment_id] = state
             self.payment_refs[key] = payment_id
@@ -558,6 +580,8 @@ class Gateway:
             order = self._order(order_id)
             if order["status"] == "CANCELLED":
                 return {"data": copy.deepcopy(order)}
+            if self.config.strict and order["status"] != "AUTHORIZED":
+                raise _refused(f"order is {order['status']}: only an AUTHORIZED (pre-auth) order can be cancelled")
             if order["status"] not in ("CREATED", "PENDING", "ATTEMPTED", "AUTHORIZED"):
                 raise _refused(f"order is {order['status']} and cannot be cancelled")
             released = 0
@@ -646,10 +670,23 @@ class Gateway:
             if order.get("_settle_at") is not None and order["_settle_at"] <= now:
                 self._settle_refund(order)
 
+    def _expire_due_payments(self) -> None:
+        """A non-pre-auth order's payment not completed in time expires, as Plural's does."""
+        limit = self.config.payment_expiry_seconds
+        if limit <= 0:
+            return
+        now = self.clock()
+        for state in list(self.payments.values()):
+            order = self.orders[state.order_id]
+            public = next(p for p in order["payments"] if p["id"] == state.payment_id)
+            if public["status"] == "PENDING" and not order.get("pre_auth") and now - state.created_at >= limit:
+                self._fail_payment(state, order, public, "PAYMENT_EXPIRED", "the payment was not completed in time")
+
     def tick(self) -> None:
-        """Let time-driven changes happen (refund settlement)."""
+        """Let time-driven changes happen (refund settlement, payment expiry)."""
         with self.lock:
             self._settle_due_refunds()
+            self._expire_due_payments()
 
     # --- affordability ------------------------------------------------------------------
 
