@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import html
 import json
+import re
 from dataclasses import asdict
 from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs
@@ -40,6 +41,42 @@ async def _body(request: Request) -> dict[str, Any]:
     return data
 
 
+_ORDER_PATH = re.compile(r"^/api/pay/v1/orders/([^/]+)/(payments|capture|cancel)$")
+_REFUND_PATH = re.compile(r"^/api/pay/v1/refunds/([^/]+)$")
+
+
+async def _idempotency_key(request: Request) -> tuple[str, ...] | None:
+    """The reference a Plural call is idempotent on (None for calls that have none)."""
+    if request.method not in ("POST", "PUT"):
+        return None
+    path = request.url.path
+    order_call = _ORDER_PATH.match(path)
+    if path != "/api/pay/v1/orders" and not order_call and not _REFUND_PATH.match(path):
+        return None
+    if order_call and order_call.group(2) == "cancel":
+        return ("cancel", order_call.group(1))
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    if path == "/api/pay/v1/orders":
+        reference = body.get("merchant_order_reference")
+        return ("order", str(reference)) if reference else None
+    if _REFUND_PATH.match(path):
+        reference = body.get("merchant_order_reference")
+        return ("refund", str(reference)) if reference else None
+    assert order_call is not None
+    if order_call.group(2) == "capture":
+        reference = body.get("merchant_capture_reference")
+        return ("capture", str(reference)) if reference else None
+    items = body.get("payments")
+    first = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else {}
+    reference = first.get("merchant_payment_reference")
+    return ("payment", order_call.group(1), str(reference)) if reference else None
+
+
 def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = None, webhook_url: str | None = None,
                webhook_key: bytes = b"sandbox-webhook-secret", webhook_retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0)
                ) -> FastAPI:
@@ -65,7 +102,18 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
         path = request.url.path
         if not path.startswith(PLURAL_PREFIXES):
             return await call_next(request)
+        key = await _idempotency_key(request)
+        if key is not None and not gateway.begin_request(key):
+            return _error(GatewayError(409, "DUPLICATE_REQUEST", "a request with this reference is already in progress"))
         fired = faults.match(request.method, path)
+        try:
+            return await _with_faults(request, fired, call_next)
+        finally:  # the request is in progress from its arrival until its answer leaves
+            if key is not None:
+                gateway.end_request(key)
+
+    async def _with_faults(request: Request, fired: list[Any],
+                           call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         for rule in fired:
             if rule.kind == "latency":
                 await asyncio.sleep(rule.seconds)
@@ -77,28 +125,14 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
             elif rule.kind == "hang_before":
                 await asyncio.sleep(rule.seconds)
                 return JSONResponse({"code": "INTERNAL_ERROR", "message": "gateway timeout"}, status_code=504)
-        try:
-            response = await call_next(request)
-            for rule in fired:
-                if rule.kind == "hang_after":
-                    await asyncio.sleep(rule.seconds)
-            return response
-        finally:  # the request is in progress until its answer leaves
-            key = getattr(request.state, "in_progress", None)
-            if key is not None:
-                gateway.end_request(key)
+        response = await call_next(request)
+        for rule in fired:
+            if rule.kind == "hang_after":
+                await asyncio.sleep(rule.seconds)
+        return response
 
     def auth(request: Request, *, required: bool = True) -> None:
         gateway.check_token(request.headers.get("authorization"), required=required)
-
-    def in_progress(request: Request, *key: Any) -> None:
-        """A repeated idempotent request while the first is still being answered: Plural's 409."""
-        if any(k is None for k in key):
-            return
-        marked = tuple(str(k) for k in key)
-        if not gateway.begin_request(marked):
-            raise GatewayError(409, "DUPLICATE_REQUEST", "a request with this reference is already in progress")
-        request.state.in_progress = marked
 
     # --- Plural's API -------------------------------------------------------------------
 
@@ -109,9 +143,7 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
     @app.post("/api/pay/v1/orders")
     async def create_order(request: Request) -> Any:
         auth(request)
-        body = await _body(request)
-        in_progress(request, "order", body.get("merchant_order_reference"))
-        return gateway.create_order(body)
+        return gateway.create_order(await _body(request))
 
     @app.get("/api/pay/v1/orders/reference/{reference}")
     async def order_by_reference(reference: str, request: Request) -> Any:
@@ -126,31 +158,22 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
     @app.post("/api/pay/v1/orders/{order_id}/payments")
     async def create_payment(order_id: str, request: Request) -> Any:
         auth(request)
-        body = await _body(request)
-        items = body.get("payments") if isinstance(body.get("payments"), list) else []
-        first = items[0] if items and isinstance(items[0], dict) else {}
-        in_progress(request, "payment", order_id, first.get("merchant_payment_reference"))
-        return gateway.create_payment(order_id, body)
+        return gateway.create_payment(order_id, await _body(request))
 
     @app.put("/api/pay/v1/orders/{order_id}/capture")
     async def capture(order_id: str, request: Request) -> Any:
         auth(request)
-        body = await _body(request)
-        in_progress(request, "capture", body.get("merchant_capture_reference"))
-        return gateway.capture(order_id, body)
+        return gateway.capture(order_id, await _body(request))
 
     @app.put("/api/pay/v1/orders/{order_id}/cancel")
     async def cancel(order_id: str, request: Request) -> Any:
         auth(request)
-        in_progress(request, "cancel", order_id)
         return gateway.cancel(order_id)
 
     @app.post("/api/pay/v1/refunds/{order_id}")
     async def refund(order_id: str, request: Request) -> Any:
         auth(request)
-        body = await _body(request)
-        in_progress(request, "refund", body.get("merchant_order_reference"))
-        return gateway.refund(order_id, body)
+        return gateway.refund(order_id, await _body(request))
 
     @app.post("/api/pay/v1/getCardDetails")
     async def card_details(request: Request) -> Any:
