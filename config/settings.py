@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     sandbox_otp_resend_limit: int = Field(default=3, ge=0)
     sandbox_otp_max_attempts: int = Field(default=3, ge=1)
     sandbox_public_url: str | None = None
+    sandbox_strict: bool = Field(default=True, description="refuse what Plural refuses (cancel only AUTHORIZED, ...)")
+    sandbox_payment_expiry_seconds: float = Field(default=900.0, ge=0,
+                                                  description="an unpaid non-pre-auth payment expires; 0: never")
 
     @field_validator("plural_callback_secret")
     @classmethod

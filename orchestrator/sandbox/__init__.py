@@ -23,6 +23,8 @@ def app_from_settings(settings: Any, *, port: int, host: str = "127.0.0.1", faul
         otp_resend_after=settings.sandbox_otp_resend_after,
         otp_resend_limit=settings.sandbox_otp_resend_limit,
         otp_max_attempts=settings.sandbox_otp_max_attempts,
+        strict=settings.sandbox_strict,
+        payment_expiry_seconds=settings.sandbox_payment_expiry_seconds,
     )
     return create_app(config, faults=faults, webhook_url=webhook_url or settings.sandbox_webhook_url,
                       webhook_key=settings.webhook_key())

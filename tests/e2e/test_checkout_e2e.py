@@ -142,15 +142,22 @@ def test_decline_at_payment(api):
     assert c["status"] == "FAILED" and c["error"]["code"] == "PAYMENT_DECLINED"
 
 
-def test_abandoned_customer_is_cancelled_at_the_deadline(tmp_path):
-    with make_stack(tmp_path, CUSTOMER_ACTION_TIMEOUT="4") as stack:
+def test_abandoned_customer_is_cancelled_at_the_deadline_and_watched_until_the_payment_expires(tmp_path):
+    """Plural refuses to cancel an unpaid order: the checkout shows CANCELLED at the deadline and
+    is watched until Plural expires the payment."""
+    with make_stack(tmp_path, CUSTOMER_ACTION_TIMEOUT="4", SANDBOX_PAYMENT_EXPIRY_SECONDS="8") as stack:
         api = client_for(stack)
         c = new(api, ACS_CARD)
         assert c["status"] == "AWAITING_REDIRECT"
         done = api.wait(c["id"], {"CANCELLED", "COMPLETED", "FAILED"}, timeout=40)
-        assert done["status"] == "CANCELLED"
+        assert done["status"] == "CANCELLED" and done["state"] == "WATCHING"
         assert "deadline" in " ".join(h["reason"] for h in done["history"])
-        assert "CANCELLED" in ledger(stack, done["plural_order_id"])
+        deadline = time.monotonic() + 40
+        while api.get_checkout(c["id"])["state"] != "CANCELLED":
+            assert time.monotonic() < deadline, "the watched payment never ended"
+            time.sleep(0.2)
+        kinds = ledger(stack, done["plural_order_id"])
+        assert "CANCELLED" not in kinds and "PAYMENT_FAILED" in kinds
 
 
 def test_the_same_checkout_twice_is_one_checkout(api, stack):
