@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     sandbox_public_url: str | None = None
     sandbox_strict: bool = Field(default=True, description="refuse what Plural refuses (cancel only AUTHORIZED, ...)")
     sandbox_payment_expiry_seconds: float = Field(default=900.0, ge=0,
-                                                  description="an unpaid non-pre-auth payment expires; 0: never")
+                                                  description="an unpaid payment expires after this; 0: never")
 
     @field_validator("plural_callback_secret")
     @classmethod

@@ -470,9 +470,12 @@ def cancel_order(d: Deps, run: Run, c: Checkout) -> None:
     if fact in (Fact.PLURAL_CANCELLED, Fact.PLURAL_PROCESSED, Fact.PLURAL_FAILED, Fact.PLURAL_PAYMENT_FAILED):
         settle(d, c, order, "before cancelling", Source.POLL, run)
         return
-    if fact is None and _our_payment(c, order) is None and d.vault.card(c.id) is None:
-        # no payment of ours exists and none can be made (the card data is gone): no money can move
-        state_fact(d, run, Fact.NOTHING_TO_CANCEL, "no payment at Plural and none can be made",
+    if fact is None and _our_payment(c, order) is None:
+        # no payment of ours exists, and a cancelling checkout never makes one (this run holds the
+        # checkout, so no payment step runs beside it): no money can move. Plural would refuse
+        # to cancel an order with no payment anyway.
+        d.vault.drop_card(c.id)
+        state_fact(d, run, Fact.NOTHING_TO_CANCEL, "no payment at Plural and none will be made",
                    plural_status=order.status)
         return
     # a refusal is checked against Get Order below, repeated or not

@@ -144,6 +144,7 @@ def sandbox(sandbox_server: ThreadedUvicorn, webhook_catcher: WebhookCatcher) ->
     requests.delete(sandbox_server.url + "/sandbox/faults", timeout=5)
     yield sandbox_server
     requests.delete(sandbox_server.url + "/sandbox/faults", timeout=5)
+    requests.delete(sandbox_server.url + "/sandbox/clock", timeout=5)
 
 
 @pytest.fixture
@@ -199,12 +200,17 @@ class Harness:
     def drain(self, limit: int = 100) -> None:
         from orchestrator import steps
 
+        ran = []
         for _ in range(limit):
             if not self.queue:
                 return
             step, checkout_id = self.queue.pop(0)
+            row = self.deps.repo.get(checkout_id)
+            ran.append((step.value, checkout_id[-6:], row.state if row else "-"))
             steps.run(self.deps, step, checkout_id, "test-task")
-        raise AssertionError("the saga did not settle")
+        import collections
+
+        raise AssertionError(f"the saga did not settle: {collections.Counter(ran).most_common(5)}")
 
     def state(self, checkout_id: str) -> str:
         return self.deps.repo.get(checkout_id).state

@@ -286,6 +286,19 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
             setattr(config, key, value)
         return await get_config()
 
+    @app.post("/sandbox/clock")
+    async def advance_clock(request: Request) -> Any:
+        body = await _body(request)
+        seconds = body.get("advance")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise GatewayError(400, "INVALID_REQUEST", "advance must be a number of seconds >= 0")
+        return {"offset": gateway.advance_clock(float(seconds))}
+
+    @app.delete("/sandbox/clock")
+    async def reset_clock() -> Any:
+        gateway.reset_clock()
+        return {"offset": 0.0}
+
     @app.post("/sandbox/tokens/expire")
     async def expire_tokens() -> Any:
         gateway.expire_tokens()

@@ -90,7 +90,7 @@ class SandboxConfig:
     #: as strict as Plural documents: cancel only an AUTHORIZED order; a repeated reference while
     #: the first request is still in progress answers 409 DUPLICATE_REQUEST
     strict: bool = True
-    #: a payment of a non-pre-auth order not completed in this time expires (PAYMENT_EXPIRED); 0: never
+    #: a payment not completed in this time expires (PAYMENT_EXPIRED); 0: never
     payment_expiry_seconds: float = 900.0
 
 
@@ -116,7 +116,9 @@ class Gateway:
     def __init__(self, config: SandboxConfig, *, clock: Callable[[], float] = time.time,
                  emit: Callable[[str, dict[str, Any]], None] | None = None):
         self.config = config
-        self.clock = clock
+        self._base_clock = clock
+        self.offset = 0.0  # tests move the sandbox's time forward (POST /sandbox/clock)
+        self.clock = lambda: self._base_clock() + self.offset
         self.emit = emit or (lambda event_type, data: None)
         self.lock = threading.RLock()
         self.reset()
@@ -246,6 +248,18 @@ class Gateway:
         expiry = self.tokens.get(token)
         if expiry is None or expiry <= self.clock():
             raise GatewayError(401, "UNAUTHORIZED", "token is invalid or expired")
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the sandbox's time forward (payment expiry, refund settlement, token expiry)."""
+        with self.lock:
+            self.offset += max(seconds, 0.0)
+            self._settle_due_refunds()
+            self._expire_due_payments()
+            return self.offset
+
+    def reset_clock(self) -> None:
+        with self.lock:
+            self.offset = 0.0
 
     def expire_tokens(self) -> None:
         """Make every issued token stale (tests of the client's 401 handling)."""
@@ -671,7 +685,8 @@ class Gateway:
                 self._settle_refund(order)
 
     def _expire_due_payments(self) -> None:
-        """A non-pre-auth order's payment not completed in time expires, as Plural's does."""
+        """A payment the customer does not complete in time expires (PAYMENT_EXPIRED), as Plural's does:
+        an unpaid order cannot be cancelled, so this is how it ends (pre-auth or not)."""
         limit = self.config.payment_expiry_seconds
         if limit <= 0:
             return
@@ -679,7 +694,7 @@ class Gateway:
         for state in list(self.payments.values()):
             order = self.orders[state.order_id]
             public = next(p for p in order["payments"] if p["id"] == state.payment_id)
-            if public["status"] == "PENDING" and not order.get("pre_auth") and now - state.created_at >= limit:
+            if public["status"] == "PENDING" and now - state.created_at >= limit:
                 self._fail_payment(state, order, public, "PAYMENT_EXPIRED", "the payment was not completed in time")
 
     def tick(self) -> None:
