@@ -34,4 +34,7 @@ def sweep_due(d: Deps, now: dt.datetime | None = None) -> int:
         enqueued += 1
     if enqueued:
         log.info("sweep.due.enqueued", count=enqueued)
+    from orchestrator.db.repo import IdempotencyStore
+
+    IdempotencyStore(d.repo).prune()
     return enqueued

@@ -83,7 +83,10 @@ def ingest(d: Deps, key: bytes, body: bytes, headers: dict[str, str], kick: Call
         log.info("webhook.unknown_event", webhook_id=webhook_id, event_type=row.event_type)
     else:
         log.info("webhook.received", webhook_id=webhook_id, event_type=row.event_type, order_id=row.order_id)
-    kick()
+    try:
+        kick()
+    except Exception as exc:  # stored: the sweep finds pending events nobody is processing
+        log.warning("webhook.kick_deferred", webhook_id=webhook_id, error=type(exc).__name__)
     return Ingested(row.id, False, row.event_type)
 
 

@@ -6,8 +6,9 @@ status; validation errors never echo the submitted values (a card number would b
 
 from __future__ import annotations
 
+import hashlib
 import secrets
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
 from starlette.concurrency import run_in_threadpool
@@ -17,44 +18,137 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from orchestrator.core.money import MAX_AMOUNT
+from orchestrator.db.repo import IdempotencyStore
 from orchestrator.inbound import Inbound
+from orchestrator.logs import get_logger, mask_text
 from orchestrator.refunds import RefundRefused, refund_view
 from orchestrator.service import CheckoutError, CheckoutIn, CheckoutService, DeliveryIn, OTPIn, RefundIn
 from orchestrator.webhooks import WebhookRejected
+
+log = get_logger("orchestrator.api")
+
+
+async def _idempotent(request: Request, call_next: Callable[[Request], Awaitable[Response]], key: str,
+                      store: IdempotencyStore) -> Response:
+    if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
+        return error_answer(CheckoutError(400, "INVALID_REQUEST", "Idempotency-Key must be 1-255 printable ASCII"))
+    body = await request.body()
+    scope = f"{request.method} {request.url.path}"
+    digest = hashlib.sha256(body).hexdigest()
+    outcome, row = await run_in_threadpool(store.begin, key, scope, digest)
+    if outcome == "replay":
+        return Response(row.response_body or "", status_code=row.status_code, media_type="application/json",
+                        headers={"Idempotent-Replayed": "true"})
+    if outcome == "mismatch":
+        return error_answer(CheckoutError(409, "IDEMPOTENCY_KEY_REUSED",
+                                          "this Idempotency-Key was used with another request body"))
+    if outcome == "in_progress":
+        return error_answer(CheckoutError(409, "IDEMPOTENCY_IN_PROGRESS",
+                                          "a request with this Idempotency-Key is still being answered; retry"))
+    try:
+        response = await call_next(request)
+    except Exception:
+        await run_in_threadpool(store.forget, key, scope)
+        raise
+    chunks = [chunk async for chunk in response.body_iterator]  # type: ignore[attr-defined]
+    content = b"".join(c if isinstance(c, bytes) else c.encode() for c in chunks)
+    if response.status_code >= 500:
+        await run_in_threadpool(store.forget, key, scope)
+    else:
+        await run_in_threadpool(store.finish, key, scope, response.status_code, content.decode())
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return Response(content, status_code=response.status_code, headers=headers, media_type=response.media_type)
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     out = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        out.append({"field": ".".join(loc), "message": err.get("msg", "invalid")})
+        out.append({"field": ".".join(loc), "message": mask_text(str(err.get("msg", "invalid")))})
     return out
+
+
+def error_answer(exc: BaseException) -> JSONResponse:
+    """The one mapping of every error to a JSON ``{code, message}`` answer; infrastructure that
+    is down is a 503 naming it. Nothing here echoes what the client sent."""
+    if isinstance(exc, CheckoutError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+    if isinstance(exc, RefundRefused):
+        return JSONResponse({"code": exc.code, "message": exc.message, **exc.details}, status_code=exc.status)
+    if isinstance(exc, RequestValidationError):
+        errors = _validation_errors(exc)
+        if any(e.get("type") == "amount_limit" for e in exc.errors()):
+            return JSONResponse({"code": "AMOUNT_LIMIT_EXCEEDED", "message": f"amounts are at most {MAX_AMOUNT} minor units",
+                                 "errors": errors}, status_code=422)
+        message = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
+        return JSONResponse({"code": "INVALID_REQUEST", "message": message, "errors": errors}, status_code=400)
+    if isinstance(exc, StarletteHTTPException):
+        code = {401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "ERROR")
+        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
+    down = unavailable(exc)
+    if down is not None:
+        log.error("api.unavailable", dependency=down, error=type(exc).__name__)
+        return JSONResponse({"code": "UNAVAILABLE", "message": f"the {down} is unavailable; nothing was changed",
+                             "unavailable": down}, status_code=503)
+    log.error("api.internal_error", error=type(exc).__name__, detail=mask_text(str(exc))[:300])
+    return JSONResponse({"code": "INTERNAL_ERROR", "message": "an unexpected error; nothing was changed"},
+                        status_code=500)
+
+
+def unavailable(exc: BaseException) -> str | None:
+    """Which dependency an exception says is down: database, redis or broker; None otherwise."""
+    from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError as PoolTimeout
+
+    if isinstance(exc, (OperationalError, PoolTimeout)) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return "database"
+    try:
+        import redis.exceptions
+
+        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+            return "redis"
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import kombu.exceptions
+
+        if isinstance(exc, kombu.exceptions.OperationalError):
+            return "broker"
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return "broker"
+    return None
 
 
 def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
                inbound: Callable[[], Inbound] | None = None,
-               readiness: Callable[[], dict[str, str]] | None = None) -> FastAPI:
+               readiness: Callable[[], dict[str, str]] | None = None,
+               idempotency: IdempotencyStore | None = None) -> FastAPI:
     app = FastAPI(title="Plural payment orchestrator", version="1",
                   description="Checkouts driven through Plural (Pine Labs) to a final state.")
 
-    @app.exception_handler(CheckoutError)
-    async def checkout_error(_request: Request, exc: CheckoutError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+    for kind in (CheckoutError, RefundRefused, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, lambda _request, exc: error_answer(exc))  # type: ignore[arg-type, misc]
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _validation_errors(exc)
-        message = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
-        return JSONResponse({"code": "INVALID_REQUEST", "message": message, "errors": errors}, status_code=400)
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """The API key is checked before the body is read; a POST with an ``Idempotency-Key`` is
+        answered once (Stripe's semantics). Anything that escapes becomes a JSON answer."""
+        try:
+            if request.url.path.startswith("/v1/"):
+                given = request.headers.get("x-api-key") or ""
+                if not given or not secrets.compare_digest(given.encode(), api_key.encode()):
+                    return error_answer(CheckoutError(401, "UNAUTHORIZED", "missing or wrong X-API-Key"))
+                key = request.headers.get("idempotency-key")
+                if key is not None and request.method == "POST" and idempotency is not None:
+                    return await _idempotent(request, call_next, key, idempotency)
+            return await call_next(request)
+        except Exception as exc:  # a handler's own failure, or the store's: still JSON
+            return error_answer(exc)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "ERROR")
-        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
-
-    def authenticated(x_api_key: str | None = Header(default=None)) -> None:
-        if not x_api_key or not secrets.compare_digest(x_api_key.encode(), api_key.encode()):
-            raise CheckoutError(401, "UNAUTHORIZED", "missing or wrong X-API-Key")
+    def authenticated(x_api_key: str | None = Header(default=None, include_in_schema=True)) -> None:
+        """Documents the header; the guard above has already checked it."""
 
     def service() -> CheckoutService:
         return service_factory()
@@ -113,11 +207,8 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         amount = body.amount if body else None
         if amount is not None and amount.currency != c.currency:
             raise CheckoutError(400, "INVALID_REQUEST", f"amount must be in {c.currency}")
-        try:
-            row, created = svc.refund(checkout_id, amount.value if amount else None,
-                                      body.merchant_refund_reference if body else None)
-        except RefundRefused as exc:
-            raise CheckoutError(exc.status, exc.code, exc.message, **exc.details) from None
+        row, created = svc.refund(checkout_id, amount.value if amount else None,
+                                  body.merchant_refund_reference if body else None)
         return JSONResponse(refund_view(row), status_code=202 if created else 200)
 
     @app.get("/v1/checkouts/{checkout_id}/refunds", dependencies=guarded)
@@ -139,10 +230,17 @@ def _inbound_routes(app: FastAPI, inbound: Callable[[], Inbound]) -> None:
             result = await run_in_threadpool(inbound().webhook, body, dict(request.headers))
         except WebhookRejected as exc:
             return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status)
+        except Exception as exc:  # the database is down: Plural retries the delivery
+            return error_answer(exc)
         return JSONResponse({"received": True, "duplicate": result.duplicate}, status_code=200)
 
     async def callback(fields: dict[str, str]) -> Response:
-        answer = await run_in_threadpool(inbound().callback, fields)
+        try:
+            answer = await run_in_threadpool(inbound().callback, fields)
+        except Exception as exc:  # the database is down: the customer still gets a page, the sweep polls
+            log.error("callback.unavailable", error=type(exc).__name__)
+            return HTMLResponse("<!doctype html><title>Payment received</title><h1>Thank you</h1>"
+                                "<p>We are confirming your payment; you can close this window.</p>", status_code=503)
         if answer.redirect:
             return RedirectResponse(answer.redirect, status_code=303)
         return HTMLResponse(answer.page or "", status_code=answer.status)
@@ -169,4 +267,4 @@ def app_from_runtime() -> FastAPI:
     svc = CheckoutService(rt.settings, rt.repo, rt.vault, rt.enqueue)
     handler = inbound_from_runtime(rt)
     return create_app(lambda: svc, rt.settings.orchestrator_api_key.get_secret_value(), lambda: handler,
-                      readiness=rt.readiness)
+                      readiness=rt.readiness, idempotency=IdempotencyStore(rt.repo))

@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic_core import PydanticCustomError
+
+#: the largest amount one checkout, capture or refund may carry: ₹10 crore in paise. Larger amounts
+#: are refused with AMOUNT_LIMIT_EXCEEDED (422); every money column is 64-bit regardless.
+MAX_AMOUNT = 10_000_000_000
 
 #: ISO 4217 codes accepted for orders. Plural settles in INR; international cards may be
 #: charged in these currencies where the merchant has them enabled.
@@ -27,12 +32,22 @@ def _supported(value: str) -> str:
 Currency = Annotated[str, BeforeValidator(_upper), Field(pattern=r"^[A-Z]{3}$"), AfterValidator(_supported)]
 
 
+def _within_limit(value: int) -> int:
+    if value > MAX_AMOUNT:
+        raise PydanticCustomError("amount_limit", "amount exceeds the maximum of {maximum} minor units",
+                                  {"maximum": MAX_AMOUNT})
+    return value
+
+
+Amount = Annotated[StrictInt, Field(gt=0), AfterValidator(_within_limit)]
+
+
 class Money(BaseModel):
     """An amount in minor units. ``value`` must be a true integer (no floats, no strings)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    value: StrictInt = Field(gt=0)
+    value: Amount
     currency: Currency = "INR"
 
     def __str__(self) -> str:

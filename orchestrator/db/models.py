@@ -190,3 +190,17 @@ class Refund(SQLModel, table=True):
     error_message: Optional[str] = None
     created_at: dt.datetime = Field(default_factory=utcnow)
     updated_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A merchant POST's ``Idempotency-Key``: the first answer, replayed for the same key and body."""
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (Index("ix_idempotency_key_created", "created_at"),)
+
+    key: str = Field(primary_key=True, max_length=255)
+    scope: str = Field(primary_key=True, max_length=200)  # method and path
+    request_hash: str = Field(max_length=64)
+    status_code: Optional[int] = None  # None while the first request is still being answered
+    response_body: Optional[str] = None
+    created_at: dt.datetime = Field(default_factory=utcnow)

@@ -258,3 +258,65 @@ class Repo:
                 s.execute(update(Refund).where(col(Refund.id).in_(ids)).values(next_due_at=lease_until))
             s.commit()
             return ids
+
+
+class IdempotencyStore:
+    """Stripe's semantics for ``Idempotency-Key``: the same key and body get the first answer; the
+    same key with another body is a conflict; a key whose first request is still being answered
+    is a conflict too. Keys are kept ``keep`` (at least 24 h) and pruned by the sweep."""
+
+    def __init__(self, repo: Repo, keep: dt.timedelta = dt.timedelta(hours=48)):
+        self.repo, self.keep = repo, keep
+
+    def begin(self, key: str, scope: str, request_hash: str) -> tuple[str, Any]:
+        """('new', None) to go ahead; ('replay', row), ('mismatch', row) or ('in_progress', row)."""
+        from orchestrator.db.models import IdempotencyKey
+
+        now = self.repo.clock()
+        with self.repo.session() as s:
+            row = s.get(IdempotencyKey, (key, scope))
+            if row is not None and row.created_at.replace(tzinfo=dt.timezone.utc) < now - self.keep:
+                s.delete(row)
+                s.flush()
+                row = None
+            if row is None:
+                s.add(IdempotencyKey(key=key, scope=scope, request_hash=request_hash, created_at=now))
+                try:
+                    s.commit()
+                except IntegrityError:
+                    s.rollback()
+                    row = s.get(IdempotencyKey, (key, scope))
+                    return ("in_progress", row) if row is not None else ("new", None)
+                return "new", None
+            s.commit()
+        if row.request_hash != request_hash:
+            return "mismatch", row
+        return ("replay", row) if row.status_code is not None else ("in_progress", row)
+
+    def finish(self, key: str, scope: str, status_code: int, body: str) -> None:
+        from orchestrator.db.models import IdempotencyKey
+
+        with self.repo.session() as s:
+            s.execute(update(IdempotencyKey).where(col(IdempotencyKey.key) == key, col(IdempotencyKey.scope) == scope)
+                      .values(status_code=status_code, response_body=body))
+            s.commit()
+
+    def forget(self, key: str, scope: str) -> None:
+        """The first request failed without an answer worth keeping (a 5xx): the key may be retried."""
+        from orchestrator.db.models import IdempotencyKey
+
+        with self.repo.session() as s:
+            row = s.get(IdempotencyKey, (key, scope))
+            if row is not None and row.status_code is None:
+                s.delete(row)
+            s.commit()
+
+    def prune(self) -> int:
+        from sqlalchemy import delete
+
+        from orchestrator.db.models import IdempotencyKey
+
+        with self.repo.session() as s:
+            result = s.execute(delete(IdempotencyKey).where(col(IdempotencyKey.created_at) < self.repo.clock() - self.keep))
+            s.commit()
+            return int(result.rowcount or 0)
