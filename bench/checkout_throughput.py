@@ -22,6 +22,8 @@ from pathlib import Path
 
 import requests
 
+from config.settings import SANDBOX_ADMIN_KEY
+
 
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -51,7 +53,7 @@ def main() -> None:
     stack.start()
     try:
         if args.latency_ms:
-            requests.put(f"{stack.sandbox_url}/sandbox/faults", json={"rules": [
+            requests.put(f"{stack.sandbox_url}/sandbox/faults", headers={"X-Sandbox-Key": SANDBOX_ADMIN_KEY}, json={"rules": [
                 {"kind": "latency", "path": "^/api/", "seconds": args.latency_ms / 1000}]}, timeout=5)
         api = OrchestratorClient(stack.api_url, Settings().orchestrator_api_key.get_secret_value(), timeout=30)
         worker = stack.processes["worker"].pid

@@ -24,6 +24,8 @@ SANDBOX_WEBHOOK_SECRET = "sandbox-webhook-secret"
 # hex, as Plural hands the return-URL key over; the string is only valid in sandbox
 SANDBOX_CALLBACK_SECRET = "73616e64626f782d63616c6c6261636b2d736563726574"
 SANDBOX_API_KEY = "sandbox-api-key"
+#: the sandbox's admin endpoints (config, faults, reset, clock) want this in ``X-Sandbox-Key``
+SANDBOX_ADMIN_KEY = "sandbox-admin-key"
 # a Fernet key (urlsafe base64 of 32 bytes) that is only good for the sandbox
 SANDBOX_CARD_KEY = "c2FuZGJveC1jYXJkLWtleS1ub3QtZm9yLXByb2QhISE="
 
@@ -49,6 +51,11 @@ DEFAULT_API_BASES = {
 }
 
 
+#: the hosts of Plural's own API: outside the sandbox no other host is accepted unless listed in
+#: PLURAL_ALLOWED_API_BASES (a proxy of the merchant's own, say)
+PLURAL_HOSTS = frozenset({"pluraluat.v2.pinepg.in", "api.pluralpay.in"})
+
+
 class ConfigurationError(RuntimeError):
     """Settings that cannot be used; the message says which variable and why."""
 
@@ -64,6 +71,8 @@ class Settings(BaseSettings):
     plural_client_secret: SecretStr = SecretStr(SANDBOX_CLIENT_SECRET)
     plural_webhook_secret: SecretStr = SecretStr(SANDBOX_WEBHOOK_SECRET)
     plural_callback_secret: SecretStr = SecretStr(SANDBOX_CALLBACK_SECRET)
+    plural_allowed_api_bases: str = Field(default="", description="comma-separated extra API bases allowed "
+                                                                  "outside the sandbox (https only)")
 
     # --- HTTP client --------------------------------------------------------------------
     http_connect_timeout: float = Field(default=5.0, gt=0)
@@ -113,6 +122,7 @@ class Settings(BaseSettings):
     sandbox_otp_resend_limit: int = Field(default=3, ge=0)
     sandbox_otp_max_attempts: int = Field(default=3, ge=1)
     sandbox_public_url: str | None = None
+    sandbox_admin_key: SecretStr = SecretStr(SANDBOX_ADMIN_KEY)
     sandbox_strict: bool = Field(default=True, description="refuse what Plural refuses (cancel only AUTHORIZED, ...)")
     sandbox_payment_expiry_seconds: float = Field(default=900.0, ge=0,
                                                   description="an unpaid payment expires after this; 0: never")
@@ -147,7 +157,25 @@ class Settings(BaseSettings):
                 f"PLURAL_ENV={self.plural_env.value} refuses the sandbox placeholder values of "
                 f"{', '.join(offending)}: set real values in the environment"
             )
+        self._only_plurals_hosts()
         return self
+
+    def _only_plurals_hosts(self) -> None:
+        """Card data goes only to Plural: outside the sandbox, an API base or token URL on any other
+        host (the sandbox's above all) is refused unless explicitly allowed."""
+        from urllib.parse import urlsplit
+
+        allowed = {b.strip().rstrip("/") for b in self.plural_allowed_api_bases.split(",") if b.strip()}
+        for name, url in (("PLURAL_API_BASE", self.api_base), ("PLURAL_TOKEN_URL", self.token_url)):
+            parts = urlsplit(url)
+            if url.rstrip("/") in allowed or any(url.startswith(a + "/") for a in allowed):
+                if parts.scheme != "https":
+                    raise ValueError(f"{name}={url} must be https outside the sandbox")
+                continue
+            if parts.scheme != "https" or parts.hostname not in PLURAL_HOSTS:
+                raise ValueError(f"PLURAL_ENV={self.plural_env.value} refuses {name}={url}: not one of Plural's hosts "
+                                 f"({', '.join(sorted(PLURAL_HOSTS))}); list it in PLURAL_ALLOWED_API_BASES if "
+                                 "it really is the way to Plural")
 
     @field_validator("poll_schedule")
     @classmethod

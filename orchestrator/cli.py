@@ -20,6 +20,10 @@ def _sandbox(args: argparse.Namespace) -> int:
     from orchestrator.sandbox.faults import simple_faults
 
     settings = load_settings()
+    if settings.plural_env.value != "sandbox":
+        print(f"orchestrator sandbox: refused with PLURAL_ENV={settings.plural_env.value}; the sandbox gateway "
+              "runs only with PLURAL_ENV=sandbox", file=sys.stderr)
+        return 2
     faults = simple_faults(
         latency_ms=args.latency_ms, error_rate=args.error_rate, timeout_rate=args.timeout_rate,
         webhook_drop=args.webhook_drop, webhook_duplicate=args.webhook_duplicate,
@@ -58,12 +62,25 @@ def _beat(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _migrate(_args: argparse.Namespace) -> int:
+def _migrate(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError
+
     from orchestrator.db.migrate import upgrade
 
     settings = load_settings()
-    upgrade(settings.sqlalchemy_url)
-    print(f"database at head: {settings.sqlalchemy_url}")
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            upgrade(settings.sqlalchemy_url)
+            break
+        except OperationalError as exc:  # the database is not answering yet (a container starting)
+            if time.monotonic() >= deadline:
+                print(f"orchestrator migrate: the database did not answer in {args.wait:g} s: "
+                      f"{type(exc.orig).__name__}", file=sys.stderr)
+                return 1
+            print("orchestrator migrate: waiting for the database…", file=sys.stderr)
+            time.sleep(2)
+    print("database at head")
     return 0
 
 
@@ -140,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=_worker)
 
     sub.add_parser("beat", help="run Celery beat (the due-time sweep); run exactly one").set_defaults(func=_beat)
-    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+    mig = sub.add_parser("migrate", help="apply database migrations")
+    mig.add_argument("--wait", type=float, default=60.0, help="seconds to keep retrying until the database answers")
+    mig.set_defaults(func=_migrate)
 
     up = sub.add_parser("up", help="start everything on the embedded defaults")
     up.add_argument("--host", default="127.0.0.1")

@@ -20,6 +20,19 @@ for _name in list(os.environ):
         os.environ.pop(_name)
 
 from config import Settings  # noqa: E402
+from config.settings import SANDBOX_ADMIN_KEY  # noqa: E402
+
+_plain_request = requests.Session.request
+
+
+def _as_sandbox_admin(self: requests.Session, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:
+    """The tests are the sandbox's admin: its controls (faults, config, clock) get the admin key."""
+    if "/sandbox/" in str(url):
+        kwargs["headers"] = {"X-Sandbox-Key": SANDBOX_ADMIN_KEY, **(kwargs.get("headers") or {})}
+    return _plain_request(self, method, url, *args, **kwargs)
+
+
+requests.Session.request = _as_sandbox_admin  # type: ignore[method-assign]
 from orchestrator.logs import configure_logging  # noqa: E402
 
 configure_logging("WARNING", "console")

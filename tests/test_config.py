@@ -48,3 +48,44 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("CUSTOMER_ACTION_TIMEOUT", "42")
     s = Settings()
     assert s.http_read_timeout == 7.5 and s.customer_action_timeout == 42
+
+
+REAL = dict(plural_client_id="cid", plural_client_secret=SecretStr("x" * 20), plural_webhook_secret=SecretStr("w" * 20),
+            plural_callback_secret=SecretStr("ab12"), orchestrator_api_key=SecretStr("k" * 20),
+            card_encryption_key=SecretStr("MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="))
+
+
+@pytest.mark.parametrize("base", ["http://sandbox:8700", "http://127.0.0.1:8700", "https://evil.example",
+                                  "http://api.pluralpay.in"])
+def test_production_refuses_an_api_base_that_is_not_plurals(base):
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(plural_env="production", plural_api_base=base, **REAL)
+    assert "PLURAL_API_BASE" in str(err.value)
+
+
+def test_production_refuses_a_token_url_that_is_not_plurals():
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(plural_env="production", plural_token_url="http://sandbox:8700/api/auth/v1/token", **REAL)
+    assert "PLURAL_TOKEN_URL" in str(err.value)
+
+
+def test_an_explicitly_allowed_https_base_is_accepted():
+    s = load_settings(plural_env="production", plural_api_base="https://plural-proxy.shop.example",
+                      plural_allowed_api_bases="https://plural-proxy.shop.example", **REAL)
+    assert s.api_base == "https://plural-proxy.shop.example"
+
+
+def test_production_defaults_to_plurals_own_host():
+    assert load_settings(plural_env="production", **REAL).api_base == "https://api.pluralpay.in"
+
+
+def test_the_sandbox_command_refuses_to_start_outside_the_sandbox(monkeypatch, capsys):
+    from orchestrator.cli import main
+
+    for name, value in {"PLURAL_ENV": "production", "PLURAL_CLIENT_ID": "cid", "PLURAL_CLIENT_SECRET": "x" * 20,
+                        "PLURAL_WEBHOOK_SECRET": "w" * 20, "PLURAL_CALLBACK_SECRET": "ab12",
+                        "ORCHESTRATOR_API_KEY": "k" * 20,
+                        "CARD_ENCRYPTION_KEY": "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["sandbox", "--port", "0"]) == 2
+    assert "PLURAL_ENV=sandbox" in capsys.readouterr().err

@@ -6,7 +6,8 @@
     ├── TransportError              no HTTP answer was read
     │   ├── ConnectionFailed        never reached Plural (refused, DNS, connect timeout): safe to retry
     │   └── OutcomeUnknown          sent, no answer (read timeout, reset): Plural may have acted;
-    │                               resolve by asking Plural (Get Order / order by reference)
+    │                               resolve by asking Plural (Get Order / order by reference).
+    │                               Also: a retry refused with a 4xx after such an attempt
     ├── APIError                    Plural answered with an error body
     │   ├── InvalidRequest          400, 405  (INVALID_REQUEST, ...)
     │   ├── AuthenticationFailed    401, 403  (UNAUTHORIZED)

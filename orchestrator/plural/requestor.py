@@ -93,6 +93,7 @@ class Requestor:
         encoded = json.dumps(payload).encode() if payload is not None else None
         attempt = 0
         refreshed_after_401 = False
+        earlier_unknown = False  # an earlier attempt of this request may have been acted on
         while True:
             attempt += 1
             token = self.tokens.get() if auth else None
@@ -111,6 +112,7 @@ class Requestor:
             except errors.TransportError as exc:
                 exc.request_id = request_id
                 sent = isinstance(exc, errors.OutcomeUnknown)
+                earlier_unknown = earlier_unknown or sent
                 log.warning("plural.request.no_answer", method=method, url=url, attempt=attempt,
                             request_id=request_id, error=str(exc), may_have_reached_plural=sent)
                 if retry.should_retry(attempt=attempt, max_attempts=self._max_attempts,
@@ -131,6 +133,14 @@ class Requestor:
                 attempt -= 1
                 continue
             error = self._error(response, request_id, otp_call)
+            if earlier_unknown and 400 <= response.status < 500 and response.status not in (401, 429):
+                # a refusal of our own repeat ("in progress", "already captured") says nothing final
+                # about the first attempt, which may have been acted on: the caller must look it up
+                raise errors.OutcomeUnknown(
+                    f"a retry was refused ({response.status} {error.code}) after an attempt whose outcome is unknown",
+                    request_id=request_id) from error
+            if response.status >= 500:
+                earlier_unknown = earlier_unknown or method != "GET"
             if retry.should_retry(attempt=attempt, max_attempts=self._max_attempts, replay_safe=replay_safe,
                                   status=response.status):
                 log.warning("plural.request.retry", method=method, url=url, status=response.status,

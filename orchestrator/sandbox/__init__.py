@@ -27,4 +27,4 @@ def app_from_settings(settings: Any, *, port: int, host: str = "127.0.0.1", faul
         payment_expiry_seconds=settings.sandbox_payment_expiry_seconds,
     )
     return create_app(config, faults=faults, webhook_url=webhook_url or settings.sandbox_webhook_url,
-                      webhook_key=settings.webhook_key())
+                      webhook_key=settings.webhook_key(), admin_key=settings.sandbox_admin_key.get_secret_value())

@@ -7,6 +7,7 @@ import contextlib
 import html
 import json
 import re
+import secrets
 from dataclasses import asdict
 from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs
@@ -22,6 +23,7 @@ from orchestrator.sandbox.webhooks import WebhookSender
 log = get_logger(__name__)
 
 PLURAL_PREFIXES = ("/api/",)
+ADMIN_PREFIXES = ("/sandbox/config", "/sandbox/faults", "/sandbox/reset", "/sandbox/clock", "/sandbox/tokens")
 
 
 def _error(exc: GatewayError) -> JSONResponse:
@@ -78,8 +80,8 @@ async def _idempotency_key(request: Request) -> tuple[str, ...] | None:
 
 
 def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = None, webhook_url: str | None = None,
-               webhook_key: bytes = b"sandbox-webhook-secret", webhook_retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0)
-               ) -> FastAPI:
+               webhook_key: bytes = b"sandbox-webhook-secret", webhook_retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0),
+               admin_key: str = "sandbox-admin-key") -> FastAPI:
     config = config or SandboxConfig()
     faults = faults or Faults()
     sender = WebhookSender(webhook_url, webhook_key, faults, retry_delays=webhook_retry_delays)
@@ -96,6 +98,15 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
     @app.exception_handler(GatewayError)
     async def gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
         return _error(exc)
+
+    @app.middleware("http")
+    async def admin_only(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """The sandbox's controls (config, faults, reset, clock, tokens) need ``X-Sandbox-Key``."""
+        if request.url.path.startswith(ADMIN_PREFIXES):
+            given = request.headers.get("x-sandbox-key") or ""
+            if not secrets.compare_digest(given.encode(), admin_key.encode()):
+                return _error(GatewayError(401, "UNAUTHORIZED", "the sandbox's controls need X-Sandbox-Key"))
+        return await call_next(request)
 
     @app.middleware("http")
     async def inject_faults(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -122,3 +122,16 @@ def test_path_segments_are_url_quoted():
     t = ScriptedTransport(ok(ORDER))
     client_with(t).get_order_by_reference("a/b c")
     assert t.api_requests[0].url.endswith("/api/pay/v1/orders/reference/a%2Fb%20c")
+
+
+def test_a_retry_refused_after_an_unanswered_attempt_is_an_unknown_outcome_not_a_refusal():
+    t = ScriptedTransport(errors.OutcomeUnknown("read timeout"), err(409, "DUPLICATE_REQUEST", "in progress"))
+    with pytest.raises(errors.OutcomeUnknown):
+        client_with(t).create_order(order_request())
+    assert len(t.api_requests) == 2
+
+
+def test_a_first_refusal_is_still_a_refusal():
+    t = ScriptedTransport(err(409, "DUPLICATE_REQUEST", "in progress"))
+    with pytest.raises(errors.Conflict):
+        client_with(t).create_order(order_request())

@@ -378,3 +378,16 @@ def test_offer_discovery_through_the_client(client, sandbox):
     found = client.discover_offers(OfferDiscoveryRequest(order_amount=Amount(value=1200000)))
     assert [i.name for i in found.issuers] == ["INDUSIND CC"]
     assert found.issuers[0].tenures[0].monthly_emi_amount.value == 410713
+
+
+@pytest.mark.parametrize("method,path", [("PUT", "/sandbox/faults"), ("DELETE", "/sandbox/faults"),
+                                         ("GET", "/sandbox/config"), ("PUT", "/sandbox/config"),
+                                         ("POST", "/sandbox/reset"), ("POST", "/sandbox/clock"),
+                                         ("POST", "/sandbox/tokens/expire")])
+def test_the_sandbox_controls_need_the_admin_key(sandbox, method, path):
+    import requests as plain
+
+    from tests.conftest import _plain_request
+
+    answer = _plain_request(plain.Session(), method, sandbox.url + path, json={}, timeout=5)
+    assert answer.status_code == 401 and answer.json()["code"] == "UNAUTHORIZED"

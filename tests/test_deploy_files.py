@@ -1,0 +1,41 @@
+"""The deployment files keep the sandbox out of production (issue 8, finding 8)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _service(text: str, name: str) -> str:
+    match = re.search(rf"^  {name}:\n((?:    .*\n|\n)*)", text, re.MULTILINE)
+    assert match, name
+    return match.group(1)
+
+
+def test_the_sandbox_starts_only_in_the_dev_profile_and_only_on_loopback():
+    compose = (ROOT / "docker-compose.yml").read_text()
+    sandbox = _service(compose, "sandbox")
+    assert 'profiles: ["dev"]' in sandbox
+    assert '"127.0.0.1:8700:8700"' in sandbox
+
+
+def test_production_has_no_default_secret_and_no_default_api_base():
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert "sandbox:8700" not in compose and "sandbox-" not in compose
+    for name in ("PLURAL_CLIENT_SECRET", "PLURAL_WEBHOOK_SECRET", "ORCHESTRATOR_API_KEY", "CARD_ENCRYPTION_KEY"):
+        assert re.search(rf"{name}: \$\{{{name}:\?", compose), name
+
+
+def test_migrations_finish_before_the_api_workers_and_beat_start():
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert "migrate: {condition: service_completed_successfully}" in compose
+    assert "--wait" in _service(compose, "migrate")
+
+
+def test_the_image_runs_as_a_user_that_is_not_root_and_ships_no_secrets():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^USER (?!root)\w+", dockerfile, re.MULTILINE)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".env" in ignored and "*.env" in ignored and ".git" in ignored
