@@ -92,6 +92,7 @@ def _up(args: argparse.Namespace) -> int:
                   redis_port=args.redis_port, host=args.host, redis_url=settings.redis_url,
                   with_sandbox=settings.plural_env.value == "sandbox")
     stop = {"now": False}
+    failed = False
 
     def _stop(_signum: int, _frame: object) -> None:
         stop["now"] = True
@@ -108,18 +109,20 @@ def _up(args: argparse.Namespace) -> int:
         lines += [f"api      {stack.api_url}  (OpenAPI at {stack.api_url}/docs)", "worker   celery, thread pool",
                   "beat     due-time sweep every " + f"{settings.sweep_interval:g}s", "Ctrl-C stops everything."]
         print("\n".join(lines), flush=True)
+        restarts: dict[str, list[float]] = {}
         while not stop["now"]:
-            for name, proc in stack.processes.items():
-                if proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr, flush=True)
-                    stop["now"] = True
+            why = stack.supervise(restarts)
+            if why is not None:
+                print(f"{why}; stopping everything", file=sys.stderr, flush=True)
+                failed = True
+                break
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
         print("stopping...", flush=True)
         stack.stop()
-    return 0
+    return 1 if failed else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -64,6 +64,9 @@ class EmbeddedRedis:
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not answer in time")
 
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()

@@ -139,6 +139,32 @@ class Stack:
         if name in ("api", "sandbox"):
             self.wait_ready()
 
+    def restart_redis(self, down_seconds: float = 0.0) -> None:
+        """Stop the embedded Redis and start it again on the same port and data (AOF)."""
+        assert self.redis is not None, "only the embedded Redis can be restarted"
+        self.redis.stop()
+        time.sleep(down_seconds)
+        self.redis.start()
+
+    #: processes a supervisor restarts when they exit (they hold no state of their own)
+    RESTARTABLE = ("worker", "beat")
+
+    def supervise(self, restarts: dict[str, list[float]], budget: int = 5, window: float = 60.0) -> str | None:
+        """One look at the children: restart a worker or beat that exited (at most ``budget`` times
+        in ``window`` seconds). Returns why the stack must stop, or None while all is well."""
+        if self.redis is not None and not self.redis.alive():
+            return "the embedded Redis exited"
+        for name, proc in list(self.processes.items()):
+            if proc.poll() is None:
+                continue
+            recent = [t for t in restarts.get(name, []) if t > time.monotonic() - window]
+            if name not in self.RESTARTABLE or len(recent) >= budget:
+                return f"{name} exited with {proc.returncode}"
+            restarts[name] = recent + [time.monotonic()]
+            print(f"{name} exited with {proc.returncode}; restarting it", file=sys.stderr, flush=True)
+            self.spawn(name)
+        return None
+
     def stop(self) -> None:
         for name in reversed(list(self.processes)):
             proc = self.processes[name]
