@@ -171,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--redis-port", type=int, default=6390, help="port of the embedded Redis")
     up.set_defaults(func=_up)
 
+    chaos = sub.add_parser("chaos", help="real processes under faults, then the invariants")
+    chaos.add_argument("--checkouts", type=int, default=200)
+    chaos.add_argument("--seed", type=int, default=1)
+    chaos.add_argument("--period", type=float, default=3.0, help="seconds between faults, on average")
+    chaos.set_defaults(func=lambda a: __import__("orchestrator.chaos", fromlist=["main"]).main(
+        a.checkouts, a.seed, a.period))
+
     demo = sub.add_parser("demo", help="drive checkouts of every kind through a running stack")
     demo.add_argument("--checkouts", type=int, default=20)
     demo.add_argument("--api-url", default="http://127.0.0.1:8000")

@@ -12,6 +12,7 @@ It needs only ``requests`` and imports none of the worker code::
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any, Iterable
 
 import requests
@@ -29,9 +30,11 @@ class OrchestratorError(Exception):
 
 
 class OrchestratorClient:
-    def __init__(self, base_url: str, api_key: str, timeout: float = 10.0, session: requests.Session | None = None):
+    def __init__(self, base_url: str, api_key: str, timeout: float = 10.0, session: requests.Session | None = None,
+                 retries: int = 4, backoff: float = 0.25):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.retries, self.backoff = retries, backoff
         if session is None:
             session = requests.Session()
             adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
@@ -41,11 +44,30 @@ class OrchestratorClient:
         self.session.headers["X-API-Key"] = api_key
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        answer = self.session.request(method, self.base_url + path, json=body, timeout=self.timeout)
-        data = answer.json() if answer.content else {}
-        if answer.status_code >= 400:
-            raise OrchestratorError(answer.status_code, data)
-        return data
+        """One logical call. Every POST carries an ``Idempotency-Key`` kept across its retries, so a
+        retry after a lost answer gets the first answer, never a second checkout or refund; a
+        reset connection or a 503 is retried with backoff."""
+        headers = {"Idempotency-Key": uuid.uuid4().hex} if method == "POST" else {}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                answer = self.session.request(method, self.base_url + path, json=body, timeout=self.timeout,
+                                              headers=headers)
+            except (requests.ConnectionError, requests.Timeout):
+                if attempt > self.retries:
+                    raise
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+                continue
+            retryable = answer.status_code == 503 or (answer.status_code == 409 and answer.content
+                                                      and answer.json().get("code") == "IDEMPOTENCY_IN_PROGRESS")
+            if retryable and attempt <= self.retries:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+                continue
+            data = answer.json() if answer.content else {}
+            if answer.status_code >= 400:
+                raise OrchestratorError(answer.status_code, data)
+            return data
 
     def create_checkout(self, *, amount: int, card: dict[str, str], currency: str = "INR", pre_auth: bool = False,
                         merchant_order_reference: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -66,6 +88,19 @@ class OrchestratorClient:
 
     def cancel(self, checkout_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/checkouts/{checkout_id}/cancel")
+
+    def deliver(self, checkout_id: str, capture_amount: int | None = None, currency: str = "INR") -> dict[str, Any]:
+        body = {"capture_amount": {"value": capture_amount, "currency": currency}} if capture_amount else {}
+        return self._call("POST", f"/v1/checkouts/{checkout_id}/delivery", body)
+
+    def refund(self, checkout_id: str, amount: int | None = None, currency: str = "INR",
+               merchant_refund_reference: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if amount is not None:
+            body["amount"] = {"value": amount, "currency": currency}
+        if merchant_refund_reference:
+            body["merchant_refund_reference"] = merchant_refund_reference
+        return self._call("POST", f"/v1/checkouts/{checkout_id}/refunds", body)
 
     def wait(self, checkout_id: str, until: Iterable[str] = FINAL_STATUSES, timeout: float = 60.0,
              interval: float = 0.1) -> dict[str, Any]:

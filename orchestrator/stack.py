@@ -33,6 +33,7 @@ class Stack:
     log_dir: Path | None = None  # None: children write to this process's stdout/stderr
     components: tuple[str, ...] = ("sandbox", "api", "worker", "beat")
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, tuple[str, dict[str, str] | None]] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
     _logs: list[IO[bytes]] = field(default_factory=list)
 
@@ -100,9 +101,12 @@ class Stack:
             handle = open(Path(self.log_dir) / f"{name}.log", "ab")
             self._logs.append(handle)
             out = handle
+        if command is None and name in self.commands:
+            command, env = self.commands[name]
         proc = subprocess.Popen(self.command(command or name), env={**self.child_env(), **(env or {})}, stdout=out,
                                 stderr=subprocess.STDOUT if out else None, start_new_session=True)
         self.processes[name] = proc
+        self.commands[name] = (command or name, env)
         return proc
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -158,7 +162,7 @@ class Stack:
             if proc.poll() is None:
                 continue
             recent = [t for t in restarts.get(name, []) if t > time.monotonic() - window]
-            if name not in self.RESTARTABLE or len(recent) >= budget:
+            if self.commands.get(name, (name, None))[0] not in self.RESTARTABLE or len(recent) >= budget:
                 return f"{name} exited with {proc.returncode}"
             restarts[name] = recent + [time.monotonic()]
             print(f"{name} exited with {proc.returncode}; restarting it", file=sys.stderr, flush=True)

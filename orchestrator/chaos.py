@@ -1,0 +1,265 @@
+"""``orchestrator chaos``: the real processes under faults, then the invariants.
+
+It starts the whole system as processes (embedded Redis with AOF, two workers, beat, the API and
+the strict sandbox), drives mixed checkouts through the merchant API as shops and customers would
+(native OTP, bank page approved and declined, declined cards, pre-auth delivered in full or in
+part, cancels, refunds), and meanwhile SIGKILLs workers, restarts beat and Redis, turns sandbox
+faults on (5xx, 429, answers that come too late) and drops, duplicates and reorders webhooks.
+Then it lets the system settle with the faults off and checks:
+
+- final or waiting: every checkout is final, or rests where it legitimately may (an undelivered
+  hold); anything else is ``stuck``;
+- it agrees with Get Order at Plural (the sandbox), else a ``mismatch``;
+- the sandbox's ledger shows no order, payment, authorization, capture or refund made twice
+  (``double``), captured ≤ authorized, refunded ≤ captured.
+
+It prints ``checkouts, faults, final, stuck, mismatches, double`` and exits non-zero unless the
+last three are 0.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import random
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+from orchestrator.demo import ACS_CARD, CARD, DECLINE_CARD, OTP_CARD, approve_on_bank_page
+from orchestrator.merchant_client import OrchestratorClient, OrchestratorError
+from orchestrator.redis_server import free_port
+from orchestrator.stack import Stack
+
+#: timings short enough for a run of minutes, the same shape as production's
+CHAOS_ENV = {
+    "SWEEP_INTERVAL": "0.5", "POLL_SCHEDULE": "0.5,1,2", "STEP_LEASE_SECONDS": "4", "CUSTOMER_ACTION_TIMEOUT": "90",
+    "SANDBOX_OTP_RESEND_AFTER": "2", "BROKER_VISIBILITY_TIMEOUT": "10", "RETRY_BACKOFF_BASE": "0.5",
+    "RETRY_BACKOFF_CAP": "2", "WORKER_CONCURRENCY": "16", "LOG_FORMAT": "json", "HTTP_CONNECT_TIMEOUT": "1",
+    "HTTP_READ_TIMEOUT": "2", "HTTP_MAX_ATTEMPTS": "2", "HTTP_BACKOFF_CAP": "0.2", "STEP_MAX_ATTEMPTS": "30",
+    "SANDBOX_PAYMENT_EXPIRY_SECONDS": "60",
+}
+FINAL = {"COMPLETED", "CANCELLED", "FAILED", "EXPIRED"}
+KINDS = ("otp", "otp_wrong_first", "pre_auth_full", "pre_auth_partial", "acs_approve", "acs_decline", "decline",
+         "cancel", "refund")
+
+
+@dataclass
+class Report:
+    checkouts: int = 0
+    faults: int = 0
+    final: int = 0
+    stuck: int = 0
+    mismatches: int = 0
+    double: int = 0
+    details: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"checkouts={self.checkouts} faults={self.faults} final={self.final} stuck={self.stuck} "
+                f"mismatches={self.mismatches} double={self.double}")
+
+    @property
+    def ok(self) -> bool:
+        return self.stuck == 0 and self.mismatches == 0 and self.double == 0
+
+
+def _shop(api: OrchestratorClient, kind: str, rng: random.Random) -> str:
+    """One shop and its customer, doing what ``kind`` says; returns the checkout id."""
+    number = {"acs_approve": ACS_CARD, "acs_decline": ACS_CARD, "decline": DECLINE_CARD}.get(kind, OTP_CARD)
+    pre_auth = kind.startswith("pre_auth")
+    c = api.create_checkout(amount=rng.randint(1000, 500000), card={**CARD, "number": number}, pre_auth=pre_auth)
+    waiting = {"AWAITING_OTP", "AWAITING_REDIRECT"} | FINAL
+    try:
+        c = api.wait(c["id"], waiting, timeout=120, interval=0.3)
+        if kind == "cancel":
+            api.cancel(c["id"])
+            return c["id"]
+        if c["status"] == "AWAITING_REDIRECT":
+            approve_on_bank_page(c["next_action"]["url"], kind != "acs_decline")
+            return c["id"]
+        if c["status"] != "AWAITING_OTP":
+            return c["id"]
+        if kind == "otp_wrong_first":
+            api.submit_otp(c["id"], "000000")
+            api.wait(c["id"], {"AWAITING_OTP"} | FINAL, timeout=120, interval=0.3)
+        api.submit_otp(c["id"], "123456")
+        c = api.wait(c["id"], {"AUTHORIZED"} | FINAL, timeout=120, interval=0.3)
+        if pre_auth and c["status"] == "AUTHORIZED":
+            part = c["authorized_amount"]["value"] // 2 if kind == "pre_auth_partial" else None
+            api.deliver(c["id"], part)
+        if kind == "refund" and c["status"] == "COMPLETED":
+            api.refund(c["id"], max(1, c["captured_amount"]["value"] // 3))
+    except (OrchestratorError, TimeoutError, requests.RequestException):
+        pass  # the checkout is judged at the end, whatever the shop saw on the way
+    return c["id"]
+
+
+class Chaos:
+    def __init__(self, stack: Stack, rng: random.Random, period: float):
+        self.stack, self.rng, self.period = stack, rng, period
+        self.count = 0
+        self.stop = threading.Event()
+        self.restarts: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+
+    def supervise(self) -> None:
+        with self.lock:
+            why = self.stack.supervise(self.restarts, budget=100)
+            if why:
+                raise RuntimeError(why)
+
+    def one(self) -> None:
+        stack, rng = self.stack, self.rng
+        what = rng.choice(["kill_worker", "kill_worker", "restart_beat", "restart_redis", "faults", "faults",
+                           "webhooks"])
+        with self.lock:
+            if what == "kill_worker":
+                stack.kill(rng.choice(["worker", "worker2"]), signal.SIGKILL)
+            elif what == "restart_beat":
+                stack.restart("beat")
+            elif what == "restart_redis":
+                stack.restart_redis(down_seconds=rng.uniform(0.2, 1.5))
+            elif what == "faults":
+                rules = [{"kind": "error", "path": "^/api/pay", "statuses": [500, 503, 429], "probability": 0.1},
+                         {"kind": "hang_after", "path": "^/api/pay", "seconds": 3.0, "probability": 0.03}]
+                requests.put(f"{stack.sandbox_url}/sandbox/faults", json={"rules": rules},
+                             headers=_admin(), timeout=5)
+            else:
+                requests.put(f"{stack.sandbox_url}/sandbox/faults", headers=_admin(), timeout=5, json={
+                    "rules": [], "webhooks": {"drop": 0.3, "duplicate": 0.3, "reorder": 0.3, "reorder_delay": 1.0}})
+        self.count += 1
+
+    def run(self) -> None:
+        while not self.stop.wait(self.period * self.rng.uniform(0.5, 1.5)):
+            try:
+                self.one()
+                self.supervise()
+            except Exception as exc:  # a chaos step that failed is reported, and chaos goes on
+                print(f"chaos step failed: {type(exc).__name__}: {exc}", flush=True)
+
+
+def _admin() -> dict[str, str]:
+    from config import load_settings
+
+    return {"X-Sandbox-Key": load_settings().sandbox_admin_key.get_secret_value()}
+
+
+def _ledger_doubles(entries: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    by_order: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for e in entries:
+        by_order[e["order_id"]].append(e)
+    for order_id, rows in by_order.items():
+        kinds = collections.Counter(e["kind"] for e in rows)
+        problems += [f"{order_id} {k} x{kinds[k]}" for k in ("ORDER_CREATED", "PAYMENT_CREATED", "AUTHORIZED",
+                                                               "CAPTURED") if kinds[k] > 1]
+        refs = collections.Counter(e.get("merchant_refund_reference") for e in rows if e["kind"] == "REFUND_CREATED")
+        problems += [f"{order_id} refund {r} x{n}" for r, n in refs.items() if n > 1]
+        total = {k: sum(e["amount"]["value"] for e in rows if e["kind"] == k) for k in ("AUTHORIZED", "CAPTURED",
+                                                                                         "REFUNDED")}
+        if total["CAPTURED"] > total["AUTHORIZED"] or total["REFUNDED"] > total["CAPTURED"]:
+            problems.append(f"{order_id} amounts {total}")
+    return problems
+
+
+def _agrees(c: dict[str, Any], order: dict[str, Any]) -> bool:
+    """The checkout's final (or resting) status against the order at Plural."""
+    status, plural = c["status"], order["status"]
+    paid = plural in ("PROCESSED", "PARTIALLY_CAPTURED", "PARTIALLY_REFUNDED", "FULLY_REFUNDED")
+    if status == "COMPLETED":
+        captured = sum(x["capture_amount"]["value"] for p in order.get("payments", [])
+                       for x in p.get("capture_data") or [])
+        return paid and captured == c["captured_amount"]["value"]
+    if status == "AUTHORIZED":
+        return plural == "AUTHORIZED"
+    if status in ("CANCELLED", "EXPIRED"):
+        if c.get("late_undo") == "REFUNDED":
+            return paid
+        return plural in ("CANCELLED", "FAILED", "ATTEMPTED", "CREATED") or (
+            plural == "PENDING" and c["state"] == "WATCHING")
+    if status == "FAILED":
+        return plural in ("FAILED", "ATTEMPTED", "CREATED")
+    return False
+
+
+def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0, settle_seconds: float = 240.0,
+              base: Path | None = None, progress: Callable[[str], None] = print) -> Report:
+    rng = random.Random(seed)
+    base = Path(base or tempfile.mkdtemp(prefix="orchestrator-chaos-"))
+    stack = Stack(data_dir=base / "var", api_port=free_port(), sandbox_port=free_port(), redis_port=free_port(),
+                  log_dir=base / "logs", env=dict(CHAOS_ENV))
+    report = Report(checkouts=checkouts)
+    with stack:
+        stack.spawn("worker2", command="worker")
+        from config import load_settings
+
+        key = load_settings().orchestrator_api_key.get_secret_value()
+        api = OrchestratorClient(stack.api_url, key, timeout=15, retries=8)
+        chaos = Chaos(stack, rng, chaos_period)
+        chaotic = threading.Thread(target=chaos.run, daemon=True)
+        chaotic.start()
+        progress(f"chaos: {checkouts} checkouts, logs in {base / 'logs'}")
+        kinds = [KINDS[i % len(KINDS)] for i in range(checkouts)]
+        rng.shuffle(kinds)
+        with cf.ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(_shop, api, kind, random.Random(rng.random())) for kind in kinds]
+            ids = []
+            for future in cf.as_completed(futures):
+                try:
+                    ids.append(future.result())
+                except Exception as exc:  # the shop could not even create its checkout
+                    report.details.append(f"shop failed: {type(exc).__name__}: {exc}")
+        chaos.stop.set()
+        chaotic.join()
+        report.faults = chaos.count
+        requests.delete(f"{stack.sandbox_url}/sandbox/faults", headers=_admin(), timeout=5)
+        progress(f"chaos: {chaos.count} faults injected; settling")
+        deadline = time.monotonic() + settle_seconds
+        views: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < deadline:
+            chaos.supervise()
+            views = {i: api.get_checkout(i) for i in ids}
+            if all(v["status"] in FINAL | {"AUTHORIZED"} and v["state"] != "WATCHING" and
+                   all(r["status"] in ("PROCESSED", "FAILED") for r in v.get("refunds") or [])
+                   for v in views.values()):
+                break
+            time.sleep(1.0)
+        from orchestrator.plural import PluralClient
+
+        settings = load_settings(plural_api_base=stack.sandbox_url, plural_token_url=None)
+        plural = PluralClient.from_settings(settings)
+        entries = requests.get(f"{stack.sandbox_url}/sandbox/ledger", timeout=10).json()["entries"]
+        orders = {v["plural_order_id"] for v in views.values() if v.get("plural_order_id")}
+        doubles = _ledger_doubles([e for e in entries if e["order_id"] in orders])
+        report.double = len(doubles)
+        report.details += doubles
+        for checkout_id, v in views.items():
+            resting = v["status"] in FINAL or (v["status"] == "AUTHORIZED")
+            if v["status"] in FINAL:
+                report.final += 1
+            if not resting or v["state"] == "WATCHING":
+                report.stuck += 1
+                report.details.append(f"stuck {checkout_id} {v['state']} {v.get('error')} {v.get('attention')}")
+                continue
+            if not v.get("plural_order_id"):
+                continue
+            order = plural.get_order(v["plural_order_id"]).model_dump(mode="json", exclude_none=True)
+            if not _agrees(v, order):
+                report.mismatches += 1
+                report.details.append(f"mismatch {checkout_id} {v['status']} vs Plural {order['status']}")
+    return report
+
+
+def main(checkouts: int, seed: int, period: float) -> int:
+    report = run_chaos(checkouts, seed=seed, chaos_period=period)
+    for line in report.details[:50]:
+        print("  " + line)
+    print(report.line())
+    return 0 if report.ok else 1

@@ -1,0 +1,19 @@
+"""A short chaos run (``orchestrator chaos``) in the suite: real processes, workers killed, beat
+and Redis restarted, sandbox faults and webhook chaos; then the invariants."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.chaos import run_chaos
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.timeout(600)
+def test_a_short_chaos_run_ends_with_nothing_stuck_mismatched_or_doubled(tmp_path):
+    report = run_chaos(45, seed=3, chaos_period=0.8, settle_seconds=180, base=tmp_path, progress=lambda _m: None)
+    print(report.line(), *report.details[:20], sep="\n")
+    assert report.faults >= 5
+    assert (report.stuck, report.mismatches, report.double) == (0, 0, 0)
+    assert report.final + report.stuck <= report.checkouts == 45
