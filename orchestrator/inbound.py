@@ -69,11 +69,3 @@ class Inbound:
 def _page(title: str, text: str) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
             f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>")
-
-
-def inbound_from_runtime(rt: Any) -> Inbound:
-    from orchestrator.webhooks import redis_kick
-    from workers.celery_app import app
-
-    kick = redis_kick(rt.redis, lambda: app.send_task("tasks.process_webhooks"))
-    return Inbound(rt.deps(), rt.settings.webhook_key(), rt.settings.callback_key(), kick)

@@ -63,6 +63,20 @@ class Runtime:
             checks["redis"] = type(exc).__name__
         return checks
 
+    def inbound(self) -> Any:
+        """Plural's webhooks and return URL, wired to this process's collaborators."""
+        from orchestrator.inbound import Inbound
+        from orchestrator.webhooks import redis_kick
+        from workers.celery_app import app
+
+        kick = redis_kick(self.redis, lambda: app.send_task("tasks.process_webhooks"))
+        return Inbound(self.deps(), self.settings.webhook_key(), self.settings.callback_key(), kick)
+
+    def idempotency(self) -> Any:
+        from orchestrator.db.repo import IdempotencyStore
+
+        return IdempotencyStore(self.repo)
+
     def deps(self) -> Deps:
         return Deps(settings=self.settings, repo=self.repo, plural=self.plural, vault=self.vault,
                     enqueue=self.enqueue)

@@ -584,9 +584,7 @@ def run(d: Deps, step: Step, checkout_id: str, task_id: str | None = None) -> No
     """Run one step for one checkout: claim it, and act only if it is (still) in a state the step
     belongs to. A second delivery while a run holds the checkout does nothing."""
     if step is Step.REFUND:
-        from orchestrator.refunds import run_refund
-
-        return run_refund(d, checkout_id, task_id)
+        raise ValueError("a refund step runs through orchestrator.dispatch, with a refund id")
     token = d.repo.claim(Checkout, checkout_id, d.settings.run_lease_seconds)
     if token is None:
         log.info("saga.step.busy", step=step.value, saga_id=checkout_id)

@@ -14,11 +14,11 @@ from workers.celery_app import app
 
 
 def _run(step: Step, checkout_id: str, task_id: str | None) -> None:
-    from orchestrator import steps
+    from orchestrator import dispatch
     from orchestrator.runtime import get_runtime
 
     structlog.contextvars.bind_contextvars(saga_id=checkout_id, step=step.value)
-    steps.run(get_runtime().deps(), step, checkout_id, task_id)
+    dispatch.run(get_runtime().deps(), step, checkout_id, task_id)
 
 
 def _step_task(step: Step) -> Any:

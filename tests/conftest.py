@@ -211,7 +211,7 @@ class Harness:
         return public_status(State(self.state(checkout_id)))
 
     def drain(self, limit: int = 100) -> None:
-        from orchestrator import steps
+        from orchestrator import dispatch
 
         ran = []
         for _ in range(limit):
@@ -220,7 +220,7 @@ class Harness:
             step, checkout_id = self.queue.pop(0)
             row = self.deps.repo.get(checkout_id)
             ran.append((step.value, checkout_id[-6:], row.state if row else "-"))
-            steps.run(self.deps, step, checkout_id, "test-task")
+            dispatch.run(self.deps, step, checkout_id, "test-task")
         import collections
 
         raise AssertionError(f"the saga did not settle: {collections.Counter(ran).most_common(5)}")

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
-from orchestrator import steps
+from orchestrator import dispatch, steps
 from orchestrator.core import saga
 from orchestrator.core.saga import Source, State
 from orchestrator.plural import PluralClient, errors
@@ -239,19 +239,19 @@ class SagaModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def deliver_step(self, data: st.DataObject) -> None:
         if (nxt := self._next(data)) is not None:
-            steps.run(self.h.deps, nxt[0], nxt[1], "model")
+            dispatch.run(self.h.deps, nxt[0], nxt[1], "model")
 
     @rule(data=st.data())
     def duplicate_step(self, data: st.DataObject) -> None:
         if (nxt := self._next(data, pop=False)) is not None:
-            steps.run(self.h.deps, nxt[0], nxt[1], "model-duplicate")
+            dispatch.run(self.h.deps, nxt[0], nxt[1], "model-duplicate")
 
     @rule(data=st.data())
     def concurrent_step(self, data: st.DataObject) -> None:
         if (nxt := self._next(data)) is None:
             return
         step, row_id = nxt
-        threads = [threading.Thread(target=steps.run, args=(self.h.deps, step, row_id, f"model-{i}")) for i in range(2)]
+        threads = [threading.Thread(target=dispatch.run, args=(self.h.deps, step, row_id, f"model-{i}")) for i in range(2)]
         for t in threads:
             t.start()
         for t in threads:
@@ -264,7 +264,7 @@ class SagaModel(RuleBasedStateMachine):
         step, row_id = nxt
         self.h.deps.plural = CrashingPlural(self.patient, when)
         try:
-            steps.run(self.h.deps, step, row_id, "model-crash")
+            dispatch.run(self.h.deps, step, row_id, "model-crash")
         except Crash:
             pass
         finally:
@@ -281,7 +281,7 @@ class SagaModel(RuleBasedStateMachine):
                      timeout=5)
         self.h.deps.plural = PluralClient.from_settings(self.h.deps.settings, read_timeout=0.1, max_attempts=1)
         try:
-            steps.run(self.h.deps, step, row_id, "model-fault")
+            dispatch.run(self.h.deps, step, row_id, "model-fault")
         finally:
             self.h.deps.plural = self.patient
             requests.delete(f"{self.h.sandbox_url}/sandbox/faults", timeout=5)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
 from starlette.concurrency import run_in_threadpool
@@ -19,12 +19,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.core.money import MAX_AMOUNT
-from orchestrator.db.repo import IdempotencyStore
 from orchestrator.inbound import Inbound
 from orchestrator.logs import get_logger, mask_text
 from orchestrator.refunds import RefundRefused, refund_view
 from orchestrator.service import CheckoutError, CheckoutIn, CheckoutService, DeliveryIn, OTPIn, RefundIn
 from orchestrator.webhooks import WebhookRejected
+
+if TYPE_CHECKING:
+    from orchestrator.db.repo import IdempotencyStore
 
 log = get_logger("orchestrator.api")
 
@@ -262,9 +264,7 @@ def app_from_runtime() -> FastAPI:
     from orchestrator.runtime import get_runtime
 
     rt = get_runtime()
-    from orchestrator.inbound import inbound_from_runtime
-
     svc = CheckoutService(rt.settings, rt.repo, rt.vault, rt.enqueue)
-    handler = inbound_from_runtime(rt)
+    handler = rt.inbound()
     return create_app(lambda: svc, rt.settings.orchestrator_api_key.get_secret_value(), lambda: handler,
-                      readiness=rt.readiness, idempotency=IdempotencyStore(rt.repo))
+                      readiness=rt.readiness, idempotency=rt.idempotency())
