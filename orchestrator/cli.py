@@ -84,6 +84,21 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    from orchestrator.runtime import get_runtime
+    from orchestrator.service import CheckoutError, CheckoutService
+
+    rt = get_runtime()
+    svc = CheckoutService(rt.settings, rt.repo, rt.vault, rt.enqueue)
+    try:
+        c = svc.operator(args.checkout_id, args.action, getattr(args, "outcome", None), who=args.operator)
+    except CheckoutError as exc:
+        print(f"orchestrator {args.action}: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"{c.id}: {c.state}")
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from orchestrator.stack import Stack
 
@@ -170,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--sandbox-port", type=int, default=8700)
     up.add_argument("--redis-port", type=int, default=6390, help="port of the embedded Redis")
     up.set_defaults(func=_up)
+
+    for action in ("retry", "resolve"):
+        op = sub.add_parser(action, help=f"{action} a checkout that NEEDS_ATTENTION (recorded in its history)")
+        op.add_argument("checkout_id")
+        if action == "resolve":
+            op.add_argument("--as", dest="outcome", required=True, choices=["COMPLETED", "CANCELLED", "FAILED"])
+        op.add_argument("--operator", default=os.environ.get("USER", "operator"), help="who decides (for the history)")
+        op.set_defaults(func=_operator, action=action)
 
     chaos = sub.add_parser("chaos", help="real processes under faults, then the invariants")
     chaos.add_argument("--checkouts", type=int, default=200)

@@ -272,6 +272,28 @@ class CheckoutService:
         return moved
 
 
+    # --- operators ----------------------------------------------------------------------
+
+    def operator(self, checkout_id: str, action: str, outcome: str | None = None, who: str = "operator") -> Checkout:
+        """An operator's decision on a checkout that NEEDS_ATTENTION: ``retry`` sends it back to the
+        state it got stuck in; ``resolve`` declares its outcome (COMPLETED, CANCELLED or FAILED).
+        Recorded in the history with the operator's name."""
+        c = self.get(checkout_id)
+        if State(c.state) is not State.NEEDS_ATTENTION:
+            raise CheckoutError(409, "INVALID_STATE", f"only a NEEDS_ATTENTION checkout can be {action}d; it is {c.state}")
+        if action == "retry":
+            moved = self.engine.apply(c.id, Fact.OPERATOR_RETRY, Source.OPERATOR, f"retried by {who}"[:200],
+                                      fields={"error_code": None, "error_message": None})
+        else:
+            wanted = State(outcome) if outcome in {s.value for s in saga.OPERATOR_OUTCOMES} else None
+            if wanted is None:
+                raise CheckoutError(400, "INVALID_REQUEST", "resolve as COMPLETED, CANCELLED or FAILED")
+            moved = self.engine.apply(c.id, Fact.OPERATOR_RESOLVE, Source.OPERATOR,
+                                      f"resolved as {wanted.value} by {who}"[:200], wanted=wanted)
+        if moved is None:
+            raise CheckoutError(409, "INVALID_STATE", "the checkout moved on meanwhile")
+        return moved
+
     # --- pre-auth delivery and refunds --------------------------------------------------
 
     def deliver(self, checkout_id: str, capture_amount: int | None) -> Checkout:

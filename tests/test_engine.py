@@ -327,3 +327,25 @@ def test_the_ledger_of_every_test_checkout_shows_no_double_order(harness):
     h = harness
     c = checkout(h)
     assert [e["kind"] for e in ledger(h.sandbox_url, c.plural_order_id)].count("ORDER_CREATED") == 1
+
+
+def test_an_operator_resolves_a_stuck_checkout_and_the_history_says_who(harness):
+    from orchestrator.service import CheckoutError
+
+    h = harness
+    c = authorized(h)
+    faults(h, {"kind": "error", "path": "/capture$", "statuses": [503]})
+    h.deps.plural = PluralClient.from_settings(h.deps.settings, max_attempts=1)
+    h.service.deliver(c.id, None)
+    for _ in range(h.deps.settings.step_max_attempts + 2):
+        h.drain()
+        h.clock.advance(h.deps.settings.retry_backoff_cap + h.deps.settings.step_lease_seconds)
+        h.run_due()
+    with pytest.raises(CheckoutError):
+        h.service.operator(c.id, "resolve", "CAPTURING", who="asha")
+    done = h.service.operator(c.id, "resolve", "FAILED", who="asha")
+    assert done.state == "FAILED"
+    last = h.deps.repo.history(c.id)[-1]
+    assert (last.source, last.reason) == ("operator", "resolved as FAILED by asha")
+    with pytest.raises(CheckoutError):
+        h.service.operator(c.id, "retry", who="asha")
