@@ -19,7 +19,6 @@ last three are 0.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import random
 import signal
@@ -36,6 +35,7 @@ import requests
 from orchestrator.demo import ACS_CARD, CARD, DECLINE_CARD, OTP_CARD, approve_on_bank_page
 from orchestrator.merchant_client import OrchestratorClient, OrchestratorError
 from orchestrator.redis_server import free_port
+from orchestrator.sandbox.audit import ledger_problems
 from orchestrator.stack import Stack
 
 #: timings short enough for a run of minutes, the same shape as production's
@@ -151,24 +151,6 @@ def _admin() -> dict[str, str]:
     return {"X-Sandbox-Key": load_settings().sandbox_admin_key.get_secret_value()}
 
 
-def _ledger_doubles(entries: list[dict[str, Any]]) -> list[str]:
-    problems = []
-    by_order: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    for e in entries:
-        by_order[e["order_id"]].append(e)
-    for order_id, rows in by_order.items():
-        kinds = collections.Counter(e["kind"] for e in rows)
-        problems += [f"{order_id} {k} x{kinds[k]}" for k in ("ORDER_CREATED", "PAYMENT_CREATED", "AUTHORIZED",
-                                                               "CAPTURED") if kinds[k] > 1]
-        refs = collections.Counter(e.get("merchant_refund_reference") for e in rows if e["kind"] == "REFUND_CREATED")
-        problems += [f"{order_id} refund {r} x{n}" for r, n in refs.items() if n > 1]
-        total = {k: sum(e["amount"]["value"] for e in rows if e["kind"] == k) for k in ("AUTHORIZED", "CAPTURED",
-                                                                                         "REFUNDED")}
-        if total["CAPTURED"] > total["AUTHORIZED"] or total["REFUNDED"] > total["CAPTURED"]:
-            problems.append(f"{order_id} amounts {total}")
-    return problems
-
-
 def _agrees(c: dict[str, Any], order: dict[str, Any]) -> bool:
     """The checkout's final (or resting) status against the order at Plural."""
     status, plural = c["status"], order["status"]
@@ -237,7 +219,7 @@ def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0,
         plural = PluralClient.from_settings(settings)
         entries = requests.get(f"{stack.sandbox_url}/sandbox/ledger", timeout=10).json()["entries"]
         orders = {v["plural_order_id"] for v in views.values() if v.get("plural_order_id")}
-        doubles = _ledger_doubles([e for e in entries if e["order_id"] in orders])
+        doubles = ledger_problems([e for e in entries if e["order_id"] in orders])
         report.double = len(doubles)
         report.details += doubles
         for checkout_id, v in views.items():

@@ -154,8 +154,8 @@ def test_a_duplicate_answered_in_progress_is_looked_up_not_taken_as_a_refusal(ha
 
 # --- 3. no infinite loops ------------------------------------------------------------------
 
-def test_a_capture_that_keeps_failing_needs_attention_after_the_retry_budget(harness):
-    h = harness
+def stuck_capture(h):
+    """A delivered hold whose capture Plural keeps answering 503, until the retry budget is spent."""
     c = authorized(h)
     faults(h, {"kind": "error", "path": "/capture$", "statuses": [503]})
     h.deps.plural = PluralClient.from_settings(h.deps.settings, max_attempts=1)
@@ -164,6 +164,12 @@ def test_a_capture_that_keeps_failing_needs_attention_after_the_retry_budget(har
         h.drain()
         h.clock.advance(h.deps.settings.retry_backoff_cap + h.deps.settings.step_lease_seconds)
         h.run_due()
+    return c
+
+
+def test_a_capture_that_keeps_failing_needs_attention_after_the_retry_budget(harness):
+    h = harness
+    c = stuck_capture(h)
     c = h.deps.repo.get(c.id)
     assert c.state == "NEEDS_ATTENTION" and c.attention_from == "CAPTURING"
     assert "capture_order failed" in c.attention_reason
@@ -173,14 +179,7 @@ def test_a_capture_that_keeps_failing_needs_attention_after_the_retry_budget(har
 
 def test_needs_attention_follows_plural_once_it_answers_and_an_operator_can_retry(harness):
     h = harness
-    c = authorized(h)
-    faults(h, {"kind": "error", "path": "/capture$", "statuses": [503]})
-    h.deps.plural = PluralClient.from_settings(h.deps.settings, max_attempts=1)
-    h.service.deliver(c.id, None)
-    for _ in range(h.deps.settings.step_max_attempts + 2):
-        h.drain()
-        h.clock.advance(h.deps.settings.retry_backoff_cap + h.deps.settings.step_lease_seconds)
-        h.run_due()
+    c = stuck_capture(h)
     assert h.state(c.id) == "NEEDS_ATTENTION"
     faults(h)
     h.deps.engine.apply(c.id, Fact.OPERATOR_RETRY, Source.OPERATOR, "operator: retry")
@@ -333,14 +332,7 @@ def test_an_operator_resolves_a_stuck_checkout_and_the_history_says_who(harness)
     from orchestrator.service import CheckoutError
 
     h = harness
-    c = authorized(h)
-    faults(h, {"kind": "error", "path": "/capture$", "statuses": [503]})
-    h.deps.plural = PluralClient.from_settings(h.deps.settings, max_attempts=1)
-    h.service.deliver(c.id, None)
-    for _ in range(h.deps.settings.step_max_attempts + 2):
-        h.drain()
-        h.clock.advance(h.deps.settings.retry_backoff_cap + h.deps.settings.step_lease_seconds)
-        h.run_due()
+    c = stuck_capture(h)
     with pytest.raises(CheckoutError):
         h.service.operator(c.id, "resolve", "CAPTURING", who="asha")
     done = h.service.operator(c.id, "resolve", "FAILED", who="asha")

@@ -36,6 +36,7 @@ from orchestrator.core.saga import Source, State
 from orchestrator.plural import PluralClient, errors
 from orchestrator.plural.signatures import sign_callback
 from orchestrator.refunds import RefundRefused, refunds_of
+from orchestrator.sandbox.audit import ledger_problems
 from orchestrator.service import CheckoutError, CheckoutIn
 from orchestrator.webhooks import process_pending
 from tests.conftest import ledger
@@ -80,28 +81,6 @@ class CrashingPlural:
 def advance_sandbox(h: Any, seconds: float) -> None:
     """Plural's time passes with ours (payment expiry, refund settlement)."""
     requests.post(f"{h.sandbox_url}/sandbox/clock", json={"advance": seconds}, timeout=5).raise_for_status()
-
-
-def ledger_problems(entries: list[dict[str, Any]]) -> list[str]:
-    problems = []
-    by_order: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    for e in entries:
-        by_order[e["order_id"]].append(e)
-    for order_id, rows in by_order.items():
-        kinds = collections.Counter(e["kind"] for e in rows)
-        for kind in ("ORDER_CREATED", "PAYMENT_CREATED", "AUTHORIZED", "CAPTURED"):
-            if kinds[kind] > 1:
-                problems.append(f"{order_id}: {kind} x{kinds[kind]}")
-        refs = collections.Counter(e.get("merchant_refund_reference") for e in rows if e["kind"] == "REFUND_CREATED")
-        problems += [f"{order_id}: refund {r} x{n}" for r, n in refs.items() if n > 1]
-        authorized = sum(e["amount"]["value"] for e in rows if e["kind"] == "AUTHORIZED")
-        captured = sum(e["amount"]["value"] for e in rows if e["kind"] == "CAPTURED")
-        refunded = sum(e["amount"]["value"] for e in rows if e["kind"] == "REFUNDED")
-        if captured > authorized:
-            problems.append(f"{order_id}: captured {captured} > authorized {authorized}")
-        if refunded > captured:
-            problems.append(f"{order_id}: refunded {refunded} > captured {captured}")
-    return problems
 
 
 def agrees_with_plural(c: Any, order: Any, refunded: int) -> bool:

@@ -1,0 +1,30 @@
+"""The sandbox's ledger audited: what no correct orchestrator may ever make Plural do."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+#: what happens at most once per order
+ONCE = ("ORDER_CREATED", "PAYMENT_CREATED", "AUTHORIZED", "CAPTURED")
+
+
+def ledger_problems(entries: list[dict[str, Any]]) -> list[str]:
+    """Per order: nothing in ``ONCE`` twice, no refund reference twice, captured ≤ authorized,
+    refunded ≤ captured. An empty list when the ledger is clean."""
+    problems = []
+    by_order: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for e in entries:
+        by_order[e["order_id"]].append(e)
+    for order_id, rows in by_order.items():
+        kinds = collections.Counter(e["kind"] for e in rows)
+        problems += [f"{order_id}: {kind} x{kinds[kind]}" for kind in ONCE if kinds[kind] > 1]
+        refs = collections.Counter(e.get("merchant_refund_reference") for e in rows if e["kind"] == "REFUND_CREATED")
+        problems += [f"{order_id}: refund {r} x{n}" for r, n in refs.items() if n > 1]
+        total = {k: sum(e["amount"]["value"] for e in rows if e["kind"] == k) for k in ("AUTHORIZED", "CAPTURED",
+                                                                                         "REFUNDED")}
+        if total["CAPTURED"] > total["AUTHORIZED"]:
+            problems.append(f"{order_id}: captured {total['CAPTURED']} > authorized {total['AUTHORIZED']}")
+        if total["REFUNDED"] > total["CAPTURED"]:
+            problems.append(f"{order_id}: refunded {total['REFUNDED']} > captured {total['CAPTURED']}")
+    return problems
