@@ -53,3 +53,69 @@ def test_stdlib_and_structlog_lines_are_masked_on_the_way_out(capsys):
         assert "321" not in err
     finally:
         configure_logging("WARNING", "console", force=True)
+
+
+# --- the holes of issue 8, finding 6 --------------------------------------------------------
+
+import pytest  # noqa: E402
+
+from orchestrator.logs import mask_text  # noqa: E402
+
+
+@pytest.mark.parametrize("text,leaked", [
+    ("x4012001037141112", "4012001037141112"),
+    ("card_number%3D4012001037141112&x=1", "4012001037141112"),
+    ("4012001037141112_12_30", "4012001037141112"),
+    ("4012.0010.3714.1112", "4012.0010.3714"),
+    ("pan:4012001037141112.", "4012001037141112"),
+])
+def test_a_card_number_glued_to_anything_is_masked(text, leaked):
+    masked = mask_text(text)
+    assert leaked not in masked and "1112" in masked
+
+
+@pytest.mark.parametrize("text", ["cvv=123", "CVV: 123", '"cvv": "1234"', "the cvc 321 was wrong",
+                                  "security code 456"])
+def test_a_cvv_in_free_text_is_hidden(text):
+    assert not any(d in mask_text(text) for d in ("123", "1234", "321", "456"))
+
+
+def test_a_validation_errors_input_value_is_hidden():
+    text = "String should match pattern [type=string_pattern_mismatch, input_value='987', input_type=str]"
+    assert "987" not in mask_text(text) and "input_value=***" in mask_text(text)
+
+
+def test_bytes_and_exceptions_in_a_log_event_are_masked():
+    out = redact_card_data(None, "info", {"body": b'{"card_number": "4012001037141112"}',
+                                         "error": ValueError("bad card 4012001037141112")})
+    assert "4012001037141112" not in json.dumps(out, default=str)
+
+
+def test_plural_error_text_is_masked_before_it_is_stored(harness):
+    """A refusal whose message quotes the card is stored and shown masked."""
+    from orchestrator import steps
+    from orchestrator.plural import errors
+
+    from tests.test_steps import received
+
+    h = harness
+    c = received(h)
+
+    class Echoing:
+        def __getattr__(self, name):
+            return getattr(h.deps.plural, name)
+
+        def create_order(self, request):
+            raise errors.InvalidRequest("card 4012001037141112 cvv=123 refused", status=400, code="INVALID_REQUEST")
+
+    plural, h.deps.plural = h.deps.plural, Echoing()
+    try:
+        h.queue.clear()
+        steps.run(h.deps, steps.Step.CREATE_ORDER, c.id, "t")
+    finally:
+        h.deps.plural = plural
+    row = h.deps.repo.get(c.id)
+    stored = " ".join([row.error_message or ""] + [a.detail or "" for a in h.deps.repo.attempts(c.id)])
+    assert "4012001037141112" not in stored and "123" not in stored.replace("****1112", "")
+    assert "****1112" in row.error_message
+    assert "4012001037141112" not in json.dumps(h.service.view(row))

@@ -85,3 +85,39 @@ def test_compare_and_set_refuses_a_backward_move_on_postgres(pg):
     from orchestrator.core.saga import Fact, Source
 
     assert pg.deps.engine.apply(c.id, Fact.PLURAL_PAYMENT_FAILED, Source.WEBHOOK, "late") is None
+
+
+def test_money_columns_hold_amounts_beyond_32_bits_on_postgres(pg):
+    c = checkout(pg, amount=2**31 + 7)
+    assert c.state == "COMPLETED" and c.amount_value == 2**31 + 7 and c.captured_amount == 2**31 + 7
+
+
+def test_concurrent_refund_settlements_lose_no_update_on_postgres(pg):
+    import threading
+
+    from orchestrator.core.saga import RefundState
+    from orchestrator.refunds import get_refund, move
+
+    c = checkout(pg, amount=10000)
+    rows = [pg.service.refund(c.id, amount, None)[0] for amount in (1000, 2000, 3000, 4000)]
+    pg.queue.clear()
+    for row in rows:
+        move(pg.deps, get_refund(pg.deps, row.id), RefundState.PENDING)
+    pending = iter([get_refund(pg.deps, r.id) for r in rows])
+    lock = threading.Lock()
+
+    def settle_one():
+        with lock:
+            r = next(pending)
+        return move(pg.deps, r, RefundState.PROCESSED)
+
+    assert all(at_once(settle_one, 4))
+    assert pg.deps.repo.get(c.id).refunded_amount == 10000
+
+
+def test_two_runs_of_one_step_on_postgres_claim_it_once(pg):
+    from orchestrator.db.models import Checkout
+
+    c = checkout(pg)
+    tokens = at_once(lambda: pg.deps.repo.claim(Checkout, c.id, 60), 6)
+    assert len([t for t in tokens if t]) == 1
