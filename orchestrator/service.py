@@ -20,7 +20,6 @@ from orchestrator.db.models import Checkout, new_checkout_id, utcnow
 from orchestrator.db.repo import Repo
 from orchestrator.engine import Engine
 from orchestrator.logs import get_logger
-from orchestrator.plural.models import Customer
 from orchestrator.refunds import refund_view
 from orchestrator.vault import CardData, Vault
 
@@ -43,10 +42,11 @@ class CheckoutError(Exception):
 class CardIn(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    number: str = Field(repr=False)
+    number: str = Field(repr=False, pattern=r"^(?:\d[ -]?){11,18}\d$",
+                        description="12 to 19 digits; spaces or dashes between them are allowed; Luhn-checked")
     name: str = Field(min_length=1, max_length=100)
     cvv: str = Field(repr=False, pattern=r"^\d{3,4}$")
-    expiry_month: str = Field(pattern=r"^\d{1,2}$")
+    expiry_month: str = Field(pattern=r"^(0?[1-9]|1[0-2])$")
     expiry_year: str = Field(pattern=r"^(\d{2}|\d{4})$")
 
     @field_validator("number")
@@ -71,6 +71,34 @@ class CardIn(BaseModel):
         return self
 
 
+class AddressIn(BaseModel):
+    """A billing or shipping address as the merchant sends it (strict: Plural's own model is
+    lenient because it parses Plural's answers)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    address1: Annotated[str, Field(max_length=100)] | None = None
+    address2: Annotated[str, Field(max_length=100)] | None = None
+    address3: Annotated[str, Field(max_length=100)] | None = None
+    pincode: Annotated[str, Field(pattern=r"^[0-9]{4,10}$")] | None = None
+    city: Annotated[str, Field(max_length=50)] | None = None
+    state: Annotated[str, Field(max_length=50)] | None = None
+    country: Annotated[str, Field(max_length=50)] | None = None
+
+
+class CustomerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    email_id: Annotated[str, Field(pattern=r"^[^@\s]{1,64}@[^@\s]{1,255}$")] | None = None
+    first_name: Annotated[str, Field(max_length=50)] | None = None
+    last_name: Annotated[str, Field(max_length=50)] | None = None
+    customer_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,50}$")] | None = None
+    mobile_number: Annotated[str, Field(pattern=r"^[0-9]{10,12}$")] | None = None
+    country_code: Annotated[str, Field(pattern=r"^[0-9]{1,4}$")] | None = None
+    billing_address: AddressIn | None = None
+    shipping_address: AddressIn | None = None
+
+
 class CheckoutIn(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
@@ -79,7 +107,7 @@ class CheckoutIn(BaseModel):
     pre_auth: StrictBool = False
     payment_method: Literal["CARD"] = "CARD"
     card: CardIn
-    customer: Customer | None = None
+    customer: CustomerIn | None = None
     callback_url: Annotated[str, Field(pattern=r"^https?://", max_length=500)] | None = None
     failure_callback_url: Annotated[str, Field(pattern=r"^https?://", max_length=500)] | None = None
 

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 from starlette.concurrency import run_in_threadpool
 
 from fastapi import Depends, FastAPI, Header, Request
+from pydantic import BaseModel
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,6 +30,33 @@ if TYPE_CHECKING:
     from orchestrator.db.repo import IdempotencyStore
 
 log = get_logger("orchestrator.api")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a machine-readable ``code`` and a ``message``; some add details
+    (``errors`` for validation, ``refundable``, ``retry_after``, ``unavailable``...)."""
+
+    code: str
+    message: str
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    described = {400: "invalid request (the body, a field rule, a card that fails Luhn or has expired)",
+                 401: "missing or wrong X-API-Key", 404: "no such checkout",
+                 409: "not allowed in the checkout's status, a reference or Idempotency-Key conflict",
+                 422: "refused by a business rule (amount limit, capture or refund above what is left)",
+                 503: "the database, Redis or the broker is unavailable: nothing was changed, retry"}
+    return {s: {"model": ErrorBody, "description": described[s]} for s in statuses}
+
+
+#: what every merchant route may answer besides success
+MERCHANT_ERRORS = _errors(400, 401, 404, 409, 422, 503)
+CALLBACK_ANSWERS: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"text/html": {}}, "description": "a page for the customer"},
+        303: {"description": "the customer is sent to the merchant's callback or failure URL"},
+        400: {"content": {"text/html": {}}, "description": "the signature does not match: nothing changed"},
+        404: {"content": {"text/html": {}}, "description": "no checkout has this order"},
+        503: {"content": {"text/html": {}}, "description": "the database is unavailable; the sweep polls"}}
 
 
 async def _idempotent(request: Request, call_next: Callable[[Request], Awaitable[Response]], key: str,
@@ -87,7 +115,8 @@ def error_answer(exc: BaseException) -> JSONResponse:
         return JSONResponse({"code": "INVALID_REQUEST", "message": message, "errors": errors}, status_code=400)
     if isinstance(exc, StarletteHTTPException):
         code = {401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "ERROR")
-        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
+        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
     down = unavailable(exc)
     if down is not None:
         log.error("api.unavailable", dependency=down, error=type(exc).__name__)
@@ -130,15 +159,35 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
     app = FastAPI(title="Plural payment orchestrator", version="1",
                   description="Checkouts driven through Plural (Pine Labs) to a final state.")
 
+    def methods_of(request: Request) -> tuple[bool, set[str]]:
+        """Does a route take this request (path and method), and which methods does its path allow?"""
+        from starlette.routing import Match
+
+        allowed: set[str] = set()
+        for route in app.router.routes:
+            match, _scope = route.matches(request.scope)
+            if match is Match.FULL:
+                return True, allowed
+            if match is Match.PARTIAL:
+                allowed |= set(getattr(route, "methods", None) or ())
+        return False, allowed
+
+    def answer(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, StarletteHTTPException) and exc.status_code == 405:
+            allowed = methods_of(request)[1]
+            return JSONResponse({"code": "METHOD_NOT_ALLOWED", "message": "Method Not Allowed"}, status_code=405,
+                                headers={"Allow": ", ".join(sorted(allowed))})
+        return error_answer(exc)
+
     for kind in (CheckoutError, RefundRefused, RequestValidationError, StarletteHTTPException, Exception):
-        app.add_exception_handler(kind, lambda _request, exc: error_answer(exc))  # type: ignore[arg-type, misc]
+        app.add_exception_handler(kind, answer)  # type: ignore[arg-type]
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         """The API key is checked before the body is read; a POST with an ``Idempotency-Key`` is
         answered once (Stripe's semantics). Anything that escapes becomes a JSON answer."""
         try:
-            if request.url.path.startswith("/v1/"):
+            if request.url.path.startswith("/v1/") and methods_of(request)[0]:
                 given = request.headers.get("x-api-key") or ""
                 if not given or not secrets.compare_digest(given.encode(), api_key.encode()):
                     return error_answer(CheckoutError(401, "UNAUTHORIZED", "missing or wrong X-API-Key"))
@@ -170,28 +219,30 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         return JSONResponse({"status": "ok" if not failing else "unavailable", "checks": checks},
                             status_code=503 if failing else 200)
 
-    @app.post("/v1/checkouts", status_code=202, dependencies=guarded)
+    @app.post("/v1/checkouts", status_code=202, dependencies=guarded, responses={
+        200: {"description": "this merchant_order_reference already names this checkout: it is returned"},
+        **MERCHANT_ERRORS})
     def create_checkout(body: CheckoutIn, svc: CheckoutService = Depends(service)) -> JSONResponse:
         row, created = svc.create(body)
         return JSONResponse(svc.view(row), status_code=202 if created else 200)
 
-    @app.get("/v1/checkouts/{checkout_id}", dependencies=guarded)
+    @app.get("/v1/checkouts/{checkout_id}", dependencies=guarded, responses=MERCHANT_ERRORS)
     def get_checkout(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
         return svc.view(svc.get(checkout_id))
 
-    @app.post("/v1/checkouts/{checkout_id}/otp", status_code=202, dependencies=guarded)
+    @app.post("/v1/checkouts/{checkout_id}/otp", status_code=202, dependencies=guarded, responses=MERCHANT_ERRORS)
     def submit_otp(checkout_id: str, body: OTPIn, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
         return svc.view(svc.submit_otp(checkout_id, body.otp))
 
-    @app.post("/v1/checkouts/{checkout_id}/otp/resend", status_code=202, dependencies=guarded)
+    @app.post("/v1/checkouts/{checkout_id}/otp/resend", status_code=202, dependencies=guarded, responses=MERCHANT_ERRORS)
     def resend_otp(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
         return svc.view(svc.resend_otp(checkout_id))
 
-    @app.post("/v1/checkouts/{checkout_id}/cancel", status_code=202, dependencies=guarded)
+    @app.post("/v1/checkouts/{checkout_id}/cancel", status_code=202, dependencies=guarded, responses=MERCHANT_ERRORS)
     def cancel(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
         return svc.view(svc.cancel(checkout_id))
 
-    @app.post("/v1/checkouts/{checkout_id}/delivery", status_code=202, dependencies=guarded)
+    @app.post("/v1/checkouts/{checkout_id}/delivery", status_code=202, dependencies=guarded, responses=MERCHANT_ERRORS)
     def delivery(checkout_id: str, body: DeliveryIn | None = None,
                  svc: CheckoutService = Depends(service)) -> dict[str, Any]:
         """Delivered: capture a pre-auth checkout, in full or for ``capture_amount``."""
@@ -201,7 +252,9 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
             raise CheckoutError(400, "INVALID_REQUEST", f"capture_amount must be in {c.currency}")
         return svc.view(svc.deliver(checkout_id, amount.value if amount else None))
 
-    @app.post("/v1/checkouts/{checkout_id}/refunds", status_code=202, dependencies=guarded)
+    @app.post("/v1/checkouts/{checkout_id}/refunds", status_code=202, dependencies=guarded, responses={
+        200: {"description": "this merchant_refund_reference already names this refund: it is returned"},
+        **MERCHANT_ERRORS})
     def refund(checkout_id: str, body: RefundIn | None = None,
                svc: CheckoutService = Depends(service)) -> JSONResponse:
         """Refund a COMPLETED checkout, in full (default) or in part; idempotent on the reference."""
@@ -213,7 +266,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
                                   body.merchant_refund_reference if body else None)
         return JSONResponse(refund_view(row), status_code=202 if created else 200)
 
-    @app.get("/v1/checkouts/{checkout_id}/refunds", dependencies=guarded)
+    @app.get("/v1/checkouts/{checkout_id}/refunds", dependencies=guarded, responses=MERCHANT_ERRORS)
     def refunds(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
         svc.get(checkout_id)
         return {"refunds": [refund_view(r) for r in svc.refunds(checkout_id)]}
@@ -224,7 +277,8 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
 
 
 def _inbound_routes(app: FastAPI, inbound: Callable[[], Inbound]) -> None:
-    @app.post("/webhooks/plural", tags=["from Plural"])
+    @app.post("/webhooks/plural", tags=["from Plural"], responses={
+        **_errors(400, 503), 401: {"model": ErrorBody, "description": "missing, stale or wrong signature"}})
     async def plural_webhook(request: Request) -> JSONResponse:
         """Standard Webhooks from Plural: verified, stored once per webhook-id, applied asynchronously."""
         body = await request.body()
@@ -247,14 +301,12 @@ def _inbound_routes(app: FastAPI, inbound: Callable[[], Inbound]) -> None:
             return RedirectResponse(answer.redirect, status_code=303)
         return HTMLResponse(answer.page or "", status_code=answer.status)
 
-    @app.get("/callbacks/plural", tags=["from Plural"], response_class=HTMLResponse)
-    async def plural_callback_get(request: Request) -> Response:
-        """The customer's browser back from Plural (fields in the query)."""
-        return await callback(dict(request.query_params))
-
-    @app.post("/callbacks/plural", tags=["from Plural"], response_class=HTMLResponse)
-    async def plural_callback_post(request: Request) -> Response:
-        """The customer's browser back from Plural (fields posted as a form)."""
+    @app.api_route("/callbacks/plural", methods=["GET", "POST"], tags=["from Plural"], response_class=HTMLResponse,
+                   responses=CALLBACK_ANSWERS)
+    async def plural_callback(request: Request) -> Response:
+        """The customer's browser back from Plural: fields in the query (GET) or posted as a form (POST)."""
+        if request.method == "GET":
+            return await callback(dict(request.query_params))
         form = parse_qs((await request.body()).decode(errors="replace"))
         return await callback({k: v[0] for k, v in form.items()})
 

@@ -29,7 +29,9 @@ def _supported(value: str) -> str:
     return value
 
 
-Currency = Annotated[str, BeforeValidator(_upper), Field(pattern=r"^[A-Z]{3}$"), AfterValidator(_supported)]
+Currency = Annotated[str, BeforeValidator(_upper),
+                     Field(pattern=r"^[A-Z]{3}$", json_schema_extra={"enum": sorted(SUPPORTED_CURRENCIES)}),
+                     AfterValidator(_supported)]
 
 
 def _within_limit(value: int) -> int:
@@ -39,7 +41,8 @@ def _within_limit(value: int) -> int:
     return value
 
 
-Amount = Annotated[StrictInt, Field(gt=0), AfterValidator(_within_limit)]
+#: the maximum is stated in the schema and enforced with its own error (422 AMOUNT_LIMIT_EXCEEDED)
+Amount = Annotated[StrictInt, Field(gt=0, json_schema_extra={"maximum": MAX_AMOUNT}), AfterValidator(_within_limit)]
 
 
 class Money(BaseModel):
