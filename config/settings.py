@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     retry_backoff_base: float = Field(default=2.0, gt=0)
     retry_backoff_cap: float = Field(default=300.0, gt=0)
     step_max_attempts: int = Field(default=8, ge=1, description="failed tries of a step before NEEDS_ATTENTION")
+    step_max_age_seconds: float = Field(default=3600.0, gt=0,
+                                        description="no progress in an active state this long: NEEDS_ATTENTION")
     attention_poll_seconds: float = Field(default=600.0, gt=0, description="Get Order period while NEEDS_ATTENTION")
     watch_seconds: float = Field(default=2 * 86400.0, gt=0,
                                  description="how long a cancel Plural refused is watched for a late payment")

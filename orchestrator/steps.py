@@ -138,6 +138,20 @@ def settle(d: Deps, c: Checkout, order: Order, reason: str, source: Source = Sou
     return moved is not None
 
 
+#: states in which a step of ours must make progress (the others wait for the customer, a
+#: delivery, Plural's final word or an operator, each with its own bound)
+_ACTIVE = frozenset({State.NEW, State.ORDER_CREATED, State.CARD_CHECKED,
+                                                     State.PAYMENT_CREATED, State.VERIFYING_OTP, State.CAPTURING,
+                                                     State.CANCELLING})
+
+
+def _stalled(d: Deps, c: Checkout) -> bool:
+    if State(c.state) not in _ACTIVE:
+        return False
+    entered = _aware(d.repo.entered_at(c.id))
+    return entered is not None and d.clock() - entered > dt.timedelta(seconds=d.settings.step_max_age_seconds)
+
+
 def _past_deadline(d: Deps, c: Checkout) -> bool:
     return bool(c.deadline_at and d.clock() >= c.deadline_at and State(c.state) in saga.BEFORE_AUTHORIZATION)
 
@@ -612,6 +626,12 @@ def _run_claimed(d: Deps, step: Step, owned: Run, c: Checkout) -> None:
     if step is not Step.CANCEL_ORDER and step is not Step.POLL_ORDER and _past_deadline(d, c):
         d.engine.apply(c.id, Fact.DEADLINE_PASSED, Source.TIMER, "customer action deadline passed", run=owned,
                        fields={"cancel_reason": "CUSTOMER_TIMEOUT"})
+        return
+    if _stalled(d, c):
+        # runs that die before they can count a failure (a poison message, a crash loop) are
+        # bounded too: no progress in an active state for STEP_MAX_AGE_SECONDS is visible
+        d.engine.apply(c.id, Fact.GAVE_UP, Source.TIMER,
+                       f"no progress in {c.state} for {d.settings.step_max_age_seconds:g} s", run=owned)
         return
     log.info("saga.step.start", step=step.value, state=state.value)
     STEPS[step](d, owned, c)

@@ -341,3 +341,26 @@ def test_an_operator_resolves_a_stuck_checkout_and_the_history_says_who(harness)
     assert (last.source, last.reason) == ("operator", "resolved as FAILED by asha")
     with pytest.raises(CheckoutError):
         h.service.operator(c.id, "retry", who="asha")
+
+
+def test_a_step_whose_runs_keep_dying_needs_attention_after_the_maximum_age(harness):
+    """A poison message: every run of the capture dies before it can count a failure."""
+    from tests.test_saga_model import Crash, CrashingPlural
+
+    h = harness
+    c = authorized(h)
+    h.service.deliver(c.id, None)
+    h.queue.clear()
+    patient = h.deps.plural
+    for _ in range(3):  # within the maximum age: each run dies, nothing moves
+        h.deps.plural = CrashingPlural(patient, "before")
+        with pytest.raises(Crash):
+            steps.run(h.deps, Step.CAPTURE_ORDER, c.id, "dies")
+        h.clock.advance(h.deps.settings.step_max_age_seconds / 4)
+    h.deps.plural = patient
+    assert h.state(c.id) == "CAPTURING"
+    h.clock.advance(h.deps.settings.step_max_age_seconds / 2)
+    steps.run(h.deps, Step.CAPTURE_ORDER, c.id, "sweep")
+    c = h.deps.repo.get(c.id)
+    assert c.state == "NEEDS_ATTENTION" and "no progress in CAPTURING" in c.attention_reason
+    assert [k for k in kinds(h, c) if k[0] == "CAPTURED"] == []

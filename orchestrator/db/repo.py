@@ -58,6 +58,12 @@ class Repo:
             rows = s.exec(select(Transition).where(Transition.checkout_id == checkout_id).order_by(col(Transition.id)))
             return list(rows)
 
+    def entered_at(self, checkout_id: str) -> dt.datetime | None:
+        """When the checkout entered its current state (its last history row)."""
+        with self.read_session() as s:
+            return s.exec(select(Transition.at).where(Transition.checkout_id == checkout_id)
+                          .order_by(col(Transition.id).desc()).limit(1)).first()
+
     def attempts(self, checkout_id: str, step: str | None = None) -> list[StepAttempt]:
         with self.read_session() as s:
             q = select(StepAttempt).where(StepAttempt.checkout_id == checkout_id)
