@@ -250,8 +250,8 @@ class CheckoutService:
             "history": [{"from": t.from_state, "to": t.to_state, "fact": t.fact, "source": t.source,
                          "reason": t.reason, "at": _iso(t.at)}
                         for t in self.repo.history(c.id)],
-            "refunds": [refund_view(r) for r in self.refunds(c.id)] if c.pre_auth or state is State.COMPLETED
-            else [],
+            "refunds": ([refund_view(r) for r in self.refunds(c.id)]
+                        if c.pre_auth or state is State.COMPLETED or c.late_undo == "REFUNDED" else []),
         }
 
     # --- customer and merchant actions --------------------------------------------------
@@ -288,7 +288,7 @@ class CheckoutService:
     def cancel(self, checkout_id: str) -> Checkout:
         c = self.get(checkout_id)
         state = State(c.state)
-        if state is State.CANCELLING or state is State.CANCELLED:
+        if state in (State.CANCELLING, State.CANCELLED, State.WATCHING):
             return c
         if state not in saga.CANCELLABLE:
             raise CheckoutError(409, "INVALID_STATE", f"a {saga.public_status(state)} checkout cannot be cancelled",

@@ -199,6 +199,7 @@ def test_a_refused_cancel_of_an_unpaid_order_is_watched_then_ends_when_the_payme
         return
     c = h.deps.repo.get(c.id)
     assert c.state == "WATCHING" and c.watch_until is not None
+    assert h.service.cancel(c.id).state == "WATCHING"  # cancelling again is idempotent
     requests.put(f"{h.sandbox_url}/sandbox/config", json={"payment_expiry_seconds": 0.01}, timeout=5)
     h.clock.advance(10)
     h.run_due()
@@ -222,6 +223,9 @@ def test_a_payment_completed_after_a_refused_cancel_is_refunded_automatically(ha
     (refund,) = refunds_of(h.deps, c.id)
     assert refund.origin == "LATE_PAYMENT" and refund.amount_value == 3000 and refund.state == "PROCESSED"
     assert ("REFUNDED", 3000) in kinds(h, c)
+    view = h.service.view(c)
+    assert view["status"] == "CANCELLED" and view["late_undo"] == "REFUNDED"
+    assert [r["origin"] for r in view["refunds"]] == ["LATE_PAYMENT"]
 
 
 def test_a_pre_auth_hold_that_comes_after_a_refused_cancel_is_released(harness):
