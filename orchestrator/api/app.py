@@ -301,12 +301,14 @@ def _inbound_routes(app: FastAPI, inbound: Callable[[], Inbound]) -> None:
             return RedirectResponse(answer.redirect, status_code=303)
         return HTMLResponse(answer.page or "", status_code=answer.status)
 
-    @app.api_route("/callbacks/plural", methods=["GET", "POST"], tags=["from Plural"], response_class=HTMLResponse,
-                   responses=CALLBACK_ANSWERS)
-    async def plural_callback(request: Request) -> Response:
-        """The customer's browser back from Plural: fields in the query (GET) or posted as a form (POST)."""
-        if request.method == "GET":
-            return await callback(dict(request.query_params))
+    @app.get("/callbacks/plural", tags=["from Plural"], response_class=HTMLResponse, responses=CALLBACK_ANSWERS)
+    async def plural_callback_get(request: Request) -> Response:
+        """The customer's browser back from Plural (fields in the query)."""
+        return await callback(dict(request.query_params))
+
+    @app.post("/callbacks/plural", tags=["from Plural"], response_class=HTMLResponse, responses=CALLBACK_ANSWERS)
+    async def plural_callback_post(request: Request) -> Response:
+        """The customer's browser back from Plural (fields posted as a form)."""
         form = parse_qs((await request.body()).decode(errors="replace"))
         return await callback({k: v[0] for k, v in form.items()})
 
