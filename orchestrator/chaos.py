@@ -35,7 +35,7 @@ import requests
 from orchestrator.demo import ACS_CARD, CARD, DECLINE_CARD, OTP_CARD, approve_on_bank_page
 from orchestrator.merchant_client import OrchestratorClient, OrchestratorError
 from orchestrator.redis_server import free_port
-from orchestrator.sandbox.audit import ledger_problems
+from orchestrator.sandbox.audit import agrees_with_plural, ledger_problems
 from orchestrator.stack import Stack
 
 #: timings short enough for a run of minutes, the same shape as production's
@@ -151,26 +151,6 @@ def _admin() -> dict[str, str]:
     return {"X-Sandbox-Key": load_settings().sandbox_admin_key.get_secret_value()}
 
 
-def _agrees(c: dict[str, Any], order: dict[str, Any]) -> bool:
-    """The checkout's final (or resting) status against the order at Plural."""
-    status, plural = c["status"], order["status"]
-    paid = plural in ("PROCESSED", "PARTIALLY_CAPTURED", "PARTIALLY_REFUNDED", "FULLY_REFUNDED")
-    if status == "COMPLETED":
-        captured = sum(x["capture_amount"]["value"] for p in order.get("payments", [])
-                       for x in p.get("capture_data") or [])
-        return paid and captured == c["captured_amount"]["value"]
-    if status == "AUTHORIZED":
-        return plural == "AUTHORIZED"
-    if status in ("CANCELLED", "EXPIRED"):
-        if c.get("late_undo") == "REFUNDED":
-            return paid
-        return plural in ("CANCELLED", "FAILED", "ATTEMPTED", "CREATED") or (
-            plural == "PENDING" and c["state"] == "WATCHING")
-    if status == "FAILED":
-        return plural in ("FAILED", "ATTEMPTED", "CREATED")
-    return False
-
-
 def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0, settle_seconds: float = 240.0,
               base: Path | None = None, progress: Callable[[str], None] = print) -> Report:
     rng = random.Random(seed)
@@ -233,7 +213,7 @@ def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0,
             if not v.get("plural_order_id"):
                 continue
             order = plural.get_order(v["plural_order_id"]).model_dump(mode="json", exclude_none=True)
-            if not _agrees(v, order):
+            if not agrees_with_plural(v, order):
                 report.mismatches += 1
                 report.details.append(f"mismatch {checkout_id} {v['status']} vs Plural {order['status']}")
     return report

@@ -33,6 +33,12 @@ log = get_logger("orchestrator.engine")
 _WAITING = saga.POLLING | {State.AUTHORIZED, State.WATCHING, State.NEEDS_ATTENTION}
 
 
+def _watched(row: Checkout) -> bool:
+    """Was the checkout being watched (a cancel Plural refused), itself or before it got stuck?"""
+    state = State(row.state)
+    return state is State.WATCHING or (state is State.NEEDS_ATTENTION and row.attention_from == State.WATCHING.value)
+
+
 @dataclass(frozen=True)
 class Run:
     """One run of one step, holding its checkout's claim."""
@@ -62,11 +68,11 @@ class Engine:
             return fields.get("capture_deadline_at") or row.capture_deadline_at
         if target is State.NEEDS_ATTENTION:
             return self._at(self.settings.attention_poll_seconds)
-        if target is State.WATCHING:
-            return self._at(saga.poll_delay(self.settings.poll_delays, 0))
-        if target in saga.POLLING:
+        if target in saga.POLLING or target is State.WATCHING:
             nxt = self._at(saga.poll_delay(self.settings.poll_delays, fields.get("polls", 0)))
-            return min(nxt, row.deadline_at) if row.deadline_at else nxt
+            # a wait for the customer ends at their deadline; a watch at its end
+            limit = row.deadline_at if target in saga.POLLING else fields.get("watch_until") or row.watch_until
+            return min(nxt, limit) if limit else nxt
         return self._at(self.settings.step_lease_seconds)
 
     def _values(self, row: Checkout, state: State, target: State, fact: Fact, reason: str,
@@ -74,6 +80,8 @@ class Engine:
         values = dict(fields)
         values.setdefault("polls", 0)
         values.setdefault("step_failures", 0)
+        if target is State.WATCHING:
+            values["watch_until"] = self._at(self.settings.watch_seconds)
         values["next_due_at"] = self.due_for(row, target, values)
         now = self.clock()
         if target is State.NEEDS_ATTENTION:
@@ -81,11 +89,9 @@ class Engine:
             values["attention_reason"] = reason[:500]
         elif state is State.NEEDS_ATTENTION:
             values["attention_from"] = None
-        if target is State.WATCHING:
-            values["watch_until"] = self._at(self.settings.watch_seconds)
-        if state is State.WATCHING and target is State.CANCELLING:
+        if _watched(row) and target is State.CANCELLING:
             values.update(finished_late=True, late_undo="RELEASED")
-        if state is State.WATCHING and fact is Fact.PLURAL_PROCESSED:
+        if _watched(row) and fact is Fact.PLURAL_PROCESSED:
             values.update(finished_late=True, late_undo="REFUNDED")
         # the customer finished after their deadline (a delivery days later is not late)
         late_from = state in saga.BEFORE_AUTHORIZATION or (state is State.CANCELLING
@@ -130,8 +136,7 @@ class Engine:
             refund_effect = self._late_refund(late_refunds, given)
 
             def effect(s: Session, row: Checkout, target: State) -> None:
-                if State(row.state) is State.WATCHING or (State(row.state) is State.NEEDS_ATTENTION
-                                                          and row.attention_from == State.WATCHING.value):
+                if _watched(row):
                     refund_effect(s, row, target)
 
         moved = self.repo.move(checkout_id, plan, reason=reason, fact=fact.value, source=source.value,
@@ -145,7 +150,7 @@ class Engine:
         self._after(after)
         for refund in late_refunds:
             log.warning("saga.late_payment.refunding", refund_id=refund.id, amount=refund.amount_value)
-            self._send(Step.REFUND, refund.id)
+            self.send(Step.REFUND, refund.id)
         return after
 
     def _after(self, after: Checkout) -> None:
@@ -155,9 +160,11 @@ class Engine:
             self.vault.drop_otp(after.id)
         step = saga.next_step(target)
         if step is not None and target not in _WAITING:
-            self._send(step, after.id)
+            self.send(step, after.id)
 
-    def _send(self, step: Step, row_id: str) -> None:
+    def send(self, step: Step, row_id: str) -> None:
+        """Enqueue a step after its commit; if the broker is down, the row's due time makes the sweep
+        re-drive it, so this never fails the caller."""
         try:
             self.enqueue(step, row_id)
         except Exception as exc:  # the row's due time makes the sweep re-drive it
@@ -170,4 +177,4 @@ class Engine:
         if state is not run.started_in:
             step = saga.next_step(state)
             if step is not None and state not in _WAITING:
-                self._send(step, row.id)
+                self.send(step, row.id)

@@ -15,7 +15,8 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from orchestrator.core.saga import REFUND_FINAL, REFUND_TRANSITIONS, RefundState, State, Step, refund_state_of, refundable
+from orchestrator.core.saga import (REFUND_FINAL, REFUND_TRANSITIONS, RefundState, State, Step, refund_state_of,
+                                    refundable, retry_delay)
 from orchestrator.db.models import Checkout, Refund
 from orchestrator.logs import get_logger
 from orchestrator.plural import errors
@@ -67,10 +68,7 @@ def request_refund(d: Deps, checkout_id: str, amount: int | None, reference: str
             s.rollback()
             raise RefundRefused(409, "REFERENCE_CONFLICT", "merchant_refund_reference is already used") from None
     log.info("refund.requested", saga_id=checkout_id, refund_id=row.id, amount=value)
-    try:
-        d.enqueue(Step.REFUND, row.id)
-    except Exception as exc:  # the due time re-drives it
-        log.warning("refund.enqueue_deferred", refund_id=row.id, error=type(exc).__name__)
+    d.engine.send(Step.REFUND, row.id)
     return row, True
 
 
@@ -127,7 +125,7 @@ def _backoff(d: Deps, r: Refund, exc: BaseException, claim: str) -> None:
     """Try again later; after ``STEP_MAX_ATTEMPTS`` failures stop trying and say so (the refund
     keeps its amount reserved: it may still have happened at Plural)."""
     failures = r.failures + 1
-    delay = min(d.settings.retry_backoff_cap, d.settings.retry_backoff_base * 2 ** (failures - 1))
+    delay = retry_delay(failures, d.settings.retry_backoff_base, d.settings.retry_backoff_cap)
     gave_up = failures >= d.settings.step_max_attempts
     due = d.clock() + dt.timedelta(seconds=d.settings.attention_poll_seconds if gave_up else delay)
     code = "NEEDS_ATTENTION" if gave_up else str(getattr(exc, "code", type(exc).__name__))[:64]

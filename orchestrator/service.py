@@ -183,7 +183,7 @@ class CheckoutService:
             return self._same_or_conflict(saved, req), False
         log.info("checkout.created", saga_id=saved.id, amount=saved.amount_value, currency=saved.currency,
                  pre_auth=saved.pre_auth)
-        self._enqueue(Step.CREATE_ORDER, saved.id)
+        self.engine.send(Step.CREATE_ORDER, saved.id)
         return saved, True
 
     @staticmethod
@@ -194,12 +194,6 @@ class CheckoutService:
             raise CheckoutError(409, "REFERENCE_CONFLICT",
                                 "merchant_order_reference already names a different checkout", id=existing.id)
         return existing
-
-    def _enqueue(self, step: Step, checkout_id: str) -> None:
-        try:
-            self.enqueue(step, checkout_id)
-        except Exception as exc:  # the row's due time makes the sweep re-drive it
-            log.warning("checkout.enqueue_deferred", saga_id=checkout_id, step=step.value, error=type(exc).__name__)
 
     # --- read ---------------------------------------------------------------------------
 
@@ -282,7 +276,7 @@ class CheckoutService:
             wait = int((c.otp_resend_at - self.clock()).total_seconds() + 0.999)
             raise CheckoutError(409, "RESEND_TOO_EARLY", f"the OTP can be resent in {wait} seconds",
                                 retry_after=wait)
-        self._enqueue(Step.RESEND_OTP, c.id)
+        self.engine.send(Step.RESEND_OTP, c.id)
         return c
 
     def cancel(self, checkout_id: str) -> Checkout:

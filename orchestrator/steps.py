@@ -80,7 +80,7 @@ def retry_later(d: Deps, run: Run, c: Checkout, step: Step, error: BaseException
         d.engine.apply(c.id, Fact.GAVE_UP, Source.TIMER, f"{step.value} failed {failures} times: {code}", run=run,
                        fields={"error_code": code, "error_message": message})
         return
-    delay = min(d.settings.retry_backoff_cap, d.settings.retry_backoff_base * 2 ** (failures - 1))
+    delay = saga.retry_delay(failures, d.settings.retry_backoff_base, d.settings.retry_backoff_cap)
     due = _s(d, delay)
     if c.deadline_at and State(c.state) in saga.BEFORE_AUTHORIZATION:
         due = min(due, max(c.deadline_at, d.clock()))
@@ -436,7 +436,7 @@ def poll_order(d: Deps, run: Run, c: Checkout) -> None:
                            fields={"cancel_reason": "CUSTOMER_TIMEOUT"})
             return
         if state is State.NEEDS_ATTENTION:
-            d.repo.note(c.id, states={state}, claim=run.token, next_due_at=_s(d, d.settings.attention_poll_seconds))
+            d.repo.note(c.id, states={state}, claim=run.token, next_due_at=d.engine.due_for(c, state, {}))
             return
         return retry_later(d, run, c, Step.POLL_ORDER, exc)
     if order is not None and settle(d, c, order, "polled", Source.POLL, run):
@@ -451,15 +451,8 @@ def poll_order(d: Deps, run: Run, c: Checkout) -> None:
                        run=run)
         return
     polls = c.polls + 1
-    if state is State.NEEDS_ATTENTION:
-        due = _s(d, d.settings.attention_poll_seconds)
-    else:
-        due = _s(d, saga.poll_delay(d.settings.poll_delays, polls))
-        if c.deadline_at and state in saga.POLLING:
-            due = min(due, c.deadline_at)
-        if c.watch_until and state is State.WATCHING:
-            due = min(due, c.watch_until)
-    d.repo.note(c.id, states={state}, claim=run.token, polls=polls, next_due_at=due,
+    d.repo.note(c.id, states={state}, claim=run.token, polls=polls,
+                next_due_at=d.engine.due_for(c, state, {"polls": polls}),
                 plural_status=order.status if order else c.plural_status)
 
 

@@ -244,6 +244,25 @@ def test_a_pre_auth_hold_that_comes_after_a_refused_cancel_is_released(harness):
     assert kinds(h, c)[-1][0] == "CANCELLED"
 
 
+def test_a_late_payment_after_a_watch_gave_up_is_still_refunded_and_says_so(harness):
+    h = harness
+    if h.mode != "strict":
+        pytest.skip("the lenient sandbox cancels the open payment")
+    requests.put(f"{h.sandbox_url}/sandbox/config", json={"payment_expiry_seconds": 0.0}, timeout=5)
+    c = start(h)
+    h.service.cancel(c.id)
+    h.drain()
+    h.clock.advance(h.deps.settings.watch_seconds + 1)
+    h.run_due()
+    assert h.state(c.id) == "NEEDS_ATTENTION"
+    approve(h, c)  # the customer pays after the watch gave up
+    h.clock.advance(h.deps.settings.attention_poll_seconds + 1)
+    h.run_due()
+    c = h.deps.repo.get(c.id)
+    assert (c.state, c.finished_late, c.late_undo) == ("CANCELLED", True, "REFUNDED")
+    assert [r.origin for r in refunds_of(h.deps, c.id)] == ["LATE_PAYMENT"]
+
+
 def test_a_watch_that_never_ends_needs_attention(harness):
     h = harness
     if h.mode != "strict":
@@ -278,30 +297,30 @@ def test_an_otp_whose_answer_was_lost_is_not_sent_again(harness):
 
 # --- 9 and 11: refunded amounts and the history ------------------------------------------
 
-def test_concurrent_refund_settlements_never_lose_an_update(harness):
+def settle_refunds_at_once(h, c, amounts=(1000, 2000, 3000, 4000)) -> bool:
+    """Request refunds of ``c``, then mark them all PROCESSED from as many threads at once."""
     from orchestrator.core.saga import RefundState
     from orchestrator.refunds import move
 
-    h = harness
-    c = authorized(h, amount=10000, pre_auth=False)
-    rows = []
-    for amount in (1000, 2000, 3000, 4000):
-        row, _ = h.service.refund(c.id, amount, None)
-        rows.append(row)
+    rows = [h.service.refund(c.id, amount, None)[0] for amount in amounts]
     h.queue.clear()
     for row in rows:
         move(h.deps, get_refund(h.deps, row.id), RefundState.PENDING)
-    pending = [get_refund(h.deps, r.id) for r in rows]
+    pending = iter([get_refund(h.deps, r.id) for r in rows])
     lock = threading.Lock()
-    it = iter(pending)
 
     def settle_one():
         with lock:
-            r = next(it)
+            r = next(pending)
         return move(h.deps, r, RefundState.PROCESSED)
 
-    assert all(at_once(settle_one, 4))
-    assert h.deps.repo.get(c.id).refunded_amount == 10000
+    return all(at_once(settle_one, len(rows)))
+
+
+def test_concurrent_refund_settlements_never_lose_an_update(harness):
+    c = authorized(harness, amount=10000, pre_auth=False)
+    assert settle_refunds_at_once(harness, c)
+    assert harness.deps.repo.get(c.id).refunded_amount == 10000
 
 
 def test_the_history_names_where_each_move_came_from(harness):

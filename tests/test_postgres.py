@@ -93,25 +93,10 @@ def test_money_columns_hold_amounts_beyond_32_bits_on_postgres(pg):
 
 
 def test_concurrent_refund_settlements_lose_no_update_on_postgres(pg):
-    import threading
-
-    from orchestrator.core.saga import RefundState
-    from orchestrator.refunds import get_refund, move
+    from tests.test_engine import settle_refunds_at_once
 
     c = checkout(pg, amount=10000)
-    rows = [pg.service.refund(c.id, amount, None)[0] for amount in (1000, 2000, 3000, 4000)]
-    pg.queue.clear()
-    for row in rows:
-        move(pg.deps, get_refund(pg.deps, row.id), RefundState.PENDING)
-    pending = iter([get_refund(pg.deps, r.id) for r in rows])
-    lock = threading.Lock()
-
-    def settle_one():
-        with lock:
-            r = next(pending)
-        return move(pg.deps, r, RefundState.PROCESSED)
-
-    assert all(at_once(settle_one, 4))
+    assert settle_refunds_at_once(pg, c)
     assert pg.deps.repo.get(c.id).refunded_amount == 10000
 
 

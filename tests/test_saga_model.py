@@ -36,7 +36,7 @@ from orchestrator.core.saga import Source, State
 from orchestrator.plural import PluralClient, errors
 from orchestrator.plural.signatures import sign_callback
 from orchestrator.refunds import RefundRefused, refunds_of
-from orchestrator.sandbox.audit import ledger_problems
+from orchestrator.sandbox.audit import agrees_with_plural, ledger_problems
 from orchestrator.service import CheckoutError, CheckoutIn
 from orchestrator.webhooks import process_pending
 from tests.conftest import ledger
@@ -81,24 +81,6 @@ class CrashingPlural:
 def advance_sandbox(h: Any, seconds: float) -> None:
     """Plural's time passes with ours (payment expiry, refund settlement)."""
     requests.post(f"{h.sandbox_url}/sandbox/clock", json={"advance": seconds}, timeout=5).raise_for_status()
-
-
-def agrees_with_plural(c: Any, order: Any, refunded: int) -> bool:
-    """Does the checkout's final or resting state agree with what Get Order says?"""
-    view = saga.gateway_view(order.status, next((p.status for p in order.payments), None))
-    state = State(c.state)
-    if state is State.COMPLETED:
-        return view is saga.GatewayView.PROCESSED and order.captured_amount() == c.captured_amount
-    if state is State.AUTHORIZED:
-        return view is saga.GatewayView.AUTHORIZED
-    if state in (State.CANCELLED, State.EXPIRED):
-        if c.late_undo == "REFUNDED":
-            return view is saga.GatewayView.PROCESSED and refunded == order.captured_amount()
-        return view in (saga.GatewayView.CANCELLED, saga.GatewayView.FAILED, saga.GatewayView.PAYMENT_FAILED) or (
-            view is saga.GatewayView.PENDING and not any(p.status in ("PENDING", "AUTHORIZED") for p in order.payments))
-    if state is State.FAILED:
-        return view in (saga.GatewayView.FAILED, saga.GatewayView.PAYMENT_FAILED, saga.GatewayView.PENDING)
-    return state is State.NEEDS_ATTENTION
 
 
 class SagaModel(RuleBasedStateMachine):
@@ -366,7 +348,9 @@ class SagaModel(RuleBasedStateMachine):
             except errors.NotFound:
                 continue
             refunded = sum(r.amount_value for r in refunds_of(h.deps, c.id) if r.state == "PROCESSED")
-            assert agrees_with_plural(c, order, refunded), (c.state, order.status, c.late_undo)
+            seen = h.service.view(c)
+            assert agrees_with_plural(seen, order.model_dump(mode="json", exclude_none=True)), (
+                c.state, order.status, c.late_undo)
             if c.delivered_at is not None and c.state == "COMPLETED":
                 assert c.captured_amount == c.capture_amount, (c.captured_amount, c.capture_amount)
             assert refunded <= c.captured_amount or c.late_undo == "REFUNDED"

@@ -429,6 +429,11 @@ def capture_deadline(authorized_at: dt.datetime, hold_days: float, margin_second
     return authorized_at + max(hold, dt.timedelta(0))
 
 
+def retry_delay(failures: int, base: float, cap: float) -> float:
+    """Seconds before the next try after ``failures`` failures: exponential from ``base``, capped."""
+    return min(cap, base * 2 ** (failures - 1))
+
+
 def poll_delay(schedule: tuple[float, ...], polls_done: int) -> float:
     """Seconds until the next Get Order: the schedule's entry, its last entry once used up."""
     if not schedule:

@@ -147,9 +147,6 @@ class Repo:
             s.commit()
             return result.rowcount == 1
 
-    # kept for callers outside the saga (tests, tools) that set plain fields
-    update_fields = note
-
     # --- run claims ---------------------------------------------------------------------
 
     def claim(self, table: type[Any], row_id: str, lease_seconds: float) -> str | None:

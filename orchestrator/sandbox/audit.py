@@ -28,3 +28,27 @@ def ledger_problems(entries: list[dict[str, Any]]) -> list[str]:
         if total["REFUNDED"] > total["CAPTURED"]:
             problems.append(f"{order_id}: refunded {total['REFUNDED']} > captured {total['CAPTURED']}")
     return problems
+
+
+def agrees_with_plural(checkout: dict[str, Any], order: dict[str, Any]) -> bool:
+    """Does a checkout that has come to rest (its JSON, as ``GET /v1/checkouts/{id}`` shows it)
+    agree with its order at Plural (Get Order's JSON)?"""
+    from orchestrator.core.saga import GatewayView, gateway_view
+
+    payments = order.get("payments") or []
+    view = gateway_view(order["status"], payments[0]["status"] if payments else None)
+    captured = sum(c["capture_amount"]["value"] for p in payments for c in p.get("capture_data") or [])
+    state = checkout["state"]
+    if state == "COMPLETED":
+        return view is GatewayView.PROCESSED and captured == checkout["captured_amount"]["value"]
+    if state == "AUTHORIZED":
+        return view is GatewayView.AUTHORIZED
+    if state in ("CANCELLED", "EXPIRED"):
+        if checkout.get("late_undo") == "REFUNDED":  # paid too late, and refunded in full
+            refunded = sum(r["amount"]["value"] for r in checkout.get("refunds") or [] if r["status"] == "PROCESSED")
+            return view is GatewayView.PROCESSED and refunded == captured
+        return view in (GatewayView.CANCELLED, GatewayView.FAILED, GatewayView.PAYMENT_FAILED) or (
+            view is GatewayView.PENDING and not any(p["status"] in ("PENDING", "AUTHORIZED") for p in payments))
+    if state == "FAILED":
+        return view in (GatewayView.FAILED, GatewayView.PAYMENT_FAILED, GatewayView.PENDING)
+    return state == "NEEDS_ATTENTION"
