@@ -244,16 +244,22 @@ def test_a_pre_auth_hold_that_comes_after_a_refused_cancel_is_released(harness):
     assert kinds(h, c)[-1][0] == "CANCELLED"
 
 
-def test_a_late_payment_after_a_watch_gave_up_is_still_refunded_and_says_so(harness):
-    h = harness
-    if h.mode != "strict":
-        pytest.skip("the lenient sandbox cancels the open payment")
+def watch_that_gives_up(h):
+    """A cancel Plural refuses while a payment stays open (it never expires) until the watch ends."""
     requests.put(f"{h.sandbox_url}/sandbox/config", json={"payment_expiry_seconds": 0.0}, timeout=5)
     c = start(h)
     h.service.cancel(c.id)
     h.drain()
     h.clock.advance(h.deps.settings.watch_seconds + 1)
     h.run_due()
+    return c
+
+
+def test_a_late_payment_after_a_watch_gave_up_is_still_refunded_and_says_so(harness):
+    h = harness
+    if h.mode != "strict":
+        pytest.skip("the lenient sandbox cancels the open payment")
+    c = watch_that_gives_up(h)
     assert h.state(c.id) == "NEEDS_ATTENTION"
     approve(h, c)  # the customer pays after the watch gave up
     h.clock.advance(h.deps.settings.attention_poll_seconds + 1)
@@ -267,12 +273,7 @@ def test_a_watch_that_never_ends_needs_attention(harness):
     h = harness
     if h.mode != "strict":
         pytest.skip("the lenient sandbox cancels the open payment")
-    requests.put(f"{h.sandbox_url}/sandbox/config", json={"payment_expiry_seconds": 0.0}, timeout=5)
-    c = start(h)
-    h.service.cancel(c.id)
-    h.drain()
-    h.clock.advance(h.deps.settings.watch_seconds + 1)
-    h.run_due()
+    c = watch_that_gives_up(h)
     assert h.state(c.id) == "NEEDS_ATTENTION"
 
 
