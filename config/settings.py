@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     sandbox_strict: bool = Field(default=True, description="refuse what Plural refuses (cancel only AUTHORIZED, ...)")
     sandbox_payment_expiry_seconds: float = Field(default=900.0, ge=0,
                                                   description="an unpaid payment expires after this; 0: never")
+    sandbox_offers_file: str | None = Field(default=None, description="a JSON EMI offer book for the sandbox "
+                                                                      "(see orchestrator/sandbox/offers.py)")
 
     @field_validator("plural_callback_secret")
     @classmethod

@@ -14,7 +14,13 @@ def app_from_settings(settings: Any, *, port: int, host: str = "127.0.0.1", faul
     from orchestrator.sandbox.app import create_app
     from orchestrator.sandbox.gateway import SandboxConfig
 
+    from orchestrator.sandbox import offers
+
     public = settings.sandbox_public_url or f"http://{host}:{port}"
+    book = offers.DEFAULT_BOOK
+    if settings.sandbox_offers_file:
+        with open(settings.sandbox_offers_file, encoding="utf-8") as f:
+            book = offers.OfferBook.model_validate_json(f.read())
     config = SandboxConfig(
         client_id=settings.plural_client_id,
         client_secret=settings.plural_client_secret.get_secret_value(),
@@ -25,6 +31,7 @@ def app_from_settings(settings: Any, *, port: int, host: str = "127.0.0.1", faul
         otp_max_attempts=settings.sandbox_otp_max_attempts,
         strict=settings.sandbox_strict,
         payment_expiry_seconds=settings.sandbox_payment_expiry_seconds,
+        offers=book,
     )
     return create_app(config, faults=faults, webhook_url=webhook_url or settings.sandbox_webhook_url,
                       webhook_key=settings.webhook_key(), admin_key=settings.sandbox_admin_key.get_secret_value())

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from orchestrator.logs import get_logger
+from orchestrator.sandbox import offers
 from orchestrator.sandbox.faults import Faults
 from orchestrator.sandbox.gateway import Gateway, GatewayError, SandboxConfig
 from orchestrator.sandbox.webhooks import WebhookSender
@@ -23,7 +24,7 @@ from orchestrator.sandbox.webhooks import WebhookSender
 log = get_logger(__name__)
 
 PLURAL_PREFIXES = ("/api/",)
-ADMIN_PREFIXES = ("/sandbox/config", "/sandbox/faults", "/sandbox/reset", "/sandbox/clock", "/sandbox/tokens")
+ADMIN_PREFIXES = ("/sandbox/config", "/sandbox/offers", "/sandbox/faults", "/sandbox/reset", "/sandbox/clock", "/sandbox/tokens")
 
 
 def _error(exc: GatewayError) -> JSONResponse:
@@ -280,7 +281,7 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
 
     @app.get("/sandbox/config")
     async def get_config() -> Any:
-        data = {k: v for k, v in asdict(config).items() if k not in ("callback_key", "client_secret")}
+        data = {k: v for k, v in asdict(config).items() if k not in ("callback_key", "client_secret", "offers")}
         return {**data, "webhook_url": sender.url}
 
     @app.put("/sandbox/config")
@@ -289,13 +290,26 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
         if "webhook_url" in body:
             sender.url = body.pop("webhook_url") or None
         for key, value in body.items():
-            if key in ("callback_key", "client_id", "client_secret") or not hasattr(config, key):
+            if key in ("callback_key", "client_id", "client_secret", "offers") or not hasattr(config, key):
                 raise GatewayError(400, "INVALID_REQUEST", f"{key} cannot be set")
             if not isinstance(value, type(getattr(config, key))) and not (
                     isinstance(value, int) and isinstance(getattr(config, key), float)):
                 raise GatewayError(400, "INVALID_REQUEST", f"{key} has the wrong type")
             setattr(config, key, value)
         return await get_config()
+
+    @app.get("/sandbox/offers")
+    async def get_offers() -> Any:
+        return config.offers.model_dump(mode="json")
+
+    @app.put("/sandbox/offers")
+    async def put_offers(request: Request) -> Any:
+        body = await _body(request)
+        try:
+            config.offers = offers.OfferBook.model_validate(body) if body else offers.DEFAULT_BOOK
+        except ValueError as exc:
+            raise GatewayError(400, "INVALID_REQUEST", f"offer book: {exc}") from None
+        return await get_offers()
 
     @app.post("/sandbox/clock")
     async def advance_clock(request: Request) -> Any:
@@ -319,6 +333,7 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
     async def reset() -> Any:
         gateway.reset()
         faults.clear()
+        config.offers = offers.DEFAULT_BOOK
         return {"reset": True}
 
     return app

@@ -42,6 +42,8 @@ SEED_SAMPLE_CLIENTS = {
     "1234567890": "asdfgwei7egyhuggwp39w8rh",
 }
 PAYMENT_METHODS = {"CARD": "cc", "DEBIT_EMI": "de", "CREDIT_EMI": "ce"}
+#: an Indian mobile number as Debit EMI's registered_mobile_number (10 digits, starting 6 to 9)
+MOBILE = re.compile(r"^[6-9][0-9]{9}$")
 EVENT_FOR_STATUS = {
     "AUTHORIZED": "ORDER_AUTHORIZED",
     "PROCESSED": "ORDER_PROCESSED",
@@ -92,6 +94,8 @@ class SandboxConfig:
     strict: bool = True
     #: a payment not completed in this time expires (PAYMENT_EXPIRED); 0: never
     payment_expiry_seconds: float = 900.0
+    #: the EMI offer book (issuers, tenures, rates, fees, discounts, subventions, limits)
+    offers: offers.OfferBook = field(default_factory=lambda: offers.DEFAULT_BOOK)
 
 
 @dataclass
@@ -368,15 +372,19 @@ class Gateway:
             if amount["value"] > order["order_amount"]["value"]:
                 raise _bad("payment_amount exceeds the order amount", field="payment_amount")
             card = self._validate_card((item.get("payment_option") or {}).get("card_details"), method)
+            if method == "DEBIT_EMI":
+                mobile = ((item.get("payment_option") or {}).get("card_details") or {}).get("registered_mobile_number")
+                if not isinstance(mobile, str) or not MOBILE.fullmatch(mobile):
+                    raise _bad("registered_mobile_number must be the 10-digit mobile number registered with the "
+                               "bank", field="registered_mobile_number")
             if method != "CARD":
                 if not isinstance(item.get("offer_data"), dict):
                     raise _bad("offer_data is required for EMI payments", field="offer_data")
-                try:
-                    offers.validate({"order_amount": order["order_amount"], "offer_data": item["offer_data"],
-                                     "payment_amount": amount,
-                                     "payment_option": item.get("payment_option")}, payment_method=method)
-                except offers.NotEligible as exc:
-                    raise _refused(str(exc), "OFFER_NOT_ELIGIBLE") from None
+                terms = {"order_amount": order["order_amount"], "offer_data": item["offer_data"],
+                         "payment_amount": amount, "payment_option": item.get("payment_option")}
+                if order.get("cart_coupon_discount_amount") is not None:
+                    terms["cart_coupon_discount_amount"] = order["cart_coupon_discount_amount"]
+                self._check_offer(terms, method)
             attempt_letter = "abcdefghijklmnopqrstuvwxyz"[len(order["payments"]) % 26]
             payment_id = f"{order_id}-{PAYMENT_METHODS[method]}-{attempt_letter}"
             now = self.now_iso()
@@ -482,7 +490,8 @@ class Gateway:
         with self.lock:
             state, order, public = self._otp_payment(body)
             card = state.card
-            if card is None or not card.native_otp or card.behaviour == cards.OTP_REFUSED:
+            if (card is None or not card.native_otp or card.behaviour == cards.OTP_REFUSED
+                    or state.method == "DEBIT_EMI"):  # Debit EMI has no native OTP in Plural's document
                 raise _refused("card is not eligible for native OTP; use the challenge_url", "CARD_NOT_ELIGIBLE")
             if state.otp_sent_at is None:
                 state.otp_sent_at = self.clock()
@@ -551,6 +560,9 @@ class Gateway:
             else:
                 fields = {"order_id": order["order_id"], "status": order["status"]}
                 target = order.get("callback_url")
+            if state.method != "CARD":
+                # the Debit EMI document returns (and signs) ``payment_status``; the card one ``status``
+                fields["payment_status"] = fields.pop("status")
             fields["signature"] = sign_callback(fields, self.config.callback_key)
             if not target:
                 return ""
@@ -705,9 +717,15 @@ class Gateway:
 
     # --- affordability ------------------------------------------------------------------
 
+    def _offers(self) -> tuple[offers.IssuerOffer, ...]:
+        return self.config.offers.issuers
+
     def discover_offers(self, body: dict[str, Any]) -> dict[str, Any]:
         self._money(body.get("order_amount"), "order_amount")
-        return offers.discover(body)
+        try:
+            return offers.discover(body, self._offers())
+        except offers.BadRequest as exc:
+            raise _bad(str(exc), field=exc.field) from None
 
     def validate_offer(self, body: dict[str, Any]) -> dict[str, Any]:
         amount = self._money(body.get("order_amount"), "order_amount")
@@ -716,11 +734,16 @@ class Gateway:
             raise _bad("payment_method must be DEBIT_EMI or CREDIT_EMI", field="payment_method")
         if not isinstance(body.get("offer_data"), dict):
             raise _bad("offer_data is required", field="offer_data")
-        try:
-            offers.validate(body)
-        except offers.NotEligible as exc:
-            raise _refused(str(exc), "OFFER_NOT_ELIGIBLE") from None
+        self._check_offer(body)
         return {"code": "ELIGIBLE", "message": "Offer is Eligible"}
+
+    def _check_offer(self, request: dict[str, Any], method: str | None = None) -> None:
+        try:
+            offers.validate(request, payment_method=method, offers=self._offers())
+        except offers.BadRequest as exc:
+            raise _bad(str(exc), field=exc.field) from None
+        except offers.NotEligible as exc:
+            raise _refused(str(exc), exc.code) from None
 
     # --- inspection ---------------------------------------------------------------------
 
