@@ -89,7 +89,7 @@ def _operator(args: argparse.Namespace) -> int:
     from orchestrator.service import CheckoutError, CheckoutService
 
     rt = get_runtime()
-    svc = CheckoutService(rt.settings, rt.repo, rt.vault, rt.enqueue)
+    svc = CheckoutService(rt.settings, rt.repo, rt.vault, rt.enqueue, plural=rt.plural)
     try:
         c = svc.operator(args.checkout_id, args.action, getattr(args, "outcome", None), who=args.operator)
     except CheckoutError as exc:

@@ -105,7 +105,7 @@ class Engine:
         """A payment that completed after the checkout was cancelled for the merchant is refunded."""
 
         def effect(s: Session, row: Checkout, target: State) -> None:
-            amount = int(fields.get("captured_amount") or row.amount_value)
+            amount = int(fields.get("captured_amount") or row.payment_amount or row.amount_value)
             count = s.exec(select(func.count()).select_from(Refund).where(col(Refund.checkout_id) == row.id)).one()
             now = self.clock()
             refund = Refund(checkout_id=row.id, merchant_refund_reference=f"{row.id}-r{int(count) + 1}",

@@ -12,14 +12,17 @@ from typing import Annotated, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from orchestrator.core import saga
+from orchestrator.core import emi, saga
 from orchestrator.core.cards import digits_only, expiry_in_future, luhn_ok, network_of
 from orchestrator.core.money import Money
 from orchestrator.core.saga import Fact, Source, State, Step
 from orchestrator.db.models import Checkout, new_checkout_id, utcnow
 from orchestrator.db.repo import Repo
 from orchestrator.engine import Engine
-from orchestrator.logs import get_logger
+from orchestrator.logs import get_logger, mask_text
+from orchestrator.plural import errors as plural_errors
+from orchestrator.plural.models import Amount as PluralAmount
+from orchestrator.plural.models import CardDetails, OfferDiscoveryRequest, PaymentOption, ProductDetail
 from orchestrator.refunds import refund_view
 from orchestrator.vault import CardData, Vault
 
@@ -39,15 +42,25 @@ class CheckoutError(Exception):
         return {"code": self.code, "message": self.message, **self.details}
 
 
+MOBILE = r"^[6-9][0-9]{9}$"
+
+
 class CardIn(BaseModel):
+    """The card. ``CARD`` and ``CREDIT_EMI`` need all of name, CVV and expiry; ``DEBIT_EMI`` needs
+    the number and the mobile number registered with the bank (CVV and expiry optional, as in
+    Plural's Debit EMI samples)."""
+
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     number: str = Field(repr=False, pattern=r"^(?:\d[ -]?){11,18}\d$",
                         description="12 to 19 digits; spaces or dashes between them are allowed; Luhn-checked")
-    name: str = Field(min_length=1, max_length=100)
-    cvv: str = Field(repr=False, pattern=r"^\d{3,4}$")
-    expiry_month: str = Field(pattern=r"^(0?[1-9]|1[0-2])$")
-    expiry_year: str = Field(pattern=r"^(\d{2}|\d{4})$")
+    name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    cvv: str | None = Field(default=None, repr=False, pattern=r"^\d{3,4}$")
+    expiry_month: Annotated[str, Field(pattern=r"^(0?[1-9]|1[0-2])$")] | None = None
+    expiry_year: Annotated[str, Field(pattern=r"^(\d{2}|\d{4})$")] | None = None
+    registered_mobile_number: str | None = Field(
+        default=None, repr=False, pattern=MOBILE, description="Debit EMI: the 10-digit mobile number registered "
+                                                                "with the bank")
 
     @field_validator("number")
     @classmethod
@@ -59,16 +72,26 @@ class CardIn(BaseModel):
 
     @field_validator("expiry_month")
     @classmethod
-    def _month(cls, value: str) -> str:
+    def _month(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not 1 <= int(value) <= 12:
             raise ValueError("expiry_month must be 1 to 12")
         return f"{int(value):02d}"
 
     @model_validator(mode="after")
     def _not_expired(self) -> "CardIn":
-        if not expiry_in_future(self.expiry_month, self.expiry_year, dt.date.today()):
+        if (self.expiry_month is None) != (self.expiry_year is None):
+            raise ValueError("expiry_month and expiry_year go together")
+        if self.expiry_month and self.expiry_year and not expiry_in_future(self.expiry_month, self.expiry_year,
+                                                                          dt.date.today()):
             raise ValueError("card has expired")
         return self
+
+    def missing_for(self, payment_method: str) -> list[str]:
+        if payment_method == "DEBIT_EMI":
+            return [] if self.registered_mobile_number else ["registered_mobile_number"]
+        return [k for k in ("name", "cvv", "expiry_month", "expiry_year") if getattr(self, k) is None]
 
 
 class AddressIn(BaseModel):
@@ -99,17 +122,89 @@ class CustomerIn(BaseModel):
     shipping_address: AddressIn | None = None
 
 
-class CheckoutIn(BaseModel):
+class ProductIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    product_code: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    product_amount: Money
+
+
+class EmiIn(BaseModel):
+    """The customer's choice from offer discovery: an issuer and one of its tenures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="issuers[].id from discovery")
+    tenure_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="issuers[].tenures[].tenure_id")
+    expected_monthly_emi: Money | None = Field(
+        default=None, description="the monthly EMI the customer was shown; a different current figure fails the "
+                                  "checkout with OFFER_CHANGED")
+
+
+class EmiTerms(BaseModel):
+    """What an EMI order is: its amount, the products on it, a cart coupon. Shared by discovery and
+    checkouts; impossible terms are refused before anything is asked of Plural."""
+
+    amount: Money
+    product_details: Annotated[list[ProductIn], Field(max_length=50)] | None = None
+    cart_coupon_discount_amount: Money | None = None
+
+    @model_validator(mode="after")
+    def _terms(self) -> "EmiTerms":
+        currency = self.amount.currency
+        products = self.product_details or []
+        if any(p.product_amount.currency != currency for p in products) or (
+                self.cart_coupon_discount_amount and self.cart_coupon_discount_amount.currency != currency):
+            raise ValueError(f"product and coupon amounts must be in {currency}")
+        if any(p.product_amount.value > self.amount.value for p in products):
+            raise ValueError("a product_amount exceeds the order amount")
+        if sum(p.product_amount.value for p in products) > self.amount.value:
+            raise ValueError("product amounts add up to more than the order amount")
+        if self.cart_coupon_discount_amount and self.cart_coupon_discount_amount.value >= self.amount.value:
+            raise ValueError("cart_coupon_discount_amount must be below the order amount")
+        return self
+
+
+class DiscoveryCardIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    number: str = Field(repr=False, pattern=r"^(?:\d[ -]?){11,18}\d$")
+
+
+class DiscoveryIn(EmiTerms):
+    """Offer discovery. Name the customer's card to see Debit EMI issuers (Plural offers Debit
+    EMI per customer); the card number is passed to Plural and kept nowhere."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    card: DiscoveryCardIn | None = None
+
+
+class CheckoutIn(EmiTerms):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     merchant_order_reference: Annotated[str, Field(pattern=REFERENCE)] | None = None
-    amount: Money
     pre_auth: StrictBool = False
-    payment_method: Literal["CARD"] = "CARD"
+    payment_method: Literal["CARD", "DEBIT_EMI", "CREDIT_EMI"] = "CARD"
     card: CardIn
+    emi: EmiIn | None = Field(default=None, description="required for DEBIT_EMI and CREDIT_EMI")
     customer: CustomerIn | None = None
     callback_url: Annotated[str, Field(pattern=r"^https?://", max_length=500)] | None = None
     failure_callback_url: Annotated[str, Field(pattern=r"^https?://", max_length=500)] | None = None
+
+    @model_validator(mode="after")
+    def _method(self) -> "CheckoutIn":
+        emi_method = self.payment_method != "CARD"
+        if emi_method and self.emi is None:
+            raise ValueError(f"{self.payment_method} needs emi (issuer_id and tenure_id from offer discovery)")
+        if not emi_method and (self.emi or self.product_details or self.cart_coupon_discount_amount):
+            raise ValueError("emi, product_details and cart_coupon_discount_amount are for DEBIT_EMI and CREDIT_EMI")
+        if emi_method and self.amount.currency != "INR":
+            raise ValueError("EMI is offered in INR only")
+        if self.emi and self.emi.expected_monthly_emi and self.emi.expected_monthly_emi.currency != "INR":
+            raise ValueError("expected_monthly_emi must be in INR")
+        missing = self.card.missing_for(self.payment_method)
+        if missing:
+            raise ValueError(f"{self.payment_method} needs card." + ", card.".join(missing))
+        return self
 
 
 class DeliveryIn(BaseModel):
@@ -130,8 +225,9 @@ class OTPIn(BaseModel):
 
 class CheckoutService:
     def __init__(self, settings: Any, repo: Repo, vault: Vault, enqueue: Callable[[Step, str], None],
-                 clock: Callable[[], dt.datetime] = utcnow):
+                 clock: Callable[[], dt.datetime] = utcnow, plural: Any = None):
         self.settings, self.repo, self.vault, self.enqueue, self.clock = settings, repo, vault, enqueue, clock
+        self.plural = plural
         self.engine = Engine(settings, repo, vault, enqueue, clock)
 
     # --- create -------------------------------------------------------------------------
@@ -146,9 +242,10 @@ class CheckoutService:
                 return self._same_or_conflict(existing, req), False
         checkout_id = new_checkout_id()
         now = self.clock()
+        start = saga.initial_state(req.payment_method)
         row = Checkout(
             id=checkout_id,
-            state=State.NEW.value,
+            state=start.value,
             merchant_order_reference=req.merchant_order_reference or checkout_id,
             merchant_payment_reference=f"{checkout_id}-p1",
             merchant_capture_reference=f"{checkout_id}-c1",
@@ -159,6 +256,8 @@ class CheckoutService:
             customer=req.customer.model_dump(mode="json", exclude_none=True) if req.customer else None,
             callback_url=req.callback_url,
             failure_callback_url=req.failure_callback_url,
+            emi_choice=_emi_choice(req),
+            cart_coupon_discount=req.cart_coupon_discount_amount.value if req.cart_coupon_discount_amount else None,
             card_last4=req.card.number[-4:],
             card_network=network_of(req.card.number),
             deadline_at=now + dt.timedelta(seconds=self.settings.customer_action_timeout),
@@ -167,7 +266,8 @@ class CheckoutService:
             updated_at=now,
         )
         card = CardData(number=req.card.number, name=req.card.name, cvv=req.card.cvv,
-                        expiry_month=req.card.expiry_month, expiry_year=req.card.expiry_year)
+                        expiry_month=req.card.expiry_month, expiry_year=req.card.expiry_year,
+                        registered_mobile_number=req.card.registered_mobile_number)
         try:
             self.vault.put_card(checkout_id, card, self.settings.card_ttl_seconds)
         except Exception as exc:
@@ -182,14 +282,17 @@ class CheckoutService:
             self.vault.drop_card(checkout_id)
             return self._same_or_conflict(saved, req), False
         log.info("checkout.created", saga_id=saved.id, amount=saved.amount_value, currency=saved.currency,
-                 pre_auth=saved.pre_auth)
-        self.engine.send(Step.CREATE_ORDER, saved.id)
+                 pre_auth=saved.pre_auth, payment_method=saved.payment_method)
+        step = saga.next_step(start)
+        assert step is not None
+        self.engine.send(step, saved.id)
         return saved, True
 
     @staticmethod
     def _same_or_conflict(existing: Checkout, req: CheckoutIn) -> Checkout:
         same = (existing.amount_value == req.amount.value and existing.currency == req.amount.currency
-                and existing.pre_auth == req.pre_auth and existing.card_last4 == req.card.number[-4:])
+                and existing.pre_auth == req.pre_auth and existing.card_last4 == req.card.number[-4:]
+                and existing.payment_method == req.payment_method and existing.emi_choice == _emi_choice(req))
         if not same:
             raise CheckoutError(409, "REFERENCE_CONFLICT",
                                 "merchant_order_reference already names a different checkout", id=existing.id)
@@ -230,6 +333,9 @@ class CheckoutService:
             "delivered_at": _iso(c.delivered_at),
             "capture_deadline_at": _iso(c.capture_deadline_at),
             "cancel_reason": c.cancel_reason,
+            "payment_method": c.payment_method,
+            "payment_amount": {"value": c.payment_amount or c.amount_value, "currency": c.currency},
+            "emi": self._emi_view(c),
             "card": {"last4": c.card_last4, "network": c.card_network},
             "next_action": next_action,
             "error": {"code": c.error_code, "message": c.error_message} if c.error_code else None,
@@ -247,6 +353,46 @@ class CheckoutService:
             "refunds": ([refund_view(r) for r in self.refunds(c.id)]
                         if c.pre_auth or state is State.COMPLETED or c.late_undo == "REFUNDED" else []),
         }
+
+    @staticmethod
+    def _emi_view(c: Checkout) -> dict[str, Any] | None:
+        if c.payment_method == "CARD":
+            return None
+        choice = dict(c.emi_choice or {})
+        if choice.get("expected_monthly_emi") is not None:
+            choice["expected_monthly_emi"] = {"value": choice["expected_monthly_emi"], "currency": c.currency}
+        for product in choice.get("product_details") or []:
+            product["product_amount"] = {"value": product["product_amount"], "currency": c.currency}
+        if c.cart_coupon_discount:
+            choice["cart_coupon_discount_amount"] = {"value": c.cart_coupon_discount, "currency": c.currency}
+        # the offer Plural validated (absent until then, and for a checkout refused before it)
+        return {"choice": choice, "offer": emi.summary(c.offer, c.currency) if c.offer else None}
+
+    # --- offers -------------------------------------------------------------------------
+
+    def discover(self, req: DiscoveryIn) -> dict[str, Any]:
+        """Plural's offer discovery for these terms, passed on exactly as Plural answered."""
+        currency = req.amount.currency
+        request = OfferDiscoveryRequest(
+            order_amount=PluralAmount(value=req.amount.value, currency=currency),
+            product_details=[ProductDetail(product_code=p.product_code,
+                                           product_amount=PluralAmount(value=p.product_amount.value, currency=currency))
+                             for p in req.product_details] if req.product_details else None,
+            cart_coupon_discount_amount=(PluralAmount(value=req.cart_coupon_discount_amount.value, currency=currency)
+                                         if req.cart_coupon_discount_amount else None),
+            payment_option=(PaymentOption(card_details=CardDetails(card_number=digits_only(req.card.number)))
+                            if req.card else None),
+        )
+        try:
+            return self.plural.discover_offers(request).raw
+        except plural_errors.APIError as exc:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403, 429):
+                raise CheckoutError(422, exc.code[:64], mask_text(exc.message)[:300]) from None
+            raise CheckoutError(503, "UNAVAILABLE", "Plural did not answer offer discovery; try again",
+                                unavailable="gateway") from None
+        except plural_errors.PluralError:
+            raise CheckoutError(503, "UNAVAILABLE", "Plural did not answer offer discovery; try again",
+                                unavailable="gateway") from None
 
     # --- customer and merchant actions --------------------------------------------------
 
@@ -362,6 +508,15 @@ class CheckoutService:
         from orchestrator.refunds import refunds_of
 
         return refunds_of(self._deps(), checkout_id)
+
+
+def _emi_choice(req: CheckoutIn) -> dict[str, Any] | None:
+    if req.emi is None:
+        return None
+    return {"issuer_id": req.emi.issuer_id, "tenure_id": req.emi.tenure_id,
+            "expected_monthly_emi": req.emi.expected_monthly_emi.value if req.emi.expected_monthly_emi else None,
+            "product_details": [{"product_code": p.product_code, "product_amount": p.product_amount.value}
+                                for p in req.product_details or []]}
 
 
 def _iso(value: dt.datetime | None) -> str | None:

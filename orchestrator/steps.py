@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import structlog
 
-from orchestrator.core import saga
+from orchestrator.core import emi, saga
 from orchestrator.core.saga import Fact, Source, State, Step
 from orchestrator.db.models import Checkout, utcnow
 from orchestrator.db.repo import LostClaim, Repo
@@ -31,8 +31,8 @@ from orchestrator.engine import Engine, Run
 from orchestrator.logs import get_logger, mask_text
 from orchestrator.plural import errors
 from orchestrator.plural.models import (
-    Amount, CaptureRequest, CardDetails, CardDetailsRequest, CardIdentifier, CreateOrderRequest, CreatePaymentRequest, Order,
-    PaymentOption, PaymentRequest, PurchaseDetails)
+    Amount, CaptureRequest, CardDetails, CardDetailsRequest, CardIdentifier, CreateOrderRequest, CreatePaymentRequest,
+    OfferDiscoveryRequest, OfferValidationRequest, Order, PaymentOption, PaymentRequest, ProductDetail, PurchaseDetails)
 from orchestrator.vault import Vault
 
 log = get_logger("orchestrator.steps")
@@ -140,7 +140,7 @@ def settle(d: Deps, c: Checkout, order: Order, reason: str, source: Source = Sou
 
 #: states in which a step of ours must make progress (the others wait for the customer, a
 #: delivery, Plural's final word or an operator, each with its own bound)
-_ACTIVE = frozenset({State.NEW, State.ORDER_CREATED, State.CARD_CHECKED,
+_ACTIVE = frozenset({State.QUOTING, State.NEW, State.ORDER_CREATED, State.CARD_CHECKED,
                                                      State.PAYMENT_CREATED, State.VERIFYING_OTP, State.CAPTURING,
                                                      State.CANCELLING})
 
@@ -199,6 +199,66 @@ def _resolve(d: Deps, c: Checkout, step: Step, outcome: str, detail: str) -> Non
 # --- the steps ------------------------------------------------------------------------------
 
 
+def _emi_terms(c: Checkout) -> dict[str, Any]:
+    """The order's EMI terms as Plural's affordability calls take them."""
+    choice = c.emi_choice or {}
+    products = [ProductDetail(product_code=p["product_code"],
+                              product_amount=Amount(value=p["product_amount"], currency=c.currency))
+                for p in choice.get("product_details") or []]
+    return {"order_amount": Amount(value=c.amount_value, currency=c.currency),
+            "product_details": products or None,
+            "cart_coupon_discount_amount": (Amount(value=c.cart_coupon_discount, currency=c.currency)
+                                            if c.cart_coupon_discount else None)}
+
+
+def _offer_refused(d: Deps, run: Run, code: str, message: str) -> None:
+    d.vault.drop_card(run.checkout_id)
+    state_fact(d, run, Fact.OFFER_REFUSED, f"EMI offer refused: {code}", error_code=code[:64],
+               error_message=text(message))
+
+
+def check_offer(d: Deps, run: Run, c: Checkout) -> None:
+    """EMI, before any order: discover the offers for this order (Plural's figures, not the
+    backend's), take the customer's issuer and tenure, and have Plural validate exactly that offer
+    for this card. Only ELIGIBLE goes on; anything else fails the checkout with its code."""
+    card = d.vault.card(c.id)
+    if card is None:
+        return _card_gone(d, run)
+    terms = _emi_terms(c)
+    debit = c.payment_method == "DEBIT_EMI"
+    card_only = PaymentOption(card_details=CardDetails(card_number=card.number))
+    # Debit EMI is offered per customer: Plural lists debit issuers for a named card
+    discovery = OfferDiscoveryRequest(**terms, payment_option=card_only if debit else None)
+    got = call_ahead(d, run, Step.CHECK_OFFER, None, lambda: d.plural.discover_offers(discovery),
+                     lambda r: f"{len(r.issuers)} issuers", idempotent=False)
+    if got.transient:
+        return retry_later(d, run, c, Step.CHECK_OFFER, got.transient)
+    if got.refused:
+        return _offer_refused(d, run, got.refused.code, got.refused.message)
+    choice = c.emi_choice or {}
+    try:
+        chosen = emi.choose(got.result.raw, str(choice.get("issuer_id")), str(choice.get("tenure_id")),
+                            choice.get("expected_monthly_emi"), card_named=debit)
+    except emi.OfferRefused as refused:
+        return _offer_refused(d, run, refused.code, refused.message)
+    validation = OfferValidationRequest(
+        order_amount=terms["order_amount"], payment_amount=Amount(value=chosen.payment_amount, currency=c.currency),
+        offer_data={"offer_details": chosen.offer_details}, payment_method=c.payment_method,
+        payment_option=card_only, product_details=terms["product_details"],
+        cart_coupon_discount_amount=terms["cart_coupon_discount_amount"])
+    got = call_ahead(d, run, Step.CHECK_OFFER, None, lambda: d.plural.validate_offer(validation),
+                     lambda r: r.code, idempotent=False)
+    if got.transient:
+        return retry_later(d, run, c, Step.CHECK_OFFER, got.transient)
+    if got.refused:
+        return _offer_refused(d, run, got.refused.code, got.refused.message)
+    if got.result.code != "ELIGIBLE":
+        return _offer_refused(d, run, got.result.code, got.result.message or "offer not eligible")
+    state_fact(d, run, Fact.OFFER_ELIGIBLE, f"offer eligible: {chosen.offer_details.get('name')}, "
+                                            f"{chosen.offer_details['tenure'].get('name')}, {chosen.monthly} a month",
+               offer=chosen.offer_details, payment_amount=chosen.payment_amount)
+
+
 def create_order(d: Deps, run: Run, c: Checkout) -> None:
     if d.repo.unresolved_attempts(c.id, [Step.CREATE_ORDER.value]):
         try:
@@ -222,6 +282,8 @@ def create_order(d: Deps, run: Run, c: Checkout) -> None:
         failure_callback_url=callback,
         purchase_details=PurchaseDetails(customer=c.customer) if c.customer else None,
         notes=f"checkout {c.id}",
+        cart_coupon_discount_amount=(Amount(value=c.cart_coupon_discount, currency=c.currency)
+                                     if c.cart_coupon_discount else None),
     )
     got = call_ahead(d, run, Step.CREATE_ORDER, c.merchant_order_reference,
                      lambda: d.plural.create_order(request), lambda o: o.order_id)
@@ -260,7 +322,8 @@ def card_details(d: Deps, run: Run, c: Checkout) -> None:
         return
     answer = got.result
     info = answer.card_payment_details[0] if answer.card_payment_details else None
-    state_fact(d, run, Fact.CARD_CHECKED, "card details known", native_otp=bool(info and info.is_native_otp_supported),
+    native = saga.uses_native_otp(c.payment_method, bool(info and info.is_native_otp_supported))
+    state_fact(d, run, Fact.CARD_CHECKED, "card details known", native_otp=native,
                card_network=(info.card_network if info else None), card_issuer=(info.card_issuer if info else None))
 
 
@@ -288,11 +351,13 @@ def create_payment(d: Deps, run: Run, c: Checkout) -> None:
         return _card_gone(d, run)
     request = CreatePaymentRequest(payments=[PaymentRequest(
         merchant_payment_reference=c.merchant_payment_reference,
-        payment_method="CARD",
-        payment_amount=Amount(value=c.amount_value, currency=c.currency),
+        payment_method=c.payment_method,
+        # EMI: what the offer says the card pays (the loan after instant discounts)
+        payment_amount=Amount(value=c.payment_amount or c.amount_value, currency=c.currency),
         payment_option=PaymentOption(card_details=CardDetails(
             name=card.name, card_number=card.number, cvv=card.cvv, expiry_month=card.expiry_month,
-            expiry_year=card.expiry_year)),
+            expiry_year=card.expiry_year, registered_mobile_number=card.registered_mobile_number)),
+        offer_data={"offer_details": c.offer} if c.offer else None,
     )])
     got = call_ahead(d, run, Step.CREATE_PAYMENT, c.merchant_payment_reference,
                      lambda: d.plural.create_payment(c.plural_order_id, request), lambda o: o.order_id)
@@ -574,6 +639,7 @@ def expire_hold(d: Deps, run: Run, c: Checkout) -> None:
 
 
 STEPS: dict[Step, Callable[[Deps, Run, Checkout], None]] = {
+    Step.CHECK_OFFER: check_offer,
     Step.CREATE_ORDER: create_order,
     Step.CARD_DETAILS: card_details,
     Step.CREATE_PAYMENT: create_payment,

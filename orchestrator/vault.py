@@ -17,10 +17,11 @@ from cryptography.fernet import Fernet, InvalidToken
 @dataclass(frozen=True)
 class CardData:
     number: str
-    name: str
-    cvv: str
-    expiry_month: str
-    expiry_year: str
+    name: str | None = None
+    cvv: str | None = None           # optional for Debit EMI, as in Plural's samples
+    expiry_month: str | None = None
+    expiry_year: str | None = None
+    registered_mobile_number: str | None = None  # Debit EMI: the mobile registered with the bank
 
     def __repr__(self) -> str:  # never print a card
         return f"CardData(****{self.number[-4:]})"

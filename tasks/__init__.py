@@ -29,6 +29,7 @@ def _step_task(step: Step) -> Any:
     return task
 
 
+check_offer = _step_task(Step.CHECK_OFFER)
 create_order = _step_task(Step.CREATE_ORDER)
 card_details = _step_task(Step.CARD_DETAILS)
 create_payment = _step_task(Step.CREATE_PAYMENT)

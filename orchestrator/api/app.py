@@ -23,7 +23,7 @@ from orchestrator.core.money import MAX_AMOUNT
 from orchestrator.inbound import Inbound
 from orchestrator.logs import get_logger, mask_text
 from orchestrator.refunds import RefundRefused, refund_view
-from orchestrator.service import CheckoutError, CheckoutIn, CheckoutService, DeliveryIn, OTPIn, RefundIn
+from orchestrator.service import CheckoutError, CheckoutIn, CheckoutService, DeliveryIn, DiscoveryIn, OTPIn, RefundIn
 from orchestrator.webhooks import WebhookRejected
 
 if TYPE_CHECKING:
@@ -226,6 +226,13 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         row, created = svc.create(body)
         return JSONResponse(svc.view(row), status_code=202 if created else 200)
 
+    @app.post("/v1/offers/discovery", dependencies=guarded, responses={
+        200: {"description": "Plural's issuers and tenures for these terms, exactly as Plural sent them"},
+        **MERCHANT_ERRORS})
+    def offer_discovery(body: DiscoveryIn, svc: CheckoutService = Depends(service)) -> JSONResponse:
+        """EMI offer discovery: which issuers and tenures Plural offers on this amount and these products."""
+        return JSONResponse(svc.discover(body))
+
     @app.get("/v1/checkouts/{checkout_id}", dependencies=guarded, responses=MERCHANT_ERRORS)
     def get_checkout(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
         return svc.view(svc.get(checkout_id))
@@ -318,7 +325,7 @@ def app_from_runtime() -> FastAPI:
     from orchestrator.runtime import get_runtime
 
     rt = get_runtime()
-    svc = CheckoutService(rt.settings, rt.repo, rt.vault, rt.enqueue)
+    svc = CheckoutService(rt.settings, rt.repo, rt.vault, rt.enqueue, plural=rt.plural)
     handler = rt.inbound()
     return create_app(lambda: svc, rt.settings.orchestrator_api_key.get_secret_value(), lambda: handler,
                       readiness=rt.readiness, idempotency=rt.idempotency())

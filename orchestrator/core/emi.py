@@ -174,12 +174,21 @@ class ChosenOffer:
         return _value(self.offer_details["tenure"].get("monthly_emi_amount")) or 0
 
 
-def choose(discovery: dict[str, Any], issuer_id: str, tenure_id: str, expected_monthly: int | None) -> ChosenOffer:
-    """The customer's issuer and tenure from Plural's discovery answer, or ``OfferRefused``."""
+def choose(discovery: dict[str, Any], issuer_id: str, tenure_id: str, expected_monthly: int | None, *,
+           card_named: bool = False) -> ChosenOffer:
+    """The customer's issuer and tenure from Plural's discovery answer, or ``OfferRefused``.
+
+    ``card_named``: the discovery asked about the customer's card (Debit EMI), so Plural listed
+    only that card's issuer; another issuer means the card is not theirs.
+    """
     issuers = [i for i in discovery.get("issuers") or [] if isinstance(i, dict)]
     issuer = next((i for i in issuers if str(i.get("id")) == issuer_id), None)
+    if issuer is None and card_named and issuers:
+        names = ", ".join(str(i.get("name") or i.get("id")) for i in issuers)
+        raise OfferRefused("CARD_ISSUER_MISMATCH", f"the card is not issued by issuer {issuer_id} (it is {names})")
     if issuer is None:
-        raise OfferRefused("ISSUER_NOT_OFFERED", f"issuer {issuer_id} offers no EMI on this order")
+        raise OfferRefused("ISSUER_NOT_OFFERED", f"issuer {issuer_id} offers no EMI on this order"
+                                                 + (" and card" if card_named else ""))
     tenure = next((t for t in issuer.get("tenures") or [] if isinstance(t, dict)
                    and str(t.get("tenure_id")) == tenure_id), None)
     if tenure is None:

@@ -5,6 +5,7 @@ the step each state asks for. No Celery, HTTP or database code here.
 
     (AUTHORIZING: the customer is done, Plural has not reported yet; polled like the waiting states)
 
+    EMI only: QUOTING ──check_offer: discover, choose, validate──▶ NEW    (not eligible ──▶ FAILED)
     NEW ──create_order──▶ ORDER_CREATED ──card_details──▶ CARD_CHECKED ──create_payment──┐
                                                                                           │
         ┌────────────── native OTP ◀── PAYMENT_CREATED ◀─────────────────────────────────┤
@@ -34,6 +35,7 @@ from enum import Enum
 
 
 class State(str, Enum):
+    QUOTING = "QUOTING"  # EMI: the offer is discovered and validated with Plural before any order
     NEW = "NEW"
     ORDER_CREATED = "ORDER_CREATED"
     CARD_CHECKED = "CARD_CHECKED"
@@ -59,7 +61,7 @@ class State(str, Enum):
 S = State
 FINAL = frozenset({S.COMPLETED, S.CANCELLED, S.EXPIRED, S.FAILED})
 #: states before authorization: the customer-action deadline cancels them
-BEFORE_AUTHORIZATION = frozenset({S.NEW, S.ORDER_CREATED, S.CARD_CHECKED, S.PAYMENT_CREATED, S.AWAITING_OTP,
+BEFORE_AUTHORIZATION = frozenset({S.QUOTING, S.NEW, S.ORDER_CREATED, S.CARD_CHECKED, S.PAYMENT_CREATED, S.AWAITING_OTP,
                                   S.VERIFYING_OTP, S.AWAITING_REDIRECT, S.AUTHORIZING})
 #: states in which our payment may exist at Plural and its outcome is awaited
 PAYING = frozenset({S.CARD_CHECKED, S.PAYMENT_CREATED, S.AWAITING_OTP, S.VERIFYING_OTP, S.AWAITING_REDIRECT,
@@ -85,6 +87,8 @@ class Source(str, Enum):
 
 class Fact(str, Enum):
     # the answers to our own calls
+    OFFER_ELIGIBLE = "offer_eligible"        # EMI: Plural validated the offer chosen from its discovery
+    OFFER_REFUSED = "offer_refused"          # EMI: not offered, changed, or not eligible: no order is made
     ORDER_CREATED = "order_created"
     ORDER_REFUSED = "order_refused"
     CARD_CHECKED = "card_checked"
@@ -126,7 +130,7 @@ _STEP = frozenset({Source.STEP})
 _PLURAL = frozenset({Source.STEP, Source.WEBHOOK, Source.POLL})
 #: which sources may state which fact: a fact from any other source is ignored
 SOURCES: dict[Fact, frozenset[Source]] = {
-    **{f: _STEP for f in (F.ORDER_CREATED, F.ORDER_REFUSED, F.CARD_CHECKED, F.CARD_REFUSED, F.CARD_GONE,
+    **{f: _STEP for f in (F.OFFER_ELIGIBLE, F.OFFER_REFUSED, F.ORDER_CREATED, F.ORDER_REFUSED, F.CARD_CHECKED, F.CARD_REFUSED, F.CARD_GONE,
                           F.PAYMENT_NATIVE_OTP, F.PAYMENT_REDIRECT, F.PAYMENT_REFUSED, F.OTP_SENT,
                           F.OTP_UNAVAILABLE, F.OTP_WRONG, F.OTP_NOT_USED, F.OTP_ACCEPTED, F.CAPTURE_REFUSED,
                           F.CANCEL_CONFIRMED, F.CANCEL_REFUSED, F.NOTHING_TO_CANCEL)},
@@ -150,6 +154,9 @@ RELEASE_IF_PRE_AUTH = "release if pre_auth"     # a hold that came after we gave
 
 def _table() -> dict[tuple[State, Fact], State | str]:
     t: dict[tuple[State, Fact], State | str] = {
+        (S.QUOTING, F.OFFER_ELIGIBLE): S.NEW,
+        (S.QUOTING, F.OFFER_REFUSED): S.FAILED,
+        (S.QUOTING, F.CARD_GONE): S.FAILED,
         (S.NEW, F.ORDER_CREATED): S.ORDER_CREATED,
         (S.NEW, F.ORDER_REFUSED): S.FAILED,
         (S.ORDER_CREATED, F.CARD_CHECKED): S.CARD_CHECKED,
@@ -296,6 +303,7 @@ def may_cause(source: Source, current: State, target: State) -> bool:
 # --- what the merchant sees -------------------------------------------------------------
 
 PUBLIC_STATUS: dict[State, str] = {
+    S.QUOTING: "PROCESSING",
     S.NEW: "PROCESSING",
     S.ORDER_CREATED: "PROCESSING",
     S.CARD_CHECKED: "PROCESSING",
@@ -323,6 +331,7 @@ def public_status(state: State) -> str:
 # --- the next step ----------------------------------------------------------------------
 
 class Step(str, Enum):
+    CHECK_OFFER = "check_offer"
     CREATE_ORDER = "create_order"
     CARD_DETAILS = "card_details"
     CREATE_PAYMENT = "create_payment"
@@ -337,6 +346,7 @@ class Step(str, Enum):
 
 
 NEXT_STEP: dict[State, Step] = {
+    S.QUOTING: Step.CHECK_OFFER,
     S.NEW: Step.CREATE_ORDER,
     S.ORDER_CREATED: Step.CARD_DETAILS,
     S.CARD_CHECKED: Step.CREATE_PAYMENT,
@@ -354,6 +364,7 @@ NEXT_STEP: dict[State, Step] = {
 
 #: the states a step may run in (a step found in any other state does nothing)
 STEP_STATES: dict[Step, frozenset[State]] = {
+    Step.CHECK_OFFER: frozenset({S.QUOTING}),
     Step.CREATE_ORDER: frozenset({S.NEW}),
     Step.CARD_DETAILS: frozenset({S.ORDER_CREATED}),
     Step.CREATE_PAYMENT: frozenset({S.CARD_CHECKED}),
@@ -370,6 +381,16 @@ STEP_STATES: dict[Step, frozenset[State]] = {
 
 def next_step(state: State) -> Step | None:
     return NEXT_STEP.get(state)
+
+
+def initial_state(payment_method: str) -> State:
+    """Where a new checkout starts: an EMI checkout first checks its offer with Plural."""
+    return State.NEW if payment_method == "CARD" else State.QUOTING
+
+
+def uses_native_otp(payment_method: str, card_supports_it: bool) -> bool:
+    """Native OTP where Plural offers it for the card; Debit EMI always goes to the bank's page."""
+    return card_supports_it and payment_method != "DEBIT_EMI"
 
 
 # --- Plural's view of an order ----------------------------------------------------------

@@ -54,6 +54,13 @@ class Checkout(SQLModel, table=True):
     callback_url: Optional[str] = None
     failure_callback_url: Optional[str] = None
 
+    # EMI: the customer's choice (issuer_id, tenure_id, expected_monthly_emi, product_details), the
+    # offer exactly as Plural discovered it, and what the card pays (the loan after instant discounts)
+    emi_choice: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
+    offer: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
+    payment_amount: Optional[int] = money(nullable=True)
+    cart_coupon_discount: Optional[int] = money(nullable=True)
+
     card_last4: Optional[str] = Field(default=None, max_length=4)
     card_network: Optional[str] = Field(default=None, max_length=20)
     card_issuer: Optional[str] = Field(default=None, max_length=64)

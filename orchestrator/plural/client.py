@@ -128,7 +128,9 @@ class PluralClient:
     # --- affordability ------------------------------------------------------------------
     def discover_offers(self, request: OfferDiscoveryRequest) -> OfferDiscoveryResponse:
         data = self.requestor.request("POST", "/api/affordability/v1/offer/discovery", request, replay_safe=True)
-        return _parse(OfferDiscoveryResponse, data)
+        found = _parse(OfferDiscoveryResponse, data)
+        found._raw = data
+        return found
 
     def validate_offer(self, request: OfferValidationRequest) -> OfferValidationResponse:
         data = self.requestor.request("POST", "/api/affordability/v1/offer/validate", request, replay_safe=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PrivateAttr, SecretStr
 
 
 def _to_str(value: Any) -> Any:
@@ -303,7 +303,7 @@ class Tenure(PluralModel):
     total_emi_amount: Amount | None = None
     interest_amount: Amount | None = None
     total_subvention_amount: Amount | None = None
-    interest_rate_percentage: float
+    interest_rate_percentage: int | float  # 16 stays 16, 13.5 stays 13.5
     processing_fee_details: FeeDetails | None = None
     processing_fee_amount: Amount | None = None
     emi_type: str | None = None
@@ -320,6 +320,13 @@ class Issuer(PluralModel):
 
 class OfferDiscoveryResponse(PluralModel):
     issuers: list[Issuer] = Field(default_factory=list)
+    #: the answer exactly as Plural sent it: offers are passed on (to the merchant, to validation,
+    #: to the payment) from this, never re-serialized from the model
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        return self._raw
 
 
 class OfferDetails(PluralModel):
@@ -337,9 +344,11 @@ class OfferData(PluralModel):
 class OfferValidationRequest(PluralModel):
     order_amount: Amount
     payment_amount: Amount
-    offer_data: OfferData
+    offer_data: dict[str, Any]  # {"offer_details": ...} exactly as discovered
     payment_method: str
     payment_option: PaymentOption | None = None
+    product_details: list[ProductDetail] | None = None
+    cart_coupon_discount_amount: Amount | None = None
 
 
 class OfferValidationResponse(PluralModel):

@@ -58,10 +58,16 @@ TEST_CARDS: tuple[TestCard, ...] = (
              description="the Create Payment sample card: VISA credit (HDFC), native OTP"),
     TestCard("4690478199123123", "VISA", "HDFC", "DEBIT", seed_sample=True,
              description="Debit EMI sample card (HDFC DC), native OTP"),
-    TestCard("6000000060200000", "RUPAY", "ICICI", "DEBIT", seed_sample=True,
-             description="Debit EMI sample card (ICICI DC), ACS"),
+    TestCard("6000000060200000", "RUPAY", "ICICI", "DEBIT",
+             description="Debit EMI sample card (ICICI DC), the bank page"),
     TestCard("4690000046910000", "VISA", "HDFC", "CREDIT", seed_sample=True,
              description="Credit EMI sample card (HDFC CC), native OTP"),
+    TestCard("4166440000000018", "VISA", "PNB", "CREDIT",
+             description="Credit EMI (PNB CC, brand offers on redmi_1), no native OTP: the bank page"),
+    TestCard("4147670000000014", "VISA", "INDUSIND", "CREDIT",
+             description="Credit EMI (INDUSIND CC), no native OTP: the bank page"),
+    TestCard("5212340000000011", "MASTERCARD", "HDFC", "DEBIT", behaviour=DECLINED,
+             description="Debit EMI (HDFC DC), declined at Create Payment (PAYMENT_DECLINED)"),
 )
 
 _BY_NUMBER = {c.number: c for c in TEST_CARDS}

@@ -380,10 +380,33 @@ def test_offer_discovery_through_the_client(client, sandbox):
     assert found.issuers[0].tenures[0].monthly_emi_amount.value == 410713
 
 
+def test_discovery_keeps_plurals_json_as_sent(client, sandbox):
+    from tests.seeds import emi_samples
+
+    found = client.discover_offers(OfferDiscoveryRequest(order_amount=Amount(value=1200000)))
+    assert found.raw == emi_samples()[3]
+    assert found.issuers[0].tenures[0].interest_rate_percentage == 16
+    assert '"interest_rate_percentage":16,' in found.model_dump_json()
+
+
+def test_validation_sends_the_offer_exactly_as_discovered(client, sandbox):
+    from orchestrator.core import emi
+    from orchestrator.plural.models import OfferValidationRequest
+    from tests.seeds import emi_samples
+
+    found = client.discover_offers(OfferDiscoveryRequest(order_amount=Amount(value=1200000)))
+    chosen = emi.choose(found.raw, "23", "2", None)
+    request = OfferValidationRequest(order_amount=Amount(value=1200000), payment_amount=Amount(value=1200000),
+                                     offer_data={"offer_details": chosen.offer_details}, payment_method="CREDIT_EMI")
+    assert request.wire()["offer_data"]["offer_details"]["tenure"] == emi_samples()[3]["issuers"][0]["tenures"][1]
+    assert client.validate_offer(request).code == "ELIGIBLE"
+
+
 @pytest.mark.parametrize("method,path", [("PUT", "/sandbox/faults"), ("DELETE", "/sandbox/faults"),
                                          ("GET", "/sandbox/config"), ("PUT", "/sandbox/config"),
                                          ("POST", "/sandbox/reset"), ("POST", "/sandbox/clock"),
-                                         ("POST", "/sandbox/tokens/expire")])
+                                         ("POST", "/sandbox/tokens/expire"), ("GET", "/sandbox/offers"),
+                                         ("PUT", "/sandbox/offers")])
 def test_the_sandbox_controls_need_the_admin_key(sandbox, method, path):
     import requests as plain
 
