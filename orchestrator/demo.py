@@ -22,12 +22,19 @@ CARD = {"name": "Demo Customer", "cvv": "123", "expiry_month": "12", "expiry_yea
 OTP_CARD, ACS_CARD, DECLINE_CARD = "4012001037141112", "5555555555554444", "4000000000000002"
 
 
+#: the sandbox's EMI test cards (README): Debit EMI needs the registered mobile number
+DEBIT_EMI_CARD = {"number": "4690478199123123", "registered_mobile_number": "9876543210"}
+CREDIT_EMI_OTP_CARD = "4690000046910000"   # HDFC CC, native OTP
+CREDIT_EMI_PAGE_CARD = "4166440000000018"  # PNB CC, the bank page
+
+
 @dataclass
 class Outcome:
     kind: str
     status: str
     seconds: float
     error: str | None = None
+    emi: dict | None = None  # the offer an EMI checkout ended with
 
 
 def approve_on_bank_page(challenge_url: str, approve: bool = True) -> None:
@@ -73,7 +80,34 @@ def _cancel(api: OrchestratorClient) -> str:
     return api.wait(c["id"], {"CANCELLED", "COMPLETED", "FAILED"})["status"]
 
 
-KINDS: list[tuple[str, Callable[[OrchestratorClient], str]]] = [
+def _pick(discovery: dict, issuer_name: str, months: int) -> tuple[dict, dict]:
+    issuer = next(i for i in discovery["issuers"] if i["name"] == issuer_name)
+    return issuer, next(t for t in issuer["tenures"] if t["tenure_value"] == months)
+
+
+def _emi(api: OrchestratorClient, method: str, card: dict, issuer_name: str, months: int, amount: int, *,
+         approve: bool = True, pre_auth: bool = False, **terms: object) -> tuple[str, dict | None]:
+    """Discover as a shop's checkout page would, show the customer a tenure, and pay with it."""
+    found = api.discover_offers(amount=amount, card_number=card["number"] if method == "DEBIT_EMI" else None, **terms)
+    issuer, tenure = _pick(found, issuer_name, months)
+    c = api.create_checkout(amount=amount, card=card, payment_method=method, pre_auth=pre_auth,
+                            merchant_order_reference=f"demo-emi-{uuid.uuid4().hex[:12]}",
+                            emi={"issuer_id": issuer["id"], "tenure_id": tenure["tenure_id"],
+                                 "expected_monthly_emi": tenure["monthly_emi_amount"]}, **terms)
+    c = api.wait(c["id"], {"AWAITING_OTP", "AWAITING_REDIRECT", "FAILED", "CANCELLED"})
+    if c["status"] == "AWAITING_OTP":
+        api.submit_otp(c["id"], "123456")
+    elif c["status"] == "AWAITING_REDIRECT":
+        approve_on_bank_page(c["next_action"]["url"], approve)
+    c = api.wait(c["id"], {"AUTHORIZED", "COMPLETED", "FAILED", "CANCELLED"} if pre_auth else
+                 {"COMPLETED", "FAILED", "CANCELLED"})
+    if pre_auth and c["status"] == "AUTHORIZED":
+        api.deliver(c["id"])
+        c = api.wait(c["id"])
+    return c["status"], (c["emi"] or {}).get("offer")
+
+
+KINDS: list[tuple[str, Callable[[OrchestratorClient], str | tuple[str, dict | None]]]] = [
     ("otp", lambda api: _otp(api, OTP_CARD)),
     ("otp pre-auth", lambda api: _otp(api, OTP_CARD, pre_auth=True)),
     ("otp wrong then right", lambda api: _otp(api, OTP_CARD, wrong_first=True)),
@@ -81,6 +115,14 @@ KINDS: list[tuple[str, Callable[[OrchestratorClient], str]]] = [
     ("redirect declined", lambda api: _redirect(api, False)),
     ("declined card", _decline),
     ("cancelled", _cancel),
+    ("debit EMI approved", lambda api: _emi(api, "DEBIT_EMI", DEBIT_EMI_CARD, "HDFC DC", 3, 1200000)),
+    ("debit EMI declined", lambda api: _emi(api, "DEBIT_EMI", DEBIT_EMI_CARD, "HDFC DC", 6, 1200000,
+                                            approve=False)),
+    ("credit EMI pre-auth (OTP)", lambda api: _emi(api, "CREDIT_EMI", {**CARD, "number": CREDIT_EMI_OTP_CARD},
+                                                   "HDFC CC", 3, 2000000, pre_auth=True)),
+    ("credit EMI no-cost brand", lambda api: _emi(
+        api, "CREDIT_EMI", {**CARD, "number": CREDIT_EMI_PAGE_CARD}, "PNB CC", 3, 2000000,
+        product_details=[{"product_code": "redmi_1", "product_amount": {"value": 2000000, "currency": "INR"}}])),
 ]
 
 
@@ -93,7 +135,9 @@ def run_demo(api_url: str, api_key: str, checkouts: int, timeout: float = 120.0)
         kind, fn = KINDS[i % len(KINDS)]
         started = time.monotonic()
         try:
-            return Outcome(kind, fn(api), time.monotonic() - started)
+            got = fn(api)
+            status, offer = got if isinstance(got, tuple) else (got, None)
+            return Outcome(kind, status, time.monotonic() - started, emi=offer)
         except Exception as exc:  # a demo reports every failure instead of stopping
             return Outcome(kind, "ERROR", time.monotonic() - started, str(exc)[:120])
 
@@ -115,7 +159,32 @@ def run_demo(api_url: str, api_key: str, checkouts: int, timeout: float = 120.0)
         times = [o.seconds for o in items]
         table.add_row(kind, str(len(items)), statuses, f"{median(times):.2f}", f"{max(times):.2f}")
     console.print(table)
+    _emi_table(console, outcomes)
     errors = [o for o in outcomes if o.status == "ERROR"]
     for o in errors[:5]:
         console.print(f"[red]{o.kind}: {o.error}[/red]")
     return 1 if errors else 0
+
+
+def _rupees(money: dict | None) -> str:
+    return "-" if not money else f"₹{money['value'] / 100:,.2f}"
+
+
+def _emi_table(console: Console, outcomes: list[Outcome]) -> None:
+    """One row per EMI offer the demo's checkouts took: Plural's figures, to the paisa."""
+    seen: dict[tuple, Outcome] = {}
+    for o in outcomes:
+        if o.emi:
+            seen.setdefault((o.emi["issuer"]["id"], o.emi["tenure"]["tenure_id"]), o)
+    if not seen:
+        return
+    table = Table(title="EMI offers taken (Plural's figures)")
+    for column in ("offer", "monthly", "total", "interest", "discount", "card pays"):
+        table.add_column(column, no_wrap=column != "offer")
+    for o in seen.values():
+        e = o.emi or {}
+        offer = (f"{e['issuer']['name']}, {e['tenure']['months']} mo at {e['interest_rate_percentage']} % "
+                 f"{e['emi_type']}")
+        table.add_row(offer, _rupees(e["monthly_emi_amount"]), _rupees(e["total_emi_amount"]),
+                      _rupees(e["interest_amount"]), _rupees(e["discount_amount"]), _rupees(e["payment_amount"]))
+    console.print(table)

@@ -70,12 +70,24 @@ class OrchestratorClient:
             return data
 
     def create_checkout(self, *, amount: int, card: dict[str, str], currency: str = "INR", pre_auth: bool = False,
-                        merchant_order_reference: str | None = None, **extra: Any) -> dict[str, Any]:
+                        merchant_order_reference: str | None = None, payment_method: str = "CARD",
+                        **extra: Any) -> dict[str, Any]:
+        """``extra``: ``emi`` ({issuer_id, tenure_id, expected_monthly_emi}), ``product_details``,
+        ``cart_coupon_discount_amount``, ``customer``, ``callback_url``…, as the API takes them."""
         body: dict[str, Any] = {"amount": {"value": amount, "currency": currency}, "pre_auth": pre_auth,
-                                "payment_method": "CARD", "card": card, **extra}
+                                "payment_method": payment_method, "card": card, **extra}
         if merchant_order_reference:
             body["merchant_order_reference"] = merchant_order_reference
         return self._call("POST", "/v1/checkouts", body)
+
+    def discover_offers(self, *, amount: int, currency: str = "INR", card_number: str | None = None,
+                        **extra: Any) -> dict[str, Any]:
+        """Plural's EMI issuers and tenures for this amount (``product_details``,
+        ``cart_coupon_discount_amount`` as the API takes them; a card lists Debit EMI issuers)."""
+        body: dict[str, Any] = {"amount": {"value": amount, "currency": currency}, **extra}
+        if card_number:
+            body["card"] = {"number": card_number}
+        return self._call("POST", "/v1/offers/discovery", body)
 
     def get_checkout(self, checkout_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/checkouts/{checkout_id}")

@@ -197,3 +197,42 @@ def test_readiness_is_503_naming_what_is_down(harness):
     with TestClient(app) as client:
         answer = client.get("/ready")
     assert answer.status_code == 503 and answer.json()["checks"]["redis"] == "ConnectionError"
+
+
+# --- EMI ----------------------------------------------------------------------------------
+
+EMI_DEBIT = {"number": "4690478199123123", "registered_mobile_number": "9876543210"}
+
+
+def test_offer_discovery_answers_plurals_issuers_over_http(api):
+    answer = api.post("/v1/offers/discovery", json={"amount": {"value": 1200000, "currency": "INR"}})
+    assert answer.status_code == 200
+    tenure = answer.json()["issuers"][0]["tenures"][0]
+    assert '"interest_rate_percentage":16,' in answer.text.replace(" ", "")
+    assert tenure["monthly_emi_amount"] == {"currency": "INR", "value": 410713}
+
+
+def test_offer_discovery_with_impossible_products_is_400(api):
+    answer = api.post("/v1/offers/discovery", json={
+        "amount": {"value": 1000, "currency": "INR"},
+        "product_details": [{"product_code": "x", "product_amount": {"value": 1001, "currency": "INR"}}]})
+    assert answer.status_code == 400 and answer.json()["code"] == "INVALID_REQUEST"
+    assert "exceeds the order amount" in answer.json()["message"]
+
+
+def test_an_emi_checkout_starts_by_checking_its_offer(api, harness):
+    answer = api.post("/v1/checkouts", json=body(
+        payment_method="DEBIT_EMI", amount={"value": 1200000, "currency": "INR"}, card=dict(EMI_DEBIT),
+        emi={"issuer_id": "7", "tenure_id": "1", "expected_monthly_emi": {"value": 410713, "currency": "INR"}}))
+    assert answer.status_code == 202, answer.text
+    data = answer.json()
+    assert data["payment_method"] == "DEBIT_EMI" and data["emi"]["offer"] is None
+    assert [(s.value, i) for s, i in harness.queue] == [("check_offer", data["id"])]
+
+
+def test_a_debit_emi_without_the_registered_mobile_is_400_and_creates_nothing(api, harness):
+    answer = api.post("/v1/checkouts", json=body(
+        payment_method="DEBIT_EMI", amount={"value": 1200000, "currency": "INR"},
+        card={"number": "4690478199123123"}, emi={"issuer_id": "7", "tenure_id": "1"}))
+    assert answer.status_code == 400 and "registered_mobile_number" in answer.json()["message"]
+    assert harness.queue == []
