@@ -237,3 +237,77 @@ def test_discovery_with_a_debit_card_lists_its_issuer(harness):
     found = harness.service.discover(DiscoveryIn.model_validate(
         {"amount": {"value": 1200000, "currency": "INR"}, "card": {"number": HDFC_DC}}))
     assert [i["name"] for i in found["issuers"]] == ["HDFC DC"]
+
+
+# --- interleavings before the order ---------------------------------------------------------
+
+def test_a_cancel_while_the_offer_is_checked_ends_cancelled_with_nothing_at_plural(harness):
+    h = harness
+    row, _ = h.service.create(CheckoutIn.model_validate(body("DEBIT_EMI", debit(), "7", "1", 1200000)))
+    h.service.cancel(row.id)  # before check_offer ran
+    h.drain()
+    c = h.deps.repo.get(row.id)
+    assert c.state == "CANCELLED" and c.offer is None
+    nothing_at_plural(h, c)
+
+
+def test_the_customer_deadline_also_bounds_the_offer_check(harness):
+    h = harness
+    row, _ = h.service.create(CheckoutIn.model_validate(body("CREDIT_EMI", credit(INDUSIND_CC), "23", "1", 1200000)))
+    h.clock.advance(h.deps.settings.customer_action_timeout + 1)
+    h.drain()
+    c = h.deps.repo.get(row.id)
+    assert c.state == "CANCELLED" and c.cancel_reason == "CUSTOMER_TIMEOUT"
+    nothing_at_plural(h, c)
+
+
+@pytest.mark.parametrize("path", ["/offer/discovery", "/offer/validate"])
+def test_an_offer_call_that_fails_transiently_is_retried_then_goes_on(harness, path):
+    h = harness
+    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "error", "path": path, "statuses": [503], "count": h.deps.settings.http_max_attempts}]},
+        timeout=5).raise_for_status()  # one step run's worth of attempts
+    row, _ = h.service.create(CheckoutIn.model_validate(body("DEBIT_EMI", debit(), "7", "1", 1200000)))
+    h.drain()
+    assert h.state(row.id) == "QUOTING" and h.deps.repo.get(row.id).step_failures == 1
+    for _ in range(5):
+        h.clock.advance(60)
+        h.run_due()
+    c = h.deps.repo.get(row.id)
+    assert c.state == "AWAITING_REDIRECT" and c.offer is not None
+
+
+def test_an_offer_check_that_never_gets_an_answer_needs_attention(harness):
+    h = harness
+    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "error", "path": "/offer/discovery", "statuses": [503]}]}, timeout=5).raise_for_status()
+    row, _ = h.service.create(CheckoutIn.model_validate(body("DEBIT_EMI", debit(), "7", "1", 1200000)))
+    h.drain()
+    for _ in range(h.deps.settings.step_max_attempts + 1):
+        h.clock.advance(60)
+        h.run_due()
+    c = h.deps.repo.get(row.id)
+    assert c.state == "NEEDS_ATTENTION" and c.attention_from == "QUOTING"
+    nothing_at_plural(h, c)
+    requests.delete(f"{h.sandbox_url}/sandbox/faults", timeout=5)
+    # the card left the vault when the checkout got stuck: a retry ends it cleanly, nothing half-made
+    h.service.operator(c.id, "retry", who="test")
+    h.drain()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "FAILED" and c.error_code == "CARD_DATA_EXPIRED"
+    nothing_at_plural(h, c)
+
+
+def test_a_webhook_settles_an_emi_payment(harness):
+    from tests.test_webhooks import signed
+
+    h = harness
+    c = start(h, body("DEBIT_EMI", debit(), "7", "1", 1200000))
+    bank_page(h, c)
+    order = h.deps.plural.get_order(c.plural_order_id).model_dump(mode="json", exclude_none=True)
+    payload, headers = signed(h, "ORDER_PROCESSED", order)
+    h.inbound.webhook(payload, headers)
+    h.process_webhooks()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "COMPLETED" and c.captured_amount == 1200000
+    assert [t for t in h.deps.repo.history(c.id) if t.to_state == "COMPLETED"][0].source == "webhook"
