@@ -44,6 +44,10 @@ from tests.test_webhooks import approve, signed
 
 CARDS = {"otp": "4012001037141112", "acs": "5555555555554444", "decline": "4000000000000002",
          "otp_refused": "4111111111111111"}
+#: EMI checkouts: (method, card, issuer, tenure); Debit EMI goes to the bank page, HDFC CC has native OTP
+EMI = {"debit_emi": ("DEBIT_EMI", {"number": "4690478199123123", "registered_mobile_number": "9876543210"}, "7", "2"),
+       "credit_emi": ("CREDIT_EMI", {"number": "4690000046910000", "name": "Model", "cvv": "123",
+                                     "expiry_month": "12", "expiry_year": "2099"}, "6", "1")}
 EXAMPLES = int(os.environ.get("PYTEST_SAGA_EXAMPLES", "120"))
 #: states a checkout may legitimately rest in once time has run forward with no faults
 RESTING = saga.FINAL | {State.AUTHORIZED, State.NEEDS_ATTENTION}
@@ -105,13 +109,19 @@ class SagaModel(RuleBasedStateMachine):
     # --- the merchant and the customer --------------------------------------------------
 
     @precondition(lambda self: len(self.ids) < 3)
-    @rule(kind=st.sampled_from(sorted(CARDS)), pre_auth=st.booleans(), amount=st.integers(100, 10**7))
+    @rule(kind=st.sampled_from(sorted(CARDS) + sorted(EMI)), pre_auth=st.booleans(), amount=st.integers(100, 10**7))
     def new_checkout(self, kind: str, pre_auth: bool, amount: int) -> None:
-        body = CheckoutIn.model_validate({
+        data: dict[str, Any] = {
             "merchant_order_reference": f"m-{uuid.uuid4().hex[:16]}", "amount": {"value": amount, "currency": "INR"},
-            "pre_auth": pre_auth,
-            "card": {"number": CARDS[kind], "name": "Model", "cvv": "123", "expiry_month": "12", "expiry_year": "2099"}})
-        row, _ = self.h.service.create(body)
+            "pre_auth": pre_auth}
+        if kind in EMI:
+            method, card, issuer, tenure = EMI[kind]
+            data.update(payment_method=method, card=card, emi={"issuer_id": issuer, "tenure_id": tenure},
+                        amount={"value": 1_500_000 + amount, "currency": "INR"})  # within both issuers' limits
+        else:
+            data["card"] = {"number": CARDS[kind], "name": "Model", "cvv": "123", "expiry_month": "12",
+                            "expiry_year": "2099"}
+        row, _ = self.h.service.create(CheckoutIn.model_validate(data))
         self.ids.append(row.id)
 
     def _pick(self, data: st.DataObject) -> Any:
