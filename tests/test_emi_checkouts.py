@@ -311,3 +311,9 @@ def test_a_webhook_settles_an_emi_payment(harness):
     c = h.deps.repo.get(c.id)
     assert c.state == "COMPLETED" and c.captured_amount == 1200000
     assert [t for t in h.deps.repo.history(c.id) if t.to_state == "COMPLETED"][0].source == "webhook"
+
+
+def test_the_bank_page_shows_the_emi_the_customer_agrees_to(harness):
+    c = start(harness, body("DEBIT_EMI", debit(), "7", "1", 1200000))
+    page = requests.get(c.challenge_url, timeout=5).text
+    assert "Debit EMI" in page and "HDFC DC, 3 Months at 16 %" in page and "INR 4107.13" in page

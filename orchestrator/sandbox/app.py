@@ -360,5 +360,19 @@ def _acs_html(payment_id: str, token: str, order: dict[str, Any], payment: dict[
 </head><body><h1>Plural sandbox &mdash; 3-D Secure</h1>
 <table><tr><td>Order</td><td>{e(order['order_id'])}</td></tr>
 <tr><td>Amount</td><td>{e(amount['currency'])} {rupees}</td></tr>
-<tr><td>Card</td><td>{e(card.get('network_name', ''))} **** {e(card.get('last4_digits', ''))}</td></tr></table>
+<tr><td>Card</td><td>{e(card.get('network_name', ''))} **** {e(card.get('last4_digits', ''))}</td></tr>{_emi_rows(payment)}</table>
 <p>This page stands in for the issuing bank's authentication page.</p>{buttons}</body></html>"""
+
+
+def _emi_rows(payment: dict[str, Any]) -> str:
+    """The EMI the customer is agreeing to, as the bank's page shows it."""
+    offer = (payment.get("offer_data") or {}).get("offer_details") or {}
+    tenure = offer.get("tenure") or {}
+    monthly = (tenure.get("monthly_emi_amount") or {}).get("value")
+    if not isinstance(monthly, int):
+        return ""
+    e = html.escape
+    kind = "Debit EMI" if payment.get("payment_method") == "DEBIT_EMI" else "Credit EMI"
+    return (f"<tr><td>{kind}</td><td>{e(str(offer.get('name', '')))}, {e(str(tenure.get('name', '')))} at "
+            f"{e(str(tenure.get('interest_rate_percentage', '')))} %</td></tr>"
+            f"<tr><td>Monthly</td><td>INR {monthly // 100}.{monthly % 100:02d}</td></tr>")
