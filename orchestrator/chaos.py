@@ -32,7 +32,8 @@ from typing import Any, Callable
 
 import requests
 
-from orchestrator.demo import ACS_CARD, CARD, DECLINE_CARD, OTP_CARD, approve_on_bank_page
+from orchestrator.demo import (ACS_CARD, CARD, CREDIT_EMI_OTP_CARD, DEBIT_EMI_CARD, DECLINE_CARD, OTP_CARD,
+                                approve_on_bank_page)
 from orchestrator.merchant_client import OrchestratorClient, OrchestratorError
 from orchestrator.redis_server import free_port
 from orchestrator.sandbox.audit import agrees_with_plural, ledger_problems
@@ -48,7 +49,7 @@ CHAOS_ENV = {
 }
 FINAL = {"COMPLETED", "CANCELLED", "FAILED", "EXPIRED"}
 KINDS = ("otp", "otp_wrong_first", "pre_auth_full", "pre_auth_partial", "acs_approve", "acs_decline", "decline",
-         "cancel", "refund")
+         "cancel", "refund", "debit_emi", "pre_auth_credit_emi")
 
 
 @dataclass
@@ -74,7 +75,14 @@ def _shop(api: OrchestratorClient, kind: str, rng: random.Random) -> str:
     """One shop and its customer, doing what ``kind`` says; returns the checkout id."""
     number = {"acs_approve": ACS_CARD, "acs_decline": ACS_CARD, "decline": DECLINE_CARD}.get(kind, OTP_CARD)
     pre_auth = kind.startswith("pre_auth")
-    c = api.create_checkout(amount=rng.randint(1000, 500000), card={**CARD, "number": number}, pre_auth=pre_auth)
+    if kind == "debit_emi":  # HDFC DC, 6 months: the bank page
+        c = api.create_checkout(amount=rng.randint(300000, 5000000), card=DEBIT_EMI_CARD, payment_method="DEBIT_EMI",
+                                emi={"issuer_id": "7", "tenure_id": "2"})
+    elif kind == "pre_auth_credit_emi":  # HDFC CC, 3 months, native OTP; the card pays 50,000 less
+        c = api.create_checkout(amount=rng.randint(1500000, 5000000), card={**CARD, "number": CREDIT_EMI_OTP_CARD},
+                                payment_method="CREDIT_EMI", pre_auth=True, emi={"issuer_id": "6", "tenure_id": "1"})
+    else:
+        c = api.create_checkout(amount=rng.randint(1000, 500000), card={**CARD, "number": number}, pre_auth=pre_auth)
     waiting = {"AWAITING_OTP", "AWAITING_REDIRECT"} | FINAL
     try:
         c = api.wait(c["id"], waiting, timeout=120, interval=0.3)
@@ -127,8 +135,10 @@ class Chaos:
             elif what == "restart_redis":
                 stack.restart_redis(down_seconds=rng.uniform(0.2, 1.5))
             elif what == "faults":
-                rules = [{"kind": "error", "path": "^/api/pay", "statuses": [500, 503, 429], "probability": 0.1},
-                         {"kind": "hang_after", "path": "^/api/pay", "seconds": 3.0, "probability": 0.03}]
+                rules = [{"kind": "error", "path": "^/api/(pay|affordability)", "statuses": [500, 503, 429],
+                          "probability": 0.1},
+                         {"kind": "hang_after", "path": "^/api/(pay|affordability)", "seconds": 3.0,
+                          "probability": 0.03}]
                 requests.put(f"{stack.sandbox_url}/sandbox/faults", json={"rules": rules},
                              headers=_admin(), timeout=5)
             else:
