@@ -292,7 +292,9 @@ class CheckoutService:
     def _same_or_conflict(existing: Checkout, req: CheckoutIn) -> Checkout:
         same = (existing.amount_value == req.amount.value and existing.currency == req.amount.currency
                 and existing.pre_auth == req.pre_auth and existing.card_last4 == req.card.number[-4:]
-                and existing.payment_method == req.payment_method and existing.emi_choice == _emi_choice(req))
+                and existing.payment_method == req.payment_method and existing.emi_choice == _emi_choice(req)
+                and existing.cart_coupon_discount == (req.cart_coupon_discount_amount.value
+                                                      if req.cart_coupon_discount_amount else None))
         if not same:
             raise CheckoutError(409, "REFERENCE_CONFLICT",
                                 "merchant_order_reference already names a different checkout", id=existing.id)

@@ -317,3 +317,17 @@ def test_the_bank_page_shows_the_emi_the_customer_agrees_to(harness):
     c = start(harness, body("DEBIT_EMI", debit(), "7", "1", 1200000))
     page = requests.get(c.challenge_url, timeout=5).text
     assert "Debit EMI" in page and "HDFC DC, 3 Months at 16 %" in page and "INR 4107.13" in page
+
+
+def test_the_same_reference_with_another_emi_choice_is_a_conflict(harness):
+    from orchestrator.service import CheckoutError
+
+    first = body("DEBIT_EMI", debit(), "7", "1", 1200000)
+    row, _ = harness.service.create(CheckoutIn.model_validate(first))
+    again, created = harness.service.create(CheckoutIn.model_validate(first))
+    assert again.id == row.id and not created
+    for change in ({"emi": {"issuer_id": "7", "tenure_id": "2"}},
+                   {"cart_coupon_discount_amount": {"value": 100, "currency": "INR"}}):
+        with pytest.raises(CheckoutError) as conflict:
+            harness.service.create(CheckoutIn.model_validate({**first, **change}))
+        assert conflict.value.code == "REFERENCE_CONFLICT"

@@ -11,9 +11,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
-from orchestrator.merchant_client import OrchestratorClient, OrchestratorError
-from orchestrator.stack import Stack
-from tests.e2e.test_checkout_e2e import client_for, ledger, make_stack
+from orchestrator.merchant_client import OrchestratorError
+from tests.e2e.test_checkout_e2e import api, ledger, stack  # noqa: F401 - the same module-scoped stack fixtures
 
 pytestmark = pytest.mark.e2e
 
@@ -22,17 +21,6 @@ CREDIT_OTP = {"number": "4690000046910000", "name": "Kevin Bob", "cvv": "123", "
               "expiry_year": "2030"}
 CREDIT_PAGE = {**CREDIT_OTP, "number": "4166440000000018"}
 REDMI = [{"product_code": "redmi_1", "product_amount": {"value": 2000000, "currency": "INR"}}]
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory):
-    with make_stack(tmp_path_factory.mktemp("emi")) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def api(stack: Stack) -> OrchestratorClient:
-    return client_for(stack)
 
 
 def pick(found: dict, issuer_name: str, months: int) -> tuple[dict, dict]:

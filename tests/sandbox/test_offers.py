@@ -114,14 +114,19 @@ TENURE = ("offer_data", "offer_details", "tenure")
     (("payment_amount", "value"), 2000000),
 ])
 def test_every_figure_is_compared_exactly(path, value):
+    with pytest.raises(offers.NotEligible) as refused:
+        offers.validate(_tampered(path, value))
+    assert refused.value.code == "OFFER_MISMATCH"
+
+
+def _tampered(path: tuple, value) -> dict:
+    """The validation sample with one field changed."""
     request = copy.deepcopy(VALIDATION)
     node = request
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = value
-    with pytest.raises(offers.NotEligible) as refused:
-        offers.validate(request)
-    assert refused.value.code == "OFFER_MISMATCH"
+    return request
 
 
 @pytest.mark.parametrize("path,value,code", [
@@ -131,13 +136,8 @@ def test_every_figure_is_compared_exactly(path, value):
     (("payment_method",), "DEBIT_EMI", "OFFER_NOT_FOUND"),
 ])
 def test_refusals_name_their_reason(path, value, code):
-    request = copy.deepcopy(VALIDATION)
-    node = request
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
     with pytest.raises(offers.NotEligible) as refused:
-        offers.validate(request)
+        offers.validate(_tampered(path, value))
     assert refused.value.code == code
 
 
