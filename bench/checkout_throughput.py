@@ -1,28 +1,37 @@
-"""Checkouts per second and latency through the whole stack, and the worker's memory.
+"""Checkouts per second against the architecture's floor, in one run, alternating.
 
-Starts a real stack (embedded Redis, SQLite, sandbox, API, one worker, beat) in a temporary
-directory, drives N native-OTP checkouts from C concurrent customers (create → wait for the OTP
-step → submit → wait for COMPLETED), and prints throughput, latency percentiles, and the worker's
-resident memory before and after. Optional sandbox latency shows how many checkouts one worker
-keeps in flight while each waits on the gateway.
+For each configuration (SQLite or a throwaway PostgreSQL; 0 or 200 ms per gateway call; one or two
+worker processes) it starts a real stack (embedded Redis, sandbox, API, worker(s), beat) and the
+floor's worker (``bench/floor.py``: a bare chain of as many Celery hops as a checkout has, each
+one sandbox call and one write, same pool, Redis and database), then alternates rounds of the
+floor and of N native-OTP checkouts driven through the API by C concurrent customers (create →
+wait for the OTP step → submit → wait for COMPLETED). It prints each rate, p95 end-to-end latency,
+and the project's rate as a ratio of the floor's measured in the same run; and the worker's memory.
 
-    .venv/bin/python bench/checkout_throughput.py [--checkouts 200] [--concurrency 32] [--latency-ms 100]
+    .venv/bin/python bench/checkout_throughput.py [--checkouts 150] [--concurrency 32] [--rounds 2]
+        [--configs sqlite:0:1,sqlite:200:1,postgres:0:1,postgres:0:2,postgres:200:1]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import concurrent.futures as cf
+import contextlib
+import os
 import statistics
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any, Iterator
 
 import requests
 
-from config.settings import SANDBOX_ADMIN_KEY
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.floor import HOPS, FloorWorker, Run, run_floor  # noqa: E402
+from config.settings import SANDBOX_ADMIN_KEY  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -32,58 +41,97 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--checkouts", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="added sandbox latency per call")
-    args = parser.parse_args()
+def run_checkouts(api: Any, checkouts: int, concurrency: int) -> Run:
+    card = {"number": "4012001037141112", "name": "Bench", "cvv": "123", "expiry_month": "12", "expiry_year": "2030"}
 
+    def one(_: int) -> float:
+        started = time.perf_counter()
+        c = api.create_checkout(amount=10000, card=card, merchant_order_reference=f"b-{uuid.uuid4().hex[:16]}")
+        api.wait(c["id"], {"AWAITING_OTP"}, timeout=120, interval=0.25)
+        api.submit_otp(c["id"], "123456")
+        done = api.wait(c["id"], {"COMPLETED", "FAILED"}, timeout=120, interval=0.25)
+        assert done["status"] == "COMPLETED", done["status"]
+        return time.perf_counter() - started
+
+    started = time.perf_counter()
+    with cf.ThreadPoolExecutor(concurrency) as pool:
+        latencies = sorted(pool.map(one, range(checkouts)))
+    return Run("project", checkouts, time.perf_counter() - started, latencies)
+
+
+@contextlib.contextmanager
+def database(kind: str, base: Path) -> Iterator[tuple[str, str]]:
+    """(the project's URL, the floor's URL) on the same kind of database."""
+    if kind == "sqlite":
+        yield f"sqlite:///{base / 'var' / 'orchestrator.db'}", f"sqlite:///{base / 'floor.db'}"
+        return
+    from orchestrator.pg_server import throwaway_postgres
+
+    with throwaway_postgres() as url:
+        yield url, url
+
+
+def measure(kind: str, latency_ms: float, workers: int, args: argparse.Namespace) -> None:
     from config import Settings
-    from orchestrator.logs import configure_logging
     from orchestrator.merchant_client import OrchestratorClient
     from orchestrator.redis_server import free_port
     from orchestrator.stack import Stack
 
-    configure_logging("WARNING", "console")
     base = Path(tempfile.mkdtemp(prefix="bench-"))
-    stack = Stack(data_dir=base / "var", api_port=free_port(), sandbox_port=free_port(), redis_port=free_port(),
-                  log_dir=base / "logs", env={"SWEEP_INTERVAL": "1", "POLL_SCHEDULE": "1,2", "LOG_LEVEL": "WARNING",
-                                              "WORKER_CONCURRENCY": os.environ.get("WORKER_CONCURRENCY", "32")})
-    stack.start()
-    try:
-        if args.latency_ms:
-            requests.put(f"{stack.sandbox_url}/sandbox/faults", headers={"X-Sandbox-Key": SANDBOX_ADMIN_KEY}, json={"rules": [
-                {"kind": "latency", "path": "^/api/", "seconds": args.latency_ms / 1000}]}, timeout=5)
-        api = OrchestratorClient(stack.api_url, Settings().orchestrator_api_key.get_secret_value(), timeout=30)
-        worker = stack.processes["worker"].pid
-        time.sleep(1.0)
-        rss_before = rss_mb(worker)
-        card = {"number": "4012001037141112", "name": "Bench", "cvv": "123", "expiry_month": "12",
-                "expiry_year": "2030"}
+    with database(kind, base) as (project_url, floor_url):
+        env = {"SWEEP_INTERVAL": "1", "POLL_SCHEDULE": "1,2", "LOG_LEVEL": "WARNING", "DATABASE_URL": project_url,
+               "WORKER_CONCURRENCY": str(args.concurrency)}
+        stack = Stack(data_dir=base / "var", api_port=free_port(), sandbox_port=free_port(), redis_port=free_port(),
+                      log_dir=base / "logs", env=env)
+        stack.start()
+        try:
+            if workers > 1:
+                for i in range(2, workers + 1):
+                    stack.spawn(f"worker{i}", command="worker")
+            if latency_ms:
+                requests.put(f"{stack.sandbox_url}/sandbox/faults", headers={"X-Sandbox-Key": SANDBOX_ADMIN_KEY},
+                             json={"rules": [{"kind": "latency", "path": "^/api/", "seconds": latency_ms / 1000}]},
+                             timeout=5).raise_for_status()
+            api = OrchestratorClient(stack.api_url, Settings().orchestrator_api_key.get_secret_value(), timeout=30)
+            worker = stack.processes["worker"].pid
+            broker = str(stack.redis_url).rsplit("/", 1)[0] + "/15"
+            run_checkouts(api, min(20, args.checkouts), args.concurrency)  # warm the stack
+            rss_before = rss_mb(worker)
+            floors: list[Run] = []
+            projects: list[Run] = []
+            with FloorWorker(broker, stack.sandbox_url, floor_url, stack.child_env(), args.concurrency):
+                for _ in range(args.rounds):
+                    floors.append(run_floor(broker, args.chains, args.concurrency))
+                    projects.append(run_checkouts(api, args.checkouts, args.concurrency))
+            rss_after = rss_mb(worker)
+        finally:
+            stack.stop()
+    floor = statistics.mean(r.rate for r in floors)
+    project = statistics.mean(r.rate for r in projects)
+    label = f"{kind:8} {latency_ms:4.0f} ms  {workers} worker{'s' if workers > 1 else ' '}"
+    print(f"{label}  floor {floor:6.1f} chains/s (p95 {max(r.p95 for r in floors):.2f} s)   "
+          f"project {project:6.1f} checkouts/s (p95 {max(r.p95 for r in projects):.2f} s)   "
+          f"ratio {project / floor:.2f}   worker RSS {rss_before:.0f}→{rss_after:.0f} MB", flush=True)
 
-        def one(_: int) -> float:
-            started = time.perf_counter()
-            c = api.create_checkout(amount=10000, card=card, merchant_order_reference=f"b-{uuid.uuid4().hex[:16]}")
-            api.wait(c["id"], {"AWAITING_OTP"}, timeout=120, interval=0.25)
-            api.submit_otp(c["id"], "123456")
-            done = api.wait(c["id"], {"COMPLETED", "FAILED"}, timeout=120, interval=0.25)
-            assert done["status"] == "COMPLETED", done["status"]
-            return time.perf_counter() - started
 
-        started = time.perf_counter()
-        with cf.ThreadPoolExecutor(args.concurrency) as pool:
-            latencies = sorted(pool.map(one, range(args.checkouts)))
-        elapsed = time.perf_counter() - started
-        rss_after = rss_mb(worker)
-        q = statistics.quantiles(latencies, n=100)
-        print(f"{args.checkouts} native-OTP checkouts, {args.concurrency} concurrent customers, "
-              f"sandbox latency {args.latency_ms:g} ms per call, 1 worker (32 threads), SQLite")
-        print(f"  throughput  {args.checkouts / elapsed:7.1f} checkouts/s   ({elapsed:.1f} s in all)")
-        print(f"  latency     p50 {q[49]:.2f} s   p95 {q[94]:.2f} s   max {latencies[-1]:.2f} s")
-        print(f"  worker RSS  {rss_before:.0f} MB before, {rss_after:.0f} MB after")
-    finally:
-        stack.stop()
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkouts", type=int, default=150)
+    parser.add_argument("--chains", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--configs", default="sqlite:0:1,sqlite:200:1,postgres:0:1,postgres:0:2,postgres:200:1",
+                        help="database:latency_ms:workers, comma-separated")
+    args = parser.parse_args()
+    from orchestrator.logs import configure_logging
+
+    configure_logging("WARNING", "console")
+    print(f"{args.checkouts} native-OTP checkouts ({HOPS} gateway calls, {HOPS} hops) vs {args.chains} floor chains "
+          f"of {HOPS} hops, {args.concurrency} in flight, {args.rounds} alternating rounds each; "
+          f"{os.cpu_count()} CPUs")
+    for config in args.configs.split(","):
+        kind, latency, workers = config.split(":")
+        measure(kind, float(latency), int(workers), args)
 
 
 if __name__ == "__main__":

@@ -300,36 +300,14 @@ def make_harness(url: str, sandbox: ThreadedUvicorn, sandbox_settings: Settings,
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    import glob
-    import shutil
-    import subprocess
-    import tempfile
+    from orchestrator.pg_server import NoPostgres, throwaway_postgres
 
-    pg_ctl = shutil.which("pg_ctl") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))), None)
-    if not pg_ctl:
-        pytest.skip("no PostgreSQL server binaries on this machine")
-    bindir = os.path.dirname(os.path.realpath(pg_ctl))
-    run_as: list[str] = []
-    data = tempfile.mkdtemp(prefix="orchestrator-pg-")
-    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres user
-        import pwd
-
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root with no postgres user")
-        shutil.chown(data, "postgres")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    for command in ([f"{bindir}/initdb", "-D", data, "-U", "orchestrator", "--auth=trust", "-E", "UTF8"],
-                    [f"{bindir}/pg_ctl", "-D", data, "-w", "-l", f"{data}/log", "-o",
-                     f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]):
-        done = subprocess.run(run_as + command, capture_output=True, text=True)
-        if done.returncode != 0:
-            shutil.rmtree(data, ignore_errors=True)
-            pytest.skip(f"could not start a PostgreSQL server: {done.stderr.strip()[-300:]}")
     try:
-        yield f"postgresql://orchestrator@127.0.0.1:{port}/postgres"
+        server = throwaway_postgres()
+        url = server.__enter__()
+    except NoPostgres as exc:
+        pytest.skip(str(exc))
+    try:
+        yield url
     finally:
-        subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+        server.__exit__(None, None, None)
