@@ -127,18 +127,26 @@ class TokenManager:
         self._fetch = fetch
         self._margin = margin
         self._clock = clock
+        # this process's copy: the store (Redis) stays the shared source and the refresh lock, but
+        # a fresh token is not read from it on every call
+        self._cached: AccessToken | None = None
 
     def get(self) -> str:
+        cached = self._cached
+        if cached is not None and cached.fresh(self._clock(), self._margin):
+            return cached.value
         token = self._store.load()
-        if token is not None and token.fresh(self._clock(), self._margin):
-            return token.value
-        with self._store.lock():
-            token = self._store.load()
-            if token is not None and token.fresh(self._clock(), self._margin):
-                return token.value
-            token = self._fetch()
-            self._store.save(token)
-            return token.value
+        if token is None or not token.fresh(self._clock(), self._margin):
+            with self._store.lock():
+                token = self._store.load()
+                if token is None or not token.fresh(self._clock(), self._margin):
+                    token = self._fetch()
+                    self._store.save(token)
+        self._cached = token
+        return token.value
 
     def invalidate(self, value: str) -> None:
+        """Plural refused ``value`` (a 401): forget it here and in the store."""
+        if self._cached is not None and self._cached.value == value:
+            self._cached = None
         self._store.discard(value)

@@ -74,3 +74,41 @@ def test_redis_entry_expires_with_the_token():
     RedisTokenStore(r, "cid").save(AccessToken("t", time.time() + 120, time.time()))
     key = next(iter(r.keys("plural:token:*")))
     assert 100 < r.ttl(key) <= 120
+
+
+class CountingStore(MemoryTokenStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    def load(self):
+        self.loads += 1
+        return super().load()
+
+
+def test_a_fresh_token_is_kept_in_process_not_read_from_the_store_each_call():
+    fetch, calls = counting_fetch()
+    store = CountingStore()
+    manager = TokenManager(store, fetch)
+    assert [manager.get() for _ in range(50)] == ["t1"] * 50
+    assert len(calls) == 1 and store.loads <= 2
+
+
+def test_a_refused_token_is_forgotten_in_process_and_the_store_is_asked_again():
+    fetch, calls = counting_fetch()
+    store = CountingStore()
+    manager = TokenManager(store, fetch)
+    manager.get()
+    store.save(AccessToken("elsewhere", time.time() + 3600, time.time()))  # another process refreshed
+    assert manager.get() == "t1"  # still fresh here: no store read
+    manager.invalidate("t1")
+    assert manager.get() == "elsewhere" and len(calls) == 1
+
+
+def test_the_cached_token_is_refreshed_near_its_expiry():
+    fetch, calls = counting_fetch(lifetime=1000)
+    clock = [time.time()]
+    manager = TokenManager(MemoryTokenStore(), fetch, margin=300, clock=lambda: clock[0])
+    assert manager.get() == "t1"
+    clock[0] += 800
+    assert manager.get() == "t2" and len(calls) == 2
