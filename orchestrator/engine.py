@@ -14,7 +14,7 @@ token, and its own move ends the claim, so the next step claims afresh.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from sqlmodel import Session, col, func, select
@@ -41,12 +41,20 @@ def _watched(row: Checkout) -> bool:
 
 @dataclass(frozen=True)
 class Run:
-    """One run of one step, holding its checkout's claim."""
+    """One run of one step, holding its checkout's claim.
+
+    ``finished``: outcomes of this run's gateway calls not yet written; they are written in the
+    run's next transaction (its move, a note, the next write-ahead or the release), so recording a
+    call's outcome costs no transaction of its own. ``ended``: the run's own move gave the claim
+    back, so no release is needed.
+    """
 
     checkout_id: str
     token: str | None
     task_id: str | None
     started_in: State
+    finished: list[tuple[int, str, str | None]] = field(default_factory=list, compare=False)
+    ended: list[bool] = field(default_factory=list, compare=False)
 
 
 @dataclass
@@ -140,11 +148,14 @@ class Engine:
                     refund_effect(s, row, target)
 
         moved = self.repo.move(checkout_id, plan, reason=reason, fact=fact.value, source=source.value,
-                               claim=run.token if run else None, effect=effect)
+                               claim=run.token if run else None, effect=effect,
+                               finish=run.finished if run else None)
         if moved is None:
             log.info("saga.fact.ignored", fact=fact.value, source=source.value)
             return None
         before, after = moved
+        if run is not None and run.token is not None:
+            run.ended.append(True)
         log.info("saga.transition", from_state=before.state, to_state=after.state, fact=fact.value,
                  source=source.value, reason=reason)
         self._after(after)

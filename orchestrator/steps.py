@@ -84,7 +84,7 @@ def retry_later(d: Deps, run: Run, c: Checkout, step: Step, error: BaseException
     due = _s(d, delay)
     if c.deadline_at and State(c.state) in saga.BEFORE_AUTHORIZATION:
         due = min(due, max(c.deadline_at, d.clock()))
-    d.repo.note(c.id, states={State(c.state)}, claim=run.token, step_failures=failures, next_due_at=due,
+    d.repo.note(c.id, states={State(c.state)}, claim=run.token, finish=run.finished, step_failures=failures, next_due_at=due,
                 error_code=code, error_message=message)
     log.warning("saga.step.retry_later", step=step.value, failures=failures, delay=delay, error=message)
 
@@ -175,19 +175,29 @@ def call_ahead(d: Deps, run: Run, step: Step, reference: str | None, call: Calla
     resolved by looking the object up on the next run.
     """
     repeated = idempotent and d.repo.has_attempt(run.checkout_id, step.value, reference)
-    attempt = d.repo.begin_attempt(run.checkout_id, step.value, reference, run.task_id, claim=run.token)
+    attempt = d.repo.begin_attempt(run.checkout_id, step.value, reference, run.task_id, claim=run.token,
+                                   finish=run.finished)
+
+    def finished(outcome: str, what: str) -> None:
+        # a checkout run records the outcome in its next transaction (its move, a note, the
+        # release); a crash before that leaves the attempt in_flight: unknown, looked up later
+        if run.token is None:
+            d.repo.finish_attempt(attempt, outcome, what)
+        else:
+            run.finished.append((attempt, outcome, what))
+
     try:
         result = call()
     except TRANSIENT as exc:
-        d.repo.finish_attempt(attempt, "unknown", text(exc))
+        finished("unknown", text(exc))
         return Called(transient=exc)
     except errors.APIError as exc:
         if repeated:
-            d.repo.finish_attempt(attempt, "unknown", text(f"refused a repeated reference: {exc.code}: {exc.message}"))
+            finished("unknown", text(f"refused a repeated reference: {exc.code}: {exc.message}"))
             return Called(transient=exc)
-        d.repo.finish_attempt(attempt, "failed", text(f"{exc.code}: {exc.message}"))
+        finished("failed", text(f"{exc.code}: {exc.message}"))
         return Called(refused=exc)
-    d.repo.finish_attempt(attempt, "succeeded", text(detail(result)))
+    finished("succeeded", text(detail(result)))
     return Called(result=result)
 
 
@@ -464,14 +474,14 @@ def resend_otp(d: Deps, run: Run, c: Checkout) -> None:
         wait = exc.details.get("resend_after") if isinstance(exc.details, dict) else None
         if wait is not None and str(wait).isdigit():
             fields["otp_resend_at"] = _s(d, int(wait))
-        d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.token, **fields)
+        d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.token, finish=run.finished, **fields)
         return
     if got.transient:
-        d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.token, error_code="RESEND_FAILED",
+        d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.token, finish=run.finished, error_code="RESEND_FAILED",
                     error_message="the OTP could not be resent; try again")
         return
     answer = got.result
-    d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.token,
+    d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.token, finish=run.finished,
                 otp_resend_at=_s(d, answer.resend_after_seconds or 0), error_code=None, error_message=None)
 
 
@@ -483,7 +493,7 @@ def _order_id(d: Deps, run: Run, c: Checkout) -> str | None:
         order_id = d.plural.get_order_by_reference(c.merchant_order_reference).order_id
     except errors.NotFound:
         return None
-    d.repo.note(c.id, claim=run.token, plural_order_id=order_id)
+    d.repo.note(c.id, claim=run.token, finish=run.finished, plural_order_id=order_id)
     c.plural_order_id = order_id
     return order_id
 
@@ -501,7 +511,7 @@ def poll_order(d: Deps, run: Run, c: Checkout) -> None:
                            fields={"cancel_reason": "CUSTOMER_TIMEOUT"})
             return
         if state is State.NEEDS_ATTENTION:
-            d.repo.note(c.id, states={state}, claim=run.token, next_due_at=d.engine.due_for(c, state, {}))
+            d.repo.note(c.id, states={state}, claim=run.token, finish=run.finished, next_due_at=d.engine.due_for(c, state, {}))
             return
         return retry_later(d, run, c, Step.POLL_ORDER, exc)
     if order is not None and settle(d, c, order, "polled", Source.POLL, run):
@@ -516,7 +526,7 @@ def poll_order(d: Deps, run: Run, c: Checkout) -> None:
                        run=run)
         return
     polls = c.polls + 1
-    d.repo.note(c.id, states={state}, claim=run.token, polls=polls,
+    d.repo.note(c.id, states={state}, claim=run.token, finish=run.finished, polls=polls,
                 next_due_at=d.engine.due_for(c, state, {"polls": polls}),
                 plural_status=order.status if order else c.plural_status)
 
@@ -632,7 +642,7 @@ def capture_order(d: Deps, run: Run, c: Checkout) -> None:
 def expire_hold(d: Deps, run: Run, c: Checkout) -> None:
     """An authorization with no delivery by its capture deadline is released before it lapses."""
     if c.capture_deadline_at is None or d.clock() < c.capture_deadline_at:
-        d.repo.note(c.id, states={State.AUTHORIZED}, claim=run.token, next_due_at=c.capture_deadline_at)
+        d.repo.note(c.id, states={State.AUTHORIZED}, claim=run.token, finish=run.finished, next_due_at=c.capture_deadline_at)
         return
     d.engine.apply(c.id, Fact.HOLD_DUE, Source.TIMER, "no delivery by the capture deadline: releasing the hold",
                    run=run, fields={"cancel_reason": "HOLD_EXPIRED"})
@@ -672,9 +682,11 @@ def run(d: Deps, step: Step, checkout_id: str, task_id: str | None = None) -> No
     except LostClaim:
         log.warning("saga.claim.lost", step=step.value)
     finally:
-        row = d.repo.release(Checkout, checkout_id, token)
-        if row is not None:
-            d.engine.wake(row, owned)
+        # a run whose own move gave the claim back (and sent the next step) has nothing to release
+        if not owned.ended or owned.finished:
+            row = d.repo.release(Checkout, checkout_id, token, finish=owned.finished)
+            if row is not None:
+                d.engine.wake(row, owned)
 
 
 def _run_claimed(d: Deps, step: Step, owned: Run, c: Checkout) -> None:

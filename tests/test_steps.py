@@ -314,3 +314,30 @@ def test_a_cancel_whose_answer_was_lost_is_confirmed_by_get_order(harness):
     assert h.state(c.id) == "CANCELLED"
     assert [a.outcome for a in h.deps.repo.attempts(c.id, Step.CANCEL_ORDER.value)] == ["succeeded"]
     assert kinds(h, c).count("CANCELLED") == 1
+
+
+def test_a_gateway_step_costs_three_write_transactions(harness):
+    """Claim, write-ahead, and one transaction that records the call's outcome and moves the
+    state (the move gives the claim back: no release)."""
+    from sqlalchemy import event
+
+    from orchestrator import dispatch
+    from orchestrator.core.saga import Step
+    from orchestrator.service import CheckoutIn
+
+    h = harness
+    row, _ = h.service.create(CheckoutIn.model_validate({
+        "amount": {"value": 5000, "currency": "INR"},
+        "card": {"number": "4012001037141112", "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "2030"}}))
+    h.queue.clear()
+    writes = []
+    listener = lambda *_a: writes.append(1)  # noqa: E731
+    event.listen(h.deps.repo.engine, "begin", listener)
+    try:
+        dispatch.run(h.deps, Step.CREATE_ORDER, row.id, "t")
+    finally:
+        event.remove(h.deps.repo.engine, "begin", listener)
+    c = h.deps.repo.get(row.id)
+    assert c.state == "ORDER_CREATED" and c.claim_token is None
+    assert [a.outcome for a in h.deps.repo.attempts(row.id)] == ["succeeded"]
+    assert len(writes) == 3

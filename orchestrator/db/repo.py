@@ -16,6 +16,10 @@ from orchestrator.core.saga import FINAL, State
 from orchestrator.db.models import Checkout, StepAttempt, Transition, utcnow
 
 
+#: a run's call outcomes not yet written: (attempt id, outcome, detail)
+Finished = list[tuple[int, str, "str | None"]]
+
+
 class LostClaim(RuntimeError):
     """A run tried to write after another run took its checkout: it must stop."""
 
@@ -91,13 +95,15 @@ class Repo:
 
     def move(self, checkout_id: str, plan: Callable[[Checkout], tuple[State, dict[str, Any]] | None], *,
              reason: str, fact: str | None = None, source: str | None = None, claim: str | None = None,
-             effect: Callable[[Session, Checkout, State], None] | None = None) -> tuple[Checkout, Checkout] | None:
+             effect: Callable[[Session, Checkout, State], None] | None = None,
+             finish: Finished | None = None) -> tuple[Checkout, Checkout] | None:
         """Decide and write one state change in one transaction that holds the checkout's row.
 
         ``plan`` sees the row as it is now and returns the target state and the fields to set, or
         None for no move. A run's write is fenced by its ``claim``: if another run holds the
         checkout, ``LostClaim`` is raised and nothing is written. Returns (before, after), or
-        None when nothing moved. ``effect`` writes more rows in the same transaction.
+        None when nothing moved. ``effect`` writes more rows in the same transaction, and so do
+        the run's pending call outcomes (``finish``, emptied once they are committed).
         """
         now = self.clock()
         with self.session() as s:
@@ -128,13 +134,16 @@ class Repo:
                              source=source, reason=reason[:200], at=now))
             if effect is not None:
                 effect(s, before, target)
+            self._finish(s, finish)
             s.commit()
-            after = s.get(Checkout, checkout_id, populate_existing=True)
-            assert after is not None
+            if finish:
+                finish.clear()
+            # the row as written, without reading it back (a read here would open another transaction)
+            after = Checkout.model_validate({**before.model_dump(), **values})
             return before, after
 
     def note(self, checkout_id: str, *, states: Iterable[State] | None = None, claim: str | None = None,
-             **fields: Any) -> bool:
+             finish: Finished | None = None, **fields: Any) -> bool:
         """Set fields without a state change, only while the checkout is in ``states`` (default: not
         final) and, for a run, while the run still holds it."""
         guard = [s.value for s in (states if states is not None else set(State) - FINAL)]
@@ -144,8 +153,17 @@ class Repo:
         with self.session() as s:
             result = s.execute(update(Checkout).where(*conditions)
                                .values(version=Checkout.version + 1, updated_at=self.clock(), **fields))
+            self._finish(s, finish)
             s.commit()
+            if finish:
+                finish.clear()
             return result.rowcount == 1
+
+    def _finish(self, s: Session, finish: Finished | None) -> None:
+        """Record the outcomes of a run's calls inside the transaction at hand."""
+        for attempt_id, outcome, detail in finish or ():
+            s.execute(update(StepAttempt).where(col(StepAttempt.id) == attempt_id)
+                      .values(outcome=outcome, detail=(detail or "")[:500] or None, finished_at=self.clock()))
 
     # --- run claims ---------------------------------------------------------------------
 
@@ -161,13 +179,20 @@ class Repo:
             s.commit()
             return token if result.rowcount == 1 else None
 
-    def release(self, table: type[Any], row_id: str, token: str) -> Any | None:
-        """Give the claim back; the row as it is now if this run still held it, else None."""
+    def release(self, table: type[Any], row_id: str, token: str, finish: Finished | None = None) -> Any | None:
+        """Give the claim back; the row as it is now if this run still held it, else None. A run's
+        pending call outcomes are recorded either way (they are facts about calls it made)."""
         with self.session() as s:
             row = s.exec(select(table).where(table.id == row_id).with_for_update()).first()
             if row is None or row.claim_token != token:
-                s.rollback()
+                self._finish(s, finish)
+                s.commit()
+                if finish:
+                    finish.clear()
                 return None
+            self._finish(s, finish)
+            if finish:
+                finish.clear()  # cleared before commit is harmless: a failed commit raises
             s.execute(update(table).where(col(table.id) == row_id, col(table.claim_token) == token)
                       .values(claim_token=None, claim_until=None))
             s.commit()
@@ -180,8 +205,9 @@ class Repo:
     # --- write-ahead step attempts ------------------------------------------------------
 
     def begin_attempt(self, checkout_id: str, step: str, reference: str | None, task_id: str | None,
-                      claim: str | None = None) -> int:
-        """Write ahead: commit an ``in_flight`` attempt before the call (only while ``claim`` holds)."""
+                      claim: str | None = None, finish: Finished | None = None) -> int:
+        """Write ahead: commit an ``in_flight`` attempt before the call (only while ``claim`` holds),
+        with the outcomes of the run's earlier calls."""
         with self.session() as s:
             if claim is not None:
                 held = s.exec(select(Checkout.claim_token).where(Checkout.id == checkout_id).with_for_update()).first()
@@ -191,7 +217,10 @@ class Repo:
             attempt = StepAttempt(checkout_id=checkout_id, step=step, reference=reference, task_id=task_id,
                                   started_at=self.clock())
             s.add(attempt)
+            self._finish(s, finish)
             s.commit()
+            if finish:
+                finish.clear()
             assert attempt.id is not None
             return attempt.id
 
