@@ -139,8 +139,6 @@ class FloorWorker:
                                       "--without-heartbeat", "--without-gossip", "--without-mingle"],
                                      env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                      stderr=None if os.environ.get("FLOOR_DEBUG") else subprocess.DEVNULL)
-        os.environ.update({k: self.env[k] for k in ("FLOOR_BROKER",)})
-        app.conf.broker_url = self.broker
         run_floor(self.broker, 2, 2)  # warm: the worker is up and has its token
         return self
 
@@ -153,17 +151,22 @@ class FloorWorker:
                 self.proc.kill()
 
 
+_senders: dict[str, Celery] = {}
+
+
 def run_floor(broker: str, chains: int, concurrency: int, timeout: float = 120.0) -> Run:
     """``chains`` chains, ``concurrency`` in flight; returns the rate and latencies."""
     import redis
 
-    app.conf.broker_url = broker
+    sender = _senders.get(broker)
+    if sender is None:  # one producer per broker: a benchmark run starts several stacks
+        sender = _senders[broker] = Celery("floor-driver", broker=broker)
     r = redis.Redis.from_url(broker)
 
     def one(_: int) -> float:
         chain = uuid.uuid4().hex
         started = time.perf_counter()
-        hop.apply_async((chain, 0))
+        sender.send_task("floor.hop", args=(chain, 0), queue="floor")
         if r.blpop([f"floor:done:{chain}"], timeout=timeout) is None:
             raise TimeoutError(f"chain {chain} did not finish in {timeout} s")
         return time.perf_counter() - started
