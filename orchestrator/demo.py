@@ -80,7 +80,7 @@ def _cancel(api: OrchestratorClient) -> str:
     return api.wait(c["id"], {"CANCELLED", "COMPLETED", "FAILED"})["status"]
 
 
-def _pick(discovery: dict, issuer_name: str, months: int) -> tuple[dict, dict]:
+def pick_offer(discovery: dict, issuer_name: str, months: int) -> tuple[dict, dict]:
     issuer = next(i for i in discovery["issuers"] if i["name"] == issuer_name)
     return issuer, next(t for t in issuer["tenures"] if t["tenure_value"] == months)
 
@@ -89,7 +89,7 @@ def _emi(api: OrchestratorClient, method: str, card: dict, issuer_name: str, mon
          approve: bool = True, pre_auth: bool = False, **terms: object) -> tuple[str, dict | None]:
     """Discover as a shop's checkout page would, show the customer a tenure, and pay with it."""
     found = api.discover_offers(amount=amount, card_number=card["number"] if method == "DEBIT_EMI" else None, **terms)
-    issuer, tenure = _pick(found, issuer_name, months)
+    issuer, tenure = pick_offer(found, issuer_name, months)
     c = api.create_checkout(amount=amount, card=card, payment_method=method, pre_auth=pre_auth,
                             merchant_order_reference=f"demo-emi-{uuid.uuid4().hex[:12]}",
                             emi={"issuer_id": issuer["id"], "tenure_id": tenure["tenure_id"],

@@ -39,7 +39,7 @@ def _watched(row: Checkout) -> bool:
     return state is State.WATCHING or (state is State.NEEDS_ATTENTION and row.attention_from == State.WATCHING.value)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Run:
     """One run of one step, holding its checkout's claim.
 
@@ -53,8 +53,8 @@ class Run:
     token: str | None
     task_id: str | None
     started_in: State
-    finished: list[tuple[int, str, str | None]] = field(default_factory=list, compare=False)
-    ended: list[bool] = field(default_factory=list, compare=False)
+    finished: list[tuple[int, str, str | None]] = field(default_factory=list)
+    ended: bool = False
 
 
 @dataclass
@@ -155,7 +155,7 @@ class Engine:
             return None
         before, after = moved
         if run is not None and run.token is not None:
-            run.ended.append(True)
+            run.ended = True
         log.info("saga.transition", from_state=before.state, to_state=after.state, fact=fact.value,
                  source=source.value, reason=reason)
         self._after(after)

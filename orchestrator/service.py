@@ -21,8 +21,7 @@ from orchestrator.db.repo import Repo
 from orchestrator.engine import Engine
 from orchestrator.logs import get_logger, mask_text
 from orchestrator.plural import errors as plural_errors
-from orchestrator.plural.models import Amount as PluralAmount
-from orchestrator.plural.models import CardDetails, OfferDiscoveryRequest, PaymentOption, ProductDetail
+from orchestrator.plural.models import CardDetails, OfferDiscoveryRequest, PaymentOption
 from orchestrator.refunds import refund_view
 from orchestrator.vault import CardData, Vault
 
@@ -374,27 +373,21 @@ class CheckoutService:
 
     def discover(self, req: DiscoveryIn) -> dict[str, Any]:
         """Plural's offer discovery for these terms, passed on exactly as Plural answered."""
-        currency = req.amount.currency
+        from orchestrator.steps import TRANSIENT, offer_terms
+
+        terms = offer_terms(req.amount.value, req.amount.currency,
+                            [(p.product_code, p.product_amount.value) for p in req.product_details or []],
+                            req.cart_coupon_discount_amount.value if req.cart_coupon_discount_amount else None)
         request = OfferDiscoveryRequest(
-            order_amount=PluralAmount(value=req.amount.value, currency=currency),
-            product_details=[ProductDetail(product_code=p.product_code,
-                                           product_amount=PluralAmount(value=p.product_amount.value, currency=currency))
-                             for p in req.product_details] if req.product_details else None,
-            cart_coupon_discount_amount=(PluralAmount(value=req.cart_coupon_discount_amount.value, currency=currency)
-                                         if req.cart_coupon_discount_amount else None),
-            payment_option=(PaymentOption(card_details=CardDetails(card_number=digits_only(req.card.number)))
-                            if req.card else None),
-        )
+            **terms, payment_option=(PaymentOption(card_details=CardDetails(card_number=digits_only(req.card.number)))
+                                     if req.card else None))
         try:
             return self.plural.discover_offers(request).raw
+        except TRANSIENT:  # the saga's own line between "try again" and "Plural said no"
+            raise CheckoutError(503, "UNAVAILABLE", "Plural did not answer offer discovery; try again",
+                                unavailable="gateway") from None
         except plural_errors.APIError as exc:
-            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403, 429):
-                raise CheckoutError(422, exc.code[:64], mask_text(exc.message)[:300]) from None
-            raise CheckoutError(503, "UNAVAILABLE", "Plural did not answer offer discovery; try again",
-                                unavailable="gateway") from None
-        except plural_errors.PluralError:
-            raise CheckoutError(503, "UNAVAILABLE", "Plural did not answer offer discovery; try again",
-                                unavailable="gateway") from None
+            raise CheckoutError(422, exc.code[:64], mask_text(exc.message)[:300]) from None
 
     # --- customer and merchant actions --------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import structlog
 
@@ -209,16 +209,18 @@ def _resolve(d: Deps, c: Checkout, step: Step, outcome: str, detail: str) -> Non
 # --- the steps ------------------------------------------------------------------------------
 
 
+def offer_terms(amount: int, currency: str, products: Iterable[tuple[str, int]], coupon: int | None
+                ) -> dict[str, Any]:
+    """An order's EMI terms as Plural's affordability calls take them (discovery and validation)."""
+    details = [ProductDetail(product_code=code, product_amount=Amount(value=value, currency=currency))
+               for code, value in products]
+    return {"order_amount": Amount(value=amount, currency=currency), "product_details": details or None,
+            "cart_coupon_discount_amount": Amount(value=coupon, currency=currency) if coupon else None}
+
+
 def _emi_terms(c: Checkout) -> dict[str, Any]:
-    """The order's EMI terms as Plural's affordability calls take them."""
-    choice = c.emi_choice or {}
-    products = [ProductDetail(product_code=p["product_code"],
-                              product_amount=Amount(value=p["product_amount"], currency=c.currency))
-                for p in choice.get("product_details") or []]
-    return {"order_amount": Amount(value=c.amount_value, currency=c.currency),
-            "product_details": products or None,
-            "cart_coupon_discount_amount": (Amount(value=c.cart_coupon_discount, currency=c.currency)
-                                            if c.cart_coupon_discount else None)}
+    products = [(p["product_code"], p["product_amount"]) for p in (c.emi_choice or {}).get("product_details") or []]
+    return offer_terms(c.amount_value, c.currency, products, c.cart_coupon_discount)
 
 
 def _offer_refused(d: Deps, run: Run, code: str, message: str) -> None:

@@ -331,3 +331,23 @@ def test_the_same_reference_with_another_emi_choice_is_a_conflict(harness):
         with pytest.raises(CheckoutError) as conflict:
             harness.service.create(CheckoutIn.model_validate({**first, **change}))
         assert conflict.value.code == "REFERENCE_CONFLICT"
+
+
+def test_discovery_says_unavailable_when_plural_does_not_answer(harness):
+    from orchestrator.service import CheckoutError
+
+    requests.put(f"{harness.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "error", "path": "/offer/discovery", "statuses": [503]}]}, timeout=5).raise_for_status()
+    with pytest.raises(CheckoutError) as down:
+        harness.service.discover(DiscoveryIn.model_validate({"amount": {"value": 1200000, "currency": "INR"}}))
+    assert (down.value.status, down.value.code, down.value.details) == (503, "UNAVAILABLE", {"unavailable": "gateway"})
+
+
+def test_discovery_passes_plurals_refusal_on_as_a_422(harness):
+    from orchestrator.service import CheckoutError
+
+    requests.put(f"{harness.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "error", "path": "/offer/discovery", "statuses": [400]}]}, timeout=5).raise_for_status()
+    with pytest.raises(CheckoutError) as refused:
+        harness.service.discover(DiscoveryIn.model_validate({"amount": {"value": 1200000, "currency": "INR"}}))
+    assert refused.value.status == 422

@@ -134,10 +134,7 @@ class Repo:
                              source=source, reason=reason[:200], at=now))
             if effect is not None:
                 effect(s, before, target)
-            self._finish(s, finish)
-            s.commit()
-            if finish:
-                finish.clear()
+            self._commit(s, finish)
             # the row as written, without reading it back (a read here would open another transaction)
             after = Checkout.model_validate({**before.model_dump(), **values})
             return before, after
@@ -153,17 +150,18 @@ class Repo:
         with self.session() as s:
             result = s.execute(update(Checkout).where(*conditions)
                                .values(version=Checkout.version + 1, updated_at=self.clock(), **fields))
-            self._finish(s, finish)
-            s.commit()
-            if finish:
-                finish.clear()
+            self._commit(s, finish)
             return result.rowcount == 1
 
-    def _finish(self, s: Session, finish: Finished | None) -> None:
-        """Record the outcomes of a run's calls inside the transaction at hand."""
+    def _commit(self, s: Session, finish: Finished | None) -> None:
+        """Commit, recording a run's pending call outcomes in the same transaction (and forgetting
+        them once they are written)."""
         for attempt_id, outcome, detail in finish or ():
             s.execute(update(StepAttempt).where(col(StepAttempt.id) == attempt_id)
                       .values(outcome=outcome, detail=(detail or "")[:500] or None, finished_at=self.clock()))
+        s.commit()
+        if finish:
+            finish.clear()
 
     # --- run claims ---------------------------------------------------------------------
 
@@ -185,17 +183,11 @@ class Repo:
         with self.session() as s:
             row = s.exec(select(table).where(table.id == row_id).with_for_update()).first()
             if row is None or row.claim_token != token:
-                self._finish(s, finish)
-                s.commit()
-                if finish:
-                    finish.clear()
+                self._commit(s, finish)
                 return None
-            self._finish(s, finish)
-            if finish:
-                finish.clear()  # cleared before commit is harmless: a failed commit raises
             s.execute(update(table).where(col(table.id) == row_id, col(table.claim_token) == token)
                       .values(claim_token=None, claim_until=None))
-            s.commit()
+            self._commit(s, finish)
             return row
 
     def holds(self, table: type[Any], row_id: str, token: str) -> bool:
@@ -217,10 +209,7 @@ class Repo:
             attempt = StepAttempt(checkout_id=checkout_id, step=step, reference=reference, task_id=task_id,
                                   started_at=self.clock())
             s.add(attempt)
-            self._finish(s, finish)
-            s.commit()
-            if finish:
-                finish.clear()
+            self._commit(s, finish)
             assert attempt.id is not None
             return attempt.id
 

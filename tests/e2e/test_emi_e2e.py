@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
+from orchestrator.demo import pick_offer
 from orchestrator.merchant_client import OrchestratorError
 from tests.e2e.test_checkout_e2e import api, ledger, stack  # noqa: F401 - the same module-scoped stack fixtures
 
@@ -21,11 +22,6 @@ CREDIT_OTP = {"number": "4690000046910000", "name": "Kevin Bob", "cvv": "123", "
               "expiry_year": "2030"}
 CREDIT_PAGE = {**CREDIT_OTP, "number": "4166440000000018"}
 REDMI = [{"product_code": "redmi_1", "product_amount": {"value": 2000000, "currency": "INR"}}]
-
-
-def pick(found: dict, issuer_name: str, months: int) -> tuple[dict, dict]:
-    issuer = next(i for i in found["issuers"] if i["name"] == issuer_name)
-    return issuer, next(t for t in issuer["tenures"] if t["tenure_value"] == months)
 
 
 def checkout(api, method, card, issuer, tenure, amount, *, expected=None, pre_auth=False, **terms):
@@ -51,7 +47,7 @@ def through_the_bank(url: str, approve: bool) -> requests.Response:
 
 def test_debit_emi_discovered_chosen_approved_and_completed(api, stack):
     found = api.discover_offers(amount=1200000, card_number=DEBIT["number"])
-    issuer, tenure = pick(found, "HDFC DC", 3)
+    issuer, tenure = pick_offer(found, "HDFC DC", 3)
     assert tenure["monthly_emi_amount"]["value"] == 410713
     c = checkout(api, "DEBIT_EMI", DEBIT, issuer["id"], tenure["tenure_id"], 1200000,
                  expected=tenure["monthly_emi_amount"]["value"])
