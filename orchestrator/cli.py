@@ -86,10 +86,10 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _operator(args: argparse.Namespace) -> int:
     from orchestrator.runtime import get_runtime
-    from orchestrator.service import CheckoutError, CheckoutService
+    from orchestrator.service import CheckoutError
 
     rt = get_runtime()
-    svc = CheckoutService(rt.settings, rt.repo, rt.vault, rt.enqueue, plural=rt.plural)
+    svc = rt.service()
     try:
         c = svc.operator(args.checkout_id, args.action, getattr(args, "outcome", None), who=args.operator)
     except CheckoutError as exc:

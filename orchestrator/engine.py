@@ -20,9 +20,10 @@ from typing import Any, Callable
 from sqlmodel import Session, col, func, select
 
 from orchestrator.core import saga
+from orchestrator.changes import Announce, silent
 from orchestrator.core.saga import Fact, Source, State, Step
-from orchestrator.db.models import Checkout, Refund, utcnow
-from orchestrator.db.repo import Repo
+from orchestrator.db.models import Checkout, Refund, StepAttempt, utcnow
+from orchestrator.db.repo import Claim, Repo
 from orchestrator.logs import get_logger
 from orchestrator.vault import Vault
 
@@ -41,8 +42,12 @@ def _watched(row: Checkout) -> bool:
 
 @dataclass
 class Run:
-    """One run of one step, holding its checkout's claim.
+    """One run of one step for one checkout.
 
+    ``claim``: the run's hold on the checkout, taken by its first write (``Claim``); None for a
+    run fenced by another row's claim (a refund's). ``attempts`` and ``entered_at``: the
+    checkout's step attempts and when it entered its state, read with the row the run decided
+    from (the claim's compare-and-set makes them current at the run's first write).
     ``finished``: outcomes of this run's gateway calls not yet written; they are written in the
     run's next transaction (its move, a note, the next write-ahead or the release), so recording a
     call's outcome costs no transaction of its own. ``ended``: the run's own move gave the claim
@@ -50,11 +55,23 @@ class Run:
     """
 
     checkout_id: str
-    token: str | None
+    claim: Claim | None
     task_id: str | None
     started_in: State
+    attempts: list[StepAttempt] = field(default_factory=list)
+    entered_at: dt.datetime | None = None
     finished: list[tuple[int, str, str | None]] = field(default_factory=list)
     ended: bool = False
+
+    def unresolved(self, step: Step) -> list[StepAttempt]:
+        """Earlier attempts of ``step`` whose outcome nobody knows (``in_flight`` after a crash,
+        ``unknown`` after a timeout)."""
+        return [a for a in self.attempts if a.step == step.value and a.outcome in ("in_flight", "unknown")]
+
+    def tried(self, step: Step, reference: str | None) -> bool:
+        """Was ``step`` called with ``reference`` before (a repeat of an idempotent call)?"""
+        return reference is not None and any(a.step == step.value and a.reference == reference
+                                              for a in self.attempts)
 
 
 @dataclass
@@ -64,6 +81,7 @@ class Engine:
     vault: Vault
     enqueue: Callable[[Step, str], None]
     clock: Callable[[], dt.datetime] = utcnow
+    announce: Announce = silent
 
     def _at(self, seconds: float) -> dt.datetime:
         return self.clock() + dt.timedelta(seconds=seconds)
@@ -148,21 +166,32 @@ class Engine:
                     refund_effect(s, row, target)
 
         moved = self.repo.move(checkout_id, plan, reason=reason, fact=fact.value, source=source.value,
-                               claim=run.token if run else None, effect=effect,
+                               claim=run.claim if run else None, effect=effect,
                                finish=run.finished if run else None)
         if moved is None:
             log.info("saga.fact.ignored", fact=fact.value, source=source.value)
             return None
         before, after = moved
-        if run is not None and run.token is not None:
+        if run is not None and run.claim is not None:
             run.ended = True
         log.info("saga.transition", from_state=before.state, to_state=after.state, fact=fact.value,
                  source=source.value, reason=reason)
+        self._announce(before, after)
         self._after(after)
         for refund in late_refunds:
             log.warning("saga.late_payment.refunding", refund_id=refund.id, amount=refund.amount_value)
             self.send(Step.REFUND, refund.id)
         return after
+
+    def _announce(self, before: Checkout, after: Checkout) -> None:
+        """Tell whoever waits on the checkout that its public status changed (a hint; never fails)."""
+        status = saga.public_status(State(after.state))
+        if status == saga.public_status(State(before.state)):
+            return
+        try:
+            self.announce(after.id, status)
+        except Exception as exc:  # waiters recheck the database on their own
+            log.warning("saga.announce_failed", error=type(exc).__name__)
 
     def _after(self, after: Checkout) -> None:
         target = State(after.state)

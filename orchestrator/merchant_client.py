@@ -116,13 +116,20 @@ class OrchestratorClient:
 
     def wait(self, checkout_id: str, until: Iterable[str] = FINAL_STATUSES, timeout: float = 60.0,
              interval: float = 0.1) -> dict[str, Any]:
-        """Poll until the checkout's status is one of ``until``; return it (TimeoutError otherwise)."""
+        """Wait until the checkout's status is one of ``until``; return it (TimeoutError otherwise).
+
+        Long polls (``changed_from`` + ``wait``): each call is answered the moment the status
+        changes. ``interval`` only paces a server that answers at once without waiting."""
         wanted = set(until)
         deadline = time.monotonic() + timeout
-        while True:
-            checkout = self.get_checkout(checkout_id)
-            if checkout["status"] in wanted:
-                return checkout
-            if time.monotonic() > deadline:
+        checkout = self.get_checkout(checkout_id)
+        while checkout["status"] not in wanted:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise TimeoutError(f"checkout {checkout_id} still {checkout['status']} after {timeout}s")
-            time.sleep(interval)
+            seen, asked = checkout["status"], time.monotonic()
+            chunk = max(0.1, min(left, 25.0, self.timeout * 0.8))
+            checkout = self._call("GET", f"/v1/checkouts/{checkout_id}?changed_from={seen}&wait={chunk:.1f}")
+            if checkout["status"] == seen and time.monotonic() - asked < min(interval, chunk):
+                time.sleep(interval)
+        return checkout

@@ -96,9 +96,9 @@ def move(d: Deps, r: Refund, target: RefundState, claim: str | None = None, **fi
     if claim is not None:
         conditions.append(col(Refund.claim_token) == claim)
     with d.repo.session() as s:
-        result = s.execute(update(Refund).where(*conditions).values(state=target.value, updated_at=now, **fields))
+        result = s.connection().execute(update(Refund).where(*conditions).values(state=target.value, updated_at=now, **fields))
         if result.rowcount == 1 and target is RefundState.PROCESSED:
-            s.execute(update(Checkout).where(col(Checkout.id) == r.checkout_id)
+            s.connection().execute(update(Checkout).where(col(Checkout.id) == r.checkout_id)
                       .values(refunded_amount=Checkout.refunded_amount + r.amount_value, updated_at=now))
         s.commit()
         moved = result.rowcount == 1
@@ -130,7 +130,7 @@ def _backoff(d: Deps, r: Refund, exc: BaseException, claim: str) -> None:
     due = d.clock() + dt.timedelta(seconds=d.settings.attention_poll_seconds if gave_up else delay)
     code = "NEEDS_ATTENTION" if gave_up else str(getattr(exc, "code", type(exc).__name__))[:64]
     with d.repo.session() as s:
-        s.execute(update(Refund).where(col(Refund.id) == r.id, col(Refund.claim_token) == claim).values(
+        s.connection().execute(update(Refund).where(col(Refund.id) == r.id, col(Refund.claim_token) == claim).values(
             failures=failures, next_due_at=due, error_code=code, error_message=text(exc)))
         s.commit()
     (log.error if gave_up else log.warning)("refund.retry_later", refund_id=r.id, failures=failures,
@@ -161,8 +161,9 @@ def _run_refund(d: Deps, refund_id: str, token: str, task_id: str | None) -> Non
             return follow(d, r, d.plural.get_order(r.plural_refund_order_id), "polled", token)
         except TRANSIENT as exc:
             return _backoff(d, r, exc, token)
-    unresolved = d.repo.unresolved_attempts(c.id, [Step.REFUND.value])
-    mine = [a for a in unresolved if a.reference == r.merchant_refund_reference]
+    # the refund's own claim fences its writes; the run carries the checkout's refund attempts
+    run = Run(c.id, None, task_id, State(c.state), attempts=d.repo.attempts(c.id, Step.REFUND.value))
+    mine = [a for a in run.unresolved(Step.REFUND) if a.reference == r.merchant_refund_reference]
     if mine:
         try:
             found = d.plural.get_order_by_reference(r.merchant_refund_reference)
@@ -175,7 +176,6 @@ def _run_refund(d: Deps, refund_id: str, token: str, task_id: str | None) -> Non
             return follow(d, r, found, "refund found by reference", token)
     request = RefundRequest(merchant_order_reference=r.merchant_refund_reference,
                             order_amount=Amount(value=r.amount_value, currency=r.currency))
-    run = Run(c.id, None, task_id, State(c.state))  # the refund's own claim fences its writes
     got = call_ahead(d, run, Step.REFUND, r.merchant_refund_reference,
                      lambda: d.plural.create_refund(c.plural_order_id, request), lambda o: o.order_id)
     if got.transient:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from config import Settings, get_settings
+from orchestrator.changes import Announce, redis_announcer, silent
 from orchestrator.core.saga import Step
 from orchestrator.db.engine import make_engine
 from orchestrator.db.repo import Repo
@@ -44,6 +45,7 @@ class Runtime:
     vault: Vault
     plural: PluralClient
     enqueue: Callable[[Step, str], None]
+    announce: Announce = silent
 
     def readiness(self) -> dict[str, str]:
         """Can this process reach its database and Redis right now?"""
@@ -79,7 +81,13 @@ class Runtime:
 
     def deps(self) -> Deps:
         return Deps(settings=self.settings, repo=self.repo, plural=self.plural, vault=self.vault,
-                    enqueue=self.enqueue)
+                    enqueue=self.enqueue, announce=self.announce)
+
+    def service(self) -> Any:
+        from orchestrator.service import CheckoutService
+
+        return CheckoutService(self.settings, self.repo, self.vault, self.enqueue, plural=self.plural,
+                               announce=self.announce)
 
 
 _lock = threading.Lock()
@@ -101,5 +109,6 @@ def get_runtime() -> Runtime:
                 vault=Vault(redis, settings.card_encryption_key.get_secret_value()),
                 plural=PluralClient.from_settings(settings, redis=redis),
                 enqueue=celery_enqueue(app),
+                announce=redis_announcer(redis),
             )
         return _runtime

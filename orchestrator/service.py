@@ -12,6 +12,7 @@ from typing import Annotated, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
+from orchestrator.changes import Announce, silent
 from orchestrator.core import emi, saga
 from orchestrator.core.cards import digits_only, expiry_in_future, luhn_ok, network_of
 from orchestrator.core.money import Money
@@ -224,10 +225,10 @@ class OTPIn(BaseModel):
 
 class CheckoutService:
     def __init__(self, settings: Any, repo: Repo, vault: Vault, enqueue: Callable[[Step, str], None],
-                 clock: Callable[[], dt.datetime] = utcnow, plural: Any = None):
+                 clock: Callable[[], dt.datetime] = utcnow, plural: Any = None, announce: Announce = silent):
         self.settings, self.repo, self.vault, self.enqueue, self.clock = settings, repo, vault, enqueue, clock
-        self.plural = plural
-        self.engine = Engine(settings, repo, vault, enqueue, clock)
+        self.plural, self.announce = plural, announce
+        self.engine = Engine(settings, repo, vault, enqueue, clock, announce)
 
     # --- create -------------------------------------------------------------------------
 
@@ -307,7 +308,16 @@ class CheckoutService:
             raise CheckoutError(404, "CHECKOUT_NOT_FOUND", f"no checkout {checkout_id}")
         return row
 
-    def view(self, c: Checkout) -> dict[str, Any]:
+    def show(self, checkout_id: str) -> dict[str, Any]:
+        """The merchant's view of one checkout, from one read."""
+        row, history, refunds = self.repo.snapshot(checkout_id)
+        if row is None:
+            raise CheckoutError(404, "CHECKOUT_NOT_FOUND", f"no checkout {checkout_id}")
+        return self.view(row, (history, refunds))
+
+    def view(self, c: Checkout, trail: tuple[list[Any], list[Any]] | None = None) -> dict[str, Any]:
+        """The merchant's view of ``c``; ``trail`` (its history and refunds) is read if not given."""
+        history, refunds = trail if trail is not None else self.repo.trail(c.id)
         state = State(c.state)
         now = self.clock()
         next_action = None
@@ -350,8 +360,8 @@ class CheckoutService:
             "updated_at": _iso(c.updated_at),
             "history": [{"from": t.from_state, "to": t.to_state, "fact": t.fact, "source": t.source,
                          "reason": t.reason, "at": _iso(t.at)}
-                        for t in self.repo.history(c.id)],
-            "refunds": ([refund_view(r) for r in self.refunds(c.id)]
+                        for t in history],
+            "refunds": ([refund_view(r) for r in refunds]
                         if c.pre_auth or state is State.COMPLETED or c.late_undo == "REFUNDED" else []),
         }
 
@@ -491,7 +501,7 @@ class CheckoutService:
         from orchestrator.steps import Deps
 
         return Deps(settings=self.settings, repo=self.repo, plural=None, vault=self.vault, enqueue=self.enqueue,
-                    clock=self.clock)
+                    clock=self.clock, announce=self.announce)
 
     def refund(self, checkout_id: str, amount: int | None, reference: str | None) -> tuple[Any, bool]:
         from orchestrator.refunds import request_refund

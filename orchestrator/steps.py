@@ -23,10 +23,11 @@ from typing import Any, Callable, Iterable
 
 import structlog
 
+from orchestrator.changes import Announce, silent
 from orchestrator.core import emi, saga
 from orchestrator.core.saga import Fact, Source, State, Step
 from orchestrator.db.models import Checkout, utcnow
-from orchestrator.db.repo import LostClaim, Repo
+from orchestrator.db.repo import Claim, LostClaim, Repo, claim_free
 from orchestrator.engine import Engine, Run
 from orchestrator.logs import get_logger, mask_text
 from orchestrator.plural import errors
@@ -50,10 +51,11 @@ class Deps:
     vault: Vault
     enqueue: Callable[[Step, str], None]
     clock: Callable[[], dt.datetime] = field(default=utcnow)
+    announce: Announce = field(default=silent)
 
     @property
     def engine(self) -> Engine:
-        return Engine(self.settings, self.repo, self.vault, self.enqueue, self.clock)
+        return Engine(self.settings, self.repo, self.vault, self.enqueue, self.clock, self.announce)
 
 
 def _s(d: Deps, seconds: float) -> dt.datetime:
@@ -84,7 +86,7 @@ def retry_later(d: Deps, run: Run, c: Checkout, step: Step, error: BaseException
     due = _s(d, delay)
     if c.deadline_at and State(c.state) in saga.BEFORE_AUTHORIZATION:
         due = min(due, max(c.deadline_at, d.clock()))
-    d.repo.note(c.id, states={State(c.state)}, claim=run.token, finish=run.finished, step_failures=failures, next_due_at=due,
+    d.repo.note(c.id, states={State(c.state)}, claim=run.claim, finish=run.finished, step_failures=failures, next_due_at=due,
                 error_code=code, error_message=message)
     log.warning("saga.step.retry_later", step=step.value, failures=failures, delay=delay, error=message)
 
@@ -145,10 +147,10 @@ _ACTIVE = frozenset({State.QUOTING, State.NEW, State.ORDER_CREATED, State.CARD_C
                                                      State.CANCELLING})
 
 
-def _stalled(d: Deps, c: Checkout) -> bool:
+def _stalled(d: Deps, run: Run, c: Checkout) -> bool:
     if State(c.state) not in _ACTIVE:
         return False
-    entered = _aware(d.repo.entered_at(c.id))
+    entered = _aware(run.entered_at)
     return entered is not None and d.clock() - entered > dt.timedelta(seconds=d.settings.step_max_age_seconds)
 
 
@@ -174,14 +176,14 @@ def call_ahead(d: Deps, run: Run, step: Step, reference: str | None, call: Calla
     (Plural may be answering "in progress" or "already done"): it is recorded ``unknown`` and
     resolved by looking the object up on the next run.
     """
-    repeated = idempotent and d.repo.has_attempt(run.checkout_id, step.value, reference)
-    attempt = d.repo.begin_attempt(run.checkout_id, step.value, reference, run.task_id, claim=run.token,
+    repeated = idempotent and run.tried(step, reference)
+    attempt = d.repo.begin_attempt(run.checkout_id, step.value, reference, run.task_id, claim=run.claim,
                                    finish=run.finished)
 
     def finished(outcome: str, what: str) -> None:
         # a checkout run records the outcome in its next transaction (its move, a note, the
         # release); a crash before that leaves the attempt in_flight: unknown, looked up later
-        if run.token is None:
+        if run.claim is None:
             d.repo.finish_attempt(attempt, outcome, what)
         else:
             run.finished.append((attempt, outcome, what))
@@ -201,9 +203,8 @@ def call_ahead(d: Deps, run: Run, step: Step, reference: str | None, call: Calla
     return Called(result=result)
 
 
-def _resolve(d: Deps, c: Checkout, step: Step, outcome: str, detail: str) -> None:
-    unresolved = d.repo.unresolved_attempts(c.id, [step.value])
-    d.repo.resolve_attempts([a.id for a in unresolved if a.id], outcome, text(detail))
+def _resolve(d: Deps, run: Run, step: Step, outcome: str, detail: str) -> None:
+    d.repo.resolve_attempts([a.id for a in run.unresolved(step) if a.id], outcome, text(detail))
 
 
 # --- the steps ------------------------------------------------------------------------------
@@ -272,15 +273,15 @@ def check_offer(d: Deps, run: Run, c: Checkout) -> None:
 
 
 def create_order(d: Deps, run: Run, c: Checkout) -> None:
-    if d.repo.unresolved_attempts(c.id, [Step.CREATE_ORDER.value]):
+    if run.unresolved(Step.CREATE_ORDER):
         try:
             order = d.plural.get_order_by_reference(c.merchant_order_reference)
         except errors.NotFound:
-            _resolve(d, c, Step.CREATE_ORDER, "failed", "no order at Plural")
+            _resolve(d, run, Step.CREATE_ORDER, "failed", "no order at Plural")
         except TRANSIENT as exc:
             return retry_later(d, run, c, Step.CREATE_ORDER, exc)
         else:
-            _resolve(d, c, Step.CREATE_ORDER, "succeeded", order.order_id)
+            _resolve(d, run, Step.CREATE_ORDER, "succeeded", order.order_id)
             state_fact(d, run, Fact.ORDER_CREATED, "order found by reference", plural_order_id=order.order_id,
                        plural_status=order.status)
             return
@@ -340,13 +341,13 @@ def card_details(d: Deps, run: Run, c: Checkout) -> None:
 
 
 def create_payment(d: Deps, run: Run, c: Checkout) -> None:
-    if d.repo.unresolved_attempts(c.id, [Step.CREATE_PAYMENT.value]):
+    if run.unresolved(Step.CREATE_PAYMENT):
         try:
             order = d.plural.get_order(c.plural_order_id)
         except TRANSIENT as exc:
             return retry_later(d, run, c, Step.CREATE_PAYMENT, exc)
         payment = _our_payment(c, order)
-        _resolve(d, c, Step.CREATE_PAYMENT, "succeeded" if payment else "failed",
+        _resolve(d, run, Step.CREATE_PAYMENT, "succeeded" if payment else "failed",
                  payment.id if payment else "no payment at Plural")
         if payment is not None:
             d.vault.drop_card(c.id)
@@ -412,14 +413,14 @@ def generate_otp(d: Deps, run: Run, c: Checkout) -> None:
 
 
 def submit_otp(d: Deps, run: Run, c: Checkout) -> None:
-    if d.repo.unresolved_attempts(c.id, [Step.SUBMIT_OTP.value]):
+    if run.unresolved(Step.SUBMIT_OTP):
         # an OTP whose answer never came may have been used: never send it again. Plural decides.
         try:
             order = d.plural.get_order(c.plural_order_id)
         except TRANSIENT as exc:
             return retry_later(d, run, c, Step.SUBMIT_OTP, exc)
         fact, _fields = order_fact(d, c, order)
-        _resolve(d, c, Step.SUBMIT_OTP, "succeeded" if fact else "failed", f"order {order.status}")
+        _resolve(d, run, Step.SUBMIT_OTP, "succeeded" if fact else "failed", f"order {order.status}")
         d.vault.drop_otp(c.id)
         if settle(d, c, order, "OTP outcome found at Plural", Source.POLL, run):
             return
@@ -476,14 +477,14 @@ def resend_otp(d: Deps, run: Run, c: Checkout) -> None:
         wait = exc.details.get("resend_after") if isinstance(exc.details, dict) else None
         if wait is not None and str(wait).isdigit():
             fields["otp_resend_at"] = _s(d, int(wait))
-        d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.token, finish=run.finished, **fields)
+        d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.claim, finish=run.finished, **fields)
         return
     if got.transient:
-        d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.token, finish=run.finished, error_code="RESEND_FAILED",
+        d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.claim, finish=run.finished, error_code="RESEND_FAILED",
                     error_message="the OTP could not be resent; try again")
         return
     answer = got.result
-    d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.token, finish=run.finished,
+    d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.claim, finish=run.finished,
                 otp_resend_at=_s(d, answer.resend_after_seconds or 0), error_code=None, error_message=None)
 
 
@@ -495,7 +496,7 @@ def _order_id(d: Deps, run: Run, c: Checkout) -> str | None:
         order_id = d.plural.get_order_by_reference(c.merchant_order_reference).order_id
     except errors.NotFound:
         return None
-    d.repo.note(c.id, claim=run.token, finish=run.finished, plural_order_id=order_id)
+    d.repo.note(c.id, claim=run.claim, finish=run.finished, plural_order_id=order_id)
     c.plural_order_id = order_id
     return order_id
 
@@ -513,7 +514,7 @@ def poll_order(d: Deps, run: Run, c: Checkout) -> None:
                            fields={"cancel_reason": "CUSTOMER_TIMEOUT"})
             return
         if state is State.NEEDS_ATTENTION:
-            d.repo.note(c.id, states={state}, claim=run.token, finish=run.finished, next_due_at=d.engine.due_for(c, state, {}))
+            d.repo.note(c.id, states={state}, claim=run.claim, finish=run.finished, next_due_at=d.engine.due_for(c, state, {}))
             return
         return retry_later(d, run, c, Step.POLL_ORDER, exc)
     if order is not None and settle(d, c, order, "polled", Source.POLL, run):
@@ -528,7 +529,7 @@ def poll_order(d: Deps, run: Run, c: Checkout) -> None:
                        run=run)
         return
     polls = c.polls + 1
-    d.repo.note(c.id, states={state}, claim=run.token, finish=run.finished, polls=polls,
+    d.repo.note(c.id, states={state}, claim=run.claim, finish=run.finished, polls=polls,
                 next_due_at=d.engine.due_for(c, state, {"polls": polls}),
                 plural_status=order.status if order else c.plural_status)
 
@@ -549,7 +550,7 @@ def cancel_order(d: Deps, run: Run, c: Checkout) -> None:
         return retry_later(d, run, c, Step.CANCEL_ORDER, exc)
     fact, _fields = order_fact(d, c, order)
     # an earlier cancel whose answer was lost took effect exactly when Plural now says CANCELLED
-    _resolve(d, c, Step.CANCEL_ORDER, "succeeded" if fact is Fact.PLURAL_CANCELLED else "failed",
+    _resolve(d, run, Step.CANCEL_ORDER, "succeeded" if fact is Fact.PLURAL_CANCELLED else "failed",
              f"order {order.status}")
     if fact in (Fact.PLURAL_CANCELLED, Fact.PLURAL_PROCESSED, Fact.PLURAL_FAILED, Fact.PLURAL_PAYMENT_FAILED):
         settle(d, c, order, "before cancelling", Source.POLL, run)
@@ -611,13 +612,13 @@ def _follow_capture(d: Deps, run: Run, c: Checkout, order: Order, reason: str, s
 
 
 def capture_order(d: Deps, run: Run, c: Checkout) -> None:
-    if d.repo.unresolved_attempts(c.id, [Step.CAPTURE_ORDER.value]):
+    if run.unresolved(Step.CAPTURE_ORDER):
         try:
             order = d.plural.get_order(c.plural_order_id)
         except TRANSIENT as exc:
             return retry_later(d, run, c, Step.CAPTURE_ORDER, exc)
         found = captured_with(order, c.merchant_capture_reference) is not None
-        _resolve(d, c, Step.CAPTURE_ORDER, "succeeded" if found else "failed", f"order {order.status}")
+        _resolve(d, run, Step.CAPTURE_ORDER, "succeeded" if found else "failed", f"order {order.status}")
         if _follow_capture(d, run, c, order, "capture found at Plural", Source.POLL):
             return
     amount = c.capture_amount or c.authorized_amount
@@ -644,7 +645,7 @@ def capture_order(d: Deps, run: Run, c: Checkout) -> None:
 def expire_hold(d: Deps, run: Run, c: Checkout) -> None:
     """An authorization with no delivery by its capture deadline is released before it lapses."""
     if c.capture_deadline_at is None or d.clock() < c.capture_deadline_at:
-        d.repo.note(c.id, states={State.AUTHORIZED}, claim=run.token, finish=run.finished, next_due_at=c.capture_deadline_at)
+        d.repo.note(c.id, states={State.AUTHORIZED}, claim=run.claim, finish=run.finished, next_due_at=c.capture_deadline_at)
         return
     d.engine.apply(c.id, Fact.HOLD_DUE, Source.TIMER, "no delivery by the capture deadline: releasing the hold",
                    run=run, fields={"cancel_reason": "HOLD_EXPIRED"})
@@ -670,22 +671,24 @@ def run(d: Deps, step: Step, checkout_id: str, task_id: str | None = None) -> No
     belongs to. A second delivery while a run holds the checkout does nothing."""
     if step is Step.REFUND:
         raise ValueError("a refund step runs through orchestrator.dispatch, with a refund id")
-    token = d.repo.claim(Checkout, checkout_id, d.settings.run_lease_seconds)
-    if token is None:
+    c, entered_at, attempts = d.repo.load(checkout_id)
+    if c is None:
+        return
+    if not claim_free(c, d.clock()):
         log.info("saga.step.busy", step=step.value, saga_id=checkout_id)
         return
-    c = d.repo.get(checkout_id)
-    if c is None:  # pragma: no cover - a claim implies the row
-        return
-    owned = Run(checkout_id, token, task_id, State(c.state))
+    owned = Run(checkout_id, Claim(c.version, d.settings.run_lease_seconds), task_id, State(c.state), attempts,
+                entered_at)
     structlog.contextvars.bind_contextvars(saga_id=c.id, order_id=c.plural_order_id)
     try:
         _run_claimed(d, step, owned, c)
     except LostClaim:
         log.warning("saga.claim.lost", step=step.value)
     finally:
-        # a run whose own move gave the claim back (and sent the next step) has nothing to release
-        if not owned.ended or owned.finished:
+        # a run that never wrote holds nothing; one whose own move gave the claim back (and sent
+        # the next step) has nothing to release
+        token = owned.claim.token if owned.claim else None
+        if token is not None and (not owned.ended or owned.finished):
             row = d.repo.release(Checkout, checkout_id, token, finish=owned.finished)
             if row is not None:
                 d.engine.wake(row, owned)
@@ -700,7 +703,7 @@ def _run_claimed(d: Deps, step: Step, owned: Run, c: Checkout) -> None:
         d.engine.apply(c.id, Fact.DEADLINE_PASSED, Source.TIMER, "customer action deadline passed", run=owned,
                        fields={"cancel_reason": "CUSTOMER_TIMEOUT"})
         return
-    if _stalled(d, c):
+    if _stalled(d, owned, c):
         # runs that die before they can count a failure (a poison message, a crash loop) are
         # bounded too: no progress in an active state for STEP_MAX_AGE_SECONDS is visible
         d.engine.apply(c.id, Fact.GAVE_UP, Source.TIMER,

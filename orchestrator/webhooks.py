@@ -115,7 +115,7 @@ def claim_batch(d: Deps, limit: int, statuses: tuple[str, ...] = ("pending",)) -
         if "deferred" in statuses:
             ids = ids.where(col(WebhookEvent.received_at) > now - DEFER_FOR)
         ids = ids.order_by(col(WebhookEvent.id)).limit(limit)
-        s.execute(update(WebhookEvent).where(col(WebhookEvent.id).in_(ids.scalar_subquery()),
+        s.connection().execute(update(WebhookEvent).where(col(WebhookEvent.id).in_(ids.scalar_subquery()),
                                              col(WebhookEvent.status).in_(statuses))
                   .values(status="processing", claim=token, claimed_at=now,
                           attempts=WebhookEvent.attempts + 1).execution_options(synchronize_session=False))
@@ -125,7 +125,7 @@ def claim_batch(d: Deps, limit: int, statuses: tuple[str, ...] = ("pending",)) -
 
 def _finish(d: Deps, event: WebhookEvent, status: str, note: str) -> None:
     with d.repo.session() as s:
-        s.execute(update(WebhookEvent).where(col(WebhookEvent.id) == event.id)
+        s.connection().execute(update(WebhookEvent).where(col(WebhookEvent.id) == event.id)
                   .values(status=status, note=note[:500], processed_at=d.clock(), claim=None))
         s.commit()
     log.info("webhook.processed", webhook_id=event.webhook_id, event_type=event.event_type, outcome=status,
@@ -221,10 +221,10 @@ def retry_deferred(d: Deps, batch: int = 200) -> int:
             WebhookEvent.status == "deferred", col(WebhookEvent.received_at) > d.clock() - DEFER_FOR
         ).limit(batch)).all())
         stale = d.clock() - dt.timedelta(minutes=5)
-        s.execute(update(WebhookEvent).where(col(WebhookEvent.status) == "processing",
+        s.connection().execute(update(WebhookEvent).where(col(WebhookEvent.status) == "processing",
                                              col(WebhookEvent.claimed_at) < stale).values(status="pending"))
         if ready:
-            s.execute(update(WebhookEvent).where(col(WebhookEvent.id).in_(list(ready)))
+            s.connection().execute(update(WebhookEvent).where(col(WebhookEvent.id).in_(list(ready)))
                       .values(status="pending"))
         # pending events nobody is processing (a lost kick): worth a processor too
         waiting = s.exec(select(WebhookEvent.id).where(

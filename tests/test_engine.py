@@ -14,7 +14,7 @@ import requests
 from orchestrator import steps
 from orchestrator.core.saga import Fact, Source, State, Step, may_cause
 from orchestrator.db.models import Checkout
-from orchestrator.db.repo import LostClaim
+from orchestrator.db.repo import Claim, LostClaim
 from orchestrator.engine import Run
 from orchestrator.plural import PluralClient
 from orchestrator.refunds import get_refund, refunds_of
@@ -102,16 +102,39 @@ def test_a_run_that_lost_its_claim_cannot_write(harness):
     h = harness
     c = authorized(h)
     h.service.deliver(c.id, None)
-    first = h.deps.repo.claim(Checkout, c.id, 10)
+    read = h.deps.repo.get(c.id)
+    first = Claim(read.version, 10)
+    h.deps.repo.begin_attempt(c.id, Step.CAPTURE_ORDER.value, c.merchant_capture_reference, "first", claim=first)
     h.clock.advance(11)  # the first run stalled past its lease; a second run takes over
-    second = h.deps.repo.claim(Checkout, c.id, 10)
-    assert first and second and first != second
+    second = Claim(h.deps.repo.get(c.id).version, 10)
+    h.deps.repo.begin_attempt(c.id, Step.CAPTURE_ORDER.value, c.merchant_capture_reference, "second", claim=second)
+    assert first.token and second.token and first.token != second.token
     stale = Run(c.id, first, "first", State.CAPTURING)
     with pytest.raises(LostClaim):
         h.deps.engine.apply(c.id, Fact.CAPTURE_REFUSED, Source.STEP, "refused", run=stale)
     with pytest.raises(LostClaim):
         h.deps.repo.begin_attempt(c.id, Step.CAPTURE_ORDER.value, c.merchant_capture_reference, "first", claim=first)
     assert h.state(c.id) == "CAPTURING"
+
+
+def test_a_run_that_read_before_another_runs_first_write_never_writes(harness):
+    """Two runs read the same row; the second one's first write fails even once the first run's
+    lease has run out: it decided from a row that is no longer there."""
+    h = harness
+    c = authorized(h)
+    h.service.deliver(c.id, None)
+    version = h.deps.repo.get(c.id).version
+    early, late = Claim(version, 10), Claim(version, 10)
+    h.deps.repo.begin_attempt(c.id, Step.CAPTURE_ORDER.value, c.merchant_capture_reference, "early", claim=early)
+    h.clock.advance(11)
+    with pytest.raises(LostClaim):
+        h.deps.repo.begin_attempt(c.id, Step.CAPTURE_ORDER.value, c.merchant_capture_reference, "late", claim=late)
+    with pytest.raises(LostClaim):
+        h.deps.engine.apply(c.id, Fact.CAPTURE_REFUSED, Source.STEP, "refused",
+                            run=Run(c.id, Claim(version, 10), "late", State.CAPTURING))
+    assert not h.deps.repo.note(c.id, claim=Claim(version, 10), error_code="STALE")
+    assert [a.task_id for a in h.deps.repo.attempts(c.id, Step.CAPTURE_ORDER.value)] == ["early"]
+    assert h.state(c.id) == "CAPTURING" and h.deps.repo.get(c.id).error_code != "STALE"
 
 
 def test_two_runs_of_one_payment_step_at_once_pay_once_and_never_fail_it(harness):

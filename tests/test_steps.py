@@ -316,8 +316,9 @@ def test_a_cancel_whose_answer_was_lost_is_confirmed_by_get_order(harness):
     assert kinds(h, c).count("CANCELLED") == 1
 
 
-def test_a_gateway_step_costs_three_write_transactions(harness):
-    """Claim, write-ahead, and one transaction that records the call's outcome and moves the
+def test_a_gateway_step_costs_one_read_and_two_write_transactions(harness):
+    """One read (the row, its attempts, when it entered its state), the write-ahead that also
+    takes the run's claim, and one transaction that records the call's outcome and moves the
     state (the move gives the claim back: no release)."""
     from sqlalchemy import event
 
@@ -330,14 +331,44 @@ def test_a_gateway_step_costs_three_write_transactions(harness):
         "amount": {"value": 5000, "currency": "INR"},
         "card": {"number": "4012001037141112", "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "2030"}}))
     h.queue.clear()
-    writes = []
-    listener = lambda *_a: writes.append(1)  # noqa: E731
-    event.listen(h.deps.repo.engine, "begin", listener)
+    writes, reads = [], []
+    count_writes = lambda *_a: writes.append(1)  # noqa: E731
+    count_reads = lambda *_a: reads.append(1)  # noqa: E731
+    event.listen(h.deps.repo.engine, "begin", count_writes)
+    event.listen(h.deps.repo.read_engine, "begin", count_reads)
     try:
         dispatch.run(h.deps, Step.CREATE_ORDER, row.id, "t")
     finally:
-        event.remove(h.deps.repo.engine, "begin", listener)
+        event.remove(h.deps.repo.engine, "begin", count_writes)
+        event.remove(h.deps.repo.read_engine, "begin", count_reads)
     c = h.deps.repo.get(row.id)
     assert c.state == "ORDER_CREATED" and c.claim_token is None
     assert [a.outcome for a in h.deps.repo.attempts(row.id)] == ["succeeded"]
-    assert len(writes) == 3
+    assert (len(reads), len(writes)) == (1, 2)
+
+
+def test_a_run_for_a_state_already_left_writes_nothing(harness):
+    """A duplicate delivery of a step whose state the checkout has left reads and stops."""
+    from sqlalchemy import event
+
+    from orchestrator import dispatch
+    from orchestrator.core.saga import Step
+    from orchestrator.service import CheckoutIn
+
+    h = harness
+    row, _ = h.service.create(CheckoutIn.model_validate({
+        "amount": {"value": 5000, "currency": "INR"},
+        "card": {"number": "4012001037141112", "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "2030"}}))
+    h.queue.clear()
+    dispatch.run(h.deps, Step.CREATE_ORDER, row.id, "t")
+    before = h.deps.repo.get(row.id)
+    writes = []
+    count_writes = lambda *_a: writes.append(1)  # noqa: E731
+    event.listen(h.deps.repo.engine, "begin", count_writes)
+    try:
+        dispatch.run(h.deps, Step.CREATE_ORDER, row.id, "t-again")
+    finally:
+        event.remove(h.deps.repo.engine, "begin", count_writes)
+    assert writes == []
+    assert h.deps.repo.get(row.id).version == before.version
+    assert len(h.deps.repo.attempts(row.id)) == 1

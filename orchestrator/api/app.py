@@ -6,20 +6,24 @@ status; validation errors never echo the submitted values (a card number would b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 from urllib.parse import parse_qs
 
 from starlette.concurrency import run_in_threadpool
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from pydantic import BaseModel
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from orchestrator.changes import Listener
 from orchestrator.core.money import MAX_AMOUNT
+from orchestrator.core.saga import PUBLIC_STATUS
 from orchestrator.inbound import Inbound
 from orchestrator.logs import get_logger, mask_text
 from orchestrator.refunds import RefundRefused, refund_view
@@ -30,6 +34,10 @@ if TYPE_CHECKING:
     from orchestrator.db.repo import IdempotencyStore
 
 log = get_logger("orchestrator.api")
+
+PUBLIC_STATUSES = frozenset(PUBLIC_STATUS.values())
+#: the longest long poll (below common proxies' idle timeouts)
+MAX_WAIT = 30.0
 
 
 class ErrorBody(BaseModel):
@@ -59,36 +67,98 @@ CALLBACK_ANSWERS: dict[int | str, dict[str, Any]] = {
         503: {"content": {"text/html": {}}, "description": "the database is unavailable; the sweep polls"}}
 
 
-async def _idempotent(request: Request, call_next: Callable[[Request], Awaitable[Response]], key: str,
-                      store: IdempotencyStore) -> Response:
-    if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
-        return error_answer(CheckoutError(400, "INVALID_REQUEST", "Idempotency-Key must be 1-255 printable ASCII"))
-    body = await request.body()
-    scope = f"{request.method} {request.url.path}"
-    digest = hashlib.sha256(body).hexdigest()
-    outcome, row = await run_in_threadpool(store.begin, key, scope, digest)
-    if outcome == "replay":
-        return Response(row.response_body or "", status_code=row.status_code, media_type="application/json",
-                        headers={"Idempotent-Replayed": "true"})
-    if outcome == "mismatch":
-        return error_answer(CheckoutError(409, "IDEMPOTENCY_KEY_REUSED",
-                                          "this Idempotency-Key was used with another request body"))
-    if outcome == "in_progress":
-        return error_answer(CheckoutError(409, "IDEMPOTENCY_IN_PROGRESS",
-                                          "a request with this Idempotency-Key is still being answered; retry"))
-    try:
-        response = await call_next(request)
-    except Exception:
-        await run_in_threadpool(store.forget, key, scope)
-        raise
-    chunks = [chunk async for chunk in response.body_iterator]  # type: ignore[attr-defined]
-    content = b"".join(c if isinstance(c, bytes) else c.encode() for c in chunks)
-    if response.status_code >= 500:
-        await run_in_threadpool(store.forget, key, scope)
-    else:
-        await run_in_threadpool(store.finish, key, scope, response.status_code, content.decode())
-    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-    return Response(content, status_code=response.status_code, headers=headers, media_type=response.media_type)
+class Guard:
+    """Pure ASGI middleware in front of ``/v1``: the API key is checked before the body is read; a
+    POST with an ``Idempotency-Key`` is answered once (Stripe's semantics); anything that escapes
+    before the answer has started becomes a JSON answer. (Pure ASGI: no task group and no
+    streams per request, as ``@app.middleware`` would cost.)"""
+
+    def __init__(self, app: Any, api_key: str, idempotency: IdempotencyStore | None,
+                 routed: Callable[[Any], bool]):
+        self.app, self.api_key, self.idempotency, self.routed = app, api_key.encode(), idempotency, routed
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            headers = Headers(scope=scope)
+            given = headers.get("x-api-key") or ""
+            if not given or not secrets.compare_digest(given.encode(), self.api_key):
+                if self.routed(scope):  # a path or method no route takes stays a 404 or 405
+                    return await error_answer(CheckoutError(401, "UNAUTHORIZED", "missing or wrong X-API-Key"))(
+                        scope, receive, send)
+                return await self.app(scope, receive, sending)
+            key = headers.get("idempotency-key")
+            if key is not None and scope["method"] == "POST" and self.idempotency is not None and self.routed(scope):
+                return await self._idempotent(scope, receive, sending, key, self.idempotency)
+            return await self.app(scope, receive, sending)
+        except Exception as exc:  # a handler's own failure, or the store's: still JSON
+            if started:
+                raise
+            await error_answer(exc)(scope, receive, send)
+
+    async def _idempotent(self, scope: Any, receive: Any, send: Any, key: str, store: IdempotencyStore) -> None:
+        async def answer(response: Response) -> None:
+            await response(scope, receive, send)
+
+        if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
+            return await answer(error_answer(CheckoutError(400, "INVALID_REQUEST",
+                                                           "Idempotency-Key must be 1-255 printable ASCII")))
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        request_scope = f"{scope['method']} {scope['path']}"
+        outcome, row = await run_in_threadpool(store.begin, key, request_scope, hashlib.sha256(body).hexdigest())
+        if outcome == "replay":
+            return await answer(Response(row.response_body or "", status_code=row.status_code,
+                                         media_type="application/json", headers={"Idempotent-Replayed": "true"}))
+        if outcome == "mismatch":
+            return await answer(error_answer(CheckoutError(409, "IDEMPOTENCY_KEY_REUSED",
+                                                           "this Idempotency-Key was used with another request body")))
+        if outcome == "in_progress":
+            return await answer(error_answer(CheckoutError(
+                409, "IDEMPOTENCY_IN_PROGRESS", "a request with this Idempotency-Key is still being answered; retry")))
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def keep(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        try:
+            await self.app(scope, replay, keep)
+        except Exception:
+            await run_in_threadpool(store.forget, key, request_scope)
+            raise
+        content = b"".join(chunks)
+        status = int(start.get("status", 500))
+        if status >= 500:
+            await run_in_threadpool(store.forget, key, request_scope)
+        else:
+            await run_in_threadpool(store.finish, key, request_scope, status, content.decode())
+        await send(start)
+        await send({"type": "http.response.body", "body": content, "more_body": False})
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -155,9 +225,19 @@ def unavailable(exc: BaseException) -> str | None:
 def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
                inbound: Callable[[], Inbound] | None = None,
                readiness: Callable[[], dict[str, str]] | None = None,
-               idempotency: IdempotencyStore | None = None) -> FastAPI:
+               idempotency: IdempotencyStore | None = None, listener: Listener | None = None) -> FastAPI:
+    listener = listener or Listener(None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await listener.start()
+        try:
+            yield
+        finally:
+            await listener.stop()
+
     app = FastAPI(title="Plural payment orchestrator", version="1",
-                  description="Checkouts driven through Plural (Pine Labs) to a final state.")
+                  description="Checkouts driven through Plural (Pine Labs) to a final state.", lifespan=lifespan)
 
     def methods_of(request: Request) -> tuple[bool, set[str]]:
         """Does a route take this request (path and method), and which methods does its path allow?"""
@@ -182,26 +262,15 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
     for kind in (CheckoutError, RefundRefused, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(kind, answer)  # type: ignore[arg-type]
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        """The API key is checked before the body is read; a POST with an ``Idempotency-Key`` is
-        answered once (Stripe's semantics). Anything that escapes becomes a JSON answer."""
-        try:
-            if request.url.path.startswith("/v1/") and methods_of(request)[0]:
-                given = request.headers.get("x-api-key") or ""
-                if not given or not secrets.compare_digest(given.encode(), api_key.encode()):
-                    return error_answer(CheckoutError(401, "UNAUTHORIZED", "missing or wrong X-API-Key"))
-                key = request.headers.get("idempotency-key")
-                if key is not None and request.method == "POST" and idempotency is not None:
-                    return await _idempotent(request, call_next, key, idempotency)
-            return await call_next(request)
-        except Exception as exc:  # a handler's own failure, or the store's: still JSON
-            return error_answer(exc)
+    def routed(scope: Any) -> bool:
+        return methods_of(Request(scope))[0]
 
-    def authenticated(x_api_key: str | None = Header(default=None, include_in_schema=True)) -> None:
+    app.add_middleware(Guard, api_key=api_key, idempotency=idempotency, routed=routed)
+
+    async def authenticated(x_api_key: str | None = Header(default=None, include_in_schema=True)) -> None:
         """Documents the header; the guard above has already checked it."""
 
-    def service() -> CheckoutService:
+    async def service() -> CheckoutService:  # async: no thread hop to hand over the service
         return service_factory()
 
     guarded = [Depends(authenticated)]
@@ -234,8 +303,20 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         return JSONResponse(svc.discover(body))
 
     @app.get("/v1/checkouts/{checkout_id}", dependencies=guarded, responses=MERCHANT_ERRORS)
-    def get_checkout(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
-        return svc.view(svc.get(checkout_id))
+    async def get_checkout(
+            checkout_id: str,
+            changed_from: str | None = Query(default=None, description=(
+                "long poll: answer once the checkout's status is no longer this one (or after `wait`)")),
+            wait: float = Query(default=0, ge=0, le=MAX_WAIT, description="seconds to wait for `changed_from`"),
+            svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+        """One checkout. With ``changed_from`` and ``wait``, a long poll: the answer comes the moment
+        the status changes (or when ``wait`` runs out, unchanged), instead of polling."""
+        if changed_from is not None and changed_from not in PUBLIC_STATUSES:
+            raise CheckoutError(400, "INVALID_REQUEST", f"changed_from must be one of {sorted(PUBLIC_STATUSES)}")
+        if changed_from is None or wait <= 0:
+            return await run_in_threadpool(svc.show, checkout_id)
+        return await listener.wait_for_change(checkout_id, lambda: svc.show(checkout_id),
+                                              lambda view: view["status"], changed_from, wait)
 
     @app.post("/v1/checkouts/{checkout_id}/otp", status_code=202, dependencies=guarded, responses=MERCHANT_ERRORS)
     def submit_otp(checkout_id: str, body: OTPIn, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
@@ -325,7 +406,7 @@ def app_from_runtime() -> FastAPI:
     from orchestrator.runtime import get_runtime
 
     rt = get_runtime()
-    svc = CheckoutService(rt.settings, rt.repo, rt.vault, rt.enqueue, plural=rt.plural)
+    svc = rt.service()
     handler = rt.inbound()
     return create_app(lambda: svc, rt.settings.orchestrator_api_key.get_secret_value(), lambda: handler,
-                      readiness=rt.readiness, idempotency=rt.idempotency())
+                      readiness=rt.readiness, idempotency=rt.idempotency(), listener=Listener(rt.settings.redis_url))

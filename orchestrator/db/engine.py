@@ -33,9 +33,12 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
-        # Writers of one process queue on a Python lock before BEGIN IMMEDIATE: they are woken the
-        # moment it is free, instead of sleeping in SQLite's busy handler (1, 2, 5, 10… ms steps).
+        # Writers queue on a lock before BEGIN IMMEDIATE, and are woken the moment it is free
+        # instead of sleeping in SQLite's busy handler (1, 2, 5, 10… ms steps): a Python lock
+        # between the threads of this process, and a file lock between processes (the API and the
+        # workers write the same file; without it, one process's writers starve the other's).
         writers = threading.RLock()
+        between = _FileLock(Path(path + ".writers")) if path and path != ":memory:" else None
         held = threading.local()
 
         @event.listens_for(engine, "begin")
@@ -44,6 +47,8 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
                 writers.acquire()
                 held.depth = getattr(held, "depth", 0) + 1
                 try:
+                    if held.depth == 1 and between is not None:
+                        between.acquire()
                     connection.exec_driver_sql("BEGIN IMMEDIATE")
                 except BaseException:
                     _release()
@@ -54,6 +59,8 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
         def _release(*_args: Any) -> None:
             if getattr(held, "depth", 0) > 0:
                 held.depth -= 1
+                if held.depth == 0 and between is not None:
+                    between.release()
                 writers.release()
 
         event.listen(engine, "commit", _release)
@@ -63,6 +70,30 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20, **kwargs)
+
+
+class _FileLock:
+    """An exclusive ``flock`` on a file beside the database, shared by every process writing it
+    (the caller holds the process's own lock, so one thread at a time uses it)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+        self.pid = 0
+
+    def acquire(self) -> None:
+        import fcntl
+        import os
+
+        if self.fd is None or self.pid != os.getpid():  # a forked child opens its own
+            self.fd, self.pid = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        import fcntl
+
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
 
 
 def is_postgres(engine: Engine) -> bool:

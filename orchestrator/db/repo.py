@@ -1,8 +1,13 @@
-"""The repository: every state change is compare-and-set, and leaves a row in the history."""
+"""The repository: every state change is compare-and-set, and leaves a row in the history.
+
+Updates run as Core statements on the session's connection (``s.connection().execute``): the
+ORM's bulk-update path would evaluate every statement against the session's objects, which
+none of these need."""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import uuid
@@ -21,7 +26,36 @@ Finished = list[tuple[int, str, "str | None"]]
 
 
 class LostClaim(RuntimeError):
-    """A run tried to write after another run took its checkout: it must stop."""
+    """A run tried to write after another run took its checkout (or changed it since the run read
+    it): it must stop."""
+
+
+@dataclass
+class Claim:
+    """A run's hold on its checkout, taken by the run's first write.
+
+    That write compare-and-sets the ``version`` the run read and finds no live claim, and sets
+    the claim's token in the same statement (bumping the version): a run that decided from a stale
+    row never writes, two runs never both get past their first write, and a run that only reads
+    (a duplicate delivery, a step for a state already left) writes nothing. Every later write of
+    the run is fenced by the ``token``; the run's move gives the claim back.
+    """
+
+    version: int
+    lease_seconds: float
+    token: str | None = None
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def claim_free(row: Any, now: dt.datetime) -> bool:
+    """No run holds ``row`` (nobody claimed it, or the holder's lease ran out)."""
+    until = _aware(row.claim_until)
+    return row.claim_token is None or (until is not None and until < now)
 
 
 class Repo:
@@ -48,6 +82,42 @@ class Repo:
     def get(self, checkout_id: str) -> Checkout | None:
         with self.read_session() as s:
             return s.get(Checkout, checkout_id)
+
+    def load(self, checkout_id: str) -> tuple[Checkout | None, dt.datetime | None, list[StepAttempt]]:
+        """What a step's run starts from, in one read: the checkout, when it entered its state, and
+        its step attempts."""
+        with self.read_session() as s:
+            row = s.get(Checkout, checkout_id)
+            if row is None:
+                return None, None, []
+            entered = s.exec(select(Transition.at).where(Transition.checkout_id == checkout_id)
+                             .order_by(col(Transition.id).desc()).limit(1)).first()
+            attempts = list(s.exec(select(StepAttempt).where(StepAttempt.checkout_id == checkout_id)
+                                   .order_by(col(StepAttempt.id))))
+            return row, entered, attempts
+
+    def snapshot(self, checkout_id: str) -> tuple[Checkout | None, list[Transition], list[Any]]:
+        """What the merchant sees of a checkout, in one read: the row, its history, its refunds."""
+        with self.read_session() as s:
+            row = s.get(Checkout, checkout_id)
+            if row is None:
+                return None, [], []
+            return row, *self._trail(s, checkout_id)
+
+    def trail(self, checkout_id: str) -> tuple[list[Transition], list[Any]]:
+        """A checkout's history and refunds, in one read."""
+        with self.read_session() as s:
+            return self._trail(s, checkout_id)
+
+    @staticmethod
+    def _trail(s: Session, checkout_id: str) -> tuple[list[Transition], list[Any]]:
+        from orchestrator.db.models import Refund
+
+        history = list(s.exec(select(Transition).where(Transition.checkout_id == checkout_id)
+                              .order_by(col(Transition.id))))
+        refunds = list(s.exec(select(Refund).where(Refund.checkout_id == checkout_id)
+                              .order_by(col(Refund.created_at))))
+        return history, refunds
 
     def by_reference(self, merchant_order_reference: str) -> Checkout | None:
         with self.read_session() as s:
@@ -94,14 +164,15 @@ class Repo:
             return existing, False
 
     def move(self, checkout_id: str, plan: Callable[[Checkout], tuple[State, dict[str, Any]] | None], *,
-             reason: str, fact: str | None = None, source: str | None = None, claim: str | None = None,
+             reason: str, fact: str | None = None, source: str | None = None, claim: Claim | None = None,
              effect: Callable[[Session, Checkout, State], None] | None = None,
              finish: Finished | None = None) -> tuple[Checkout, Checkout] | None:
         """Decide and write one state change in one transaction that holds the checkout's row.
 
         ``plan`` sees the row as it is now and returns the target state and the fields to set, or
         None for no move. A run's write is fenced by its ``claim``: if another run holds the
-        checkout, ``LostClaim`` is raised and nothing is written. Returns (before, after), or
+        checkout (or, before the run's first write, the row changed since the run read it),
+        ``LostClaim`` is raised and nothing is written. Returns (before, after), or
         None when nothing moved. ``effect`` writes more rows in the same transaction, and so do
         the run's pending call outcomes (``finish``, emptied once they are committed).
         """
@@ -111,10 +182,10 @@ class Repo:
             if current is None:
                 s.rollback()
                 return None
-            if claim is not None and current.claim_token != claim:
+            if claim is not None and not self._fenced(current, claim, now):
                 s.rollback()
                 raise LostClaim(checkout_id)
-            before = Checkout.model_validate(current.model_dump())
+            before = current  # Core statements below leave the loaded row as it was read
             decided = plan(before)
             if decided is None:
                 s.rollback()
@@ -124,7 +195,7 @@ class Repo:
                                       "updated_at": now}
             if claim is not None:  # a run's move ends the run: the next step claims afresh
                 values.update(claim_token=None, claim_until=None)
-            result = s.execute(update(Checkout)
+            result = s.connection().execute(update(Checkout)
                                .where(col(Checkout.id) == checkout_id, col(Checkout.version) == current.version)
                                .values(**values))
             if result.rowcount != 1:  # pragma: no cover - guarded by the row lock above
@@ -136,28 +207,48 @@ class Repo:
                 effect(s, before, target)
             self._commit(s, finish)
             # the row as written, without reading it back (a read here would open another transaction)
-            after = Checkout.model_validate({**before.model_dump(), **values})
+            after = Checkout.model_construct(**{**before.model_dump(), **values})
             return before, after
 
-    def note(self, checkout_id: str, *, states: Iterable[State] | None = None, claim: str | None = None,
+    def note(self, checkout_id: str, *, states: Iterable[State] | None = None, claim: Claim | None = None,
              finish: Finished | None = None, **fields: Any) -> bool:
         """Set fields without a state change, only while the checkout is in ``states`` (default: not
-        final) and, for a run, while the run still holds it."""
+        final) and, for a run, while the run still holds it (or, before its first write, while the
+        row is as the run read it)."""
         guard = [s.value for s in (states if states is not None else set(State) - FINAL)]
+        now = self.clock()
         conditions = [col(Checkout.id) == checkout_id, col(Checkout.state).in_(guard)]
         if claim is not None:
-            conditions.append(col(Checkout.claim_token) == claim)
+            conditions.append(self._fence(claim, now))
         with self.session() as s:
-            result = s.execute(update(Checkout).where(*conditions)
-                               .values(version=Checkout.version + 1, updated_at=self.clock(), **fields))
+            result = s.connection().execute(update(Checkout).where(*conditions)
+                               .values(version=Checkout.version + 1, updated_at=now, **fields))
             self._commit(s, finish)
-            return result.rowcount == 1
+            noted = result.rowcount == 1
+        if noted and claim is not None:
+            claim.version += 1
+        return noted
+
+    @staticmethod
+    def _fenced(row: Checkout, claim: Claim, now: dt.datetime) -> bool:
+        """May ``claim``'s run write ``row`` (read under the row lock)?"""
+        if claim.token is not None:
+            return row.claim_token == claim.token
+        return row.version == claim.version and claim_free(row, now)
+
+    @staticmethod
+    def _fence(claim: Claim, now: dt.datetime) -> Any:
+        """``_fenced`` as a condition of a statement."""
+        if claim.token is not None:
+            return col(Checkout.claim_token) == claim.token
+        return (col(Checkout.version) == claim.version) & or_(col(Checkout.claim_token).is_(None),
+                                                               col(Checkout.claim_until) < now)
 
     def _commit(self, s: Session, finish: Finished | None) -> None:
         """Commit, recording a run's pending call outcomes in the same transaction (and forgetting
         them once they are written)."""
         for attempt_id, outcome, detail in finish or ():
-            s.execute(update(StepAttempt).where(col(StepAttempt.id) == attempt_id)
+            s.connection().execute(update(StepAttempt).where(col(StepAttempt.id) == attempt_id)
                       .values(outcome=outcome, detail=(detail or "")[:500] or None, finished_at=self.clock()))
         s.commit()
         if finish:
@@ -170,7 +261,7 @@ class Repo:
         token = uuid.uuid4().hex
         now = self.clock()
         with self.session() as s:
-            result = s.execute(update(table).where(
+            result = s.connection().execute(update(table).where(
                 col(table.id) == row_id,
                 or_(col(table.claim_token).is_(None), col(table.claim_until) < now))
                 .values(claim_token=token, claim_until=now + dt.timedelta(seconds=lease_seconds)))
@@ -185,7 +276,7 @@ class Repo:
             if row is None or row.claim_token != token:
                 self._commit(s, finish)
                 return None
-            s.execute(update(table).where(col(table.id) == row_id, col(table.claim_token) == token)
+            s.connection().execute(update(table).where(col(table.id) == row_id, col(table.claim_token) == token)
                       .values(claim_token=None, claim_until=None))
             self._commit(s, finish)
             return row
@@ -197,25 +288,38 @@ class Repo:
     # --- write-ahead step attempts ------------------------------------------------------
 
     def begin_attempt(self, checkout_id: str, step: str, reference: str | None, task_id: str | None,
-                      claim: str | None = None, finish: Finished | None = None) -> int:
-        """Write ahead: commit an ``in_flight`` attempt before the call (only while ``claim`` holds),
-        with the outcomes of the run's earlier calls."""
+                      claim: Claim | None = None, finish: Finished | None = None) -> int:
+        """Write ahead: commit an ``in_flight`` attempt before the call, with the outcomes of the
+        run's earlier calls. A run's first write-ahead takes its claim in the same transaction; a
+        later one is fenced by it."""
+        now = self.clock()
+        taken = None
         with self.session() as s:
-            if claim is not None:
+            if claim is not None and claim.token is None:
+                taken = uuid.uuid4().hex
+                result = s.connection().execute(update(Checkout).where(col(Checkout.id) == checkout_id, self._fence(claim, now))
+                                   .values(claim_token=taken, version=Checkout.version + 1,
+                                           claim_until=now + dt.timedelta(seconds=claim.lease_seconds)))
+                if result.rowcount != 1:
+                    s.rollback()
+                    raise LostClaim(checkout_id)
+            elif claim is not None:
                 held = s.exec(select(Checkout.claim_token).where(Checkout.id == checkout_id).with_for_update()).first()
-                if held != claim:
+                if held != claim.token:
                     s.rollback()
                     raise LostClaim(checkout_id)
             attempt = StepAttempt(checkout_id=checkout_id, step=step, reference=reference, task_id=task_id,
-                                  started_at=self.clock())
+                                  started_at=now)
             s.add(attempt)
             self._commit(s, finish)
             assert attempt.id is not None
-            return attempt.id
+        if taken is not None and claim is not None:
+            claim.token, claim.version = taken, claim.version + 1
+        return attempt.id
 
     def finish_attempt(self, attempt_id: int, outcome: str, detail: str | None = None) -> None:
         with self.session() as s:
-            s.execute(update(StepAttempt).where(col(StepAttempt.id) == attempt_id)
+            s.connection().execute(update(StepAttempt).where(col(StepAttempt.id) == attempt_id)
                       .values(outcome=outcome, detail=(detail or "")[:500] or None, finished_at=self.clock()))
             s.commit()
 
@@ -241,7 +345,8 @@ class Repo:
         if not ids:
             return
         with self.session() as s:
-            s.execute(update(StepAttempt).where(col(StepAttempt.id).in_(ids))
+            s.connection().execute(update(StepAttempt).where(col(StepAttempt.id).in_(ids),
+                                                col(StepAttempt.outcome).in_(["in_flight", "unknown"]))
                       .values(outcome=outcome, detail=detail[:500], finished_at=self.clock()))
             s.commit()
 
@@ -263,7 +368,7 @@ class Repo:
                  .order_by(col(Checkout.next_due_at)).limit(limit).with_for_update(skip_locked=True))
             rows = [(r[0], r[1]) for r in s.exec(q)]
             if rows:
-                s.execute(update(Checkout).where(col(Checkout.id).in_([r[0] for r in rows]))
+                s.connection().execute(update(Checkout).where(col(Checkout.id).in_([r[0] for r in rows]))
                           .values(next_due_at=lease_until))
             s.commit()
             return rows
@@ -276,7 +381,7 @@ class Repo:
                  .order_by(col(Refund.next_due_at)).limit(limit).with_for_update(skip_locked=True))
             ids = list(s.exec(q))
             if ids:
-                s.execute(update(Refund).where(col(Refund.id).in_(ids)).values(next_due_at=lease_until))
+                s.connection().execute(update(Refund).where(col(Refund.id).in_(ids)).values(next_due_at=lease_until))
             s.commit()
             return ids
 
@@ -318,7 +423,7 @@ class IdempotencyStore:
         from orchestrator.db.models import IdempotencyKey
 
         with self.repo.session() as s:
-            s.execute(update(IdempotencyKey).where(col(IdempotencyKey.key) == key, col(IdempotencyKey.scope) == scope)
+            s.connection().execute(update(IdempotencyKey).where(col(IdempotencyKey.key) == key, col(IdempotencyKey.scope) == scope)
                       .values(status_code=status_code, response_body=body))
             s.commit()
 
@@ -338,6 +443,6 @@ class IdempotencyStore:
         from orchestrator.db.models import IdempotencyKey
 
         with self.repo.session() as s:
-            result = s.execute(delete(IdempotencyKey).where(col(IdempotencyKey.created_at) < self.repo.clock() - self.keep))
+            result = s.connection().execute(delete(IdempotencyKey).where(col(IdempotencyKey.created_at) < self.repo.clock() - self.keep))
             s.commit()
             return int(result.rowcount or 0)

@@ -1,0 +1,117 @@
+"""Status changes, announced: the engine publishes each change of a checkout's public status on a
+Redis channel after its commit; the API's long-poll (``GET /v1/checkouts/{id}?changed_from=&wait=``)
+listens, so a waiting customer is answered the moment its checkout changes instead of polling.
+
+The announcement is only a hint: the database stays the truth. A waiter re-reads the checkout
+when woken and at least every ``recheck`` seconds, so a lost message (Redis restarting, the
+listener reconnecting) costs latency, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, AsyncIterator, Callable
+
+from orchestrator.logs import get_logger
+
+log = get_logger("orchestrator.changes")
+
+CHANNEL = "orchestrator:checkout-status"
+
+#: how a change is announced: (checkout id, its new public status)
+Announce = Callable[[str, str], None]
+
+
+def silent(_checkout_id: str, _status: str) -> None:
+    """No announcements (a process without Redis, or a test)."""
+
+
+def redis_announcer(redis: Any) -> Announce:
+    def announce(checkout_id: str, status: str) -> None:
+        redis.publish(CHANNEL, f"{checkout_id} {status}")
+
+    return announce
+
+
+class Listener:
+    """One subscription per API process, waking the waiters of the checkout a message names."""
+
+    def __init__(self, redis_url: str | None, recheck: float = 1.0):
+        self.redis_url = redis_url
+        self.recheck = recheck if redis_url else min(recheck, 0.25)
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.redis_url and self._task is None:
+            self._task = asyncio.create_task(self._listen(), name="checkout-status-listener")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    async def _listen(self) -> None:
+        import redis.asyncio as aioredis
+
+        delay = 0.5
+        while True:
+            client = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=5)
+            try:
+                async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    delay = 0.5
+                    async for message in pubsub.listen():
+                        self._wake(message.get("data"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: waiters fall back to rechecking
+                log.warning("changes.listener.reconnecting", error=type(exc).__name__, delay=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+    def _wake(self, data: Any) -> None:
+        if isinstance(data, bytes):
+            data = data.decode(errors="replace")
+        checkout_id = str(data).split(" ", 1)[0]
+        for event in self._waiters.get(checkout_id, ()):
+            event.set()
+
+    @contextlib.asynccontextmanager
+    async def watching(self, checkout_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event set when ``checkout_id`` is announced; register before reading, so that a change
+        between the read and the wait is not missed."""
+        event = asyncio.Event()
+        self._waiters.setdefault(checkout_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiting = self._waiters.get(checkout_id)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self._waiters[checkout_id]
+
+    async def wait_for_change(self, checkout_id: str, read: Callable[[], Any], status_of: Callable[[Any], str],
+                              changed_from: str, wait: float) -> Any:
+        """``read()`` until its status is not ``changed_from`` or ``wait`` seconds have passed; the
+        last read either way. ``read`` is blocking (it runs in a thread)."""
+        from starlette.concurrency import run_in_threadpool
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        async with self.watching(checkout_id) as changed:
+            while True:
+                changed.clear()
+                current = await run_in_threadpool(read)
+                left = deadline - loop.time()
+                if status_of(current) != changed_from or left <= 0:
+                    return current
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=min(left, self.recheck))
