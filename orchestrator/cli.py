@@ -30,7 +30,8 @@ def _sandbox(args: argparse.Namespace) -> int:
         webhook_reorder=args.webhook_reorder, seed=args.seed,
     )
     app = app_from_settings(settings, host=args.host, port=args.port, faults=faults, webhook_url=args.webhook_url)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False, timeout_keep_alive=75,
+                backlog=4096)
     return 0
 
 
@@ -39,7 +40,10 @@ def _api(args: argparse.Namespace) -> int:
 
     from orchestrator.api.app import app_from_runtime
 
-    uvicorn.run(app_from_runtime(), host=args.host, port=args.port, log_config=None, access_log=False)
+    # httptools and uvloop where installed; keep-alive longer than clients' pooled connections idle
+    # (a connection the server closes as the client reuses it is a reset), a deep accept backlog
+    uvicorn.run(app_from_runtime(), host=args.host, port=args.port, log_config=None, access_log=False,
+                http="auto", loop="auto", timeout_keep_alive=75, backlog=4096)
     return 0
 
 

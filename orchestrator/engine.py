@@ -143,8 +143,15 @@ class Engine:
         return effect
 
     def apply(self, checkout_id: str, fact: Fact, source: Source, reason: str, *, run: Run | None = None,
-              fields: dict[str, Any] | None = None, wanted: State | None = None) -> Checkout | None:
-        """Hand the engine one fact. Returns the checkout after the move, or None if it did not move."""
+              fields: dict[str, Any] | None = None, wanted: State | None = None,
+              seen: Checkout | None = None) -> Checkout | None:
+        """Hand the engine one fact. Returns the checkout after the move, or None if it did not move.
+
+        ``seen``: the row as the caller read it. A final checkout never moves again, so a fact
+        about one seen final is ignored without a write transaction (a late webhook, say)."""
+        if seen is not None and State(seen.state) in saga.FINAL:
+            log.info("saga.fact.ignored", fact=fact.value, source=source.value, state=seen.state)
+            return None
         given = dict(fields or {})
         late_refunds: list[Refund] = []
 

@@ -12,7 +12,8 @@ from orchestrator.core.saga import State, Step
 from orchestrator.logs import get_logger
 from orchestrator.plural.signatures import SignatureError, verify_callback
 from orchestrator.steps import Deps
-from orchestrator.webhooks import Ingested, ingest
+from orchestrator.db.models import WebhookEvent
+from orchestrator.webhooks import Ingested, ingest, kick_processor, parse_delivery, store
 
 log = get_logger("orchestrator.inbound")
 
@@ -33,6 +34,17 @@ class Inbound:
 
     def webhook(self, body: bytes, headers: dict[str, str]) -> Ingested:
         return ingest(self.deps, self.webhook_key, body, headers, self.kick)
+
+    def parse(self, body: bytes, headers: dict[str, str]) -> WebhookEvent:
+        """Verify a delivery (no I/O); ``WebhookRejected`` if it is not Plural's or not an event."""
+        return parse_delivery(self.webhook_key, body, headers, self.deps.clock())
+
+    def store(self, rows: list[WebhookEvent]) -> list[bool]:
+        """Store a batch of verified deliveries in one transaction and kick one processor for them."""
+        new = store(self.deps, rows)
+        if any(new):
+            kick_processor(self.kick, rows[0].webhook_id)
+        return new
 
     def callback(self, fields: dict[str, str]) -> CallbackAnswer:
         """Verify the return-URL fields, poll Plural at once, send the browser to the merchant."""

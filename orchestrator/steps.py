@@ -136,7 +136,8 @@ def settle(d: Deps, c: Checkout, order: Order, reason: str, source: Source = Sou
     fact, fields = order_fact(d, c, order)
     if fact is None:
         return False
-    moved = d.engine.apply(c.id, fact, source, f"{reason}: Plural reports {order.status}", run=run, fields=fields)
+    moved = d.engine.apply(c.id, fact, source, f"{reason}: Plural reports {order.status}", run=run, fields=fields,
+                           seen=c if run is None else None)
     return moved is not None
 
 

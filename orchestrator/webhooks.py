@@ -1,6 +1,9 @@
 """Plural's webhooks: raw bytes → verify → persist (unique on ``webhook-id``) → kick → 2xx, then
 applied to sagas in batches.
 
+The API stores concurrent deliveries together (``store``: one transaction, one kick per batch,
+answered once committed).
+
 Ingestion does not publish one Celery message per webhook: it stores the event and, only when no
 processor is already due, sets a Redis flag and publishes one ``tasks.process_webhooks``. The
 processor drains every pending event in batches and clears the flag before its last look, so an
@@ -55,6 +58,15 @@ class Ingested:
 
 def ingest(d: Deps, key: bytes, body: bytes, headers: dict[str, str], kick: Callable[[], None]) -> Ingested:
     """Verify and store one delivery; a bad signature or body stores nothing."""
+    row = parse_delivery(key, body, headers, d.clock())
+    (new,) = store(d, [row])
+    if new:
+        kick_processor(kick, row.webhook_id)
+    return Ingested(row.id, not new, row.event_type)
+
+
+def parse_delivery(key: bytes, body: bytes, headers: dict[str, str], now: dt.datetime) -> WebhookEvent:
+    """Verify one delivery and read it into an (unsaved) event; ``WebhookRejected`` otherwise."""
     try:
         verify_webhook(key, body, headers)
     except SignatureError as exc:
@@ -68,26 +80,51 @@ def ingest(d: Deps, key: bytes, body: bytes, headers: dict[str, str], kick: Call
         raise WebhookRejected(400, "MALFORMED_BODY", "body must be {\"event_type\": str, \"data\": object}")
     data = payload["data"]
     webhook_id = {k.lower(): v for k, v in headers.items()}["webhook-id"]
-    row = WebhookEvent(webhook_id=webhook_id[:128], event_type=payload["event_type"][:64],
-                       order_id=_short(data.get("order_id")), merchant_order_reference=_short(
-                           data.get("merchant_order_reference")), order_status=_short(data.get("status"), 32),
-                       body=body.decode(), received_at=d.clock())
-    try:
-        with d.repo.session() as s:
-            s.add(row)
-            s.commit()
-    except IntegrityError:
-        log.info("webhook.duplicate", webhook_id=webhook_id, event_type=row.event_type)
-        return Ingested(None, True, row.event_type)
-    if row.event_type not in ORDER_EVENTS | REFUND_EVENTS:
-        log.info("webhook.unknown_event", webhook_id=webhook_id, event_type=row.event_type)
+    return WebhookEvent(webhook_id=webhook_id[:128], event_type=payload["event_type"][:64],
+                        order_id=_short(data.get("order_id")), merchant_order_reference=_short(
+                            data.get("merchant_order_reference")), order_status=_short(data.get("status"), 32),
+                        body=body.decode(), received_at=now)
+
+
+def store(d: Deps, rows: list[WebhookEvent]) -> list[bool]:
+    """Store verified deliveries in one transaction (a group commit); for each, whether it was new
+    (it then has its ``id``). A delivery whose ``webhook-id`` is stored already (a retry, or twice in this batch) is a
+    duplicate: it is acknowledged and never processed again."""
+    if not rows:
+        return []
+    table = WebhookEvent.__table__  # type: ignore[attr-defined]
+    values = [{c: getattr(r, c) for c in ("webhook_id", "event_type", "order_id", "merchant_order_reference",
+                                          "order_status", "body", "status", "attempts", "received_at")}
+              for r in rows]
+    dialect = d.repo.engine.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
     else:
-        log.info("webhook.received", webhook_id=webhook_id, event_type=row.event_type, order_id=row.order_id)
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(table).on_conflict_do_nothing(index_elements=["webhook_id"]).returning(
+        table.c.id, table.c.webhook_id)
+    with d.repo.session() as s:
+        stored = {webhook_id: event_id for event_id, webhook_id in s.connection().execute(statement, values)}
+        s.commit()
+    for row in rows:
+        if row.webhook_id in stored and row.id is None:
+            row.id = stored.pop(row.webhook_id)
+            if row.event_type not in ORDER_EVENTS | REFUND_EVENTS:
+                log.info("webhook.unknown_event", webhook_id=row.webhook_id, event_type=row.event_type)
+            else:
+                log.info("webhook.received", webhook_id=row.webhook_id, event_type=row.event_type,
+                         order_id=row.order_id)
+        else:
+            log.info("webhook.duplicate", webhook_id=row.webhook_id, event_type=row.event_type)
+    return [row.id is not None for row in rows]
+
+
+def kick_processor(kick: Callable[[], None], webhook_id: str) -> None:
+    """Kick, never failing the caller: stored events are found by the sweep anyway."""
     try:
         kick()
     except Exception as exc:  # stored: the sweep finds pending events nobody is processing
         log.warning("webhook.kick_deferred", webhook_id=webhook_id, error=type(exc).__name__)
-    return Ingested(row.id, False, row.event_type)
 
 
 def _short(value: Any, length: int = 64) -> str | None:

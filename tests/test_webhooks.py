@@ -283,3 +283,44 @@ def test_a_payment_processed_after_the_deadline_is_reported_not_hidden(harness):
     h.drain()
     c = h.deps.repo.get(c.id)
     assert c.state == "COMPLETED" and c.finished_late and c.captured_amount == 3000
+
+
+def test_deliveries_stored_in_one_batch_are_each_stored_once(harness):
+    """A group commit of deliveries, one of them twice and one stored before: one row each, and
+    each answer says whether it was new."""
+    from orchestrator.webhooks import parse_delivery, store
+
+    h = harness
+    key = h.deps.settings.webhook_key()
+    deliveries = [signed(h, "ORDER_PROCESSED", {"order_id": f"v1-{i}", "status": "PROCESSED"}) for i in range(3)]
+    rows = lambda: [parse_delivery(key, body, headers, h.clock()) for body, headers in deliveries]  # noqa: E731
+    assert store(h.deps, rows()[:1]) == [True]
+    again = rows()
+    assert store(h.deps, again + rows()[1:2]) == [False, True, True, False]
+    assert sorted(e.webhook_id for e in events(h)) == sorted(headers["webhook-id"] for _, headers in deliveries)
+
+
+def test_a_group_commit_answers_each_request_after_its_batch_and_fails_a_failed_batch():
+    import asyncio
+
+    from orchestrator.api.batching import GroupCommit
+
+    batches: list[list[int]] = []
+
+    def flush(items: list[int]) -> list[int]:
+        batches.append(items)
+        if -1 in items:
+            raise RuntimeError("the database is down")
+        return [i * 10 for i in items]
+
+    async def scenario() -> tuple[list[int], list[BaseException]]:
+        commit: GroupCommit[int, int] = GroupCommit(flush)
+        answers = await asyncio.gather(*(commit.submit(i) for i in range(20)))
+        failed = await asyncio.gather(commit.submit(-1), commit.submit(5), return_exceptions=True)
+        await commit.stop()
+        return list(answers), list(failed)
+
+    answers, failed = asyncio.run(scenario())
+    assert answers == [i * 10 for i in range(20)]
+    assert sum(len(b) for b in batches[:-1]) == 20 and len(batches) < 21  # batched, not one by one
+    assert all(isinstance(f, RuntimeError) for f in failed)
