@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     sweep_batch: int = Field(default=200, ge=1)
     broker_visibility_timeout: int = Field(default=600, ge=5)
     worker_concurrency: int = Field(default=32, ge=1)
+    step_chain: int = Field(default=4, ge=0, description=(
+        "steps a task may run back to back for one checkout (the next step is ready at once) before "
+        "handing the next one to the queue; 0 sends every step through the broker"))
     otp_ttl_seconds: int = Field(default=300, gt=0)
     otp_max_attempts: int = Field(default=3, ge=1, description="wrong OTPs Plural allows (shown to the customer)")
     hold_days: float = Field(default=7.0, gt=0, description="how long an authorization holds at the issuer")

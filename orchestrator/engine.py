@@ -62,6 +62,10 @@ class Run:
     entered_at: dt.datetime | None = None
     finished: list[tuple[int, str, str | None]] = field(default_factory=list)
     ended: bool = False
+    #: the run may go on with the next step itself instead of sending it (``then``, from ``after``)
+    chained: bool = False
+    then: Step | None = None
+    after: Checkout | None = None
 
     def unresolved(self, step: Step) -> list[StepAttempt]:
         """Earlier attempts of ``step`` whose outcome nobody knows (``in_flight`` after a crash,
@@ -184,7 +188,7 @@ class Engine:
         log.info("saga.transition", from_state=before.state, to_state=after.state, fact=fact.value,
                  source=source.value, reason=reason)
         self._announce(before, after)
-        self._after(after)
+        self._after(after, run)
         for refund in late_refunds:
             log.warning("saga.late_payment.refunding", refund_id=refund.id, amount=refund.amount_value)
             self.send(Step.REFUND, refund.id)
@@ -200,14 +204,17 @@ class Engine:
         except Exception as exc:  # waiters recheck the database on their own
             log.warning("saga.announce_failed", error=type(exc).__name__)
 
-    def _after(self, after: Checkout) -> None:
+    def _after(self, after: Checkout, run: Run | None = None) -> None:
         target = State(after.state)
         if target in saga.FINAL or target in (State.WATCHING, State.NEEDS_ATTENTION):
             self.vault.drop_card(after.id)
             self.vault.drop_otp(after.id)
         step = saga.next_step(target)
         if step is not None and target not in _WAITING:
-            self.send(step, after.id)
+            if run is not None and run.chained:  # the run goes on with it (its due time covers a crash)
+                run.then, run.after = step, after
+            else:
+                self.send(step, after.id)
 
     def send(self, step: Step, row_id: str) -> None:
         """Enqueue a step after its commit; if the broker is down, the row's due time makes the sweep

@@ -26,7 +26,7 @@ import structlog
 from orchestrator.changes import Announce, silent
 from orchestrator.core import emi, saga
 from orchestrator.core.saga import Fact, Source, State, Step
-from orchestrator.db.models import Checkout, utcnow
+from orchestrator.db.models import Checkout, StepAttempt, utcnow
 from orchestrator.db.repo import Claim, LostClaim, Repo, claim_free
 from orchestrator.engine import Engine, Run
 from orchestrator.logs import get_logger, mask_text
@@ -180,8 +180,12 @@ def call_ahead(d: Deps, run: Run, step: Step, reference: str | None, call: Calla
     repeated = idempotent and run.tried(step, reference)
     attempt = d.repo.begin_attempt(run.checkout_id, step.value, reference, run.task_id, claim=run.claim,
                                    finish=run.finished)
+    mine = StepAttempt(id=attempt, checkout_id=run.checkout_id, step=step.value, reference=reference,
+                       task_id=run.task_id, outcome="in_flight")
+    run.attempts.append(mine)  # what a chained next step knows of this checkout's attempts
 
     def finished(outcome: str, what: str) -> None:
+        mine.outcome = outcome
         # a checkout run records the outcome in its next transaction (its move, a note, the
         # release); a crash before that leaves the attempt in_flight: unknown, looked up later
         if run.claim is None:
@@ -205,7 +209,10 @@ def call_ahead(d: Deps, run: Run, step: Step, reference: str | None, call: Calla
 
 
 def _resolve(d: Deps, run: Run, step: Step, outcome: str, detail: str) -> None:
-    d.repo.resolve_attempts([a.id for a in run.unresolved(step) if a.id], outcome, text(detail))
+    unresolved = run.unresolved(step)
+    d.repo.resolve_attempts([a.id for a in unresolved if a.id], outcome, text(detail))
+    for attempt in unresolved:
+        attempt.outcome = outcome
 
 
 # --- the steps ------------------------------------------------------------------------------
@@ -675,24 +682,43 @@ def run(d: Deps, step: Step, checkout_id: str, task_id: str | None = None) -> No
     c, entered_at, attempts = d.repo.load(checkout_id)
     if c is None:
         return
+    chain = d.settings.step_chain
+    while True:
+        owned = _run_once(d, step, c, entered_at, attempts, task_id, chained=chain > 0)
+        if owned is None or owned.then is None or owned.after is None:
+            return
+        # the run's move made the next step ready at once: go on with it here, from the row the
+        # move wrote (its due time re-drives it if this process dies before)
+        step, c, entered_at, attempts, chain = owned.then, owned.after, d.clock(), owned.attempts, chain - 1
+        log.info("saga.step.chained", step=step.value)
+
+
+def _run_once(d: Deps, step: Step, c: Checkout, entered_at: dt.datetime | None, attempts: list[StepAttempt],
+              task_id: str | None, chained: bool) -> Run | None:
     if not claim_free(c, d.clock()):
-        log.info("saga.step.busy", step=step.value, saga_id=checkout_id)
-        return
-    owned = Run(checkout_id, Claim(c.version, d.settings.run_lease_seconds), task_id, State(c.state), attempts,
-                entered_at)
+        log.info("saga.step.busy", step=step.value, saga_id=c.id)
+        return None
+    owned = Run(c.id, Claim(c.version, d.settings.run_lease_seconds), task_id, State(c.state), attempts,
+                entered_at, chained=chained)
     structlog.contextvars.bind_contextvars(saga_id=c.id, order_id=c.plural_order_id)
     try:
         _run_claimed(d, step, owned, c)
     except LostClaim:
         log.warning("saga.claim.lost", step=step.value)
+        owned.then = None
+    except BaseException:
+        if owned.then is not None:  # the next step was not sent: send it now
+            d.engine.send(owned.then, c.id)
+        raise
     finally:
         # a run that never wrote holds nothing; one whose own move gave the claim back (and sent
         # the next step) has nothing to release
         token = owned.claim.token if owned.claim else None
         if token is not None and (not owned.ended or owned.finished):
-            row = d.repo.release(Checkout, checkout_id, token, finish=owned.finished)
+            row = d.repo.release(Checkout, c.id, token, finish=owned.finished)
             if row is not None:
                 d.engine.wake(row, owned)
+    return owned
 
 
 def _run_claimed(d: Deps, step: Step, owned: Run, c: Checkout) -> None:

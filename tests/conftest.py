@@ -283,7 +283,7 @@ def make_harness(url: str, sandbox: ThreadedUvicorn, sandbox_settings: Settings,
     upgrade(url)
     settings = sandbox_settings.model_copy(update={
         "plural_api_base": sandbox.url, "poll_schedule": "0.01", "step_lease_seconds": 30.0,
-        "retry_backoff_base": 0.01, "retry_backoff_cap": 0.05})
+        "retry_backoff_base": 0.01, "retry_backoff_cap": 0.05, "step_chain": 0})
     clock = Clock()
     redis = fakeredis.FakeRedis()
     plural = PluralClient.from_settings(settings, redis=redis, backoff_base=0.01, backoff_cap=0.05, read_timeout=3.0)

@@ -90,10 +90,12 @@ def advance_sandbox(h: Any, seconds: float) -> None:
 class SagaModel(RuleBasedStateMachine):
     h: Any = None  # the harness, set by the test
 
-    @initialize()
-    def fresh(self) -> None:
+    @initialize(chain=st.sampled_from([0, 4]))
+    def fresh(self, chain: int) -> None:
+        """``chain``: steps one delivery may run back to back (0: every step through the queue)."""
         from sqlalchemy import update
 
+        self.h.deps.settings = self.h.deps.settings.model_copy(update={"step_chain": chain})
         from orchestrator.db.models import Checkout, Refund
 
         with self.h.deps.repo.session() as s:  # earlier examples' checkouts rest: this one checks its own

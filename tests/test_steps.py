@@ -372,3 +372,64 @@ def test_a_run_for_a_state_already_left_writes_nothing(harness):
     assert writes == []
     assert h.deps.repo.get(row.id).version == before.version
     assert len(h.deps.repo.attempts(row.id)) == 1
+
+
+# --- chained steps: a task goes on with the next step when it is ready at once -----------------
+
+
+def test_a_task_runs_the_steps_that_are_ready_at_once_back_to_back(harness):
+    """With STEP_CHAIN, one delivery of create_order takes a card checkout to AWAITING_OTP with no
+    message in between; each step still writes ahead, is claimed afresh and leaves its history."""
+    from orchestrator import dispatch
+
+    h = harness
+    h.deps.settings = h.deps.settings.model_copy(update={"step_chain": 4})
+    c = received(h)
+    (first,) = h.queue
+    h.queue.clear()
+    dispatch.run(h.deps, first[0], first[1], "t")
+    assert h.state(c.id) == "AWAITING_OTP" and h.queue == []
+    c = h.deps.repo.get(c.id)
+    assert path(h, c)[-4:] == ["ORDER_CREATED", "CARD_CHECKED", "PAYMENT_CREATED", "AWAITING_OTP"]
+    assert [(a.step, a.outcome) for a in h.deps.repo.attempts(c.id)] == [
+        ("create_order", "succeeded"), ("card_details", "succeeded"), ("create_payment", "succeeded"),
+        ("generate_otp", "succeeded")]
+    assert c.claim_token is None
+    assert kinds(h, c) == ["ORDER_CREATED", "PAYMENT_CREATED"]  # one order, one payment at Plural
+
+
+def test_a_chain_is_bounded_and_hands_the_rest_to_the_queue(harness):
+    from orchestrator import dispatch
+    from orchestrator.core.saga import Step
+
+    h = harness
+    h.deps.settings = h.deps.settings.model_copy(update={"step_chain": 1})
+    c = received(h)
+    h.queue.clear()
+    dispatch.run(h.deps, Step.CREATE_ORDER, c.id, "t")
+    assert h.state(c.id) == "CARD_CHECKED" and h.queue == [(Step.CREATE_PAYMENT, c.id)]
+
+
+def test_a_chain_stops_where_another_run_took_the_checkout(harness, monkeypatch):
+    """A second run that claims the checkout between two chained steps wins: the chain stops at
+    its first write and nothing is called twice."""
+    from orchestrator import dispatch, steps
+    from orchestrator.core.saga import Step
+    from orchestrator.db.repo import Claim
+
+    h = harness
+    h.deps.settings = h.deps.settings.model_copy(update={"step_chain": 4})
+    c = received(h)
+    h.queue.clear()
+    real = steps.card_details
+
+    def card_details_after_a_rival(d, run, row):
+        # a rival run (a redelivery, the sweep) takes the checkout just as the chain gets here
+        rival = Claim(h.deps.repo.get(row.id).version, 60)
+        h.deps.repo.begin_attempt(row.id, Step.CARD_DETAILS.value, None, "rival", claim=rival)
+        return real(d, run, row)
+
+    monkeypatch.setitem(steps.STEPS, Step.CARD_DETAILS, card_details_after_a_rival)
+    dispatch.run(h.deps, Step.CREATE_ORDER, c.id, "t")
+    assert h.state(c.id) == "ORDER_CREATED"
+    assert [a.task_id for a in h.deps.repo.attempts(c.id, Step.CARD_DETAILS.value)] == ["rival"]
