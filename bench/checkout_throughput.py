@@ -5,7 +5,7 @@ worker processes) it starts a real stack (embedded Redis, sandbox, API, worker(s
 floor's worker (``bench/floor.py``: a bare chain of as many Celery hops as a checkout has, each
 one sandbox call and one write, same pool, Redis and database), then alternates rounds of the
 floor and of N native-OTP checkouts driven through the API by C concurrent customers (create →
-wait for the OTP step → submit → wait for COMPLETED). It prints each rate, p95 end-to-end latency,
+wait for the OTP step → submit → wait for COMPLETED, waiting with the API's long poll). It prints each rate, p95 end-to-end latency,
 and the project's rate as a ratio of the floor's measured in the same run; and the worker's memory.
 
     .venv/bin/python bench/checkout_throughput.py [--checkouts 150] [--concurrency 32] [--rounds 2]
@@ -47,9 +47,9 @@ def run_checkouts(api: Any, checkouts: int, concurrency: int) -> Run:
     def one(_: int) -> float:
         started = time.perf_counter()
         c = api.create_checkout(amount=10000, card=card, merchant_order_reference=f"b-{uuid.uuid4().hex[:16]}")
-        api.wait(c["id"], {"AWAITING_OTP"}, timeout=120, interval=0.25)
-        api.submit_otp(c["id"], "123456")
-        done = api.wait(c["id"], {"COMPLETED", "FAILED"}, timeout=120, interval=0.25)
+        api.wait(c["id"], {"AWAITING_OTP"}, timeout=120, current=c)
+        submitted = api.submit_otp(c["id"], "123456")
+        done = api.wait(c["id"], {"COMPLETED", "FAILED"}, timeout=120, current=submitted)
         assert done["status"] == "COMPLETED", done["status"]
         return time.perf_counter() - started
 

@@ -115,14 +115,15 @@ class OrchestratorClient:
         return self._call("POST", f"/v1/checkouts/{checkout_id}/refunds", body)
 
     def wait(self, checkout_id: str, until: Iterable[str] = FINAL_STATUSES, timeout: float = 60.0,
-             interval: float = 0.1) -> dict[str, Any]:
+             interval: float = 0.1, current: dict[str, Any] | None = None) -> dict[str, Any]:
         """Wait until the checkout's status is one of ``until``; return it (TimeoutError otherwise).
 
         Long polls (``changed_from`` + ``wait``): each call is answered the moment the status
-        changes. ``interval`` only paces a server that answers at once without waiting."""
+        changes. ``current``: the checkout as last seen (an answer to create or submit), so the
+        first call already waits. ``interval`` only paces a server that answers without waiting."""
         wanted = set(until)
         deadline = time.monotonic() + timeout
-        checkout = self.get_checkout(checkout_id)
+        checkout = current if current is not None else self.get_checkout(checkout_id)
         while checkout["status"] not in wanted:
             left = deadline - time.monotonic()
             if left <= 0:

@@ -236,10 +236,7 @@ class CheckoutService:
         sandbox = self.settings.plural_env.value == "sandbox"
         if not luhn_ok(req.card.number) and not (sandbox and req.card.number in SANDBOX_SAMPLE_CARDS):
             raise CheckoutError(400, "INVALID_CARD", "card number fails the Luhn check")
-        if req.merchant_order_reference:
-            existing = self.repo.by_reference(req.merchant_order_reference)
-            if existing is not None:
-                return self._same_or_conflict(existing, req), False
+        # a repeated merchant_order_reference is found by the insert's unique constraint (no read first)
         checkout_id = new_checkout_id()
         now = self.clock()
         start = saga.initial_state(req.payment_method)
@@ -317,7 +314,7 @@ class CheckoutService:
 
     def view(self, c: Checkout, trail: tuple[list[Any], list[Any]] | None = None) -> dict[str, Any]:
         """The merchant's view of ``c``; ``trail`` (its history and refunds) is read if not given."""
-        history, refunds = trail if trail is not None else self.repo.trail(c.id)
+        history, refunds = trail if trail is not None else self.repo.trail(c)
         state = State(c.state)
         now = self.clock()
         next_action = None

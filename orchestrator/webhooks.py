@@ -23,12 +23,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, bindparam, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from orchestrator.core.saga import Source
 from orchestrator.db.models import Checkout, Refund, WebhookEvent
+from orchestrator.db.repo import insert_skipping
 from orchestrator.logs import get_logger
 from orchestrator.plural.models import Order
 from orchestrator.plural.signatures import SignatureError, verify_webhook
@@ -96,13 +97,7 @@ def store(d: Deps, rows: list[WebhookEvent]) -> list[bool]:
     values = [{c: getattr(r, c) for c in ("webhook_id", "event_type", "order_id", "merchant_order_reference",
                                           "order_status", "body", "status", "attempts", "received_at")}
               for r in rows]
-    dialect = d.repo.engine.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(table).on_conflict_do_nothing(index_elements=["webhook_id"]).returning(
-        table.c.id, table.c.webhook_id)
+    statement = insert_skipping(d.repo.engine, table, ["webhook_id"]).returning(table.c.id, table.c.webhook_id)
     with d.repo.session() as s:
         stored = {webhook_id: event_id for event_id, webhook_id in s.connection().execute(statement, values)}
         s.commit()
@@ -147,6 +142,9 @@ def redis_kick(redis: Any, publish: Callable[[], None], ttl: int = 30) -> Callab
 def claim_batch(d: Deps, limit: int, statuses: tuple[str, ...] = ("pending",)) -> list[WebhookEvent]:
     token = uuid.uuid4().hex
     now = d.clock()
+    with d.repo.read_session() as s:  # nothing to claim (the processor's last look, mostly): no write
+        if s.exec(select(WebhookEvent.id).where(col(WebhookEvent.status).in_(statuses)).limit(1)).first() is None:
+            return []
     with d.repo.session() as s:
         ids = select(WebhookEvent.id).where(col(WebhookEvent.status).in_(statuses))
         if "deferred" in statuses:
@@ -160,13 +158,25 @@ def claim_batch(d: Deps, limit: int, statuses: tuple[str, ...] = ("pending",)) -
         return list(s.exec(select(WebhookEvent).where(WebhookEvent.claim == token).order_by(col(WebhookEvent.id))))
 
 
-def _finish(d: Deps, event: WebhookEvent, status: str, note: str) -> None:
+#: what became of one event: (the event, its status, a note)
+Outcome = tuple[WebhookEvent, str, str]
+
+
+def _finish(d: Deps, outcomes: list[Outcome]) -> None:
+    """Record the outcomes of a batch of events in one transaction."""
+    if not outcomes:
+        return
+    now = d.clock()
+    table = WebhookEvent.__table__  # type: ignore[attr-defined]
     with d.repo.session() as s:
-        s.connection().execute(update(WebhookEvent).where(col(WebhookEvent.id) == event.id)
-                  .values(status=status, note=note[:500], processed_at=d.clock(), claim=None))
+        s.connection().execute(
+            update(table).where(table.c.id == bindparam("event_id")).values(
+                status=bindparam("new_status"), note=bindparam("new_note"), processed_at=now, claim=None),
+            [{"event_id": e.id, "new_status": status, "new_note": note[:500]} for e, status, note in outcomes])
         s.commit()
-    log.info("webhook.processed", webhook_id=event.webhook_id, event_type=event.event_type, outcome=status,
-             note=note)
+    for event, status, note in outcomes:
+        log.info("webhook.processed", webhook_id=event.webhook_id, event_type=event.event_type, outcome=status,
+                 note=note)
 
 
 def _checkout_for(d: Deps, event: WebhookEvent) -> Checkout | None:
@@ -179,30 +189,31 @@ def _checkout_for(d: Deps, event: WebhookEvent) -> Checkout | None:
     return None
 
 
-def apply(d: Deps, event: WebhookEvent) -> None:
+def apply(d: Deps, event: WebhookEvent) -> tuple[str, str]:
     """Hand the event's snapshot to the engine as a fact from ``Source.WEBHOOK``.
 
     Plural's snapshot of our order is true of some moment; the move table only ever moves a
     checkout forward along Plural's own order lifecycle, so a late, retried or reordered event
     finds no move and changes nothing (a stale ``ORDER_AUTHORIZED`` during a capture, a stale
     ``PAYMENT_FAILED`` after an authorization). Polling settles whatever an event cannot.
+    Returns the event's status and a note, recorded with its batch.
     """
     if event.event_type not in ORDER_EVENTS | REFUND_EVENTS:
-        return _finish(d, event, "ignored", f"unknown event type {event.event_type}")
+        return "ignored", f"unknown event type {event.event_type}"
     try:
         order = Order.model_validate(json.loads(event.body)["data"])
     except (ValueError, KeyError):
-        return _finish(d, event, "ignored", "data is not an order")
+        return "ignored", "data is not an order"
     if event.event_type in REFUND_EVENTS:
         from orchestrator.refunds import apply_refund_event
 
         note = apply_refund_event(d, order)
-        return _finish(d, event, "applied" if note else "deferred", note or "refund not recorded yet")
+        return "applied" if note else "deferred", note or "refund not recorded yet"
     checkout = _checkout_for(d, event)
     if checkout is None or checkout.plural_order_id is None:
-        return _finish(d, event, "deferred", "order not recorded by any saga yet")
+        return "deferred", "order not recorded by any saga yet"
     if checkout.plural_order_id != order.order_id:
-        return _finish(d, event, "ignored", "order does not belong to this saga")
+        return "ignored", "order does not belong to this saga"
     before = checkout.state
     source = Source.WEBHOOK
     if event.note is not None:
@@ -210,16 +221,16 @@ def apply(d: Deps, event: WebhookEvent) -> None:
         try:
             order = d.plural.get_order(checkout.plural_order_id)
         except TRANSIENT as exc:
-            return _finish(d, event, "deferred", f"Get Order failed, retried by the sweep: {type(exc).__name__}")
+            return "deferred", f"Get Order failed, retried by the sweep: {type(exc).__name__}"
         except errors.APIError as exc:
-            return _finish(d, event, "ignored", f"Get Order refused: {exc.code}")
+            return "ignored", f"Get Order refused: {exc.code}"
         source = Source.POLL
     fact, _fields = order_fact(d, checkout, order)
     if fact is None:
-        return _finish(d, event, "applied", f"nothing decided yet ({order.status})")
+        return "applied", f"nothing decided yet ({order.status})"
     moved = settle(d, checkout, order, f"webhook {event.event_type}", source)
     note = f"{before} → {(d.repo.get(checkout.id) or checkout).state}" if moved else f"no move from {before}"
-    _finish(d, event, "applied", note)
+    return "applied", note
 
 
 def process_pending(d: Deps, redis: Any | None = None, batch: int = 200) -> int:
@@ -233,13 +244,15 @@ def process_pending(d: Deps, redis: Any | None = None, batch: int = 200) -> int:
             events = claim_batch(d, batch)
             if not events:
                 return done
+        outcomes: list[Outcome] = []
         for event in events:
             try:
-                apply(d, event)
+                outcomes.append((event, *apply(d, event)))
             except Exception as exc:  # one bad event must not block the rest
                 log.exception("webhook.apply_failed", webhook_id=event.webhook_id)
-                _finish(d, event, "pending" if event.attempts < 5 else "failed", f"error: {type(exc).__name__}")
+                outcomes.append((event, "pending" if event.attempts < 5 else "failed", f"error: {type(exc).__name__}"))
             done += 1
+        _finish(d, outcomes)
 
 
 def retry_deferred(d: Deps, batch: int = 200) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -63,8 +63,25 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
                     between.release()
                 writers.release()
 
-        event.listen(engine, "commit", _release)
-        event.listen(engine, "rollback", _release)
+        def _ending(verb: str) -> Callable[[Any], None]:
+            # SQLAlchemy's commit and rollback events come *before* the DBAPI call: a lock released
+            # there lets the next writer's BEGIN IMMEDIATE find the database still locked and
+            # sleep in the busy handler. So the writer ends its transaction here itself (the
+            # DBAPI call that follows finds none open and does nothing), then lets go.
+            def end(connection: Any) -> None:
+                if not immediate or getattr(held, "depth", 0) == 0:
+                    return
+                try:
+                    dbapi = connection.connection.dbapi_connection
+                    if dbapi is not None and dbapi.in_transaction:
+                        dbapi.execute(verb)
+                finally:
+                    _release()
+
+            return end
+
+        event.listen(engine, "commit", _ending("COMMIT"))
+        event.listen(engine, "rollback", _ending("ROLLBACK"))
 
         return engine
     if url.startswith("postgresql://"):
