@@ -9,7 +9,7 @@ wait for the OTP step → submit → wait for COMPLETED, waiting with the API's 
 and the project's rate as a ratio of the floor's measured in the same run; and the worker's memory.
 
     .venv/bin/python bench/checkout_throughput.py [--checkouts 150] [--concurrency 32] [--rounds 2]
-        [--configs sqlite:0:1,sqlite:200:1,postgres:0:1,postgres:0:2,postgres:200:1]
+        [--configs sqlite:0:1,sqlite:200:1:96,postgres:0:1,postgres:0:2,postgres:200:1:96]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def database(kind: str, base: Path) -> Iterator[tuple[str, str]]:
         yield url, url
 
 
-def measure(kind: str, latency_ms: float, workers: int, args: argparse.Namespace) -> None:
+def measure(kind: str, latency_ms: float, workers: int, in_flight: int, args: argparse.Namespace) -> float:
     from config import Settings
     from orchestrator.merchant_client import OrchestratorClient
     from orchestrator.redis_server import free_port
@@ -80,7 +80,7 @@ def measure(kind: str, latency_ms: float, workers: int, args: argparse.Namespace
     base = Path(tempfile.mkdtemp(prefix="bench-"))
     with database(kind, base) as (project_url, floor_url):
         env = {"SWEEP_INTERVAL": "1", "POLL_SCHEDULE": "1,2", "LOG_LEVEL": "WARNING", "DATABASE_URL": project_url,
-               "WORKER_CONCURRENCY": str(args.concurrency)}
+               "WORKER_CONCURRENCY": str(in_flight)}
         stack = Stack(data_dir=base / "var", api_port=free_port(), sandbox_port=free_port(), redis_port=free_port(),
                       log_dir=base / "logs", env=env)
         stack.start()
@@ -92,26 +92,28 @@ def measure(kind: str, latency_ms: float, workers: int, args: argparse.Namespace
                 requests.put(f"{stack.sandbox_url}/sandbox/faults", headers={"X-Sandbox-Key": SANDBOX_ADMIN_KEY},
                              json={"rules": [{"kind": "latency", "path": "^/api/", "seconds": latency_ms / 1000}]},
                              timeout=5).raise_for_status()
-            api = OrchestratorClient(stack.api_url, Settings().orchestrator_api_key.get_secret_value(), timeout=30)
+            api = OrchestratorClient(stack.api_url, Settings().orchestrator_api_key.get_secret_value(), timeout=30,
+                                     connections=max(64, in_flight))
             worker = stack.processes["worker"].pid
             broker = str(stack.redis_url).rsplit("/", 1)[0] + "/15"
-            run_checkouts(api, min(20, args.checkouts), args.concurrency)  # warm the stack
+            run_checkouts(api, min(20, args.checkouts), in_flight)  # warm the stack
             rss_before = rss_mb(worker)
             floors: list[Run] = []
             projects: list[Run] = []
-            with FloorWorker(broker, stack.sandbox_url, floor_url, stack.child_env(), args.concurrency):
-                for _ in range(args.rounds):
-                    floors.append(run_floor(broker, args.chains, args.concurrency))
-                    projects.append(run_checkouts(api, args.checkouts, args.concurrency))
+            with FloorWorker(broker, stack.sandbox_url, floor_url, stack.child_env(), in_flight):
+                for _ in range(args.rounds):  # enough work for several waves of what is in flight
+                    floors.append(run_floor(broker, max(args.chains, 4 * in_flight), in_flight))
+                    projects.append(run_checkouts(api, max(args.checkouts, 3 * in_flight), in_flight))
             rss_after = rss_mb(worker)
         finally:
             stack.stop()
     floor = statistics.mean(r.rate for r in floors)
     project = statistics.mean(r.rate for r in projects)
-    label = f"{kind:8} {latency_ms:4.0f} ms  {workers} worker{'s' if workers > 1 else ' '}"
+    label = f"{kind:8} {latency_ms:4.0f} ms  {workers} worker{'s' if workers > 1 else ' '} {in_flight:3d} in flight"
     print(f"{label}  floor {floor:6.1f} chains/s (p95 {max(r.p95 for r in floors):.2f} s)   "
           f"project {project:6.1f} checkouts/s (p95 {max(r.p95 for r in projects):.2f} s)   "
           f"ratio {project / floor:.2f}   worker RSS {rss_before:.0f}→{rss_after:.0f} MB", flush=True)
+    return project
 
 
 def main() -> None:
@@ -120,8 +122,11 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--configs", default="sqlite:0:1,sqlite:200:1,postgres:0:1,postgres:0:2,postgres:200:1",
-                        help="database:latency_ms:workers, comma-separated")
+    parser.add_argument("--configs",
+                        default="sqlite:0:1,sqlite:200:1:96,postgres:0:1,postgres:0:2,postgres:200:1:96",
+                        help="database:latency_ms:workers[:in flight], comma-separated (in flight: customers "
+                             "and worker threads, default --concurrency; hiding a latency takes rate × latency "
+                             "in flight, by Little's law)")
     args = parser.parse_args()
     from orchestrator.logs import configure_logging
 
@@ -129,9 +134,15 @@ def main() -> None:
     print(f"{args.checkouts} native-OTP checkouts ({HOPS} gateway calls, {HOPS} hops) vs {args.chains} floor chains "
           f"of {HOPS} hops, {args.concurrency} in flight, {args.rounds} alternating rounds each; "
           f"{os.cpu_count()} CPUs")
+    at_zero: dict[tuple[str, int], float] = {}
     for config in args.configs.split(","):
-        kind, latency, workers = config.split(":")
-        measure(kind, float(latency), int(workers), args)
+        kind, latency, workers, *rest = config.split(":")
+        rate = measure(kind, float(latency), int(workers), int(rest[0]) if rest else args.concurrency, args)
+        if float(latency) == 0:
+            at_zero[(kind, int(workers))] = rate
+        elif (kind, int(workers)) in at_zero:
+            print(f"{'':8} {float(latency):4.0f} ms keeps {rate / at_zero[(kind, int(workers))]:.2f} of the "
+                  f"0 ms rate on {kind}", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,14 @@ class OrchestratorError(Exception):
 
 class OrchestratorClient:
     def __init__(self, base_url: str, api_key: str, timeout: float = 10.0, session: requests.Session | None = None,
-                 retries: int = 4, backoff: float = 0.25):
+                 retries: int = 4, backoff: float = 0.25, connections: int = 64):
+        """``connections``: keep-alive connections kept for threads sharing this client."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries, self.backoff = retries, backoff
         if session is None:
             session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=connections)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
         self.session = session
