@@ -24,12 +24,15 @@ SANDBOX_WEBHOOK_SECRET = "sandbox-webhook-secret"
 # hex, as Plural hands the return-URL key over; the string is only valid in sandbox
 SANDBOX_CALLBACK_SECRET = "73616e64626f782d63616c6c6261636b2d736563726574"
 SANDBOX_API_KEY = "sandbox-api-key"
+# a Standard Webhooks secret (whsec_ + base64) for events to the merchant; only valid in sandbox
+SANDBOX_MERCHANT_WEBHOOK_SECRET = "whsec_c2FuZGJveC1tZXJjaGFudC13ZWJob29rLXNlY3JldA=="
 #: the sandbox's admin endpoints (config, faults, reset, clock) want this in ``X-Sandbox-Key``
 SANDBOX_ADMIN_KEY = "sandbox-admin-key"
 # a Fernet key (urlsafe base64 of 32 bytes) that is only good for the sandbox
 SANDBOX_CARD_KEY = "c2FuZGJveC1jYXJkLWtleS1ub3QtZm9yLXByb2QhISE="
 
 PLACEHOLDERS = {
+    SANDBOX_MERCHANT_WEBHOOK_SECRET,
     SANDBOX_CLIENT_SECRET,
     SANDBOX_WEBHOOK_SECRET,
     SANDBOX_CALLBACK_SECRET,
@@ -94,6 +97,16 @@ class Settings(BaseSettings):
     customer_action_timeout: int = Field(default=900, gt=0)
     public_base_url: str = "http://127.0.0.1:8000"
 
+    # --- events to the merchant's backend -----------------------------------------------
+    merchant_webhook_url: str | None = Field(default=None, description=(
+        "where events are POSTed, signed with Standard Webhooks; unset: events are only pulled"))
+    merchant_webhook_secret: SecretStr = SecretStr(SANDBOX_MERCHANT_WEBHOOK_SECRET)
+    merchant_events_task: str | None = Field(default=None, description=(
+        "a Celery task name on this broker that also receives each event (myshop.tasks.on_payment_event)"))
+    merchant_event_retry_seconds: float = Field(default=3 * 86400.0, gt=0, description=(
+        "how long an event's delivery is retried (exponential backoff) before it is marked failed"))
+    merchant_webhook_timeout: float = Field(default=10.0, gt=0, description="seconds per delivery attempt")
+
     # --- saga timing and workers ------------------------------------------------------
     poll_schedule: str = Field(default="5,10,30,60,120,300", description="seconds between Get Order polls")
     step_lease_seconds: float = Field(default=120.0, gt=0, description="re-drive a step not finished by then")
@@ -134,6 +147,17 @@ class Settings(BaseSettings):
     sandbox_offers_file: str | None = Field(default=None, description="a JSON EMI offer book for the sandbox "
                                                                       "(see orchestrator/sandbox/offers.py)")
 
+    @field_validator("merchant_webhook_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: SecretStr) -> SecretStr:
+        from standardwebhooks import Webhook
+
+        try:
+            Webhook(value.get_secret_value())
+        except Exception:
+            raise ValueError("must be a Standard Webhooks secret: whsec_ followed by base64") from None
+        return value
+
     @field_validator("plural_callback_secret")
     @classmethod
     def _callback_secret_is_hex(cls, value: SecretStr) -> SecretStr:
@@ -157,6 +181,8 @@ class Settings(BaseSettings):
             )
             if getattr(self, name).get_secret_value() in PLACEHOLDERS
         ]
+        if self.merchant_webhook_url and self.merchant_webhook_secret.get_secret_value() in PLACEHOLDERS:
+            offending.append("MERCHANT_WEBHOOK_SECRET")  # events signed with a published key
         if self.plural_client_id == SANDBOX_CLIENT_ID:
             offending.insert(0, "PLURAL_CLIENT_ID")
         if offending:

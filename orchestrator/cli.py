@@ -52,7 +52,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     concurrency = args.concurrency or settings.worker_concurrency
-    app.worker_main(["worker", "--pool=threads", f"--concurrency={concurrency}", "--loglevel=INFO", "-Q", "saga",
+    app.worker_main(["worker", "--pool=threads", f"--concurrency={concurrency}", "--loglevel=INFO", "-Q", "saga,events",
                      "--without-gossip", "--without-mingle", f"--hostname=worker-{os.getpid()}@%h"])
     return 0
 

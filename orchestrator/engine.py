@@ -20,6 +20,7 @@ from typing import Any, Callable
 from sqlmodel import Session, col, func, select
 
 from orchestrator.core import saga
+from orchestrator import outbox
 from orchestrator.changes import Announce, silent
 from orchestrator.core.saga import Fact, Source, State, Step
 from orchestrator.db.models import Checkout, Refund, StepAttempt, utcnow
@@ -86,6 +87,8 @@ class Engine:
     enqueue: Callable[[Step, str], None]
     clock: Callable[[], dt.datetime] = utcnow
     announce: Announce = silent
+    #: asks for the outbox to be delivered soon (the sweep does it anyway)
+    kick_events: Callable[[], None] = lambda: None
 
     def _at(self, seconds: float) -> dt.datetime:
         return self.clock() + dt.timedelta(seconds=seconds)
@@ -178,7 +181,7 @@ class Engine:
 
         moved = self.repo.move(checkout_id, plan, reason=reason, fact=fact.value, source=source.value,
                                claim=run.claim if run else None, effect=effect,
-                               finish=run.finished if run else None)
+                               finish=run.finished if run else None, record=outbox.record_checkout_change)
         if moved is None:
             log.info("saga.fact.ignored", fact=fact.value, source=source.value)
             return None
@@ -195,13 +198,15 @@ class Engine:
         return after
 
     def _announce(self, before: Checkout, after: Checkout) -> None:
-        """Tell whoever waits on the checkout that its public status changed (a hint; never fails)."""
+        """Tell whoever waits on the checkout that its public status changed, and have its event
+        (in the outbox since the move's commit) delivered soon: hints, that never fail."""
         status = saga.public_status(State(after.state))
         if status == saga.public_status(State(before.state)):
             return
         try:
             self.announce(after.id, status)
-        except Exception as exc:  # waiters recheck the database on their own
+            self.kick_events()
+        except Exception as exc:  # waiters recheck the database, the sweep delivers, on their own
             log.warning("saga.announce_failed", error=type(exc).__name__)
 
     def _after(self, after: Checkout, run: Run | None = None) -> None:

@@ -1,19 +1,24 @@
 """A small helper for e-commerce backends: enqueue and query checkouts over the merchant API.
 
-It needs only ``requests`` and imports none of the worker code::
+It needs only ``requests`` (and ``standardwebhooks`` to verify events) and imports none of the
+worker code::
 
     from orchestrator.merchant_client import OrchestratorClient
     api = OrchestratorClient("http://127.0.0.1:8000", api_key="...")
     checkout = api.create_checkout(amount=110000, card={...}, merchant_order_reference="order-42")
     checkout = api.wait(checkout["id"], until={"AWAITING_OTP", "AWAITING_REDIRECT", "FAILED"})
     api.submit_otp(checkout["id"], "123456")
+
+    # the shop's event receiver (MERCHANT_WEBHOOK_URL points at it)
+    event = OrchestratorClient.verify_event(MERCHANT_WEBHOOK_SECRET, request.headers, request.body)
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlencode
 
 import requests
 import requests.adapters
@@ -27,6 +32,10 @@ class OrchestratorError(Exception):
         self.status = status
         self.code = body.get("code")
         self.body = body
+
+
+class EventRejected(ValueError):
+    """An event whose signature does not hold (not from this orchestrator, altered, or replayed late)."""
 
 
 class OrchestratorClient:
@@ -114,6 +123,34 @@ class OrchestratorClient:
         if merchant_refund_reference:
             body["merchant_refund_reference"] = merchant_refund_reference
         return self._call("POST", f"/v1/checkouts/{checkout_id}/refunds", body)
+
+    def list_checkouts(self, *, status: str | None = None, created_after: str | None = None,
+                       cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
+        query = {k: v for k, v in {"status": status, "created_after": created_after, "cursor": cursor,
+                                   "limit": limit}.items() if v is not None}
+        return self._call("GET", "/v1/checkouts?" + urlencode(query))
+
+    def events(self, *, after: str | None = None, type: str | None = None, limit: int = 100) -> dict[str, Any]:  # noqa: A002
+        """Events after the cursor ``after`` (``next`` of the previous answer), oldest first."""
+        query = {k: v for k, v in {"after": after, "type": type, "limit": limit}.items() if v is not None}
+        return self._call("GET", "/v1/events?" + urlencode(query))
+
+    def redeliver(self, event_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/events/{event_id}/redeliver")
+
+    @staticmethod
+    def verify_event(secret: str, headers: Mapping[str, str], body: bytes | str) -> dict[str, Any]:
+        """For the shop's receiver: check an event's Standard Webhooks signature (``secret`` is
+        ``MERCHANT_WEBHOOK_SECRET``, ``whsec_…``) and return the event; ``EventRejected`` if the
+        signature is missing, wrong or older than five minutes. Repeats carry the same
+        ``webhook-id`` (the event's id): keep the ids you handled and drop repeats."""
+        from standardwebhooks import Webhook
+
+        try:
+            event = Webhook(secret).verify(body, {k.lower(): v for k, v in dict(headers).items()})
+        except Exception as exc:
+            raise EventRejected(str(exc)) from None
+        return dict(event)
 
     def wait(self, checkout_id: str, until: Iterable[str] = FINAL_STATUSES, timeout: float = 60.0,
              interval: float = 0.1, current: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from orchestrator.logs import get_logger
 from orchestrator.plural import errors
 from orchestrator.plural.models import Amount, Order, RefundRequest
 from orchestrator.engine import Run
+from orchestrator import outbox
 from orchestrator.steps import TRANSIENT, Deps, call_ahead, text
 
 log = get_logger("orchestrator.refunds")
@@ -100,10 +101,15 @@ def move(d: Deps, r: Refund, target: RefundState, claim: str | None = None, **fi
         if result.rowcount == 1 and target is RefundState.PROCESSED:
             s.connection().execute(update(Checkout).where(col(Checkout.id) == r.checkout_id)
                       .values(refunded_amount=Checkout.refunded_amount + r.amount_value, updated_at=now))
+        if result.rowcount == 1 and target.value != r.state:  # its event, in the same transaction
+            after = Refund.model_construct(**{**r.model_dump(), "state": target.value, "updated_at": now, **fields})
+            outbox.record_refund_change(s, after, now)
         s.commit()
         moved = result.rowcount == 1
     if moved:
         log.info("refund.transition", refund_id=r.id, from_state=r.state, to_state=target.value)
+        if target in REFUND_FINAL:
+            d.kick_events()
     return moved
 
 
@@ -185,20 +191,6 @@ def _run_refund(d: Deps, refund_id: str, token: str, task_id: str | None) -> Non
              next_due_at=None)
         return
     follow(d, r, got.result, "submitted", token)
-
-
-def refund_view(r: Refund) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "checkout_id": r.checkout_id,
-        "merchant_refund_reference": r.merchant_refund_reference,
-        "amount": {"value": r.amount_value, "currency": r.currency},
-        "status": r.state,
-        "plural_refund_order_id": r.plural_refund_order_id,
-        "error": {"code": r.error_code, "message": r.error_message} if r.state == "FAILED" else None,
-        "origin": r.origin,
-        "created_at": r.created_at.isoformat() if r.created_at else None,
-    }
 
 
 def apply_refund_event(d: Deps, order: Order) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from config import Settings, get_settings
 from orchestrator.changes import Announce, redis_announcer, silent
+from orchestrator.delivery import redis_kick as delivery_kick
 from orchestrator.core.saga import Step
 from orchestrator.db.engine import make_engine
 from orchestrator.db.repo import Repo
@@ -46,6 +47,7 @@ class Runtime:
     plural: PluralClient
     enqueue: Callable[[Step, str], None]
     announce: Announce = silent
+    kick_events: Callable[[], None] = lambda: None
 
     def readiness(self) -> dict[str, str]:
         """Can this process reach its database and Redis right now?"""
@@ -81,13 +83,13 @@ class Runtime:
 
     def deps(self) -> Deps:
         return Deps(settings=self.settings, repo=self.repo, plural=self.plural, vault=self.vault,
-                    enqueue=self.enqueue, announce=self.announce)
+                    enqueue=self.enqueue, announce=self.announce, kick_events=self.kick_events)
 
     def service(self) -> Any:
         from orchestrator.service import CheckoutService
 
         return CheckoutService(self.settings, self.repo, self.vault, self.enqueue, plural=self.plural,
-                               announce=self.announce)
+                               announce=self.announce, kick_events=self.kick_events)
 
 
 _lock = threading.Lock()
@@ -110,5 +112,6 @@ def get_runtime() -> Runtime:
                 plural=PluralClient.from_settings(settings, redis=redis),
                 enqueue=celery_enqueue(app),
                 announce=redis_announcer(redis),
+                kick_events=delivery_kick(redis, lambda: app.send_task("tasks.deliver_events", queue="events")),
             )
         return _runtime

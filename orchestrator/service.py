@@ -23,7 +23,7 @@ from orchestrator.engine import Engine
 from orchestrator.logs import get_logger, mask_text
 from orchestrator.plural import errors as plural_errors
 from orchestrator.plural.models import CardDetails, OfferDiscoveryRequest, PaymentOption
-from orchestrator.refunds import refund_view
+from orchestrator.views import checkout_view, summary_view
 from orchestrator.vault import CardData, Vault
 
 log = get_logger("orchestrator.service")
@@ -225,10 +225,11 @@ class OTPIn(BaseModel):
 
 class CheckoutService:
     def __init__(self, settings: Any, repo: Repo, vault: Vault, enqueue: Callable[[Step, str], None],
-                 clock: Callable[[], dt.datetime] = utcnow, plural: Any = None, announce: Announce = silent):
+                 clock: Callable[[], dt.datetime] = utcnow, plural: Any = None, announce: Announce = silent,
+                 kick_events: Callable[[], None] = lambda: None):
         self.settings, self.repo, self.vault, self.enqueue, self.clock = settings, repo, vault, enqueue, clock
-        self.plural, self.announce = plural, announce
-        self.engine = Engine(settings, repo, vault, enqueue, clock, announce)
+        self.plural, self.announce, self.kick_events = plural, announce, kick_events
+        self.engine = Engine(settings, repo, vault, enqueue, clock, announce, kick_events)
 
     # --- create -------------------------------------------------------------------------
 
@@ -315,66 +316,75 @@ class CheckoutService:
     def view(self, c: Checkout, trail: tuple[list[Any], list[Any]] | None = None) -> dict[str, Any]:
         """The merchant's view of ``c``; ``trail`` (its history and refunds) is read if not given."""
         history, refunds = trail if trail is not None else self.repo.trail(c)
-        state = State(c.state)
-        now = self.clock()
-        next_action = None
-        if state is State.AWAITING_OTP:
-            wait = (c.otp_resend_at - now).total_seconds() if c.otp_resend_at else 0
-            next_action = {"type": "SUBMIT_OTP", "resend_after": max(int(wait + 0.999), 0),
-                           "attempts_left": c.otp_attempts_left}
-        elif state is State.AWAITING_REDIRECT and c.challenge_url:
-            next_action = {"type": "REDIRECT", "url": c.challenge_url}
-        return {
-            "id": c.id,
-            "status": saga.public_status(state),
-            "state": state.value,
-            "merchant_order_reference": c.merchant_order_reference,
-            "plural_order_id": c.plural_order_id,
-            "plural_payment_id": c.plural_payment_id,
-            "amount": {"value": c.amount_value, "currency": c.currency},
-            "pre_auth": c.pre_auth,
-            "authorized_amount": {"value": c.authorized_amount, "currency": c.currency},
-            "captured_amount": {"value": c.captured_amount, "currency": c.currency},
-            "refunded_amount": {"value": c.refunded_amount, "currency": c.currency},
-            "capture_amount": ({"value": c.capture_amount, "currency": c.currency}
-                               if c.capture_amount is not None else None),
-            "delivered_at": _iso(c.delivered_at),
-            "capture_deadline_at": _iso(c.capture_deadline_at),
-            "cancel_reason": c.cancel_reason,
-            "payment_method": c.payment_method,
-            "payment_amount": {"value": c.payment_amount or c.amount_value, "currency": c.currency},
-            "emi": self._emi_view(c),
-            "card": {"last4": c.card_last4, "network": c.card_network},
-            "next_action": next_action,
-            "error": {"code": c.error_code, "message": c.error_message} if c.error_code else None,
-            "finished_late": c.finished_late,
-            # how a payment that completed after the checkout ended was undone: RELEASED or REFUNDED
-            "late_undo": c.late_undo,
-            "attention": ({"reason": c.attention_reason, "stuck_in": c.attention_from}
-                          if state is State.NEEDS_ATTENTION else None),
-            "deadline_at": _iso(c.deadline_at),
-            "created_at": _iso(c.created_at),
-            "updated_at": _iso(c.updated_at),
-            "history": [{"from": t.from_state, "to": t.to_state, "fact": t.fact, "source": t.source,
-                         "reason": t.reason, "at": _iso(t.at)}
-                        for t in history],
-            "refunds": ([refund_view(r) for r in refunds]
-                        if c.pre_auth or state is State.COMPLETED or c.late_undo == "REFUNDED" else []),
-        }
+        return checkout_view(c, history, refunds, self.clock())
 
-    @staticmethod
-    def _emi_view(c: Checkout) -> dict[str, Any] | None:
-        if c.payment_method == "CARD":
-            return None
-        choice = dict(c.emi_choice or {})
-        if choice.get("expected_monthly_emi") is not None:
-            choice["expected_monthly_emi"] = {"value": choice["expected_monthly_emi"], "currency": c.currency}
-        for product in choice.get("product_details") or []:
-            product["product_amount"] = {"value": product["product_amount"], "currency": c.currency}
-        if c.cart_coupon_discount:
-            choice["cart_coupon_discount_amount"] = {"value": c.cart_coupon_discount, "currency": c.currency}
-        # the offer Plural validated (absent until then, and for a checkout refused before it)
-        return {"choice": choice, "offer": emi.summary(c.offer, c.currency) if c.offer else None}
+    # --- events and lists -------------------------------------------------------------
+
+    def events(self, after: str | None, kind: str | None, limit: int) -> dict[str, Any]:
+        """Events after the cursor ``after`` (oldest first), of one ``kind`` if given; the cursor of
+        the last one comes back as ``next``. On PostgreSQL the last two seconds are held back, so
+        an event whose transaction commits after a later-numbered one is never skipped."""
+        from sqlmodel import col, select
+
+        from orchestrator.db.models import MerchantEvent
+        from orchestrator.outbox import EVENT_TYPES, envelope
+
+        if kind is not None and kind not in EVENT_TYPES:
+            raise CheckoutError(400, "INVALID_REQUEST", f"type must be one of {sorted(EVENT_TYPES)}")
+        try:
+            start = int(after) if after else 0
+        except ValueError:
+            raise CheckoutError(400, "INVALID_REQUEST", "after must be a cursor this API returned") from None
+        q = select(MerchantEvent).where(col(MerchantEvent.id) > start)
+        if kind is not None:
+            q = q.where(MerchantEvent.type == kind)
+        if self.repo.engine.dialect.name == "postgresql":
+            q = q.where(col(MerchantEvent.created_at) < self.clock() - dt.timedelta(seconds=2))
+        with self.repo.read_session() as s:
+            rows = list(s.exec(q.order_by(col(MerchantEvent.id)).limit(limit)))
+        events = [{**envelope(e), "delivery": {"status": e.status, "attempts": e.attempts}} for e in rows]
+        return {"events": events, "next": str(rows[-1].id) if rows else (after or "0")}
+
+    def redeliver(self, event_id: str) -> dict[str, Any]:
+        from orchestrator.delivery import redeliver
+        from orchestrator.outbox import envelope
+
+        event = redeliver(self.repo, event_id, self.clock())
+        if event is None:
+            raise CheckoutError(404, "EVENT_NOT_FOUND", f"no event {event_id}")
+        self.kick_events()
+        return {**envelope(event), "delivery": {"status": event.status, "attempts": event.attempts}}
+
+    def list_checkouts(self, status: str | None, created_after: dt.datetime | None, cursor: str | None,
+                       limit: int) -> dict[str, Any]:
+        """Checkouts, newest first, optionally of one public ``status`` and created after a time;
+        ``next_cursor`` continues the list (stable under inserts: it names the last row shown)."""
+        import base64
+
+        from sqlmodel import col, or_, select
+
+        if status is not None and status not in set(saga.PUBLIC_STATUS.values()):
+            raise CheckoutError(400, "INVALID_REQUEST", f"status must be one of {sorted(set(saga.PUBLIC_STATUS.values()))}")
+        q = select(Checkout)
+        if status is not None:
+            q = q.where(col(Checkout.state).in_([s.value for s, p in saga.PUBLIC_STATUS.items() if p == status]))
+        if created_after is not None:
+            q = q.where(col(Checkout.created_at) > created_after)
+        if cursor:
+            try:
+                at_text, last_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+                at = dt.datetime.fromisoformat(at_text)
+            except ValueError:
+                raise CheckoutError(400, "INVALID_REQUEST", "cursor must be one this API returned") from None
+            q = q.where(or_(col(Checkout.created_at) < at,
+                            (col(Checkout.created_at) == at) & (col(Checkout.id) < last_id)))
+        with self.repo.read_session() as s:
+            rows = list(s.exec(q.order_by(col(Checkout.created_at).desc(), col(Checkout.id).desc()).limit(limit)))
+        nxt = None
+        if len(rows) == limit:
+            last = rows[-1]
+            nxt = base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode()).decode()
+        return {"checkouts": [summary_view(c) for c in rows], "next_cursor": nxt}
 
     # --- offers -------------------------------------------------------------------------
 
@@ -498,7 +508,7 @@ class CheckoutService:
         from orchestrator.steps import Deps
 
         return Deps(settings=self.settings, repo=self.repo, plural=None, vault=self.vault, enqueue=self.enqueue,
-                    clock=self.clock, announce=self.announce)
+                    clock=self.clock, announce=self.announce, kick_events=self.kick_events)
 
     def refund(self, checkout_id: str, amount: int | None, reference: str | None) -> tuple[Any, bool]:
         from orchestrator.refunds import request_refund
@@ -521,7 +531,3 @@ def _emi_choice(req: CheckoutIn) -> dict[str, Any] | None:
                                 for p in req.product_details or []]}
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=dt.timezone.utc).isoformat().replace("+00:00", "Z")

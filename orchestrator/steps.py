@@ -52,10 +52,12 @@ class Deps:
     enqueue: Callable[[Step, str], None]
     clock: Callable[[], dt.datetime] = field(default=utcnow)
     announce: Announce = field(default=silent)
+    #: asks for the outbox to be delivered soon (the sweep does it anyway)
+    kick_events: Callable[[], None] = field(default=lambda: None)
 
     @property
     def engine(self) -> Engine:
-        return Engine(self.settings, self.repo, self.vault, self.enqueue, self.clock, self.announce)
+        return Engine(self.settings, self.repo, self.vault, self.enqueue, self.clock, self.announce, self.kick_events)
 
 
 def _s(d: Deps, seconds: float) -> dt.datetime:

@@ -57,9 +57,13 @@ def sweep_due() -> int:
     from orchestrator.sweeps import sweep_due as sweep
     from orchestrator.webhooks import retry_deferred
 
+    from orchestrator.delivery import any_due
+
     rt = get_runtime()
     if retry_deferred(rt.deps()):
         process_webhooks.delay()
+    if (rt.settings.merchant_webhook_url or rt.settings.merchant_events_task) and any_due(rt.repo, rt.repo.clock()):
+        rt.kick_events()
     return sweep(rt.deps())
 
 
@@ -70,6 +74,17 @@ def process_webhooks() -> int:
 
     rt = get_runtime()
     return process_pending(rt.deps(), rt.redis, batch=rt.settings.sweep_batch)
+
+
+@app.task(name="tasks.deliver_events", acks_late=True, ignore_result=True)
+def deliver_events() -> int:
+    """The outbox to the merchant's backend (``orchestrator.delivery``), on its own queue."""
+    from orchestrator.delivery import KICK_KEY, deliver_due
+    from orchestrator.runtime import get_runtime
+
+    rt = get_runtime()
+    return deliver_due(rt.repo, rt.settings, send_task=lambda name, event: app.send_task(name, args=[event]),
+                       before_last_look=lambda: rt.redis.delete(KICK_KEY))
 
 
 @app.task(name="tasks.refresh_token", acks_late=True, ignore_result=True)

@@ -89,3 +89,17 @@ def test_the_sandbox_command_refuses_to_start_outside_the_sandbox(monkeypatch, c
         monkeypatch.setenv(name, value)
     assert main(["sandbox", "--port", "0"]) == 2
     assert "PLURAL_ENV=sandbox" in capsys.readouterr().err
+
+
+def test_events_pushed_outside_sandbox_need_a_real_signing_secret():
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(plural_env="production", merchant_webhook_url="https://shop.example/events", **REAL)
+    assert "MERCHANT_WEBHOOK_SECRET" in str(err.value)
+    load_settings(plural_env="production", merchant_webhook_url="https://shop.example/events",
+                  merchant_webhook_secret=SecretStr("whsec_" + "cmVhbC1zaG9wLXNlY3JldC0xMjM0NQ=="), **REAL)
+
+
+def test_the_merchant_webhook_secret_must_be_a_standard_webhooks_secret():
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(merchant_webhook_secret="not base64 !")
+    assert "MERCHANT_WEBHOOK_SECRET" in str(err.value) or "merchant_webhook_secret" in str(err.value)

@@ -28,6 +28,8 @@ def make_celery(settings: Any) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue="saga",
+        # events to the merchant wait on their own queue: a slow endpoint never holds up a saga
+        task_routes={"tasks.deliver_events": {"queue": "events"}},
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
         worker_hijack_root_logger=False,

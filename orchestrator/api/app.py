@@ -7,6 +7,7 @@ status; validation errors never echo the submitted values (a card number would b
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import secrets
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
@@ -27,8 +28,9 @@ from orchestrator.core.money import MAX_AMOUNT
 from orchestrator.core.saga import PUBLIC_STATUS
 from orchestrator.inbound import Inbound
 from orchestrator.logs import get_logger, mask_text
-from orchestrator.refunds import RefundRefused, refund_view
+from orchestrator.refunds import RefundRefused
 from orchestrator.service import CheckoutError, CheckoutIn, CheckoutService, DeliveryIn, DiscoveryIn, OTPIn, RefundIn
+from orchestrator.views import refund_view
 from orchestrator.webhooks import WebhookRejected
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 log = get_logger("orchestrator.api")
 
 PUBLIC_STATUSES = frozenset(PUBLIC_STATUS.values())
+ISO_TIME = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$"
 #: the longest long poll (below common proxies' idle timeouts)
 MAX_WAIT = 30.0
 
@@ -302,6 +305,35 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
     def offer_discovery(body: DiscoveryIn, svc: CheckoutService = Depends(service)) -> JSONResponse:
         """EMI offer discovery: which issuers and tenures Plural offers on this amount and these products."""
         return JSONResponse(svc.discover(body))
+
+    @app.get("/v1/checkouts", dependencies=guarded, responses=MERCHANT_ERRORS)
+    def list_checkouts(status: str | None = Query(default=None, description="a public status"),
+                       created_after: str | None = Query(default=None, pattern=ISO_TIME,
+                                                         description="ISO 8601, e.g. 2026-11-22T10:00:00Z"),
+                       cursor: str | None = Query(default=None, description="`next_cursor` of the previous page"),
+                       limit: int = Query(default=50, ge=1, le=500),
+                       svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+        """Checkouts, newest first, a page at a time."""
+        try:
+            after = dt.datetime.fromisoformat(created_after) if created_after else None
+        except ValueError:
+            raise CheckoutError(400, "INVALID_REQUEST", "created_after is not a date and time") from None
+        if after is not None and after.tzinfo is None:
+            after = after.replace(tzinfo=dt.timezone.utc)
+        return svc.list_checkouts(status, after, cursor, limit)
+
+    @app.get("/v1/events", dependencies=guarded, responses=MERCHANT_ERRORS)
+    def events(after: str | None = Query(default=None, description="`next` of the previous page (a durable cursor)"),
+               type: str | None = Query(default=None, description="one event type"),  # noqa: A002
+               limit: int = Query(default=100, ge=1, le=1000),
+               svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+        """Events for backends that pull: oldest first after the cursor."""
+        return svc.events(after, type, limit)
+
+    @app.post("/v1/events/{event_id}/redeliver", status_code=202, dependencies=guarded, responses=MERCHANT_ERRORS)
+    def redeliver(event_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+        """Deliver an event again to ``MERCHANT_WEBHOOK_URL`` (same event id)."""
+        return svc.redeliver(event_id)
 
     @app.get("/v1/checkouts/{checkout_id}", dependencies=guarded, responses=MERCHANT_ERRORS)
     async def get_checkout(

@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 from typing import Any, Optional
 
-from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -211,3 +211,54 @@ class IdempotencyKey(SQLModel, table=True):
     status_code: Optional[int] = None  # None while the first request is still being answered
     response_body: Optional[str] = None
     created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+def _big_id() -> Any:
+    """A 64-bit autoincrement key (SQLite's rowid is one already)."""
+    return Field(default=None, sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+                                                autoincrement=True))
+
+
+class MerchantEvent(SQLModel, table=True):
+    """An event for the merchant's backend (the outbox): written in the transaction of the change
+    it reports, delivered after. ``id`` is the durable cursor of ``GET /v1/events``; events of one
+    checkout (``subject_id``; its refunds' too) are delivered in order."""
+
+    __tablename__ = "merchant_event"
+    __table_args__ = (
+        UniqueConstraint("event_id", name="uq_merchant_event_event_id"),
+        Index("ix_merchant_event_due", "status", "next_attempt_at"),
+        Index("ix_merchant_event_subject", "subject_id", "id"),
+    )
+
+    id: Optional[int] = _big_id()
+    event_id: str = Field(max_length=40)
+    type: str = Field(max_length=40)
+    subject_id: str = Field(max_length=40)
+    refund_id: Optional[str] = Field(default=None, max_length=40)
+    payload: str
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    # pending → delivered, or failed once retries ran out (redeliver makes it pending again)
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    next_attempt_at: Optional[dt.datetime] = None
+    claim: Optional[str] = Field(default=None, max_length=40)
+    claimed_at: Optional[dt.datetime] = None
+    delivered_at: Optional[dt.datetime] = None
+    task_sent_at: Optional[dt.datetime] = None
+    last_error: Optional[str] = None
+
+
+class MerchantEventAttempt(SQLModel, table=True):
+    """One attempt to deliver an event: when, how long, what the merchant's endpoint answered."""
+
+    __tablename__ = "merchant_event_attempt"
+    __table_args__ = (Index("ix_merchant_event_attempt_event", "event_id"),)
+
+    id: Optional[int] = _big_id()
+    event_id: int = Field(sa_column=Column(BigInteger, ForeignKey("merchant_event.id"), nullable=False))
+    attempted_at: dt.datetime = Field(default_factory=utcnow)
+    outcome: str = Field(max_length=16)  # delivered | failed
+    status_code: Optional[int] = None
+    latency_ms: int = 0
+    error: Optional[str] = None

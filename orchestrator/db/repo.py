@@ -184,7 +184,9 @@ class Repo:
     def move(self, checkout_id: str, plan: Callable[[Checkout], tuple[State, dict[str, Any]] | None], *,
              reason: str, fact: str | None = None, source: str | None = None, claim: Claim | None = None,
              effect: Callable[[Session, Checkout, State], None] | None = None,
-             finish: Finished | None = None) -> tuple[Checkout, Checkout] | None:
+             finish: Finished | None = None,
+             record: Callable[[Session, Checkout, Checkout, dt.datetime], Any] | None = None,
+             ) -> tuple[Checkout, Checkout] | None:
         """Decide and write one state change in one transaction that holds the checkout's row.
 
         ``plan`` sees the row as it is now and returns the target state and the fields to set, or
@@ -192,7 +194,8 @@ class Repo:
         checkout (or, before the run's first write, the row changed since the run read it),
         ``LostClaim`` is raised and nothing is written. Returns (before, after), or None when
         nothing moved. ``effect`` writes more rows in the same transaction, and so do the run's
-        pending call outcomes (``finish``, emptied once they are committed).
+        pending call outcomes (``finish``, emptied once they are committed) and ``record`` (the
+        outbox: it sees the row before and after).
 
         (Deciding from a row read outside the writer lock and writing compare-and-set, retrying
         on a conflict, was measured too: no faster here, and more to reason about.)
@@ -210,12 +213,14 @@ class Repo:
             if decided is None:
                 s.rollback()
                 return None
-            return self._write_move(s, current, decided, now, reason, fact, source, claim, effect, finish)
+            return self._write_move(s, current, decided, now, reason, fact, source, claim, effect, finish, record)
 
     def _write_move(self, s: Session, before: Checkout, decided: tuple[State, dict[str, Any]], now: dt.datetime,
                     reason: str, fact: str | None, source: str | None, claim: Claim | None,
                     effect: Callable[[Session, Checkout, State], None] | None,
-                    finish: Finished | None) -> tuple[Checkout, Checkout] | None:
+                    finish: Finished | None,
+                    record: Callable[[Session, Checkout, Checkout, dt.datetime], Any] | None = None,
+                    ) -> tuple[Checkout, Checkout] | None:
         """Write a decided move, compare-and-set on ``before``'s version (and the run's claim); None,
         with nothing written, if the row has changed."""
         target, fields = decided
@@ -233,9 +238,12 @@ class Repo:
             reason=reason[:200], at=now))
         if effect is not None:
             effect(s, before, target)
-        self._commit(s, finish)
         # the row as written, without reading it back (a read here would open another transaction)
-        return before, Checkout.model_construct(**{**before.model_dump(), **values})
+        after = Checkout.model_construct(**{**before.model_dump(), **values})
+        if record is not None:
+            record(s, before, after, now)
+        self._commit(s, finish)
+        return before, after
 
     def note(self, checkout_id: str, *, states: Iterable[State] | None = None, claim: Claim | None = None,
              finish: Finished | None = None, **fields: Any) -> bool:

@@ -1,0 +1,67 @@
+"""The outbox: events for the merchant's backend, written in the transaction of the change they
+report, so an event exists exactly when its change was committed (none for a change rolled back,
+none lost after one committed). Delivery is ``orchestrator.delivery``'s job.
+
+An event: ``evt_…`` id, type, creation time, and the checkout (or refund) exactly as the API's
+``GET`` showed it in that transaction. Types: ``checkout.<status>`` for every change of a
+checkout's public status (``checkout.awaiting_otp``, ``checkout.authorized``,
+``checkout.completed``, ``checkout.failed``, ``checkout.cancelled``, ``checkout.expired``,
+``checkout.needs_attention``…), ``refund.processed`` and ``refund.failed``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import insert
+from sqlmodel import Session, col, select
+
+from orchestrator.core import saga
+from orchestrator.core.saga import State
+from orchestrator.db.models import Checkout, MerchantEvent, Refund, Transition
+from orchestrator.views import checkout_view, iso, refund_view
+
+CHECKOUT_EVENT_TYPES = frozenset(f"checkout.{status.lower()}" for status in saga.PUBLIC_STATUS.values())
+REFUND_EVENT_TYPES = frozenset({"refund.processed", "refund.failed"})
+EVENT_TYPES = CHECKOUT_EVENT_TYPES | REFUND_EVENT_TYPES
+
+
+def checkout_event_type(status: str) -> str:
+    return f"checkout.{status.lower()}"
+
+
+def record_checkout_change(s: Session, before: Checkout, after: Checkout, now: dt.datetime) -> str | None:
+    """In the move's transaction: an event if the public status changed (its type, or None)."""
+    status = saga.public_status(State(after.state))
+    if status == saga.public_status(State(before.state)):
+        return None
+    history = s.exec(select(Transition).where(Transition.checkout_id == after.id).order_by(col(Transition.id)))
+    refunds = s.exec(select(Refund).where(Refund.checkout_id == after.id).order_by(col(Refund.created_at)))
+    kind = checkout_event_type(status)
+    _insert(s, kind, after.id, None, checkout_view(after, list(history), list(refunds), now), now)
+    return kind
+
+
+def record_refund_change(s: Session, refund: Refund, now: dt.datetime) -> str | None:
+    """In the refund's transaction: an event if it became PROCESSED or FAILED."""
+    kind = {"PROCESSED": "refund.processed", "FAILED": "refund.failed"}.get(refund.state)
+    if kind is not None:
+        _insert(s, kind, refund.checkout_id, refund.id, refund_view(refund), now)
+    return kind
+
+
+def _insert(s: Session, kind: str, subject_id: str, refund_id: str | None, data: dict[str, Any],
+            now: dt.datetime) -> None:
+    s.connection().execute(insert(MerchantEvent.__table__).values(  # type: ignore[attr-defined]
+        event_id="evt_" + uuid.uuid4().hex, type=kind, subject_id=subject_id, refund_id=refund_id,
+        payload=json.dumps(data, separators=(",", ":")), created_at=now, status="pending", attempts=0,
+        next_attempt_at=now))
+
+
+def envelope(event: MerchantEvent) -> dict[str, Any]:
+    """An event as the merchant receives it (pushed, pulled, or as a task's argument)."""
+    return {"id": event.event_id, "type": event.type, "created_at": iso(event.created_at),
+            "data": json.loads(event.payload)}
