@@ -11,7 +11,7 @@ from typing import Any
 
 
 class Receiver:
-    def __init__(self, answers: list[int] | None = None, delay: float = 0.0):
+    def __init__(self, answers: list[int] | None = None, delay: float = 0.0, port: int = 0):
         self.answers = list(answers or [])
         self.delay = delay
         self.hits: list[dict[str, Any]] = []
@@ -34,7 +34,7 @@ class Receiver:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
