@@ -24,6 +24,8 @@ SANDBOX_WEBHOOK_SECRET = "sandbox-webhook-secret"
 # hex, as Plural hands the return-URL key over; the string is only valid in sandbox
 SANDBOX_CALLBACK_SECRET = "73616e64626f782d63616c6c6261636b2d736563726574"
 SANDBOX_API_KEY = "sandbox-api-key"
+#: the port of the Redis ``orchestrator up`` embeds, unless told otherwise
+EMBEDDED_REDIS_PORT = 6390
 # a Standard Webhooks secret (whsec_ + base64) for events to the merchant; only valid in sandbox
 SANDBOX_MERCHANT_WEBHOOK_SECRET = "whsec_c2FuZGJveC1tZXJjaGFudC13ZWJob29rLXNlY3JldA=="
 #: the sandbox's admin endpoints (config, faults, reset, clock) want this in ``X-Sandbox-Key``
@@ -251,8 +253,18 @@ class Settings(BaseSettings):
     @property
     def sqlalchemy_url(self) -> str:
         if self.database_url:
-            return self.database_url
+            url = self.database_url
+            for short in ("postgres://", "postgresql://"):  # Heroku-style and plain URLs: psycopg 3
+                if url.startswith(short):
+                    return "postgresql+psycopg://" + url[len(short):]
+            return url
         return f"sqlite:///{(self.data_dir / 'orchestrator.db').resolve()}"
+
+    @property
+    def broker_url(self) -> str:
+        """``REDIS_URL``, or the embedded Redis that ``orchestrator up`` starts on its default port
+        (so a worker or beat started on its own finds it)."""
+        return self.redis_url or f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
 
     def callback_key(self) -> bytes:
         return bytes.fromhex(self.plural_callback_secret.get_secret_value())

@@ -1,4 +1,5 @@
-"""The ``orchestrator`` command: ``up``, ``api``, ``worker``, ``beat``, ``sandbox``, ``migrate``, ``demo``."""
+"""The ``orchestrator`` command: up, api, worker, beat, sandbox, migrate, demo, chaos, status, checkout,
+retry, resolve."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import os
 import signal
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from config import ConfigurationError, load_settings
+from config.settings import EMBEDDED_REDIS_PORT
 from orchestrator.logs import configure_logging
 
 
@@ -103,6 +105,128 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repo() -> object:
+    from orchestrator.db.engine import make_engine
+    from orchestrator.db.repo import Repo
+
+    return Repo(make_engine(load_settings().sqlalchemy_url))
+
+
+def _reading(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """An operator's read of the database: a database that is not there says so, not a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            return command(args)
+        except OperationalError as exc:
+            url = load_settings().sqlalchemy_url
+            print(f"orchestrator {args.command}: cannot read the database at {url} "
+                  f"({str(exc.orig).splitlines()[0]}); start `./run.sh up` (or run `orchestrator migrate`) first, "
+                  "or set DATABASE_URL", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _status(_args: argparse.Namespace) -> int:
+    """Tables of where checkouts stand, what is overdue or stuck and why, failures, the outbox."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator import ops
+    from orchestrator.db.models import utcnow
+
+    o = ops.overview(_repo(), utcnow())  # type: ignore[arg-type]
+    out = Console()
+    table = Table(title=f"checkouts: {o['checkouts']}")
+    table.add_column("status")
+    table.add_column("count", justify="right")
+    for status, count in o["by_status"].items():
+        table.add_row(status, str(count))
+    out.print(table)
+    overdue = Table(title=f"overdue (due more than {int(ops.OVERDUE_AFTER.total_seconds())} s ago): "
+                          f"{o['overdue']['count']}")
+    for column in ("checkout", "state", "late by (s)"):
+        overdue.add_column(column)
+    for row in o["overdue"]["oldest"]:
+        overdue.add_row(row["id"], row["state"], str(row["late_seconds"]))
+    out.print(overdue)
+    stuck = Table(title=f"NEEDS_ATTENTION: {len(o['needs_attention'])}")
+    for column in ("checkout", "stuck in", "since", "reason"):
+        stuck.add_column(column)
+    for row in o["needs_attention"]:
+        stuck.add_row(row["id"], row["stuck_in"] or "-", row["since"].isoformat(timespec="seconds") if row["since"]
+                      else "-", row["reason"] or "-")
+    out.print(stuck)
+    failures = Table(title="failures in the last 24 h, by code")
+    failures.add_column("code")
+    failures.add_column("count", justify="right")
+    for row in o["failures_24h"]:
+        failures.add_row(row["code"], str(row["count"]))
+    out.print(failures)
+    ev = o["events"]
+    oldest = f", oldest pending {ev['oldest_pending_seconds']} s" if ev["oldest_pending_seconds"] is not None else ""
+    out.print(f"events to the merchant: {ev['pending']} pending, {ev['delivered']} delivered, "
+              f"{ev['failed']} failed{oldest}")
+    out.print("webhooks from Plural: " + (", ".join(f"{n} {k}" for k, n in sorted(o["webhooks"].items())) or "none"))
+    return 0
+
+
+def _checkout(args: argparse.Namespace) -> int:
+    """One checkout's history, gateway calls, webhooks, events and refunds."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator import ops
+
+    d = ops.checkout_detail(_repo(), args.checkout_id)  # type: ignore[arg-type]
+    if d is None:
+        print(f"orchestrator checkout: no checkout {args.checkout_id}", file=sys.stderr)
+        return 1
+    c = d["checkout"]
+    out = Console()
+    out.print(f"[bold]{c.id}[/bold]  {d['status']} ({c.state})  {c.amount_value} {c.currency} paise  "
+              f"{c.payment_method}{'  pre-auth' if c.pre_auth else ''}  order {c.plural_order_id or '-'}")
+    if c.error_code:
+        out.print(f"error: {c.error_code}: {c.error_message}")
+    if c.attention_reason:
+        out.print(f"attention: stuck in {c.attention_from}: {c.attention_reason}")
+    history = Table(title="history")
+    for column in ("at", "from", "to", "fact", "source", "reason"):
+        history.add_column(column)
+    for t in d["history"]:
+        history.add_row(t.at.isoformat(timespec="milliseconds"), t.from_state or "-", t.to_state, t.fact or "-",
+                        t.source or "-", t.reason)
+    out.print(history)
+    calls = Table(title="gateway calls (written ahead)")
+    for column in ("started", "step", "reference", "outcome", "ms", "detail"):
+        calls.add_column(column)
+    for a in d["attempts"]:
+        ms = str(int((a.finished_at - a.started_at).total_seconds() * 1000)) if a.finished_at else "-"
+        calls.add_row(a.started_at.isoformat(timespec="milliseconds"), a.step, a.reference or "-", a.outcome, ms,
+                      a.detail or "-")
+    out.print(calls)
+    if d["webhooks"]:
+        hooks = Table(title="webhooks from Plural")
+        for column in ("received", "type", "status", "note"):
+            hooks.add_column(column)
+        for w in d["webhooks"]:
+            hooks.add_row(w.received_at.isoformat(timespec="milliseconds"), w.event_type, w.status, w.note or "-")
+        out.print(hooks)
+    events = Table(title="events to the merchant")
+    for column in ("created", "event", "type", "delivery", "attempts (code, ms)"):
+        events.add_column(column)
+    for e in d["events"]:
+        tries = ", ".join(f"{a.status_code or a.error or '-'} {a.latency_ms}" for a in d["deliveries"][e.id])
+        events.add_row(e.created_at.isoformat(timespec="milliseconds"), e.event_id, e.type, e.status, tries or "-")
+    out.print(events)
+    for r in d["refunds"]:
+        out.print(f"refund {r.id}: {r.state} {r.amount_value} {r.currency} ({r.origin})")
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from orchestrator.stack import Stack
 
@@ -152,30 +276,55 @@ def _demo(args: argparse.Namespace) -> int:
                     checkouts=args.checkouts, timeout=args.timeout)
 
 
+DESCRIPTION = """Payment orchestration for Plural (Pine Labs): checkouts driven to a final state.
+
+Start everything on the embedded defaults with `orchestrator up`; each process can also run on its
+own (api, worker, beat, sandbox). Configuration comes from the environment (see README)."""
+
+
+class Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown with every option; descriptions kept as written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("plural-orchestrator")
+    except PackageNotFoundError:  # pragma: no cover - run from a checkout without install
+        release = "unknown"
+    parser = argparse.ArgumentParser(prog="orchestrator", description=DESCRIPTION, formatter_class=Help)
+    parser.add_argument("--version", action="version", version=f"orchestrator {release}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    real_add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:  # every command shows defaults
+        kwargs.setdefault("formatter_class", Help)
+        kwargs.setdefault("description", kwargs.get("help"))
+        return real_add(name, **kwargs)  # type: ignore[arg-type]
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     sb = sub.add_parser("sandbox", help="run the Plural sandbox gateway")
-    sb.add_argument("--host", default="127.0.0.1")
-    sb.add_argument("--port", type=int, default=8700)
+    sb.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    sb.add_argument("--port", type=int, default=8700, help="port to listen on")
     sb.add_argument("--webhook-url", default=None, help="where to post webhooks (default SANDBOX_WEBHOOK_URL)")
     sb.add_argument("--latency-ms", type=float, default=0.0, help="added latency per call")
     sb.add_argument("--error-rate", type=float, default=0.0, help="share of calls answered 500/503/429")
     sb.add_argument("--timeout-rate", type=float, default=0.0, help="share of calls handled but never answered")
-    sb.add_argument("--webhook-drop", type=float, default=0.0)
-    sb.add_argument("--webhook-duplicate", type=float, default=0.0)
-    sb.add_argument("--webhook-reorder", type=float, default=0.0)
+    sb.add_argument("--webhook-drop", type=float, default=0.0, help="share of webhooks never sent")
+    sb.add_argument("--webhook-duplicate", type=float, default=0.0, help="share of webhooks sent twice")
+    sb.add_argument("--webhook-reorder", type=float, default=0.0, help="share of webhooks held back and sent late")
     sb.add_argument("--seed", type=int, default=None, help="random seed for the faults")
     sb.set_defaults(func=_sandbox)
 
     api = sub.add_parser("api", help="run the merchant API (and webhook receiver)")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    api.add_argument("--port", type=int, default=8000, help="port to listen on")
     api.set_defaults(func=_api)
 
     worker = sub.add_parser("worker", help="run a Celery worker (thread pool, I/O bound)")
-    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument("--concurrency", type=int, default=None, help="threads (default WORKER_CONCURRENCY)")
     worker.set_defaults(func=_worker)
 
     sub.add_parser("beat", help="run Celery beat (the due-time sweep); run exactly one").set_defaults(func=_beat)
@@ -184,30 +333,36 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=_migrate)
 
     up = sub.add_parser("up", help="start everything on the embedded defaults")
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--api-port", type=int, default=8000)
-    up.add_argument("--sandbox-port", type=int, default=8700)
-    up.add_argument("--redis-port", type=int, default=6390, help="port of the embedded Redis")
+    up.add_argument("--host", default="127.0.0.1", help="interface the API and the sandbox listen on")
+    up.add_argument("--api-port", type=int, default=8000, help="port of the merchant API")
+    up.add_argument("--sandbox-port", type=int, default=8700, help="port of the sandbox gateway")
+    up.add_argument("--redis-port", type=int, default=EMBEDDED_REDIS_PORT, help="port of the embedded Redis")
     up.set_defaults(func=_up)
+
+    sub.add_parser("status", help="where checkouts stand: by status, overdue, NEEDS_ATTENTION, failures, "
+                                  "the event backlog").set_defaults(func=_reading(_status))
+    one = sub.add_parser("checkout", help="one checkout's history, gateway calls, webhooks, events and refunds")
+    one.add_argument("checkout_id", help="the checkout (chk_…)")
+    one.set_defaults(func=_reading(_checkout))
 
     for action in ("retry", "resolve"):
         op = sub.add_parser(action, help=f"{action} a checkout that NEEDS_ATTENTION (recorded in its history)")
-        op.add_argument("checkout_id")
+        op.add_argument("checkout_id", help="the checkout (chk_…)")
         if action == "resolve":
             op.add_argument("--as", dest="outcome", required=True, choices=["COMPLETED", "CANCELLED", "FAILED"])
         op.add_argument("--operator", default=os.environ.get("USER", "operator"), help="who decides (for the history)")
         op.set_defaults(func=_operator, action=action)
 
     chaos = sub.add_parser("chaos", help="real processes under faults, then the invariants")
-    chaos.add_argument("--checkouts", type=int, default=200)
-    chaos.add_argument("--seed", type=int, default=1)
+    chaos.add_argument("--checkouts", type=int, default=200, help="checkouts to drive")
+    chaos.add_argument("--seed", type=int, default=1, help="random seed of the faults")
     chaos.add_argument("--period", type=float, default=3.0, help="seconds between faults, on average")
     chaos.set_defaults(func=lambda a: __import__("orchestrator.chaos", fromlist=["main"]).main(
         a.checkouts, a.seed, a.period))
 
     demo = sub.add_parser("demo", help="drive checkouts of every kind through a running stack")
-    demo.add_argument("--checkouts", type=int, default=20)
-    demo.add_argument("--api-url", default="http://127.0.0.1:8000")
+    demo.add_argument("--checkouts", type=int, default=20, help="checkouts to drive")
+    demo.add_argument("--api-url", default="http://127.0.0.1:8000", help="the running stack's API")
     demo.add_argument("--api-key", default=None, help="default ORCHESTRATOR_API_KEY")
     demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all to finish")
     demo.set_defaults(func=_demo)

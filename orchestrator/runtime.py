@@ -17,17 +17,10 @@ from orchestrator.steps import Deps
 from orchestrator.vault import Vault
 
 
-class RedisNotConfigured(RuntimeError):
-    pass
-
-
 def redis_client(settings: Settings) -> Any:
     import redis
 
-    if not settings.redis_url:
-        raise RedisNotConfigured("REDIS_URL is not set: `orchestrator up` starts an embedded Redis and sets it; "
-                                 "otherwise point REDIS_URL at a Redis server")
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
+    return redis.Redis.from_url(settings.broker_url, socket_timeout=10, socket_connect_timeout=5,
                                 health_check_interval=30)
 
 

@@ -103,3 +103,30 @@ def test_the_merchant_webhook_secret_must_be_a_standard_webhooks_secret():
     with pytest.raises(ConfigurationError) as err:
         load_settings(merchant_webhook_secret="not base64 !")
     assert "MERCHANT_WEBHOOK_SECRET" in str(err.value) or "merchant_webhook_secret" in str(err.value)
+
+
+def test_heroku_style_postgres_urls_are_understood():
+    s = Settings(database_url="postgres://u:p@db.example:5432/shop")
+    assert s.sqlalchemy_url == "postgresql+psycopg://u:p@db.example:5432/shop"
+    from orchestrator.db.engine import make_engine
+
+    assert make_engine("postgres://u:p@db.example:5432/shop").dialect.name == "postgresql"
+
+
+def test_a_worker_on_its_own_finds_the_embedded_redis_of_up():
+    from config.settings import EMBEDDED_REDIS_PORT
+
+    assert Settings(redis_url=None).broker_url == f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
+    assert Settings(redis_url="redis://cache:6379/2").broker_url == "redis://cache:6379/2"
+
+
+def test_the_command_has_a_version_and_shows_its_defaults(capsys):
+    from orchestrator.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert capsys.readouterr().out.startswith("orchestrator ")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["up", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 6390)" in out and ":param" not in out and "``" not in out

@@ -18,7 +18,7 @@ from config import get_settings
 
 
 def make_celery(settings: Any) -> Celery:
-    broker = settings.redis_url or "redis://127.0.0.1:6379/0"
+    broker = settings.broker_url
     app = Celery("orchestrator", broker=broker, include=["tasks"])
     app.conf.update(
         task_acks_late=True,

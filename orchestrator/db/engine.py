@@ -84,8 +84,9 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
         event.listen(engine, "rollback", _ending("ROLLBACK"))
 
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    for short in ("postgres://", "postgresql://"):  # Heroku-style and plain URLs: psycopg 3
+        if url.startswith(short):
+            url = "postgresql+psycopg://" + url[len(short):]
     return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20, **kwargs)
 
 

@@ -1,0 +1,94 @@
+"""What an operator asks: where do checkouts stand, what is stuck and why, what happened to one.
+
+Plain reads returning plain data; ``orchestrator status`` and ``orchestrator checkout`` print them
+(``orchestrator/cli.py``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from orchestrator.core import saga
+from orchestrator.core.saga import State
+from orchestrator.db.models import (Checkout, MerchantEvent, MerchantEventAttempt, Refund, StepAttempt, Transition,
+                                    WebhookEvent)
+from orchestrator.db.repo import Repo
+
+#: a due time this far in the past means nobody is driving the checkout (the sweep runs every few seconds)
+OVERDUE_AFTER = dt.timedelta(seconds=60)
+FINALS = [s.value for s in saga.FINAL]
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def overview(repo: Repo, now: dt.datetime, limit: int = 20) -> dict[str, Any]:
+    with repo.read_session() as s:
+        by_state = dict(s.exec(select(Checkout.state, func.count()).group_by(Checkout.state)).all())
+        by_method = dict(s.exec(select(Checkout.payment_method, func.count()).group_by(Checkout.payment_method)).all())
+        late = (col(Checkout.next_due_at) < now - OVERDUE_AFTER) & col(Checkout.state).not_in(FINALS)
+        overdue_count = s.exec(select(func.count()).select_from(Checkout).where(late)).one()
+        overdue = s.exec(select(Checkout.id, Checkout.state, Checkout.next_due_at).where(late)
+                         .order_by(col(Checkout.next_due_at)).limit(limit)).all()
+        attention = s.exec(select(Checkout.id, Checkout.attention_from, Checkout.attention_reason, Checkout.updated_at)
+                           .where(Checkout.state == State.NEEDS_ATTENTION.value)
+                           .order_by(col(Checkout.updated_at)).limit(limit)).all()
+        since = now - dt.timedelta(hours=24)
+        failures = s.exec(select(Checkout.error_code, func.count()).where(
+            Checkout.state == State.FAILED.value, col(Checkout.updated_at) >= since).group_by(Checkout.error_code)
+            .order_by(func.count().desc())).all()
+        events = dict(s.exec(select(MerchantEvent.status, func.count()).group_by(MerchantEvent.status)).all())
+        oldest_event = s.exec(select(func.min(MerchantEvent.created_at)).where(MerchantEvent.status == "pending")).one()
+        webhooks = dict(s.exec(select(WebhookEvent.status, func.count()).group_by(WebhookEvent.status)).all())
+    by_status: dict[str, int] = {}
+    for state, count in by_state.items():
+        public = saga.public_status(State(state))
+        by_status[public] = by_status.get(public, 0) + count
+    oldest = _aware(oldest_event)
+    return {
+        "checkouts": sum(by_state.values()),
+        "by_status": dict(sorted(by_status.items(), key=lambda kv: -kv[1])),
+        "by_method": by_method,
+        "overdue": {"count": overdue_count, "oldest": [
+            {"id": i, "state": st, "late_seconds": round((now - _aware(due)).total_seconds())}  # type: ignore[operator]
+            for i, st, due in overdue]},
+        "needs_attention": [{"id": i, "stuck_in": f, "reason": r, "since": _aware(u)} for i, f, r, u in attention],
+        "failures_24h": [{"code": code or "-", "count": n} for code, n in failures],
+        "events": {"pending": events.get("pending", 0), "delivered": events.get("delivered", 0),
+                   "failed": events.get("failed", 0),
+                   "oldest_pending_seconds": round((now - oldest).total_seconds()) if oldest else None},
+        "webhooks": webhooks,
+    }
+
+
+def checkout_detail(repo: Repo, checkout_id: str) -> dict[str, Any] | None:
+    """One checkout: its row, history, gateway calls, events (with their attempts) and refunds."""
+    with repo.read_session() as s:
+        row = s.get(Checkout, checkout_id)
+        if row is None:
+            return None
+        history = list(s.exec(select(Transition).where(Transition.checkout_id == checkout_id)
+                              .order_by(col(Transition.id))))
+        attempts = list(s.exec(select(StepAttempt).where(StepAttempt.checkout_id == checkout_id)
+                               .order_by(col(StepAttempt.id))))
+        events = list(s.exec(select(MerchantEvent).where(MerchantEvent.subject_id == checkout_id)
+                             .order_by(col(MerchantEvent.id))))
+        deliveries = {e.id: list(s.exec(select(MerchantEventAttempt).where(MerchantEventAttempt.event_id == e.id)
+                                         .order_by(col(MerchantEventAttempt.id)))) for e in events}
+        refunds = list(s.exec(select(Refund).where(Refund.checkout_id == checkout_id)
+                              .order_by(col(Refund.created_at))))
+        webhooks = list(s.exec(select(WebhookEvent).where(WebhookEvent.order_id == row.plural_order_id)
+                               .order_by(col(WebhookEvent.id)))) if row.plural_order_id else []
+    return {"checkout": row, "history": history, "attempts": attempts, "events": events, "deliveries": deliveries,
+            "refunds": refunds, "webhooks": webhooks,
+            "status": saga.public_status(State(row.state)),
+            "event_types": [e.type for e in events],
+            "last_event": json.loads(events[-1].payload) if events else None}
