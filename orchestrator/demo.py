@@ -128,6 +128,13 @@ KINDS: list[tuple[str, Callable[[OrchestratorClient], str | tuple[str, dict | No
 
 def run_demo(api_url: str, api_key: str, checkouts: int, timeout: float = 120.0) -> int:
     console = Console()
+    api = OrchestratorClient(api_url, api_key, retries=0)
+    try:
+        api.session.get(f"{api.base_url}/health", timeout=3).raise_for_status()
+    except Exception as exc:  # nothing to drive: say what to do instead of a table of errors
+        console.print(f"[bold red]no orchestrator answers at {api_url}[/bold red] ({type(exc).__name__}): "
+                      "start it first with `./run.sh up` (in another terminal), or pass --api-url")
+        return 2
     api = OrchestratorClient(api_url, api_key)
     outcomes: list[Outcome] = []
 

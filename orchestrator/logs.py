@@ -116,7 +116,10 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, force: bool = F
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("urllib3", "httpx", "httpcore", "alembic"):
+    # Celery's per-task lines ("received", "succeeded", beat's "Sending due task") say every few
+    # seconds that an idle sweep ran; our own events say what a task did, and only when it did
+    for noisy in ("urllib3", "httpx", "httpcore", "alembic", "celery.app.trace", "celery.worker.strategy",
+                  "celery.beat"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _configured = True
 
