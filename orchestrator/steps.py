@@ -739,4 +739,21 @@ def _run_claimed(d: Deps, step: Step, owned: Run, c: Checkout) -> None:
                        f"no progress in {c.state} for {d.settings.step_max_age_seconds:g} s", run=owned)
         return
     log.info("saga.step.start", step=step.value, state=state.value)
-    STEPS[step](d, owned, c)
+    try:
+        STEPS[step](d, owned, c)
+    except errors.NotFound as exc:
+        _order_unknown(d, owned, c, step, exc)
+
+
+def _order_unknown(d: Deps, run: Run, c: Checkout, step: Step, exc: errors.NotFound) -> None:
+    """Plural answers that it does not know the checkout's order: nothing a retry can change, so
+    the checkout is resolved (a person looks; it is still reconciled now and then), not looped."""
+    reason = f"Plural does not know order {c.plural_order_id} ({step.value}: {exc.code})"
+    log.error("saga.order_unknown", step=step.value, error=text(exc))
+    if State(c.state) is State.NEEDS_ATTENTION:
+        d.repo.note(c.id, states={State.NEEDS_ATTENTION}, claim=run.claim, finish=run.finished,
+                    next_due_at=d.engine.due_for(c, State.NEEDS_ATTENTION, {}), attention_reason=reason[:500])
+        return
+    if d.engine.apply(c.id, Fact.GAVE_UP, Source.TIMER, reason, run=run,
+                      fields={"error_code": "ORDER_NOT_FOUND", "error_message": text(reason)}) is None:
+        retry_later(d, run, c, step, exc)

@@ -433,3 +433,26 @@ def test_a_chain_stops_where_another_run_took_the_checkout(harness, monkeypatch)
     dispatch.run(h.deps, Step.CREATE_ORDER, c.id, "t")
     assert h.state(c.id) == "ORDER_CREATED"
     assert [a.task_id for a in h.deps.repo.attempts(c.id, Step.CARD_DETAILS.value)] == ["rival"]
+
+
+def test_an_order_plural_does_not_know_is_resolved_not_looped(harness, monkeypatch):
+    """Get Order answering 404 for our order (a gateway that lost it) is nothing a retry can
+    change: the checkout NEEDS_ATTENTION with ORDER_NOT_FOUND, and polling it later raises nothing."""
+    from orchestrator import dispatch
+    from orchestrator.core.saga import Step
+    from orchestrator.plural import errors
+
+    h = harness
+    c = checkout(h)
+    assert c.state == "AWAITING_OTP"
+
+    def unknown(order_id, *_a, **_k):
+        raise errors.NotFound(f"no order {order_id}", status=404, code="ORDER_NOT_FOUND")
+
+    monkeypatch.setattr(h.deps.plural, "get_order", unknown)
+    dispatch.run(h.deps, Step.POLL_ORDER, c.id, "t")
+    row = h.deps.repo.get(c.id)
+    assert row.state == "NEEDS_ATTENTION" and row.error_code == "ORDER_NOT_FOUND"
+    assert "does not know order" in row.attention_reason
+    dispatch.run(h.deps, Step.POLL_ORDER, c.id, "t2")  # the attention poll: no exception, still visible
+    assert h.state(c.id) == "NEEDS_ATTENTION"
