@@ -31,7 +31,9 @@ def _sandbox(args: argparse.Namespace) -> int:
         webhook_drop=args.webhook_drop, webhook_duplicate=args.webhook_duplicate,
         webhook_reorder=args.webhook_reorder, seed=args.seed,
     )
-    app = app_from_settings(settings, host=args.host, port=args.port, faults=faults, webhook_url=args.webhook_url)
+    # like Plural, the sandbox does not forget: its orders live in DATA_DIR across restarts
+    app = app_from_settings(settings, host=args.host, port=args.port, faults=faults, webhook_url=args.webhook_url,
+                            state_file=None if args.forget else settings.data_dir / "sandbox-state.pickle")
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False, timeout_keep_alive=75,
                 backlog=4096)
     return 0
@@ -316,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--webhook-duplicate", type=float, default=0.0, help="share of webhooks sent twice")
     sb.add_argument("--webhook-reorder", type=float, default=0.0, help="share of webhooks held back and sent late")
     sb.add_argument("--seed", type=int, default=None, help="random seed for the faults")
+    sb.add_argument("--forget", action="store_true", help="keep nothing across restarts (DATA_DIR/sandbox-state.pickle)")
     sb.set_defaults(func=_sandbox)
 
     api = sub.add_parser("api", help="run the merchant API (and webhook receiver)")

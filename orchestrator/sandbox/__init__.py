@@ -9,7 +9,7 @@ from orchestrator.sandbox.faults import Faults
 
 
 def app_from_settings(settings: Any, *, port: int, host: str = "127.0.0.1", faults: Faults | None = None,
-                      webhook_url: str | None = None) -> Any:
+                      webhook_url: str | None = None, state_file: Any = None) -> Any:
     """The sandbox app wired from ``config.Settings`` (credentials, secrets, OTP rules)."""
     from orchestrator.sandbox.app import create_app
     from orchestrator.sandbox.gateway import SandboxConfig
@@ -34,4 +34,5 @@ def app_from_settings(settings: Any, *, port: int, host: str = "127.0.0.1", faul
         offers=book,
     )
     return create_app(config, faults=faults, webhook_url=webhook_url or settings.sandbox_webhook_url,
-                      webhook_key=settings.webhook_key(), admin_key=settings.sandbox_admin_key.get_secret_value())
+                      webhook_key=settings.webhook_key(), admin_key=settings.sandbox_admin_key.get_secret_value(),
+                      state_file=state_file)

@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import html
 import json
+import os
+import threading
 import re
 import secrets
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs
 
@@ -80,17 +83,65 @@ async def _idempotency_key(request: Request) -> tuple[str, ...] | None:
     return ("payment", order_call.group(1), str(reference)) if reference else None
 
 
+class StateKeeper:
+    """Saves the gateway's durable state to a file when it changed (atomically), and restores it."""
+
+    def __init__(self, gateway: Gateway, path: Path, every: float = 1.0):
+        self.gateway, self.path, self.every = gateway, Path(path), every
+        self.saved = b""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.path.exists():
+            self.saved = self.path.read_bytes()
+            gateway.restore(self.saved)
+
+    def save(self) -> None:
+        blob = self.gateway.snapshot()
+        if blob == self.saved:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        partial.write_bytes(blob)
+        os.replace(partial, self.path)
+        self.saved = blob
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.save()
+            except Exception as exc:  # a full disk must not stop the gateway
+                log.warning("sandbox.state_not_saved", error=type(exc).__name__)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sandbox-state", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.save()
+
+
 def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = None, webhook_url: str | None = None,
                webhook_key: bytes = b"sandbox-webhook-secret", webhook_retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0),
-               admin_key: str = "sandbox-admin-key") -> FastAPI:
+               admin_key: str = "sandbox-admin-key", state_file: Path | None = None) -> FastAPI:
+    """``state_file``: where the sandbox keeps its orders, payments and ledger across restarts
+    (saved within a second of a change, and at shutdown; restored at start)."""
     config = config or SandboxConfig()
     faults = faults or Faults()
     sender = WebhookSender(webhook_url, webhook_key, faults, retry_delays=webhook_retry_delays)
     gateway = Gateway(config, emit=sender.send)
+    keeper = StateKeeper(gateway, state_file) if state_file is not None else None
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if keeper is not None:
+            keeper.start()
         yield
         sender.close()
+        if keeper is not None:
+            keeper.stop()
 
     app = FastAPI(title="Plural sandbox gateway", version="1", docs_url="/sandbox/docs",
                   openapi_url="/sandbox/openapi.json", lifespan=lifespan)

@@ -154,6 +154,26 @@ class Gateway:
             self.tokens: dict[str, float] = {}
             self.ledger: list[dict[str, Any]] = []
 
+    #: what the sandbox remembers across restarts (like Plural, it does not forget an order)
+    DURABLE = ("orders", "by_reference", "payments", "payment_refs", "payment_errors", "capture_refs", "refund_refs",
+               "ledger")
+
+    def snapshot(self) -> bytes:
+        """The durable state, serialized (under the lock: a consistent moment)."""
+        import pickle
+
+        with self.lock:
+            return pickle.dumps({name: getattr(self, name) for name in self.DURABLE}, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, blob: bytes) -> None:
+        import pickle
+
+        state = pickle.loads(blob)  # noqa: S301 - our own file in DATA_DIR, written by snapshot()
+        with self.lock:
+            for name in self.DURABLE:
+                if name in state:
+                    setattr(self, name, state[name])
+
     # --- helpers ------------------------------------------------------------------------
 
     def now_iso(self) -> str:

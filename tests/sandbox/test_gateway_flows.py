@@ -414,3 +414,33 @@ def test_the_sandbox_controls_need_the_admin_key(sandbox, method, path):
 
     answer = _plain_request(plain.Session(), method, sandbox.url + path, json={}, timeout=5)
     assert answer.status_code == 401 and answer.json()["code"] == "UNAUTHORIZED"
+
+
+def test_the_sandbox_remembers_its_orders_across_a_restart(tmp_path):
+    """Like Plural, the sandbox does not forget: an order made before a restart is still there."""
+    from fastapi.testclient import TestClient
+
+    from config import Settings
+    from orchestrator.sandbox import app_from_settings
+
+    settings = Settings()
+    state = tmp_path / "sandbox-state.pickle"
+
+    def token(client: TestClient) -> dict[str, str]:
+        answer = client.post("/api/auth/v1/token", json={
+            "client_id": settings.plural_client_id, "client_secret": settings.plural_client_secret.get_secret_value(),
+            "grant_type": "client_credentials"})
+        return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+    with TestClient(app_from_settings(settings, port=8700, state_file=state)) as client:
+        made = client.post("/api/pay/v1/orders", headers=token(client), json={
+            "merchant_order_reference": "remember-me", "order_amount": {"value": 1100, "currency": "INR"},
+            "pre_auth": False})
+        assert made.status_code == 200, made.text
+        order_id = made.json()["data"]["order_id"]
+    assert state.exists()
+    with TestClient(app_from_settings(settings, port=8700, state_file=state)) as client:
+        again = client.get(f"/api/pay/v1/orders/{order_id}", headers=token(client))
+        assert again.status_code == 200 and again.json()["data"]["merchant_order_reference"] == "remember-me"
+    with TestClient(app_from_settings(settings, port=8700)) as client:  # without a state file: nothing kept
+        assert client.get(f"/api/pay/v1/orders/{order_id}", headers=token(client)).status_code == 404
