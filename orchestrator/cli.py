@@ -243,8 +243,28 @@ def _up(args: argparse.Namespace) -> int:
         stop["now"] = True
 
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)  # the terminal closed: stop everything, as for Ctrl-C
+    from orchestrator.redis_server import port_in_use
+
+    wanted = [(args.api_port, "--api-port")]
+    if stack.with_sandbox:
+        wanted.append((args.sandbox_port, "--sandbox-port"))
+    if settings.redis_url is None:
+        wanted.append((args.redis_port, "--redis-port"))
+    busy = [(port, flag) for port, flag in wanted if port_in_use(port, args.host if flag != "--redis-port" else
+                                                                  "127.0.0.1")]
+    if busy:
+        for port, flag in busy:
+            print(f"orchestrator up: port {port} is in use (another `orchestrator up` still running?); stop it, "
+                  f"or choose another port with {flag}", file=sys.stderr)
+        return 1
     try:
-        stack.start()
+        try:
+            stack.start()
+        except Exception as exc:  # a child that would not start: say which, stop the rest, fail
+            print(f"orchestrator up: {exc}; stopping everything", file=sys.stderr, flush=True)
+            failed = True
+            return 1
         lines = [
             f"redis    {stack.redis_url}" + (" (embedded)" if stack.redis else ""),
             f"database {settings.sqlalchemy_url}",

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def redis_server_binary() -> str:
@@ -50,7 +53,8 @@ class EmbeddedRedis:
         else:
             args += ["--appendonly", "no"]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=dies_with_parent())
         deadline = time.time() + timeout
         import redis
 
@@ -75,6 +79,35 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+
+def dies_with_parent() -> Any:
+    """A ``preexec_fn`` (Linux) that has the kernel send the child SIGTERM when the thread that
+    started it dies, however it dies (SIGKILL, a closed terminal): no orphans left on the ports.
+    Only for children started by the main thread (a worker thread's exit would end them)."""
+    import threading
+
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+
+    def preexec() -> None:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return preexec
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,19 @@ from typing import IO, Any
 
 import requests
 
-from orchestrator.redis_server import EmbeddedRedis, env_with
+from orchestrator.redis_server import EmbeddedRedis, dies_with_parent, env_with
+
+LABEL_WIDTH = 7
+
+
+def _label(name: str, stream: IO[bytes] | None) -> None:
+    """Copy a child's output to ours, each line prefixed with the child's name."""
+    if stream is None:
+        return
+    prefix = f"{name:<{LABEL_WIDTH}}| ".encode()
+    for line in iter(stream.readline, b""):
+        sys.stdout.buffer.write(prefix + line)
+        sys.stdout.buffer.flush()
 
 
 @dataclass
@@ -96,7 +109,7 @@ class Stack:
     def spawn(self, name: str, *, command: str | None = None, env: dict[str, str] | None = None
               ) -> subprocess.Popen[bytes]:
         """Start one process; ``command`` and ``env`` let a test add a second beat or worker."""
-        out: Any = None
+        out: Any = subprocess.PIPE  # the terminal: each line labelled with its process
         if self.log_dir:
             handle = open(Path(self.log_dir) / f"{name}.log", "ab")
             self._logs.append(handle)
@@ -104,7 +117,9 @@ class Stack:
         if command is None and name in self.commands:
             command, env = self.commands[name]
         proc = subprocess.Popen(self.command(command or name), env={**self.child_env(), **(env or {})}, stdout=out,
-                                stderr=subprocess.STDOUT if out else None, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=dies_with_parent())
+        if out is subprocess.PIPE:
+            threading.Thread(target=_label, args=(name, proc.stdout), name=f"log-{name}", daemon=True).start()
         self.processes[name] = proc
         self.commands[name] = (command or name, env)
         return proc

@@ -211,21 +211,28 @@ def test_no_card_number_or_cvv_in_any_log_or_the_database(stack):
     assert OTP_CARD.encode() not in db and ACS_CARD.encode() not in db
 
 
-def test_orchestrator_up_runs_the_whole_stack_and_stops_on_ctrl_c(tmp_path):
-    ports = {"api": free_port(), "sandbox": free_port(), "redis": free_port()}
-    env = {**os.environ, "DATA_DIR": str(tmp_path / "var"), **E2E_ENV}
+def start_up(tmp_path: Path, ports: dict[str, int]) -> tuple[subprocess.Popen[bytes], list[bytes]]:
+    """``orchestrator up`` as a user runs it; its output is read into a list as it comes."""
+    import threading
+
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "var"), **E2E_ENV, "LOG_FORMAT": "console"}
     env.pop("REDIS_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "up", "--api-port", str(ports["api"]),
                              "--sandbox-port", str(ports["sandbox"]), "--redis-port", str(ports["redis"])],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    lines: list[bytes] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")), daemon=True).start()
+    deadline = time.time() + 60
+    while not any(b"Ctrl-C" in line for line in lines) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    return proc, lines
+
+
+def test_orchestrator_up_runs_the_whole_stack_labels_each_line_and_stops_on_ctrl_c(tmp_path):
+    ports = {"api": free_port(), "sandbox": free_port(), "redis": free_port()}
+    proc, lines = start_up(tmp_path, ports)
     try:
-        banner = b""
-        deadline = time.time() + 60
-        while b"Ctrl-C" not in banner and time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            banner += line
+        banner = b"".join(lines)
         assert b"(embedded)" in banner and f"127.0.0.1:{ports['api']}".encode() in banner
         from config import Settings
 
@@ -233,11 +240,44 @@ def test_orchestrator_up_runs_the_whole_stack_and_stops_on_ctrl_c(tmp_path):
         c = new(api)
         api.submit_otp(c["id"], "123456")
         assert api.wait(c["id"], timeout=30)["status"] == "COMPLETED"
+        labels = {line.split(b"|", 1)[0].strip() for line in lines if b"|" in line[:10]}
+        assert {b"api", b"worker"} <= labels, labels
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(30) == 0
     with pytest.raises(requests.RequestException):
         requests.get(f"http://127.0.0.1:{ports['api']}/health", timeout=1)
+
+
+def test_up_killed_outright_takes_its_children_with_it_and_a_second_up_names_a_busy_port(tmp_path):
+    from orchestrator.redis_server import port_in_use
+
+    ports = {"api": free_port(), "sandbox": free_port(), "redis": free_port()}
+    proc, _lines = start_up(tmp_path, ports)
+    requests.get(f"http://127.0.0.1:{ports['api']}/health", timeout=5).raise_for_status()
+    holder = __import__("socket").socket()
+    try:
+        os.kill(proc.pid, signal.SIGKILL)  # only `up` itself: its children must not outlive it
+        proc.wait(10)
+        deadline = time.time() + 30
+        while any(port_in_use(p) for p in ports.values()) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not [name for name, p in ports.items() if port_in_use(p)]
+        holder.bind(("127.0.0.1", ports["api"]))
+        holder.listen()
+        second = subprocess.run([sys.executable, "-m", "orchestrator.cli", "up", "--api-port", str(ports["api"]),
+                                 "--sandbox-port", str(ports["sandbox"]), "--redis-port", str(ports["redis"])],
+                                env={**os.environ, "DATA_DIR": str(tmp_path / "var2")}, capture_output=True,
+                                timeout=30)
+        assert second.returncode != 0
+        assert b"--api-port" in second.stderr and str(ports["api"]).encode() in second.stderr
+        assert b"listening" not in second.stdout and b"Ctrl-C" not in second.stdout
+    finally:
+        holder.close()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_a_webhook_lost_entirely_is_settled_by_polling(api, stack):
