@@ -30,6 +30,7 @@ from sqlalchemy import and_, exists, insert, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
+from orchestrator import metrics
 from orchestrator.db.models import MerchantEvent, MerchantEventAttempt
 from orchestrator.db.repo import Repo
 from orchestrator.logs import get_logger, mask_text
@@ -130,6 +131,7 @@ def record(repo: Repo, event: MerchantEvent, result: Result, now: dt.datetime, r
                                .values(**values))
         s.commit()
     status = values.get("status", "pending")
+    metrics.EVENT_ATTEMPTS.labels(result.outcome).inc()
     log.info("event.delivery", event_id=event.event_id, type=event.type, outcome=result.outcome,
              status_code=result.status_code, latency_ms=result.latency_ms, attempts=attempts, now=status)
     return status

@@ -69,6 +69,18 @@ def overview(repo: Repo, now: dt.datetime, limit: int = 20) -> dict[str, Any]:
     }
 
 
+def by_status_and_method(repo: Repo) -> dict[tuple[str, str], int]:
+    """Checkouts counted by public status and payment method."""
+    with repo.read_session() as s:
+        rows = s.exec(select(Checkout.state, Checkout.payment_method, func.count())
+                      .group_by(Checkout.state, Checkout.payment_method)).all()
+    counts: dict[tuple[str, str], int] = {}
+    for state, method, count in rows:
+        key = (saga.public_status(State(state)), method)
+        counts[key] = counts.get(key, 0) + count
+    return counts
+
+
 def checkout_detail(repo: Repo, checkout_id: str) -> dict[str, Any] | None:
     """One checkout: its row, history, gateway calls, events (with their attempts) and refunds."""
     with repo.read_session() as s:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from config import Settings, get_settings
+from orchestrator import metrics
 from orchestrator.changes import Announce, redis_announcer, silent
 from orchestrator.delivery import redis_kick as delivery_kick
 from orchestrator.core.saga import Step
@@ -102,7 +103,7 @@ def get_runtime() -> Runtime:
                 repo=Repo(make_engine(settings.sqlalchemy_url)),
                 redis=redis,
                 vault=Vault(redis, settings.card_encryption_key.get_secret_value()),
-                plural=PluralClient.from_settings(settings, redis=redis),
+                plural=PluralClient.from_settings(settings, redis=redis, observe=metrics.observe_gateway),
                 enqueue=celery_enqueue(app),
                 announce=redis_announcer(redis),
                 kick_events=delivery_kick(redis, lambda: app.send_task("tasks.deliver_events", queue="events")),

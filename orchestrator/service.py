@@ -12,6 +12,7 @@ from typing import Annotated, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
+from orchestrator import metrics
 from orchestrator.changes import Announce, silent
 from orchestrator.core import emi, saga
 from orchestrator.core.cards import digits_only, expiry_in_future, luhn_ok, network_of
@@ -279,6 +280,7 @@ class CheckoutService:
         if not created:  # a concurrent request with the same reference won the race
             self.vault.drop_card(checkout_id)
             return self._same_or_conflict(saved, req), False
+        metrics.CHECKOUTS_CREATED.labels(saved.payment_method).inc()
         log.info("checkout.created", saga_id=saved.id, amount=saved.amount_value, currency=saved.currency,
                  pre_auth=saved.pre_auth, payment_method=saved.payment_method)
         step = saga.next_step(start)

@@ -66,6 +66,8 @@ class Stack:
             "REDIS_URL": self.redis_url,
             "PUBLIC_BASE_URL": self.api_url,
             "PYTHONUNBUFFERED": "1",
+            # every process counts into its own file here; the API's /metrics adds them up
+            "PROMETHEUS_MULTIPROC_DIR": str(self.data_dir / "metrics"),
         }
         if self.with_sandbox:
             values.update({
@@ -86,6 +88,10 @@ class Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.log_dir:
             Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+        import shutil
+
+        shutil.rmtree(self.data_dir / "metrics", ignore_errors=True)  # counts of an earlier run
+        (self.data_dir / "metrics").mkdir()
         if self.redis_url is None:
             log = Path(self.log_dir) / "redis.log" if self.log_dir else None
             self.redis = EmbeddedRedis(self.redis_port, self.data_dir / "redis", log_file=log)

@@ -18,11 +18,13 @@ Rules every step follows:
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import structlog
 
+from orchestrator import metrics
 from orchestrator.changes import Announce, silent
 from orchestrator.core import emi, saga
 from orchestrator.core.saga import Fact, Source, State, Step
@@ -703,10 +705,12 @@ def _run_once(d: Deps, step: Step, c: Checkout, entered_at: dt.datetime | None, 
     owned = Run(c.id, Claim(c.version, d.settings.run_lease_seconds), task_id, State(c.state), attempts,
                 entered_at, chained=chained)
     structlog.contextvars.bind_contextvars(saga_id=c.id, order_id=c.plural_order_id)
+    started = time.perf_counter()
     try:
         _run_claimed(d, step, owned, c)
     except LostClaim:
         log.warning("saga.claim.lost", step=step.value)
+        metrics.CLAIMS_LOST.labels(step.value).inc()
         owned.then = None
     except BaseException:
         if owned.then is not None:  # the next step was not sent: send it now
@@ -720,6 +724,7 @@ def _run_once(d: Deps, step: Step, c: Checkout, entered_at: dt.datetime | None, 
             row = d.repo.release(Checkout, c.id, token, finish=owned.finished)
             if row is not None:
                 d.engine.wake(row, owned)
+        metrics.STEP_SECONDS.labels(step.value).observe(time.perf_counter() - started)
     return owned
 
 

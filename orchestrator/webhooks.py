@@ -27,6 +27,7 @@ from sqlalchemy import and_, bindparam, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from orchestrator import metrics
 from orchestrator.core.saga import Source
 from orchestrator.db.models import Checkout, Refund, WebhookEvent
 from orchestrator.db.repo import insert_skipping
@@ -71,6 +72,7 @@ def parse_delivery(key: bytes, body: bytes, headers: dict[str, str], now: dt.dat
     try:
         verify_webhook(key, body, headers)
     except SignatureError as exc:
+        metrics.WEBHOOKS.labels("bad_signature").inc()
         raise WebhookRejected(401, "INVALID_SIGNATURE", str(exc)) from None
     try:
         payload = json.loads(body)
@@ -102,6 +104,7 @@ def store(d: Deps, rows: list[WebhookEvent]) -> list[bool]:
         stored = {webhook_id: event_id for event_id, webhook_id in s.connection().execute(statement, values)}
         s.commit()
     for row in rows:
+        metrics.WEBHOOKS.labels("stored" if row.webhook_id in stored and row.id is None else "duplicate").inc()
         if row.webhook_id in stored and row.id is None:
             row.id = stored.pop(row.webhook_id)
             if row.event_type not in ORDER_EVENTS | REFUND_EVENTS:

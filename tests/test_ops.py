@@ -54,3 +54,25 @@ def test_an_unreachable_database_is_named_not_a_traceback(tmp_path, monkeypatch,
     assert cli.main(["status"]) == 1
     err = capsys.readouterr().err
     assert "cannot read the database" in err and "./run.sh up" in err and "Traceback" not in err
+
+
+def test_metrics_show_the_store_and_what_the_process_counted(harness):
+    from orchestrator import metrics
+
+    h = harness
+    c = completed(h)
+    text, kind = metrics.render(h.deps.repo, h.clock)
+    text = text.decode()
+    assert kind.startswith("text/plain")
+    assert 'orchestrator_checkouts{method="CARD",status="COMPLETED"} 1.0' in text
+    assert 'orchestrator_events{status="pending"} 3.0' in text
+    assert 'orchestrator_step_seconds_count{step="create_order"}' in text
+    assert "orchestrator_overdue_checkouts 0.0" in text
+    assert c.id not in text  # no per-checkout labels
+
+
+def test_gateway_endpoints_are_labelled_without_ids():
+    from orchestrator.metrics import endpoint
+
+    assert endpoint("POST", "/api/pay/v1/orders/v1-2611-aa-Xy9/payments") == "POST /api/pay/v1/orders/{id}/payments"
+    assert endpoint("GET", "/api/pay/v1/orders/reference/b-51d4") == "GET /api/pay/v1/orders/reference/{id}"

@@ -284,6 +284,15 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         """Liveness: the process answers."""
         return {"status": "ok"}
 
+    @app.get("/metrics", include_in_schema=False)
+    def scrape() -> Response:
+        """Prometheus: every process's counters and the store's gauges (keep it on an internal network)."""
+        from orchestrator import metrics
+
+        svc = service_factory()
+        text, kind = metrics.render(svc.repo, svc.clock)
+        return Response(text, media_type=kind)
+
     @app.get("/ready", include_in_schema=False)
     def ready() -> JSONResponse:
         """Readiness: the database and Redis answer (503 naming what does not)."""

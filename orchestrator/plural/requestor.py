@@ -43,7 +43,10 @@ class Requestor:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        observe: Callable[[str, str, str, float], None] | None = None,
     ):
+        #: told of every call: (method, path, outcome: "ok" or the exception's class, seconds)
+        self.observe = observe
         self.api_base = api_base.rstrip("/")
         self.token_url = token_url
         self._client_id = client_id
@@ -84,7 +87,18 @@ class Requestor:
         otp_call: bool = False,
     ) -> Any:
         payload = body.wire() if isinstance(body, PluralModel) else body
-        return self._call(method, self.api_base + path, payload, replay_safe=replay_safe, auth=auth, otp_call=otp_call)
+        if self.observe is None:
+            return self._call(method, self.api_base + path, payload, replay_safe=replay_safe, auth=auth,
+                              otp_call=otp_call)
+        started, outcome = time.perf_counter(), "ok"
+        try:
+            return self._call(method, self.api_base + path, payload, replay_safe=replay_safe, auth=auth,
+                              otp_call=otp_call)
+        except Exception as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            self.observe(method, path, outcome, time.perf_counter() - started)
 
     def _call(
         self, method: str, url: str, payload: Any, *, replay_safe: bool, auth: bool, otp_call: bool

@@ -301,6 +301,14 @@ def test_the_demo_drives_every_kind_to_a_final_status(api, stack, capsys):
     for kind, _ in KINDS:
         assert kind in table
     assert "ERROR" not in table and "COMPLETED" in table and "CANCELLED" in table
+    # the metrics, scraped after it, show the demo's counts, the workers' included (multiprocess)
+    scraped = requests.get(f"{stack.api_url}/metrics", timeout=10).text
+    created = sum(float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
+                  if line.startswith("orchestrator_checkouts_created_total{"))
+    assert created >= len(KINDS)
+    assert 'orchestrator_gateway_calls_total{endpoint="POST /api/pay/v1/orders",outcome="ok"}' in scraped
+    assert 'orchestrator_step_seconds_count{step="create_order"}' in scraped
+    assert 'status="COMPLETED"' in scraped and 'status="CANCELLED"' in scraped
 
 
 def test_a_pre_auth_authorization_after_the_deadline_is_released(tmp_path):
