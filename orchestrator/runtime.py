@@ -43,8 +43,12 @@ class Runtime:
     announce: Announce = silent
     kick_events: Callable[[], None] = lambda: None
 
-    def readiness(self) -> dict[str, str]:
-        """Can this process reach its database and Redis right now?"""
+    #: what readiness fails on: this process cannot take work without them. The rest is reported.
+    REQUIRED = ("database", "redis")
+
+    def readiness(self) -> dict[str, Any]:
+        """Can this process reach its database and Redis right now (``REQUIRED``)? Also reported,
+        without failing readiness: Plural's access token, the broker's queues, the event backlog."""
         from sqlalchemy import text
 
         checks: dict[str, str] = {}
@@ -57,8 +61,22 @@ class Runtime:
         try:
             self.redis.ping()
             checks["redis"] = "ok"
+            checks["broker"] = {queue: int(self.redis.llen(queue)) for queue in ("saga", "events")}
         except Exception as exc:
             checks["redis"] = type(exc).__name__
+        try:
+            checks["token"] = self.plural.requestor.tokens.status()
+        except Exception as exc:
+            checks["token"] = type(exc).__name__
+        try:
+            from orchestrator import ops
+            from orchestrator.db.models import utcnow
+
+            events = ops.overview(self.repo, utcnow(), limit=1)["events"]
+            checks["outbox"] = {"pending": events["pending"], "failed": events["failed"],
+                                "oldest_pending_seconds": events["oldest_pending_seconds"]}
+        except Exception as exc:
+            checks["outbox"] = type(exc).__name__
         return checks
 
     def inbound(self) -> Any:

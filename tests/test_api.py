@@ -236,3 +236,11 @@ def test_a_debit_emi_without_the_registered_mobile_is_400_and_creates_nothing(ap
         card={"number": "4690478199123123"}, emi={"issuer_id": "7", "tenure_id": "1"}))
     assert answer.status_code == 400 and "registered_mobile_number" in answer.json()["message"]
     assert harness.queue == []
+
+
+def test_readiness_reports_but_does_not_fail_on_the_token_or_the_backlog(harness):
+    app = create_app(lambda: harness.service, KEY, readiness=lambda: {
+        "database": "ok", "redis": "ok", "token": "expired", "outbox": {"pending": 9000}})
+    with TestClient(app) as client:
+        answer = client.get("/ready")
+    assert answer.status_code == 200 and answer.json()["checks"]["token"] == "expired"

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 log = get_logger("orchestrator.api")
 
 PUBLIC_STATUSES = frozenset(PUBLIC_STATUS.values())
+#: readiness fails on these only (the rest of its answer is information)
+REQUIRED = ("database", "redis")
 ISO_TIME = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$"
 #: the longest long poll (below common proxies' idle timeouts)
 MAX_WAIT = 30.0
@@ -228,7 +230,7 @@ def unavailable(exc: BaseException) -> str | None:
 
 def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
                inbound: Callable[[], Inbound] | None = None,
-               readiness: Callable[[], dict[str, str]] | None = None,
+               readiness: Callable[[], dict[str, Any]] | None = None,
                idempotency: IdempotencyStore | None = None, listener: Listener | None = None) -> FastAPI:
     listener = listener or Listener(None)
 
@@ -295,9 +297,10 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
 
     @app.get("/ready", include_in_schema=False)
     def ready() -> JSONResponse:
-        """Readiness: the database and Redis answer (503 naming what does not)."""
+        """Readiness: the database and Redis answer (503 naming what does not); Plural's token, the
+        broker's queue lengths and the event backlog are reported beside them."""
         checks = readiness() if readiness else {}
-        failing = {name: result for name, result in checks.items() if result != "ok"}
+        failing = {name: result for name, result in checks.items() if name in REQUIRED and result != "ok"}
         return JSONResponse({"status": "ok" if not failing else "unavailable", "checks": checks},
                             status_code=503 if failing else 200)
 

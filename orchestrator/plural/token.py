@@ -145,6 +145,14 @@ class TokenManager:
         self._cached = token
         return token.value
 
+    def status(self) -> str:
+        """For readiness: ``ok`` while a fresh token is held (here or in the store), ``expired`` or
+        ``none`` otherwise; never calls Plural (beat refreshes the token every minute)."""
+        token = self._cached if self._cached is not None else self._store.load()
+        if token is None:
+            return "none"
+        return "ok" if token.fresh(self._clock(), 0.0) else "expired"
+
     def invalidate(self, value: str) -> None:
         """Plural refused ``value`` (a 401): forget it here and in the store."""
         if self._cached is not None and self._cached.value == value:

@@ -326,7 +326,11 @@ def test_a_pre_auth_authorization_after_the_deadline_is_released(tmp_path):
         assert kinds.index("AUTHORIZED") < kinds.index("CANCELLED")
 
 
-def test_readiness_reports_database_and_redis(stack):
+def test_readiness_reports_database_redis_the_token_the_broker_and_the_outbox(api, stack):
+    new(api)  # a token fetched, an event written
     answer = requests.get(f"{stack.api_url}/ready", timeout=5)
     assert answer.status_code == 200
-    assert answer.json()["checks"] == {"database": "ok", "redis": "ok"}
+    checks = answer.json()["checks"]
+    assert checks["database"] == "ok" and checks["redis"] == "ok" and checks["token"] == "ok"
+    assert set(checks["broker"]) == {"saga", "events"}
+    assert checks["outbox"]["pending"] >= 1 and checks["outbox"]["failed"] == 0
