@@ -56,6 +56,11 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     concurrency = args.concurrency or settings.worker_concurrency
+    port = os.environ.get("WORKER_METRICS_PORT")
+    if port:  # a worker on a host of its own serves its own /metrics
+        from prometheus_client import start_http_server
+
+        start_http_server(int(port))
     app.worker_main(["worker", "--pool=threads", f"--concurrency={concurrency}", "--loglevel=INFO", "-Q", "saga,events",
                      "--without-gossip", "--without-mingle", f"--hostname=worker-{os.getpid()}@%h"])
     return 0

@@ -39,3 +39,10 @@ def test_the_image_runs_as_a_user_that_is_not_root_and_ships_no_secrets():
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.MULTILINE)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".env" in ignored and "*.env" in ignored and ".git" in ignored
+
+
+def test_flower_is_there_for_operators_on_loopback_behind_a_password():
+    compose = (ROOT / "docker-compose.yml").read_text()
+    flower = _service(compose, "flower")
+    assert 'profiles: ["ops"]' in flower and '"127.0.0.1:5555:5555"' in flower
+    assert "FLOWER_BASIC_AUTH: ${FLOWER_BASIC_AUTH:?" in flower
