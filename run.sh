@@ -16,7 +16,15 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 case "${1:-}" in
-  test) shift; exec .venv/bin/python -m pytest "$@" ;;
+  test)
+    shift
+    # the console's browser test drives Debian's Chromium (installed here when we may)
+    if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      (apt-get install -y -qq chromium >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }) \
+        || echo "run.sh: Chromium could not be installed; the console's browser test will be skipped" >&2
+    fi
+    exec .venv/bin/python -m pytest "$@" ;;
   "") exec .venv/bin/orchestrator --help ;;
   *) exec .venv/bin/orchestrator "$@" ;;
 esac

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
         "how long an event's delivery is retried (exponential backoff) before it is marked failed"))
     merchant_webhook_timeout: float = Field(default=10.0, gt=0, description="seconds per delivery attempt")
 
+    # --- the operator's console ----------------------------------------------------------
+    console_user: str = Field(default="operator", description="user name for /console (HTTP Basic)")
+    console_password: SecretStr | None = Field(default=None, description="password for /console; unset: no console")
+
     # --- saga timing and workers ------------------------------------------------------
     poll_schedule: str = Field(default="5,10,30,60,120,300", description="seconds between Get Order polls")
     step_lease_seconds: float = Field(default=120.0, gt=0, description="re-drive a step not finished by then")

@@ -231,7 +231,8 @@ def unavailable(exc: BaseException) -> str | None:
 def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
                inbound: Callable[[], Inbound] | None = None,
                readiness: Callable[[], dict[str, Any]] | None = None,
-               idempotency: IdempotencyStore | None = None, listener: Listener | None = None) -> FastAPI:
+               idempotency: IdempotencyStore | None = None, listener: Listener | None = None,
+               console: tuple[str, str] | None = None) -> FastAPI:
     listener = listener or Listener(None)
 
     @contextlib.asynccontextmanager
@@ -406,6 +407,10 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
 
     if inbound is not None:
         _inbound_routes(app, inbound)
+    if console is not None:  # (user, password): the operator's pages, behind their own credential
+        from orchestrator.api.console import mount
+
+        mount(app, service_factory, *console)
     return app
 
 
@@ -458,4 +463,6 @@ def app_from_runtime() -> FastAPI:
     svc = rt.service()
     handler = rt.inbound()
     return create_app(lambda: svc, rt.settings.orchestrator_api_key.get_secret_value(), lambda: handler,
-                      readiness=rt.readiness, idempotency=rt.idempotency(), listener=Listener(rt.settings.redis_url))
+                      readiness=rt.readiness, idempotency=rt.idempotency(), listener=Listener(rt.settings.redis_url),
+                      console=((rt.settings.console_user, rt.settings.console_password.get_secret_value())
+                               if rt.settings.console_password else None))

@@ -1,0 +1,72 @@
+"""The operator's console, over the harness (the browser test is in tests/e2e/test_console_browser.py)."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.testclient import TestClient
+
+from orchestrator.api.app import create_app
+from orchestrator.core.saga import Fact, Source
+from tests.test_events import completed
+from tests.test_steps import checkout
+
+AUTH = ("operator", "s3cret-console")
+
+
+def console(h):
+    return TestClient(create_app(lambda: h.service, "k", console=AUTH))
+
+
+def stuck(h):
+    c = checkout(h)
+    h.deps.engine.apply(c.id, Fact.GAVE_UP, Source.TIMER, "card_details failed 8 times: ServerError")
+    return c
+
+
+def test_the_console_needs_its_own_credential_and_is_absent_without_one(harness):
+    with console(harness) as client:
+        assert client.get("/console").status_code == 401
+        assert client.get("/console", auth=("operator", "wrong")).status_code == 401
+        assert client.get("/console", headers={"X-API-Key": "k"}).status_code == 401  # the API key is not it
+        assert client.get("/console", auth=AUTH).status_code == 200
+    with TestClient(create_app(lambda: harness.service, "k")) as client:
+        assert client.get("/console", auth=AUTH).status_code == 404
+
+
+def test_the_list_filters_by_status_and_shows_what_is_stuck(harness):
+    h = harness
+    done = completed(h)
+    c = stuck(h)
+    with console(h) as client:
+        page = client.get("/console", auth=AUTH).text
+        assert done.id in page and c.id in page and "card_details failed 8 times" in page
+        only = client.get("/console?status=COMPLETED", auth=AUTH).text
+        table = only.split('id="checkouts"')[1]
+        assert done.id in table and c.id not in table
+
+
+def test_a_timeline_shows_transitions_calls_webhooks_and_events(harness):
+    h = harness
+    c = completed(h)
+    with console(h) as client:
+        page = client.get(f"/console/checkouts/{c.id}", auth=AUTH).text
+    for text in ("call create_order", "call submit_otp", "event checkout.completed", "VERIFYING_OTP → COMPLETED"):
+        assert text in page, text
+    assert "<script" not in page
+
+
+def test_retry_from_the_console_is_recorded_under_the_operator_and_needs_the_forms_token(harness):
+    h = harness
+    c = stuck(h)
+    with console(h) as client:
+        page = client.get(f"/console/checkouts/{c.id}", auth=AUTH).text
+        token = re.search(r'name="token" value="([0-9a-f]+)"', page).group(1)
+        forged = client.post(f"/console/checkouts/{c.id}/retry", data={"token": "0" * 64}, auth=AUTH,
+                             follow_redirects=False)
+        assert forged.status_code == 403 and h.state(c.id) == "NEEDS_ATTENTION"
+        done = client.post(f"/console/checkouts/{c.id}/retry", data={"token": token}, auth=AUTH,
+                           follow_redirects=False)
+        assert done.status_code == 303
+    assert h.state(c.id) != "NEEDS_ATTENTION"
+    assert h.deps.repo.history(c.id)[-1].reason == "retried by operator (console)"
