@@ -41,12 +41,14 @@ def throwaway_postgres() -> Iterator[str]:
                     [f"{bindir}/pg_ctl", "-D", data, "-w", "-l", f"{data}/log", "-o",
                      f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
                      "start"]):
-        done = subprocess.run(run_as + command, capture_output=True, text=True)
+        # run from the data directory: the server's user may not reach the caller's directory
+        done = subprocess.run(run_as + command, capture_output=True, text=True, cwd=data)
         if done.returncode != 0:
             shutil.rmtree(data, ignore_errors=True)
             raise NoPostgres(f"could not start a PostgreSQL server: {done.stderr.strip()[-300:]}")
     try:
         yield f"postgresql://orchestrator@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True,
+                       cwd=data)
         shutil.rmtree(data, ignore_errors=True)

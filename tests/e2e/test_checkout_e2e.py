@@ -249,6 +249,17 @@ def test_orchestrator_up_runs_the_whole_stack_labels_each_line_and_stops_on_ctrl
         requests.get(f"http://127.0.0.1:{ports['api']}/health", timeout=1)
 
 
+def test_closing_ups_terminal_stops_everything_cleanly(tmp_path):
+    from orchestrator.redis_server import port_in_use
+
+    ports = {"api": free_port(), "sandbox": free_port(), "redis": free_port()}
+    proc, lines = start_up(tmp_path, ports)
+    assert any(b"Ctrl-C" in line for line in lines)
+    os.kill(proc.pid, signal.SIGHUP)  # what a closed terminal sends
+    assert proc.wait(30) == 0
+    assert not [name for name, p in ports.items() if port_in_use(p)]
+
+
 def test_up_killed_outright_takes_its_children_with_it_and_a_second_up_names_a_busy_port(tmp_path):
     from orchestrator.redis_server import port_in_use
 
