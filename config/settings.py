@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     merchant_event_retry_seconds: float = Field(default=3 * 86400.0, gt=0, description=(
         "how long an event's delivery is retried (exponential backoff) before it is marked failed"))
     merchant_webhook_timeout: float = Field(default=10.0, gt=0, description="seconds per delivery attempt")
+    merchant_event_backoff: str = Field(default="5,30,120,600,1800,3600,10800,21600", description=(
+        "seconds before each retry of an event's delivery, then every 12 hours"))
 
     # --- the operator's console ----------------------------------------------------------
     console_user: str = Field(default="operator", description="user name for /console (HTTP Basic)")
@@ -152,6 +154,17 @@ class Settings(BaseSettings):
                                                   description="an unpaid payment expires after this; 0: never")
     sandbox_offers_file: str | None = Field(default=None, description="a JSON EMI offer book for the sandbox "
                                                                       "(see orchestrator/sandbox/offers.py)")
+
+    @field_validator("merchant_event_backoff")
+    @classmethod
+    def _backoff(cls, value: str) -> str:
+        try:
+            delays = [float(x) for x in value.split(",")]
+        except ValueError:
+            raise ValueError("must be comma-separated seconds") from None
+        if not delays or any(d <= 0 for d in delays):
+            raise ValueError("must be comma-separated positive seconds")
+        return value
 
     @field_validator("merchant_webhook_secret")
     @classmethod

@@ -45,9 +45,14 @@ LATER = 12 * 3600
 KICK_KEY = "events:kick"
 
 
-def next_delay(attempts: int) -> float:
-    """Seconds to wait after the ``attempts``-th failed attempt."""
-    return float(BACKOFF[attempts - 1]) if attempts <= len(BACKOFF) else float(LATER)
+def next_delay(attempts: int, backoff: tuple[float, ...] = BACKOFF) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt (``backoff``, then every 12 hours)."""
+    return float(backoff[attempts - 1]) if attempts <= len(backoff) else float(LATER)
+
+
+def backoff_of(settings: Any) -> tuple[float, ...]:
+    text = getattr(settings, "merchant_event_backoff", None)
+    return tuple(float(x) for x in text.split(",")) if text else BACKOFF
 
 
 def key_of(secret: str) -> bytes:
@@ -110,7 +115,8 @@ def post(settings: Any, http: requests.Session, event: MerchantEvent) -> Result:
     return Result("failed", answer.status_code, latency, mask_text(answer.text[:200]))
 
 
-def record(repo: Repo, event: MerchantEvent, result: Result, now: dt.datetime, retry_for: float) -> str:
+def record(repo: Repo, event: MerchantEvent, result: Result, now: dt.datetime, retry_for: float,
+           backoff: tuple[float, ...] = BACKOFF) -> str:
     """Record one attempt and what follows from it: delivered, retried later, or failed."""
     attempts = event.attempts + 1
     values: dict[str, Any] = {"attempts": attempts, "claim": None, "last_error": result.error}
@@ -118,7 +124,7 @@ def record(repo: Repo, event: MerchantEvent, result: Result, now: dt.datetime, r
         values.update(status="delivered", delivered_at=now, next_attempt_at=None)
     else:
         created = event.created_at if event.created_at.tzinfo else event.created_at.replace(tzinfo=dt.timezone.utc)
-        later = now + dt.timedelta(seconds=next_delay(attempts))
+        later = now + dt.timedelta(seconds=next_delay(attempts, backoff))
         if later - created > dt.timedelta(seconds=retry_for):
             values.update(status="failed", next_attempt_at=None)
         else:
@@ -173,10 +179,11 @@ def _deliver(repo: Repo, settings: Any, send_task: Callable[[str, dict[str, Any]
                 s.commit()
         except Exception as exc:  # the broker is down: the next attempt sends it
             record(repo, event, Result("failed", None, 0, f"task not sent: {type(exc).__name__}"), now_of(),
-                   settings.merchant_event_retry_seconds)
+                   settings.merchant_event_retry_seconds, backoff_of(settings))
             return
     if settings.merchant_webhook_url:
-        record(repo, event, post(settings, http, event), now_of(), settings.merchant_event_retry_seconds)
+        record(repo, event, post(settings, http, event), now_of(), settings.merchant_event_retry_seconds,
+               backoff_of(settings))
     else:
         record(repo, event, Result("delivered", None, 0, None), now_of(), settings.merchant_event_retry_seconds)
 

@@ -200,3 +200,14 @@ def test_without_a_url_or_a_task_events_wait_to_be_pulled(harness):
     assert h.service.events(rest["next"], None, 10)["events"] == []
     only = h.service.events(None, "checkout.completed", 10)["events"]
     assert [e["data"]["id"] for e in only] == [c.id]
+
+
+def test_the_backoff_between_retries_is_a_setting(harness):
+    h = harness
+    c = completed(h)
+    with Receiver(answers=[500, 500]) as rx:
+        settings = pushing(h, rx.url, merchant_event_backoff="7,11")
+        delivery.deliver_due(h.deps.repo, settings, clock=h.clock)
+        first = events_of(h, c.id)[0]
+        assert (first.next_attempt_at.replace(tzinfo=None) - h.clock().replace(tzinfo=None)).total_seconds() \
+            == pytest.approx(7, abs=1)

@@ -19,6 +19,8 @@ from tests.receiver import Receiver
 pytestmark = pytest.mark.e2e
 
 SECRET = "whsec_" + "ZTJlLW1lcmNoYW50LXNlY3JldA=="
+BACKOFF = (1.0, 3.0, 6.0)  # seconds, for the suite: the default starts at 5 s, 30 s, 2 min
+EVENTS_ENV = {"MERCHANT_WEBHOOK_SECRET": SECRET, "MERCHANT_EVENT_BACKOFF": ",".join(map(str, BACKOFF))}
 ALL = ["checkout.awaiting_otp", "checkout.processing", "checkout.completed"]
 
 
@@ -44,10 +46,10 @@ def wait_events(rx: Receiver, checkout_id: str, count: int, timeout: float = 60.
 
 def test_events_reach_the_shop_signed_in_order_across_500s_and_an_outage(tmp_path):
     with Receiver(answers=[500]) as rx:
-        with make_stack(tmp_path, MERCHANT_WEBHOOK_URL=rx.url, MERCHANT_WEBHOOK_SECRET=SECRET) as stack:
+        with make_stack(tmp_path, MERCHANT_WEBHOOK_URL=rx.url, **EVENTS_ENV) as stack:
             api = client_for(stack)
             first = pay(api)
-            got = wait_events(rx, first, 3, timeout=delivery.BACKOFF[0] + 30)
+            got = wait_events(rx, first, 3, timeout=BACKOFF[0] + 30)
             assert [e["type"] for e in got] == ALL
             assert rx.hits[0]["status"] == 500 and rx.hits[1]["headers"]["webhook-id"] == rx.hits[0]["headers"]["webhook-id"]
             for hit in rx.hits:
@@ -61,7 +63,7 @@ def test_events_reach_the_shop_signed_in_order_across_500s_and_an_outage(tmp_pat
 
 def test_a_worker_killed_mid_delivery_delivers_again_with_the_same_event_id(tmp_path):
     with Receiver(delay=4.0) as rx:
-        env = dict(MERCHANT_WEBHOOK_URL=rx.url, MERCHANT_WEBHOOK_SECRET=SECRET, MERCHANT_WEBHOOK_TIMEOUT="2")
+        env = dict(MERCHANT_WEBHOOK_URL=rx.url, MERCHANT_WEBHOOK_TIMEOUT="2", **EVENTS_ENV)
         with make_stack(tmp_path, **env) as stack:
             api = client_for(stack)
             c = api.create_checkout(amount=26000, card=card(), merchant_order_reference=f"ev-{uuid.uuid4().hex[:12]}")
@@ -90,13 +92,13 @@ def test_a_worker_killed_mid_delivery_delivers_again_with_the_same_event_id(tmp_
 def test_a_receiver_down_longer_than_the_first_retries_gets_every_event_later(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}/events"
-    with make_stack(tmp_path, MERCHANT_WEBHOOK_URL=url, MERCHANT_WEBHOOK_SECRET=SECRET) as stack:
+    with make_stack(tmp_path, MERCHANT_WEBHOOK_URL=url, **EVENTS_ENV) as stack:
         api = client_for(stack)
         paid = pay(api)
-        time.sleep(delivery.BACKOFF[0] + 2)  # the first attempt and its first retry find nobody
+        time.sleep(BACKOFF[0] + 1.5)  # the first attempt and its first retry find nobody
         pulled = [e for e in api.events()["events"] if e["data"].get("id") == paid]
         tried = pulled[0]["delivery"]["attempts"] if pulled else 0
         assert tried >= 2 and pulled[0]["delivery"]["status"] == "pending"
         with Receiver(port=port) as rx:  # the shop is back: the next retry, after its backoff, reaches it
-            got = wait_events(rx, paid, 3, timeout=delivery.next_delay(tried) + 30)
+            got = wait_events(rx, paid, 3, timeout=delivery.next_delay(tried, BACKOFF) + 30)
         assert [e["type"] for e in got] == ALL
