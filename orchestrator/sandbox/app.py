@@ -8,6 +8,7 @@ import html
 import json
 import os
 import threading
+import time
 import re
 import secrets
 from dataclasses import asdict
@@ -106,11 +107,16 @@ class StateKeeper:
         self.saved = blob
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every):
+        pause = self.every
+        while not self._stop.wait(pause):
+            started = time.perf_counter()
             try:
                 self.save()
             except Exception as exc:  # a full disk must not stop the gateway
                 log.warning("sandbox.state_not_saved", error=type(exc).__name__)
+            # a big state takes long to serialize (under the gateway's lock): save it less often,
+            # so that saving never takes more than a twentieth of the time
+            pause = max(self.every, 20 * (time.perf_counter() - started))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sandbox-state", daemon=True)
