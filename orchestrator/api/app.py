@@ -463,6 +463,6 @@ def app_from_runtime() -> FastAPI:
     svc = rt.service()
     handler = rt.inbound()
     return create_app(lambda: svc, rt.settings.orchestrator_api_key.get_secret_value(), lambda: handler,
-                      readiness=rt.readiness, idempotency=rt.idempotency(), listener=Listener(rt.settings.redis_url),
+                      readiness=rt.readiness, idempotency=rt.idempotency(), listener=Listener(rt.settings.broker_url),
                       console=((rt.settings.console_user, rt.settings.console_password.get_secret_value())
                                if rt.settings.console_password else None))
