@@ -31,7 +31,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
 from orchestrator import metrics
-from orchestrator.db.models import MerchantEvent, MerchantEventAttempt
+from orchestrator.db.models import MerchantEvent, MerchantEventAttempt, aware
 from orchestrator.db.repo import Repo
 from orchestrator.logs import get_logger, mask_text
 from orchestrator.outbox import envelope
@@ -123,7 +123,7 @@ def record(repo: Repo, event: MerchantEvent, result: Result, now: dt.datetime, r
     if result.outcome == "delivered":
         values.update(status="delivered", delivered_at=now, next_attempt_at=None)
     else:
-        created = event.created_at if event.created_at.tzinfo else event.created_at.replace(tzinfo=dt.timezone.utc)
+        created = aware(event.created_at) or now
         later = now + dt.timedelta(seconds=next_delay(attempts, backoff))
         if later - created > dt.timedelta(seconds=retry_for):
             values.update(status="failed", next_attempt_at=None)

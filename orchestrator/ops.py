@@ -15,19 +15,13 @@ from sqlmodel import col, select
 
 from orchestrator.core import saga
 from orchestrator.core.saga import State
-from orchestrator.db.models import (Checkout, MerchantEvent, MerchantEventAttempt, Refund, StepAttempt, Transition,
+from orchestrator.db.models import (Checkout, aware, MerchantEvent, MerchantEventAttempt, Refund, StepAttempt, Transition,
                                     WebhookEvent)
 from orchestrator.db.repo import Repo
 
 #: a due time this far in the past means nobody is driving the checkout (the sweep runs every few seconds)
 OVERDUE_AFTER = dt.timedelta(seconds=60)
 FINALS = [s.value for s in saga.FINAL]
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 def overview(repo: Repo, now: dt.datetime, limit: int = 20) -> dict[str, Any]:
@@ -52,15 +46,15 @@ def overview(repo: Repo, now: dt.datetime, limit: int = 20) -> dict[str, Any]:
     for state, count in by_state.items():
         public = saga.public_status(State(state))
         by_status[public] = by_status.get(public, 0) + count
-    oldest = _aware(oldest_event)
+    oldest = aware(oldest_event)
     return {
         "checkouts": sum(by_state.values()),
         "by_status": dict(sorted(by_status.items(), key=lambda kv: -kv[1])),
         "by_method": by_method,
         "overdue": {"count": overdue_count, "oldest": [
-            {"id": i, "state": st, "late_seconds": round((now - _aware(due)).total_seconds())}  # type: ignore[operator]
+            {"id": i, "state": st, "late_seconds": round((now - aware(due)).total_seconds())}  # type: ignore[operator]
             for i, st, due in overdue]},
-        "needs_attention": [{"id": i, "stuck_in": f, "reason": r, "since": _aware(u)} for i, f, r, u in attention],
+        "needs_attention": [{"id": i, "stuck_in": f, "reason": r, "since": aware(u)} for i, f, r, u in attention],
         "failures_24h": [{"code": code or "-", "count": n} for code, n in failures],
         "events": {"pending": events.get("pending", 0), "delivered": events.get("delivered", 0),
                    "failed": events.get("failed", 0),

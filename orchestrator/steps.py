@@ -28,7 +28,7 @@ from orchestrator import metrics
 from orchestrator.changes import Announce, silent
 from orchestrator.core import emi, saga
 from orchestrator.core.saga import Fact, Source, State, Step
-from orchestrator.db.models import Checkout, StepAttempt, utcnow
+from orchestrator.db.models import Checkout, StepAttempt, aware, utcnow
 from orchestrator.db.repo import Claim, LostClaim, Repo, claim_free
 from orchestrator.engine import Engine, Run
 from orchestrator.logs import get_logger, mask_text
@@ -102,12 +102,6 @@ def _our_payment(c: Checkout, order: Order) -> Any:
     return None
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
 def order_fact(d: Deps, c: Checkout, order: Order) -> tuple[Fact | None, dict[str, Any]]:
     """What Plural's order states about this checkout, and the fields that go with it."""
     payment = _our_payment(c, order)
@@ -118,7 +112,7 @@ def order_fact(d: Deps, c: Checkout, order: Order) -> tuple[Fact | None, dict[st
     if fact is Fact.PLURAL_AUTHORIZED:
         # the hold runs from Plural's authorization, never from when we heard of it
         now = d.clock()
-        at = _aware(payment.updated_at if payment is not None else None) or _aware(order.updated_at) or now
+        at = aware(payment.updated_at if payment is not None else None) or aware(order.updated_at) or now
         at = min(at, now)
         fields["authorized_at"] = at
         fields["capture_deadline_at"] = saga.capture_deadline(at, d.settings.hold_days, d.settings.hold_margin_seconds)
@@ -155,7 +149,7 @@ _ACTIVE = frozenset({State.QUOTING, State.NEW, State.ORDER_CREATED, State.CARD_C
 def _stalled(d: Deps, run: Run, c: Checkout) -> bool:
     if State(c.state) not in _ACTIVE:
         return False
-    entered = _aware(run.entered_at)
+    entered = aware(run.entered_at)
     return entered is not None and d.clock() - entered > dt.timedelta(seconds=d.settings.step_max_age_seconds)
 
 

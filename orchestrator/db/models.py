@@ -18,6 +18,13 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """A stored time as UTC-aware (SQLite hands naive ones back)."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
 def new_checkout_id() -> str:
     return "chk_" + uuid.uuid4().hex
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from orchestrator.core.saga import FINAL, State
-from orchestrator.db.models import Checkout, StepAttempt, Transition, utcnow
+from orchestrator.db.models import Checkout, StepAttempt, Transition, aware, utcnow
 
 
 #: the reason of a checkout's first history row
@@ -58,15 +58,9 @@ class Claim:
     token: str | None = None
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
 def claim_free(row: Any, now: dt.datetime) -> bool:
     """No run holds ``row`` (nobody claimed it, or the holder's lease ran out)."""
-    until = _aware(row.claim_until)
+    until = aware(row.claim_until)
     return row.claim_token is None or (until is not None and until < now)
 
 
