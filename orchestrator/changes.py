@@ -34,6 +34,18 @@ def redis_announcer(redis: Any) -> Announce:
     return announce
 
 
+def kick_once(redis: Any, key: str, publish: Callable[[], None], ttl: int) -> Callable[[], None]:
+    """A kick that publishes one message while one is due (a Redis flag under ``key``, which its
+    consumer clears before its last look), not one per kick; the flag expires after ``ttl`` s in
+    case the consumer died holding it."""
+
+    def kick() -> None:
+        if redis.set(key, "1", nx=True, ex=ttl):
+            publish()
+
+    return kick
+
+
 class Listener:
     """One subscription per API process, waking the waiters of the checkout a message names."""
 

@@ -31,6 +31,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
 from orchestrator import metrics
+from orchestrator.changes import kick_once
 from orchestrator.db.models import MerchantEvent, MerchantEventAttempt, aware
 from orchestrator.db.repo import Repo
 from orchestrator.logs import get_logger, mask_text
@@ -208,9 +209,4 @@ def redeliver(repo: Repo, event_id: str, now: dt.datetime) -> MerchantEvent | No
 
 def redis_kick(redis: Any, publish: Callable[[], None], ttl: int = 10) -> Callable[[], None]:
     """One deliverer message while one is due, not one per event."""
-
-    def kick() -> None:
-        if redis.set(KICK_KEY, "1", nx=True, ex=ttl):
-            publish()
-
-    return kick
+    return kick_once(redis, KICK_KEY, publish, ttl)

@@ -200,8 +200,8 @@ class Engine:
     def _announce(self, before: Checkout, after: Checkout) -> None:
         """Tell whoever waits on the checkout that its public status changed, and have its event
         (in the outbox since the move's commit) delivered soon: hints, that never fail."""
-        status = saga.public_status(State(after.state))
-        if status == saga.public_status(State(before.state)):
+        status = saga.public_change(State(before.state), State(after.state))
+        if status is None:
             return
         try:
             self.announce(after.id, status)

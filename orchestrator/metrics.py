@@ -65,7 +65,7 @@ class StoreCollector:
         o = ops.overview(self.repo, now, limit=1)
         checkouts = GaugeMetricFamily("orchestrator_checkouts", "Checkouts by public status and payment method",
                                       labels=["status", "method"])
-        for (status, method), count in ops.by_status_and_method(self.repo).items():
+        for (status, method), count in o["by_status_and_method"].items():
             checkouts.add_metric([status, method], count)
         yield checkouts
         yield GaugeMetricFamily("orchestrator_overdue_checkouts", "Checkouts whose due time passed a minute ago",

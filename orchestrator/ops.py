@@ -26,8 +26,8 @@ FINALS = [s.value for s in saga.FINAL]
 
 def overview(repo: Repo, now: dt.datetime, limit: int = 20) -> dict[str, Any]:
     with repo.read_session() as s:
-        by_state = dict(s.exec(select(Checkout.state, func.count()).group_by(Checkout.state)).all())
-        by_method = dict(s.exec(select(Checkout.payment_method, func.count()).group_by(Checkout.payment_method)).all())
+        counted = s.exec(select(Checkout.state, Checkout.payment_method, func.count())
+                         .group_by(Checkout.state, Checkout.payment_method)).all()
         late = (col(Checkout.next_due_at) < now - OVERDUE_AFTER) & col(Checkout.state).not_in(FINALS)
         overdue_count = s.exec(select(func.count()).select_from(Checkout).where(late)).one()
         overdue = s.exec(select(Checkout.id, Checkout.state, Checkout.next_due_at).where(late)
@@ -42,15 +42,20 @@ def overview(repo: Repo, now: dt.datetime, limit: int = 20) -> dict[str, Any]:
         events = dict(s.exec(select(MerchantEvent.status, func.count()).group_by(MerchantEvent.status)).all())
         oldest_event = s.exec(select(func.min(MerchantEvent.created_at)).where(MerchantEvent.status == "pending")).one()
         webhooks = dict(s.exec(select(WebhookEvent.status, func.count()).group_by(WebhookEvent.status)).all())
+    by_status_and_method: dict[tuple[str, str], int] = {}
     by_status: dict[str, int] = {}
-    for state, count in by_state.items():
+    by_method: dict[str, int] = {}
+    for state, method, count in counted:
         public = saga.public_status(State(state))
+        by_status_and_method[(public, method)] = by_status_and_method.get((public, method), 0) + count
         by_status[public] = by_status.get(public, 0) + count
+        by_method[method] = by_method.get(method, 0) + count
     oldest = aware(oldest_event)
     return {
-        "checkouts": sum(by_state.values()),
+        "checkouts": sum(by_status.values()),
         "by_status": dict(sorted(by_status.items(), key=lambda kv: -kv[1])),
         "by_method": by_method,
+        "by_status_and_method": by_status_and_method,
         "overdue": {"count": overdue_count, "oldest": [
             {"id": i, "state": st, "late_seconds": round((now - aware(due)).total_seconds())}  # type: ignore[operator]
             for i, st, due in overdue]},
@@ -61,18 +66,6 @@ def overview(repo: Repo, now: dt.datetime, limit: int = 20) -> dict[str, Any]:
                    "oldest_pending_seconds": round((now - oldest).total_seconds()) if oldest else None},
         "webhooks": webhooks,
     }
-
-
-def by_status_and_method(repo: Repo) -> dict[tuple[str, str], int]:
-    """Checkouts counted by public status and payment method."""
-    with repo.read_session() as s:
-        rows = s.exec(select(Checkout.state, Checkout.payment_method, func.count())
-                      .group_by(Checkout.state, Checkout.payment_method)).all()
-    counts: dict[tuple[str, str], int] = {}
-    for state, method, count in rows:
-        key = (saga.public_status(State(state)), method)
-        counts[key] = counts.get(key, 0) + count
-    return counts
 
 
 def checkout_detail(repo: Repo, checkout_id: str) -> dict[str, Any] | None:

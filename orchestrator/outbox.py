@@ -17,11 +17,12 @@ import uuid
 from typing import Any
 
 from sqlalchemy import insert
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from orchestrator.core import saga
 from orchestrator.core.saga import State
-from orchestrator.db.models import Checkout, MerchantEvent, Refund, Transition
+from orchestrator.db.models import Checkout, MerchantEvent, Refund
+from orchestrator.db.repo import Repo
 from orchestrator.views import checkout_view, iso, refund_view
 
 CHECKOUT_EVENT_TYPES = frozenset(f"checkout.{status.lower()}" for status in saga.PUBLIC_STATUS.values())
@@ -35,13 +36,12 @@ def checkout_event_type(status: str) -> str:
 
 def record_checkout_change(s: Session, before: Checkout, after: Checkout, now: dt.datetime) -> str | None:
     """In the move's transaction: an event if the public status changed (its type, or None)."""
-    status = saga.public_status(State(after.state))
-    if status == saga.public_status(State(before.state)):
+    status = saga.public_change(State(before.state), State(after.state))
+    if status is None:
         return None
-    history = s.exec(select(Transition).where(Transition.checkout_id == after.id).order_by(col(Transition.id)))
-    refunds = s.exec(select(Refund).where(Refund.checkout_id == after.id).order_by(col(Refund.created_at)))
+    history, refunds = Repo.trail_in(s, after.id)  # in the move's transaction: its own row included
     kind = checkout_event_type(status)
-    _insert(s, kind, after.id, None, checkout_view(after, list(history), list(refunds), now), now)
+    _insert(s, kind, after.id, None, checkout_view(after, history, refunds, now), now)
     return kind
 
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sqlalchemy import and_, bindparam, or_, update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from orchestrator import metrics
+from orchestrator.changes import kick_once
 from orchestrator.core.saga import Source
 from orchestrator.db.models import Checkout, Refund, WebhookEvent
 from orchestrator.db.repo import insert_skipping
@@ -131,12 +131,7 @@ def _short(value: Any, length: int = 64) -> str | None:
 
 def redis_kick(redis: Any, publish: Callable[[], None], ttl: int = 30) -> Callable[[], None]:
     """One processor message while one is due, not one per webhook."""
-
-    def kick() -> None:
-        if redis.set(KICK_KEY, "1", nx=True, ex=ttl):
-            publish()
-
-    return kick
+    return kick_once(redis, KICK_KEY, publish, ttl)
 
 
 # --- processing -----------------------------------------------------------------------------

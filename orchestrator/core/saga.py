@@ -328,6 +328,13 @@ def public_status(state: State) -> str:
     return PUBLIC_STATUS[state]
 
 
+def public_change(before: State, after: State) -> str | None:
+    """The public status a move from ``before`` to ``after`` shows the merchant, or None when the
+    merchant sees no change (the announcement and the outbox both follow this)."""
+    status = PUBLIC_STATUS[after]
+    return status if status != PUBLIC_STATUS[before] else None
+
+
 # --- the next step ----------------------------------------------------------------------
 
 class Step(str, Enum):

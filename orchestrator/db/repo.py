@@ -108,7 +108,7 @@ class Repo:
             row = s.get(Checkout, checkout_id)
             if row is None:
                 return None, [], []
-            return row, *self._trail(s, checkout_id)
+            return row, *self.trail_in(s, checkout_id)
 
     def trail(self, checkout: Checkout) -> tuple[list[Transition], list[Any]]:
         """A checkout's history and refunds, in one read; none for a checkout never written since
@@ -118,10 +118,11 @@ class Repo:
                                reason=FIRST_REASON, at=checkout.created_at)], []
         checkout_id = checkout.id
         with self.read_session() as s:
-            return self._trail(s, checkout_id)
+            return self.trail_in(s, checkout_id)
 
     @staticmethod
-    def _trail(s: Session, checkout_id: str) -> tuple[list[Transition], list[Any]]:
+    def trail_in(s: Session, checkout_id: str) -> tuple[list[Transition], list[Any]]:
+        """A checkout's history and refunds, read in the session ``s`` (a read, or a move's write)."""
         from orchestrator.db.models import Refund
 
         history = list(s.exec(select(Transition).where(Transition.checkout_id == checkout_id)

@@ -108,3 +108,11 @@ def test_the_core_imports_no_celery_http_or_database_code():
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in banned, f"{path.name} imports {name}"
+
+
+def test_a_public_change_is_named_only_when_the_merchant_sees_one():
+    from orchestrator.core.saga import State, public_change
+
+    assert public_change(State.PAYMENT_CREATED, State.AWAITING_OTP) == "AWAITING_OTP"
+    assert public_change(State.NEW, State.ORDER_CREATED) is None  # PROCESSING both
+    assert public_change(State.WATCHING, State.CANCELLED) is None  # CANCELLED both
