@@ -32,7 +32,7 @@ from orchestrator.plural.models import (
 )
 from orchestrator.plural.requestor import Requestor
 from orchestrator.plural.token import MemoryTokenStore, RedisTokenStore
-from orchestrator.plural.transport import RequestsTransport, Transport
+from orchestrator.plural.transport import PooledTransport, Transport
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -65,7 +65,7 @@ class PluralClient:
             token_url=settings.token_url,
             client_id=settings.plural_client_id,
             client_secret=settings.plural_client_secret.get_secret_value(),
-            transport=transport or RequestsTransport(),
+            transport=transport or PooledTransport(),
             token_store=store,
             connect_timeout=settings.http_connect_timeout,
             read_timeout=settings.http_read_timeout,
