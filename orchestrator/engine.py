@@ -17,7 +17,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sqlmodel import Session, col, func, select
+from sqlalchemy import insert
+from sqlalchemy.engine import Connection
+from sqlmodel import col, func, select
 
 from orchestrator.core import saga
 from orchestrator import outbox
@@ -134,17 +136,18 @@ class Engine:
             values["finished_late"] = True
         return values
 
-    def _late_refund(self, refunds: list[Refund], fields: dict[str, Any]) -> Callable[[Session, Checkout, State], None]:
+    def _late_refund(self, refunds: list[Refund], fields: dict[str, Any]) -> Callable[[Connection, Checkout, State], None]:
         """A payment that completed after the checkout was cancelled for the merchant is refunded."""
 
-        def effect(s: Session, row: Checkout, target: State) -> None:
+        def effect(conn: Connection, row: Checkout, target: State) -> None:
             amount = int(fields.get("captured_amount") or row.payment_amount or row.amount_value)
-            count = s.exec(select(func.count()).select_from(Refund).where(col(Refund.checkout_id) == row.id)).one()
+            count = conn.execute(select(func.count()).select_from(Refund).where(col(Refund.checkout_id) == row.id)
+                                 ).scalar_one()
             now = self.clock()
             refund = Refund(checkout_id=row.id, merchant_refund_reference=f"{row.id}-r{int(count) + 1}",
                             amount_value=amount, currency=row.currency, origin="LATE_PAYMENT",
                             next_due_at=self._at(self.settings.step_lease_seconds), created_at=now, updated_at=now)
-            s.add(refund)
+            conn.execute(insert(Refund.__table__).values(**refund.model_dump()))  # type: ignore[attr-defined]
             refunds.append(refund)
 
         return effect
@@ -175,9 +178,9 @@ class Engine:
         if fact is Fact.PLURAL_PROCESSED:
             refund_effect = self._late_refund(late_refunds, given)
 
-            def effect(s: Session, row: Checkout, target: State) -> None:
+            def effect(conn: Connection, row: Checkout, target: State) -> None:
                 if _watched(row):
-                    refund_effect(s, row, target)
+                    refund_effect(conn, row, target)
 
         moved = self.repo.move(checkout_id, plan, reason=reason, fact=fact.value, source=source.value,
                                claim=run.claim if run else None, effect=effect,

@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import insert
+from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from orchestrator.core import saga
@@ -34,14 +35,14 @@ def checkout_event_type(status: str) -> str:
     return f"checkout.{status.lower()}"
 
 
-def record_checkout_change(s: Session, before: Checkout, after: Checkout, now: dt.datetime) -> str | None:
+def record_checkout_change(conn: Connection, before: Checkout, after: Checkout, now: dt.datetime) -> str | None:
     """In the move's transaction: an event if the public status changed (its type, or None)."""
     status = saga.public_change(State(before.state), State(after.state))
     if status is None:
         return None
-    history, refunds = Repo.trail_in(s, after.id)  # in the move's transaction: its own row included
+    history, refunds = Repo.trail_in(conn, after.id)  # in the move's transaction: its own row included
     kind = checkout_event_type(status)
-    _insert(s, kind, after.id, None, checkout_view(after, history, refunds, now), now)
+    _insert(conn, kind, after.id, None, checkout_view(after, history, refunds, now), now)
     return kind
 
 
@@ -49,16 +50,19 @@ def record_refund_change(s: Session, refund: Refund, now: dt.datetime) -> str | 
     """In the refund's transaction: an event if it became PROCESSED or FAILED."""
     kind = {"PROCESSED": "refund.processed", "FAILED": "refund.failed"}.get(refund.state)
     if kind is not None:
-        _insert(s, kind, refund.checkout_id, refund.id, refund_view(refund), now)
+        _insert(s.connection(), kind, refund.checkout_id, refund.id, refund_view(refund), now)
     return kind
 
 
-def _insert(s: Session, kind: str, subject_id: str, refund_id: str | None, data: dict[str, Any],
+_ADD_EVENT = insert(MerchantEvent.__table__)  # type: ignore[attr-defined]
+
+
+def _insert(conn: Connection, kind: str, subject_id: str, refund_id: str | None, data: dict[str, Any],
             now: dt.datetime) -> None:
-    s.connection().execute(insert(MerchantEvent.__table__).values(  # type: ignore[attr-defined]
-        event_id="evt_" + uuid.uuid4().hex, type=kind, subject_id=subject_id, refund_id=refund_id,
-        payload=json.dumps(data, separators=(",", ":")), created_at=now, status="pending", attempts=0,
-        next_attempt_at=now))
+    conn.execute(_ADD_EVENT, {
+        "event_id": "evt_" + uuid.uuid4().hex, "type": kind, "subject_id": subject_id, "refund_id": refund_id,
+        "payload": json.dumps(data, separators=(",", ":")), "created_at": now, "status": "pending", "attempts": 0,
+        "next_attempt_at": now})
 
 
 def envelope(event: MerchantEvent) -> dict[str, Any]:

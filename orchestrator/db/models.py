@@ -25,6 +25,26 @@ def aware(value: dt.datetime | None) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
+_mappers_ready = False
+
+
+def detached(model: Any, row: Any) -> Any:
+    """An instance of the table ``model`` from a Core row (or mapping), belonging to no session:
+    read and changed like one the ORM loaded, without the ORM's per-row loading work (the hot
+    paths read with prebuilt Core statements)."""
+    global _mappers_ready
+    if not _mappers_ready:
+        from sqlalchemy.orm import configure_mappers
+
+        configure_mappers()
+        _mappers_ready = True
+    from sqlalchemy.orm.instrumentation import manager_of_class
+
+    instance = model.model_construct(**(row._mapping if hasattr(row, "_mapping") else row))
+    manager_of_class(model).setup_instance(instance)
+    return instance
+
+
 def new_checkout_id() -> str:
     return "chk_" + uuid.uuid4().hex
 

@@ -1,8 +1,9 @@
 """The repository: every state change is compare-and-set, and leaves a row in the history.
 
-Updates run as Core statements on the session's connection (``s.connection().execute``): the
-ORM's bulk-update path would evaluate every statement against the session's objects, which
-none of these need."""
+The paths every step takes (``load``, ``begin_attempt``, ``move``, ``note``, ``release``, a
+checkout's trail) run prebuilt Core statements on a plain connection and build rows with
+``detached``: building a statement, its cache key, a session's bookkeeping and the ORM's loading
+cost more CPU than the SQL itself. The rest uses sessions, where that costs nothing that matters."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from typing import Any, Callable, Iterable
 
 import uuid
 
-from sqlalchemy import insert, or_, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import bindparam, insert, or_, update
+from sqlalchemy import select as core_select
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from orchestrator.core.saga import FINAL, State
-from orchestrator.db.models import Checkout, StepAttempt, Transition, aware, utcnow
+from orchestrator.db.models import Checkout, Refund, StepAttempt, Transition, aware, detached, utcnow
 
 
 #: the reason of a checkout's first history row
@@ -35,6 +37,40 @@ def insert_skipping(engine: Engine, table: Any, unique: list[str]) -> Any:
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert(table).on_conflict_do_nothing(index_elements=unique)
+
+
+_checkout = Checkout.__table__  # type: ignore[attr-defined]
+_history = Transition.__table__  # type: ignore[attr-defined]
+_attempt = StepAttempt.__table__  # type: ignore[attr-defined]
+_refund = Refund.__table__  # type: ignore[attr-defined]
+
+# prebuilt statements (parameters named b_*; an UPDATE's SET comes from the other keys given)
+_ROW = core_select(_checkout).where(_checkout.c.id == bindparam("b_id"))
+_ROW_LOCKED = _ROW.with_for_update()
+_ENTERED = (core_select(_history.c.at).where(_history.c.checkout_id == bindparam("b_id"))
+            .order_by(_history.c.id.desc()).limit(1))
+_ATTEMPTS = core_select(_attempt).where(_attempt.c.checkout_id == bindparam("b_id")).order_by(_attempt.c.id)
+_HISTORY = core_select(_history).where(_history.c.checkout_id == bindparam("b_id")).order_by(_history.c.id)
+_REFUNDS = (core_select(_refund).where(_refund.c.checkout_id == bindparam("b_id"))
+            .order_by(_refund.c.created_at))
+_MOVE = update(_checkout).where(_checkout.c.id == bindparam("b_id"), _checkout.c.version == bindparam("b_version"))
+_MOVE_HELD = _MOVE.where(_checkout.c.claim_token == bindparam("b_token"))
+_NOTE = (update(_checkout).where(_checkout.c.id == bindparam("b_id"), _checkout.c.state.in_(bindparam("b_states",
+                                                                                                         expanding=True)))
+         .values(version=_checkout.c.version + 1))
+_NOTE_HELD = _NOTE.where(_checkout.c.claim_token == bindparam("b_token"))
+_NOTE_FREE = _NOTE.where(_checkout.c.version == bindparam("b_version"),
+                         or_(_checkout.c.claim_token.is_(None), _checkout.c.claim_until < bindparam("b_now")))
+_TAKE = (update(_checkout).where(_checkout.c.id == bindparam("b_id"), _checkout.c.version == bindparam("b_version"),
+                                 or_(_checkout.c.claim_token.is_(None), _checkout.c.claim_until < bindparam("b_now")))
+         .values(claim_token=bindparam("b_token"), claim_until=bindparam("b_until"), version=_checkout.c.version + 1))
+_HELD = core_select(_checkout.c.claim_token).where(_checkout.c.id == bindparam("b_id")).with_for_update()
+_RELEASE = (update(_checkout).where(_checkout.c.id == bindparam("b_id"), _checkout.c.claim_token == bindparam("b_token"))
+            .values(claim_token=None, claim_until=None))
+_ADD_HISTORY = insert(_history)
+_ADD_ATTEMPT = insert(_attempt)
+_FINISH = (update(_attempt).where(_attempt.c.id == bindparam("b_id"))
+           .values(outcome=bindparam("b_outcome"), detail=bindparam("b_detail"), finished_at=bindparam("b_at")))
 
 
 class LostClaim(RuntimeError):
@@ -92,23 +128,21 @@ class Repo:
     def load(self, checkout_id: str) -> tuple[Checkout | None, dt.datetime | None, list[StepAttempt]]:
         """What a step's run starts from, in one read: the checkout, when it entered its state, and
         its step attempts."""
-        with self.read_session() as s:
-            row = s.get(Checkout, checkout_id)
+        key = {"b_id": checkout_id}
+        with self.read_engine.connect() as conn:
+            row = conn.execute(_ROW, key).first()
             if row is None:
                 return None, None, []
-            entered = s.exec(select(Transition.at).where(Transition.checkout_id == checkout_id)
-                             .order_by(col(Transition.id).desc()).limit(1)).first()
-            attempts = list(s.exec(select(StepAttempt).where(StepAttempt.checkout_id == checkout_id)
-                                   .order_by(col(StepAttempt.id))))
-            return row, entered, attempts
+            entered = conn.execute(_ENTERED, key).scalar()
+            attempts = [detached(StepAttempt, a) for a in conn.execute(_ATTEMPTS, key)]
+        return detached(Checkout, row), entered, attempts
 
     def snapshot(self, checkout_id: str) -> tuple[Checkout | None, list[Transition], list[Any]]:
         """What the merchant sees of a checkout, in one read: the row, its history, its refunds."""
-        with self.read_session() as s:
-            row = s.get(Checkout, checkout_id)
-            if row is None:
-                return None, [], []
-            return row, *self.trail_in(s, checkout_id)
+        with self.read_engine.connect() as conn:
+            row = conn.execute(_ROW, {"b_id": checkout_id}).first()
+            trail = self.trail_in(conn, checkout_id) if row is not None else ([], [])
+        return (detached(Checkout, row) if row is not None else None), *trail
 
     def trail(self, checkout: Checkout) -> tuple[list[Transition], list[Any]]:
         """A checkout's history and refunds, in one read; none for a checkout never written since
@@ -116,20 +150,16 @@ class Repo:
         if checkout.version == 0:
             return [Transition(checkout_id=checkout.id, from_state=None, to_state=checkout.state,
                                reason=FIRST_REASON, at=checkout.created_at)], []
-        checkout_id = checkout.id
-        with self.read_session() as s:
-            return self.trail_in(s, checkout_id)
+        with self.read_engine.connect() as conn:
+            trail = self.trail_in(conn, checkout.id)
+        return trail
 
     @staticmethod
-    def trail_in(s: Session, checkout_id: str) -> tuple[list[Transition], list[Any]]:
-        """A checkout's history and refunds, read in the session ``s`` (a read, or a move's write)."""
-        from orchestrator.db.models import Refund
-
-        history = list(s.exec(select(Transition).where(Transition.checkout_id == checkout_id)
-                              .order_by(col(Transition.id))))
-        refunds = list(s.exec(select(Refund).where(Refund.checkout_id == checkout_id)
-                              .order_by(col(Refund.created_at))))
-        return history, refunds
+    def trail_in(conn: Connection, checkout_id: str) -> tuple[list[Transition], list[Refund]]:
+        """A checkout's history and refunds, read on ``conn`` (a read, or a move's write)."""
+        key = {"b_id": checkout_id}
+        return ([detached(Transition, r) for r in conn.execute(_HISTORY, key)],
+                [detached(Refund, r) for r in conn.execute(_REFUNDS, key)])
 
     def by_reference(self, merchant_order_reference: str) -> Checkout | None:
         with self.read_session() as s:
@@ -178,9 +208,9 @@ class Repo:
 
     def move(self, checkout_id: str, plan: Callable[[Checkout], tuple[State, dict[str, Any]] | None], *,
              reason: str, fact: str | None = None, source: str | None = None, claim: Claim | None = None,
-             effect: Callable[[Session, Checkout, State], None] | None = None,
+             effect: Callable[[Connection, Checkout, State], None] | None = None,
              finish: Finished | None = None,
-             record: Callable[[Session, Checkout, Checkout, dt.datetime], Any] | None = None,
+             record: Callable[[Connection, Checkout, Checkout, dt.datetime], Any] | None = None,
              ) -> tuple[Checkout, Checkout] | None:
         """Decide and write one state change in one transaction that holds the checkout's row.
 
@@ -195,49 +225,50 @@ class Repo:
         (Deciding from a row read outside the writer lock and writing compare-and-set, retrying
         on a conflict, was measured too: no faster here, and more to reason about.)
         """
-        with self.session() as s:
+        with self.engine.connect() as conn:
             now = self.clock()
-            current = s.exec(select(Checkout).where(Checkout.id == checkout_id).with_for_update()).first()
-            if current is None:
-                s.rollback()
+            found = conn.execute(_ROW_LOCKED, {"b_id": checkout_id}).first()
+            if found is None:
+                conn.rollback()
                 return None
+            current = detached(Checkout, found)
             if claim is not None and not self._fenced(current, claim, now):
-                s.rollback()
+                conn.rollback()
                 raise LostClaim(checkout_id)
             decided = plan(current)
             if decided is None:
-                s.rollback()
+                conn.rollback()
                 return None
-            return self._write_move(s, current, decided, now, reason, fact, source, claim, effect, finish, record)
+            return self._write_move(conn, current, decided, now, reason, fact, source, claim, effect, finish,
+                                    record)
 
-    def _write_move(self, s: Session, before: Checkout, decided: tuple[State, dict[str, Any]], now: dt.datetime,
-                    reason: str, fact: str | None, source: str | None, claim: Claim | None,
-                    effect: Callable[[Session, Checkout, State], None] | None,
+    def _write_move(self, conn: Connection, before: Checkout, decided: tuple[State, dict[str, Any]],
+                    now: dt.datetime, reason: str, fact: str | None, source: str | None, claim: Claim | None,
+                    effect: Callable[[Connection, Checkout, State], None] | None,
                     finish: Finished | None,
-                    record: Callable[[Session, Checkout, Checkout, dt.datetime], Any] | None = None,
+                    record: Callable[[Connection, Checkout, Checkout, dt.datetime], Any] | None = None,
                     ) -> tuple[Checkout, Checkout] | None:
         """Write a decided move, compare-and-set on ``before``'s version (and the run's claim); None,
         with nothing written, if the row has changed."""
         target, fields = decided
         values: dict[str, Any] = {**fields, "state": target.value, "version": before.version + 1, "updated_at": now}
-        conditions = [col(Checkout.id) == before.id, col(Checkout.version) == before.version]
+        statement, keys = _MOVE, {"b_id": before.id, "b_version": before.version}
         if claim is not None:  # a run's move ends the run: the next step claims afresh
             values.update(claim_token=None, claim_until=None)
             if claim.token is not None:
-                conditions.append(col(Checkout.claim_token) == claim.token)
-        if s.connection().execute(update(Checkout).where(*conditions).values(**values)).rowcount != 1:
-            s.rollback()
+                statement, keys["b_token"] = _MOVE_HELD, claim.token
+        if conn.execute(statement, {**values, **keys}).rowcount != 1:
+            conn.rollback()
             return None
-        s.connection().execute(insert(Transition.__table__).values(  # type: ignore[attr-defined]
-            checkout_id=before.id, from_state=before.state, to_state=target.value, fact=fact, source=source,
-            reason=reason[:200], at=now))
+        conn.execute(_ADD_HISTORY, {"checkout_id": before.id, "from_state": before.state, "to_state": target.value,
+                                    "fact": fact, "source": source, "reason": reason[:200], "at": now})
         if effect is not None:
-            effect(s, before, target)
-        # the row as written, without reading it back (a read here would open another transaction)
-        after = Checkout.model_construct(**{**before.model_dump(), **values})
+            effect(conn, before, target)
+        # the row as written, without reading it back
+        after = detached(Checkout, {**before.model_dump(), **values})
         if record is not None:
-            record(s, before, after, now)
-        self._commit(s, finish)
+            record(conn, before, after, now)
+        self._commit(conn, finish)
         return before, after
 
     def note(self, checkout_id: str, *, states: Iterable[State] | None = None, claim: Claim | None = None,
@@ -245,16 +276,18 @@ class Repo:
         """Set fields without a state change, only while the checkout is in ``states`` (default: not
         final) and, for a run, while the run still holds it (or, before its first write, while the
         row is as the run read it)."""
-        guard = [s.value for s in (states if states is not None else set(State) - FINAL)]
         now = self.clock()
-        conditions = [col(Checkout.id) == checkout_id, col(Checkout.state).in_(guard)]
-        if claim is not None:
-            conditions.append(self._fence(claim, now))
-        with self.session() as s:
-            result = s.connection().execute(update(Checkout).where(*conditions)
-                               .values(version=Checkout.version + 1, updated_at=now, **fields))
-            self._commit(s, finish)
-            noted = result.rowcount == 1
+        keys: dict[str, Any] = {"b_id": checkout_id,
+                                "b_states": [s.value for s in (states if states is not None else set(State) - FINAL)]}
+        statement = _NOTE
+        if claim is not None and claim.token is not None:
+            statement, keys["b_token"] = _NOTE_HELD, claim.token
+        elif claim is not None:
+            statement = _NOTE_FREE
+            keys.update(b_version=claim.version, b_now=now)
+        with self.engine.connect() as conn:
+            noted = conn.execute(statement, {**fields, "updated_at": now, **keys}).rowcount == 1
+            self._commit(conn, finish)
         if noted and claim is not None:
             claim.version += 1
         return noted
@@ -266,21 +299,15 @@ class Repo:
             return row.claim_token == claim.token
         return row.version == claim.version and claim_free(row, now)
 
-    @staticmethod
-    def _fence(claim: Claim, now: dt.datetime) -> Any:
-        """``_fenced`` as a condition of a statement."""
-        if claim.token is not None:
-            return col(Checkout.claim_token) == claim.token
-        return (col(Checkout.version) == claim.version) & or_(col(Checkout.claim_token).is_(None),
-                                                               col(Checkout.claim_until) < now)
-
-    def _commit(self, s: Session, finish: Finished | None) -> None:
+    def _commit(self, conn: Connection | Session, finish: Finished | None) -> None:
         """Commit, recording a run's pending call outcomes in the same transaction (and forgetting
         them once they are written)."""
-        for attempt_id, outcome, detail in finish or ():
-            s.connection().execute(update(StepAttempt).where(col(StepAttempt.id) == attempt_id)
-                      .values(outcome=outcome, detail=(detail or "")[:500] or None, finished_at=self.clock()))
-        s.commit()
+        if finish:
+            at = self.clock()
+            on = conn if isinstance(conn, Connection) else conn.connection()
+            on.execute(_FINISH, [{"b_id": attempt_id, "b_outcome": outcome, "b_detail": (detail or "")[:500] or None,
+                                  "b_at": at} for attempt_id, outcome, detail in finish])
+        conn.commit()
         if finish:
             finish.clear()
 
@@ -301,6 +328,14 @@ class Repo:
     def release(self, table: type[Any], row_id: str, token: str, finish: Finished | None = None) -> Any | None:
         """Give the claim back; the row as it is now if this run still held it, else None. A run's
         pending call outcomes are recorded either way (they are facts about calls it made)."""
+        if table is Checkout:
+            with self.engine.connect() as conn:
+                found = conn.execute(_ROW_LOCKED, {"b_id": row_id}).first()
+                held = found is not None and found.claim_token == token
+                if held:
+                    conn.execute(_RELEASE, {"b_id": row_id, "b_token": token})
+                self._commit(conn, finish)
+            return detached(Checkout, found) if held else None
         with self.session() as s:
             row = s.exec(select(table).where(table.id == row_id).with_for_update()).first()
             if row is None or row.claim_token != token:
@@ -324,34 +359,29 @@ class Repo:
         later one is fenced by it."""
         now = self.clock()
         taken = None
-        with self.session() as s:
+        with self.engine.connect() as conn:
             if claim is not None and claim.token is None:
                 taken = uuid.uuid4().hex
-                result = s.connection().execute(update(Checkout).where(col(Checkout.id) == checkout_id, self._fence(claim, now))
-                                   .values(claim_token=taken, version=Checkout.version + 1,
-                                           claim_until=now + dt.timedelta(seconds=claim.lease_seconds)))
-                if result.rowcount != 1:
-                    s.rollback()
+                if conn.execute(_TAKE, {"b_id": checkout_id, "b_version": claim.version, "b_now": now,
+                                        "b_token": taken,
+                                        "b_until": now + dt.timedelta(seconds=claim.lease_seconds)}).rowcount != 1:
+                    conn.rollback()
                     raise LostClaim(checkout_id)
             elif claim is not None:
-                held = s.exec(select(Checkout.claim_token).where(Checkout.id == checkout_id).with_for_update()).first()
-                if held != claim.token:
-                    s.rollback()
+                if conn.execute(_HELD, {"b_id": checkout_id}).scalar() != claim.token:
+                    conn.rollback()
                     raise LostClaim(checkout_id)
-            attempt = StepAttempt(checkout_id=checkout_id, step=step, reference=reference, task_id=task_id,
-                                  started_at=now)
-            s.add(attempt)
-            self._commit(s, finish)
-            assert attempt.id is not None
+            added = conn.execute(_ADD_ATTEMPT, {"checkout_id": checkout_id, "step": step, "reference": reference,
+                                                "task_id": task_id, "outcome": "in_flight", "started_at": now})
+            attempt_id = int(added.inserted_primary_key[0])
+            self._commit(conn, finish)
         if taken is not None and claim is not None:
             claim.token, claim.version = taken, claim.version + 1
-        return attempt.id
+        return attempt_id
 
     def finish_attempt(self, attempt_id: int, outcome: str, detail: str | None = None) -> None:
-        with self.session() as s:
-            s.connection().execute(update(StepAttempt).where(col(StepAttempt.id) == attempt_id)
-                      .values(outcome=outcome, detail=(detail or "")[:500] or None, finished_at=self.clock()))
-            s.commit()
+        with self.engine.connect() as conn:
+            self._commit(conn, [(attempt_id, outcome, detail)])
 
     def has_attempt(self, checkout_id: str, step: str, reference: str | None) -> bool:
         """Was a call of ``step`` with ``reference`` made before (a repeat of an idempotent call)?"""
