@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 import uuid
 
-from sqlalchemy import bindparam, insert, or_, update
+from sqlalchemy import bindparam, delete, insert, or_, update
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -67,6 +67,7 @@ _TAKE = (update(_checkout).where(_checkout.c.id == bindparam("b_id"), _checkout.
 _HELD = core_select(_checkout.c.claim_token).where(_checkout.c.id == bindparam("b_id")).with_for_update()
 _RELEASE = (update(_checkout).where(_checkout.c.id == bindparam("b_id"), _checkout.c.claim_token == bindparam("b_token"))
             .values(claim_token=None, claim_until=None))
+_ADD_CHECKOUT = insert(_checkout)
 _ADD_HISTORY = insert(_history)
 _ADD_ATTEMPT = insert(_attempt)
 _FINISH = (update(_attempt).where(_attempt.c.id == bindparam("b_id"))
@@ -122,8 +123,9 @@ class Repo:
     # --- reads --------------------------------------------------------------------------
 
     def get(self, checkout_id: str) -> Checkout | None:
-        with self.read_session() as s:
-            return s.get(Checkout, checkout_id)
+        with self.read_engine.connect() as conn:
+            row = conn.execute(_ROW, {"b_id": checkout_id}).first()
+        return detached(Checkout, row) if row is not None else None
 
     def load(self, checkout_id: str) -> tuple[Checkout | None, dt.datetime | None, list[StepAttempt]]:
         """What a step's run starts from, in one read: the checkout, when it entered its state, and
@@ -193,12 +195,12 @@ class Repo:
         """Insert a new checkout and its first history row (``FIRST_REASON``, at its creation); on a
         duplicate merchant reference return the existing one."""
         try:
-            with self.session() as s:
-                s.add(checkout)
-                s.flush()
-                s.add(Transition(checkout_id=checkout.id, from_state=None, to_state=checkout.state,
-                                 reason=FIRST_REASON, at=checkout.created_at))
-                s.commit()
+            with self.engine.connect() as conn:
+                conn.execute(_ADD_CHECKOUT, checkout.model_dump())
+                conn.execute(_ADD_HISTORY, {"checkout_id": checkout.id, "from_state": None, "to_state": checkout.state,
+                                            "fact": None, "source": None, "reason": FIRST_REASON,
+                                            "at": checkout.created_at})
+                conn.commit()
                 return checkout, True
         except IntegrityError:
             existing = self.by_reference(checkout.merchant_order_reference)
@@ -452,57 +454,53 @@ class IdempotencyStore:
     is a conflict too. Keys are kept ``keep`` (at least 24 h) and pruned by the sweep."""
 
     def __init__(self, repo: Repo, keep: dt.timedelta = dt.timedelta(hours=48)):
+        from orchestrator.db.models import IdempotencyKey
+
         self.repo, self.keep = repo, keep
+        table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+        this = (table.c.key == bindparam("b_key")) & (table.c.scope == bindparam("b_scope"))
+        self._begin = insert_skipping(repo.engine, table, ["key", "scope"]).returning(table.c.key)
+        self._row = core_select(table).where(this)
+        self._renew = update(table).where(this).values(status_code=None, response_body=None)
+        self._answer = update(table).where(this)
+        self._forget = delete(table).where(this, table.c.status_code.is_(None))
 
     def begin(self, key: str, scope: str, request_hash: str) -> tuple[str, Any]:
         """('new', None) to go ahead; ('replay', row), ('mismatch', row) or ('in_progress', row).
         The common case (a new key) is one statement: an insert that skips an existing key."""
-        from orchestrator.db.models import IdempotencyKey
-
         now = self.repo.clock()
-        table = IdempotencyKey.__table__  # type: ignore[attr-defined]
-        fresh = {"key": key, "scope": scope, "request_hash": request_hash, "created_at": now}
-        with self.repo.session() as s:
-            statement = insert_skipping(self.repo.engine, table, ["key", "scope"]).returning(table.c.key)
-            if s.connection().execute(statement, [fresh]).first() is not None:
-                s.commit()
+        this = {"b_key": key, "b_scope": scope}
+        with self.repo.engine.connect() as conn:
+            if conn.execute(self._begin, {"key": key, "scope": scope, "request_hash": request_hash,
+                                          "created_at": now}).first() is not None:
+                conn.commit()
                 return "new", None
-            row = s.get(IdempotencyKey, (key, scope))
+            row = conn.execute(self._row, this).first()
             if row is None:  # pruned between the two statements
-                s.commit()
+                conn.commit()
                 return "new", None
             if row.created_at.replace(tzinfo=dt.timezone.utc) < now - self.keep:  # expired: the key is new again
-                s.connection().execute(update(IdempotencyKey).where(
-                    col(IdempotencyKey.key) == key, col(IdempotencyKey.scope) == scope).values(
-                    request_hash=request_hash, created_at=now, status_code=None, response_body=None))
-                s.commit()
+                conn.execute(self._renew, {**this, "request_hash": request_hash, "created_at": now})
+                conn.commit()
                 return "new", None
-            s.commit()
+            conn.commit()
         if row.request_hash != request_hash:
             return "mismatch", row
         return ("replay", row) if row.status_code is not None else ("in_progress", row)
 
     def finish(self, key: str, scope: str, status_code: int, body: str) -> None:
-        from orchestrator.db.models import IdempotencyKey
-
-        with self.repo.session() as s:
-            s.connection().execute(update(IdempotencyKey).where(col(IdempotencyKey.key) == key, col(IdempotencyKey.scope) == scope)
-                      .values(status_code=status_code, response_body=body))
-            s.commit()
+        with self.repo.engine.connect() as conn:
+            conn.execute(self._answer, {"b_key": key, "b_scope": scope, "status_code": status_code,
+                                        "response_body": body})
+            conn.commit()
 
     def forget(self, key: str, scope: str) -> None:
         """The first request failed without an answer worth keeping (a 5xx): the key may be retried."""
-        from orchestrator.db.models import IdempotencyKey
-
-        with self.repo.session() as s:
-            row = s.get(IdempotencyKey, (key, scope))
-            if row is not None and row.status_code is None:
-                s.delete(row)
-            s.commit()
+        with self.repo.engine.connect() as conn:
+            conn.execute(self._forget, {"b_key": key, "b_scope": scope})
+            conn.commit()
 
     def prune(self) -> int:
-        from sqlalchemy import delete
-
         from orchestrator.db.models import IdempotencyKey
 
         with self.repo.session() as s:
