@@ -215,8 +215,7 @@ class Engine:
     def _after(self, after: Checkout, run: Run | None = None) -> None:
         target = State(after.state)
         if target in saga.FINAL or target in (State.WATCHING, State.NEEDS_ATTENTION):
-            self.vault.drop_card(after.id)
-            self.vault.drop_otp(after.id)
+            self.vault.drop(after.id)
         step = saga.next_step(target)
         if step is not None and target not in _WAITING:
             if run is not None and run.chained:  # the run goes on with it (its due time covers a crash)

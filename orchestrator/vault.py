@@ -77,3 +77,7 @@ class Vault:
 
     def drop_otp(self, checkout_id: str) -> None:
         self._redis.delete(self._key("otp", checkout_id))
+
+    def drop(self, checkout_id: str) -> None:
+        """Drop the card and the OTP (one round trip)."""
+        self._redis.delete(self._key("card", checkout_id), self._key("otp", checkout_id))

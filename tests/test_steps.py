@@ -219,6 +219,16 @@ def test_card_is_encrypted_in_the_vault_and_dropped_after_payment(harness):
     assert h.redis.get(f"vault:card:{row.id}") is None
 
 
+def test_a_checkout_that_ends_holds_no_card_and_no_otp(harness):
+    h = harness
+    row = received(h)
+    h.deps.vault.put_otp(row.id, "123456", 300)  # an OTP submitted as the checkout is cancelled
+    h.service.cancel(row.id)
+    h.drain()
+    assert h.deps.repo.get(row.id).state == "CANCELLED"
+    assert h.redis.keys(f"vault:*:{row.id}") == []
+
+
 def test_sweep_enqueues_each_due_row_once_even_when_two_sweeps_race(harness):
     from orchestrator.sweeps import sweep_due
 

@@ -47,6 +47,8 @@ _refund = Refund.__table__  # type: ignore[attr-defined]
 # prebuilt statements (parameters named b_*; an UPDATE's SET comes from the other keys given)
 _ROW = core_select(_checkout).where(_checkout.c.id == bindparam("b_id"))
 _ROW_LOCKED = _ROW.with_for_update()
+_BY_REFERENCE = core_select(_checkout).where(_checkout.c.merchant_order_reference == bindparam("b_value"))
+_BY_PLURAL_ORDER = core_select(_checkout).where(_checkout.c.plural_order_id == bindparam("b_value")).limit(1)
 _ENTERED = (core_select(_history.c.at).where(_history.c.checkout_id == bindparam("b_id"))
             .order_by(_history.c.id.desc()).limit(1))
 _ATTEMPTS = core_select(_attempt).where(_attempt.c.checkout_id == bindparam("b_id")).order_by(_attempt.c.id)
@@ -164,12 +166,15 @@ class Repo:
                 [detached(Refund, r) for r in conn.execute(_REFUNDS, key)])
 
     def by_reference(self, merchant_order_reference: str) -> Checkout | None:
-        with self.read_session() as s:
-            return s.exec(select(Checkout).where(Checkout.merchant_order_reference == merchant_order_reference)).first()
+        return self._one(_BY_REFERENCE, merchant_order_reference)
 
     def by_plural_order(self, plural_order_id: str) -> Checkout | None:
-        with self.read_session() as s:
-            return s.exec(select(Checkout).where(Checkout.plural_order_id == plural_order_id)).first()
+        return self._one(_BY_PLURAL_ORDER, plural_order_id)
+
+    def _one(self, statement: Any, value: str) -> Checkout | None:
+        with self.read_engine.connect() as conn:
+            row = conn.execute(statement, {"b_value": value}).first()
+        return detached(Checkout, row) if row is not None else None
 
     def history(self, checkout_id: str) -> list[Transition]:
         with self.read_session() as s:
