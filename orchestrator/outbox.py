@@ -40,7 +40,7 @@ def record_checkout_change(conn: Connection, before: Checkout, after: Checkout, 
     status = saga.public_change(State(before.state), State(after.state))
     if status is None:
         return None
-    history, refunds = Repo.trail_in(conn, after.id)  # in the move's transaction: its own row included
+    history, refunds = Repo.trail_in(conn, after)  # in the move's transaction: its own row included
     kind = checkout_event_type(status)
     _insert(conn, kind, after.id, None, checkout_view(after, history, refunds, now), now)
     return kind

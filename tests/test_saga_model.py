@@ -35,6 +35,7 @@ from orchestrator.core import saga
 from orchestrator.core.saga import Source, State
 from orchestrator.plural import PluralClient, errors
 from orchestrator.plural.signatures import sign_callback
+from orchestrator.db.repo import may_have_refunds
 from orchestrator.refunds import RefundRefused, refunds_of
 from orchestrator.sandbox.audit import agrees_with_plural, ledger_problems
 from orchestrator.service import CheckoutError, CheckoutIn
@@ -352,6 +353,8 @@ class SagaModel(RuleBasedStateMachine):
             c = h.deps.repo.get(checkout_id)
             END_STATES[(c.state, c.late_undo or "", (c.attention_reason or "")[:60], c.error_code or "")] += 1
             assert State(c.state) in RESTING, (checkout_id, c.state, [t.reason for t in h.deps.repo.history(c.id)])
+            # the views read refunds only where Repo.may_have_refunds says there can be some
+            assert may_have_refunds(c) or not refunds_of(h.deps, c.id), (c.state, c.late_undo)
             if not c.plural_order_id:
                 assert State(c.state) in saga.FINAL
                 continue

@@ -97,6 +97,12 @@ class Claim:
     token: str | None = None
 
 
+def may_have_refunds(c: Checkout) -> bool:
+    """Refunds exist only for a COMPLETED checkout (the merchant's) or one whose late payment
+    the engine refunded (``late_undo``, set in the move that creates that refund)."""
+    return c.state == State.COMPLETED.value or c.late_undo == "REFUNDED"
+
+
 def claim_free(row: Any, now: dt.datetime) -> bool:
     """No run holds ``row`` (nobody claimed it, or the holder's lease ran out)."""
     until = aware(row.claim_until)
@@ -107,12 +113,9 @@ class Repo:
     def __init__(self, engine: Engine, clock: Callable[[], dt.datetime] = utcnow):
         self.engine = engine
         self.clock = clock
-        # SQLite writers begin IMMEDIATE; reads go through an engine that never takes the write lock
-        self.read_engine = engine
-        if engine.dialect.name == "sqlite":
-            from orchestrator.db.engine import make_engine
+        from orchestrator.db.engine import reader
 
-            self.read_engine = make_engine(engine.url.render_as_string(hide_password=False), immediate=False)
+        self.read_engine = reader(engine)
 
     def session(self) -> Session:
         """A session for writing (and for reads that decide a write)."""
@@ -144,9 +147,11 @@ class Repo:
     def snapshot(self, checkout_id: str) -> tuple[Checkout | None, list[Transition], list[Any]]:
         """What the merchant sees of a checkout, in one read: the row, its history, its refunds."""
         with self.read_engine.connect() as conn:
-            row = conn.execute(_ROW, {"b_id": checkout_id}).first()
-            trail = self.trail_in(conn, checkout_id) if row is not None else ([], [])
-        return (detached(Checkout, row) if row is not None else None), *trail
+            found = conn.execute(_ROW, {"b_id": checkout_id}).first()
+            if found is None:
+                return None, [], []
+            row = detached(Checkout, found)
+            return row, *self.trail_in(conn, row)
 
     def trail(self, checkout: Checkout) -> tuple[list[Transition], list[Any]]:
         """A checkout's history and refunds, in one read; none for a checkout never written since
@@ -155,15 +160,17 @@ class Repo:
             return [Transition(checkout_id=checkout.id, from_state=None, to_state=checkout.state,
                                reason=FIRST_REASON, at=checkout.created_at)], []
         with self.read_engine.connect() as conn:
-            trail = self.trail_in(conn, checkout.id)
-        return trail
+            return self.trail_in(conn, checkout)
 
     @staticmethod
-    def trail_in(conn: Connection, checkout_id: str) -> tuple[list[Transition], list[Refund]]:
-        """A checkout's history and refunds, read on ``conn`` (a read, or a move's write)."""
-        key = {"b_id": checkout_id}
-        return ([detached(Transition, r) for r in conn.execute(_HISTORY, key)],
-                [detached(Refund, r) for r in conn.execute(_REFUNDS, key)])
+    def trail_in(conn: Connection, checkout: Checkout) -> tuple[list[Transition], list[Refund]]:
+        """A checkout's history and refunds, read on ``conn`` (a read, or a move's write); the
+        refunds only where there can be some."""
+        key = {"b_id": checkout.id}
+        history = [detached(Transition, r) for r in conn.execute(_HISTORY, key)]
+        if not may_have_refunds(checkout):
+            return history, []
+        return history, [detached(Refund, r) for r in conn.execute(_REFUNDS, key)]
 
     def by_reference(self, merchant_order_reference: str) -> Checkout | None:
         return self._one(_BY_REFERENCE, merchant_order_reference)

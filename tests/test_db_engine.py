@@ -1,0 +1,78 @@
+"""Database engines: pooled connections that died while idle are replaced, not handed out; reads
+on PostgreSQL run in autocommit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from orchestrator.db.engine import make_engine, ping_when_idle, reader
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pooled(tmp_path: Any, ticks: Ticks) -> Any:
+    engine = create_engine(f"sqlite:///{tmp_path / 'p.db'}", pool_size=1, max_overflow=0)
+    ping_when_idle(engine, 10.0, clock=ticks)
+    return engine
+
+
+def idle_records(engine: Any) -> list[Any]:
+    return list(engine.pool._pool.queue)  # the connections waiting in the pool
+
+
+def kill_pooled_connection(engine: Any) -> None:
+    """Close the DBAPI connection under the pool's one idle connection, as a server restart would."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    [record] = idle_records(engine)
+    record.dbapi_connection.close()
+
+
+def test_a_connection_that_died_while_idle_is_replaced(tmp_path):
+    ticks = Ticks()
+    engine = pooled(tmp_path, ticks)
+    kill_pooled_connection(engine)
+    ticks.now += 11
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_a_connection_used_a_moment_ago_is_not_pinged(tmp_path):
+    ticks = Ticks()
+    engine = pooled(tmp_path, ticks)
+    kill_pooled_connection(engine)
+    ticks.now += 1  # not idle long enough to be pinged: handed out as it is (and fails in use)
+    with engine.connect() as conn, pytest.raises(Exception):
+        conn.execute(text("SELECT 1"))
+
+
+def test_on_postgresql_a_connection_killed_while_idle_is_replaced(postgres_url):
+    engine = make_engine(postgres_url, pool_size=1, max_overflow=0)
+    with engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+    with create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://")).connect() as other:
+        other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        other.commit()
+    [record] = idle_records(engine)
+    record.info["returned_at"] -= 60  # as if it had sat idle a minute
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+
+
+def test_on_postgresql_reads_run_in_autocommit(postgres_url):
+    engine = make_engine(postgres_url)
+    with reader(engine).connect() as conn:
+        conn.execute(text("SELECT 1"))
+        assert conn.connection.dbapi_connection.autocommit is True
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        assert conn.connection.dbapi_connection.autocommit is False
