@@ -25,6 +25,7 @@ from orchestrator.plural.transport import PooledTransport, Request  # noqa: E402
 
 class Answer(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    wbufsize = 65536  # headers and body leave in one write (two small ones stall on delayed ACKs)
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))

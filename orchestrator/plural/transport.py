@@ -1,7 +1,7 @@
 """The transport seam: one method that sends bytes and returns bytes.
 
 ``PooledTransport`` is the real one (urllib3's connection pools, which ``requests`` is built on:
-a call costs about 0.6 of the CPU of the same call through a ``requests.Session``, as
+a call costs about half the CPU of the same call through a ``requests.Session``, as
 ``bench/transport.py`` prints). Tests pass any object with
 the same ``send`` method instead of patching the network. A transport raises only
 ``ConnectionFailed`` (never sent) or ``OutcomeUnknown`` (sent, no answer); any HTTP answer,

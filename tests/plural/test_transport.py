@@ -17,6 +17,7 @@ from orchestrator.plural.transport import PooledTransport, Request
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    wbufsize = 65536  # one write per answer
 
     def do_POST(self) -> None:
         got = self.rfile.read(int(self.headers["Content-Length"]))
