@@ -140,6 +140,8 @@ class Engine:
         """A payment that completed after the checkout was cancelled for the merchant is refunded."""
 
         def effect(conn: Connection, row: Checkout, target: State) -> None:
+            if not _watched(row):
+                return
             amount = int(fields.get("captured_amount") or row.payment_amount or row.amount_value)
             count = conn.execute(select(func.count()).select_from(Refund).where(col(Refund.checkout_id) == row.id)
                                  ).scalar_one()
@@ -174,14 +176,7 @@ class Engine:
                 return None
             return target, self._values(row, state, target, fact, reason, given)
 
-        effect = None
-        if fact is Fact.PLURAL_PROCESSED:
-            refund_effect = self._late_refund(late_refunds, given)
-
-            def effect(conn: Connection, row: Checkout, target: State) -> None:
-                if _watched(row):
-                    refund_effect(conn, row, target)
-
+        effect = self._late_refund(late_refunds, given) if fact is Fact.PLURAL_PROCESSED else None
         moved = self.repo.move(checkout_id, plan, reason=reason, fact=fact.value, source=source.value,
                                claim=run.claim if run else None, effect=effect,
                                finish=run.finished if run else None, record=outbox.record_checkout_change)

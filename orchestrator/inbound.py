@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 from urllib.parse import urlencode
 
 from orchestrator.core import saga

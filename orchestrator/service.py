@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 
 from orchestrator import metrics
 from orchestrator.changes import Announce, silent
-from orchestrator.core import emi, saga
+from orchestrator.core import saga
 from orchestrator.core.cards import digits_only, expiry_in_future, luhn_ok, network_of
 from orchestrator.core.money import Money
 from orchestrator.core.saga import Fact, Source, State, Step

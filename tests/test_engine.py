@@ -22,7 +22,7 @@ from orchestrator.webhooks import process_pending
 from tests.conftest import at_once, ledger
 from tests.test_capture_refunds import authorized, kinds
 from tests.test_steps import checkout
-from tests.test_webhooks import ACS_CARD, approve, order_json, signed, start
+from tests.test_webhooks import approve, order_json, signed, start
 
 
 def faults(h, *rules):

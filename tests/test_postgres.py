@@ -78,8 +78,6 @@ def test_concurrent_sweeps_skip_locked_rows_on_postgres(pg):
 
 
 def test_compare_and_set_refuses_a_backward_move_on_postgres(pg):
-    from orchestrator.core.saga import State
-
     c = checkout(pg)
     assert c.state == "COMPLETED"
     from orchestrator.core.saga import Fact, Source

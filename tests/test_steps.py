@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from orchestrator import steps
-from orchestrator.core.saga import State, Step
+from orchestrator.core.saga import Step
 from orchestrator.service import CheckoutIn
 from tests.conftest import ledger
 

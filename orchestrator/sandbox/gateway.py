@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlencode
 
-from orchestrator.core.cards import digits_only, expiry_in_future, luhn_ok, valid_shape
+from orchestrator.core.cards import expiry_in_future, luhn_ok, valid_shape
 from orchestrator.core.money import SUPPORTED_CURRENCIES
 from orchestrator.plural.signatures import sign_callback
 from orchestrator.sandbox import cards, offers
