@@ -76,6 +76,47 @@ def test_an_expired_key_is_new_again_and_forgets_its_old_answer(store):
     assert keys.begin(k, "POST /v1/checkouts", "h2")[0] == "in_progress"
 
 
+def test_a_key_whose_first_request_never_answered_is_taken_over_after_a_minute(store):
+    keys, clock = store
+    k = key()
+    keys.begin(k, "POST /v1/checkouts", "h1")  # then the process died: no finish, no forget
+    clock.advance(30)
+    assert keys.begin(k, "POST /v1/checkouts", "h1")[0] == "in_progress"
+    clock.advance(31)
+    assert keys.begin(k, "POST /v1/checkouts", "h1") == ("new", None)
+    assert keys.begin(k, "POST /v1/checkouts", "h1")[0] == "in_progress"  # the retry holds it now
+
+
+def test_an_abandoned_key_is_not_taken_over_with_another_body(store):
+    keys, clock = store
+    k = key()
+    keys.begin(k, "POST /v1/checkouts", "h1")
+    clock.advance(61)
+    assert keys.begin(k, "POST /v1/checkouts", "h2")[0] == "mismatch"
+
+
+def test_of_two_retries_taking_over_an_abandoned_key_at_once_one_runs(store):
+    import threading
+
+    keys, clock = store
+    k = key()
+    keys.begin(k, "POST /v1/checkouts", "h1")
+    clock.advance(61)
+    verdicts: list[str] = []
+    gate = threading.Barrier(4)
+
+    def retry() -> None:
+        gate.wait()
+        verdicts.append(keys.begin(k, "POST /v1/checkouts", "h1")[0])
+
+    threads = [threading.Thread(target=retry) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(verdicts) == ["in_progress"] * 3 + ["new"]
+
+
 def test_forget_frees_an_unanswered_key_but_never_an_answered_one(store):
     keys, _ = store
     unanswered, answered = key(), key()

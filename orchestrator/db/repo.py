@@ -463,17 +463,25 @@ class Repo:
 class IdempotencyStore:
     """Stripe's semantics for ``Idempotency-Key``: the same key and body get the first answer; the
     same key with another body is a conflict; a key whose first request is still being answered
-    is a conflict too. Keys are kept ``keep`` (at least 24 h) and pruned by the sweep."""
+    is a conflict too. Keys are kept ``keep`` (at least 24 h) and pruned by the sweep.
 
-    def __init__(self, repo: Repo, keep: dt.timedelta = dt.timedelta(hours=48)):
+    A first request that never answered (its process died mid-request) does not hold its key for
+    ``keep``: once ``abandon_after`` has passed without an answer, a retry with the same body
+    takes the key over and runs (the actions behind it are safe to run again: a merchant
+    reference is unique, a step checks the state). Taking a key over, or renewing an expired
+    one, is compare-and-set on the time it was taken, so of two retries at once one runs."""
+
+    def __init__(self, repo: Repo, keep: dt.timedelta = dt.timedelta(hours=48),
+                 abandon_after: dt.timedelta = dt.timedelta(seconds=60)):
         from orchestrator.db.models import IdempotencyKey
 
-        self.repo, self.keep = repo, keep
+        self.repo, self.keep, self.abandon_after = repo, keep, abandon_after
         table = IdempotencyKey.__table__  # type: ignore[attr-defined]
         this = (table.c.key == bindparam("b_key")) & (table.c.scope == bindparam("b_scope"))
         self._begin = insert_skipping(repo.engine, table, ["key", "scope"]).returning(table.c.key)
         self._row = core_select(table).where(this)
-        self._renew = update(table).where(this).values(status_code=None, response_body=None)
+        self._take = (update(table).where(this, table.c.created_at == bindparam("b_taken"))
+                      .values(status_code=None, response_body=None))
         self._answer = update(table).where(this)
         self._forget = delete(table).where(this, table.c.status_code.is_(None))
 
@@ -491,10 +499,15 @@ class IdempotencyStore:
             if row is None:  # pruned between the two statements
                 conn.commit()
                 return "new", None
-            if row.created_at.replace(tzinfo=dt.timezone.utc) < now - self.keep:  # expired: the key is new again
-                conn.execute(self._renew, {**this, "request_hash": request_hash, "created_at": now})
+            taken = row.created_at.replace(tzinfo=dt.timezone.utc)
+            expired = taken < now - self.keep  # the key is new again, whatever the body
+            abandoned = (row.status_code is None and row.request_hash == request_hash
+                         and taken < now - self.abandon_after)
+            if expired or abandoned:
+                took = conn.execute(self._take, {**this, "b_taken": row.created_at, "request_hash": request_hash,
+                                                 "created_at": now}).rowcount == 1
                 conn.commit()
-                return "new", None
+                return ("new", None) if took else ("in_progress", row)
             conn.commit()
         if row.request_hash != request_hash:
             return "mismatch", row
