@@ -104,6 +104,10 @@ class Runtime:
                                announce=self.announce, kick_events=self.kick_events)
 
 
+def _nothing() -> None:
+    pass
+
+
 _lock = threading.Lock()
 _runtime: Runtime | None = None
 
@@ -124,6 +128,8 @@ def get_runtime() -> Runtime:
                 plural=PluralClient.from_settings(settings, redis=redis, observe=metrics.observe_gateway),
                 enqueue=celery_enqueue(app),
                 announce=redis_announcer(redis),
-                kick_events=delivery_kick(redis, lambda: app.send_task("tasks.deliver_events", queue="events")),
+                # with nowhere to push, events wait for GET /v1/events: nothing to kick
+                kick_events=(delivery_kick(redis, lambda: app.send_task("tasks.deliver_events", queue="events"))
+                             if settings.merchant_webhook_url or settings.merchant_events_task else _nothing),
             )
         return _runtime
