@@ -116,6 +116,10 @@ class Repo:
         from orchestrator.db.engine import reader
 
         self.read_engine = reader(engine)
+        #: for writes whose statements are each safe alone (one statement, or compare-and-set ones):
+        #: autocommit on PostgreSQL, one round trip each instead of a BEGIN and a COMMIT around
+        #: them; the writers' engine on SQLite (its lock)
+        self.single_engine = self.read_engine if engine.dialect.name == "postgresql" else engine
 
     def session(self) -> Session:
         """A session for writing (and for reads that decide a write)."""
@@ -490,7 +494,7 @@ class IdempotencyStore:
         The common case (a new key) is one statement: an insert that skips an existing key."""
         now = self.repo.clock()
         this = {"b_key": key, "b_scope": scope}
-        with self.repo.engine.connect() as conn:
+        with self.repo.single_engine.connect() as conn:
             if conn.execute(self._begin, {"key": key, "scope": scope, "request_hash": request_hash,
                                           "created_at": now}).first() is not None:
                 conn.commit()
@@ -514,14 +518,14 @@ class IdempotencyStore:
         return ("replay", row) if row.status_code is not None else ("in_progress", row)
 
     def finish(self, key: str, scope: str, status_code: int, body: str) -> None:
-        with self.repo.engine.connect() as conn:
+        with self.repo.single_engine.connect() as conn:
             conn.execute(self._answer, {"b_key": key, "b_scope": scope, "status_code": status_code,
                                         "response_body": body})
             conn.commit()
 
     def forget(self, key: str, scope: str) -> None:
         """The first request failed without an answer worth keeping (a 5xx): the key may be retried."""
-        with self.repo.engine.connect() as conn:
+        with self.repo.single_engine.connect() as conn:
             conn.execute(self._forget, {"b_key": key, "b_scope": scope})
             conn.commit()
 
