@@ -161,11 +161,12 @@ def _admin() -> dict[str, str]:
 
 
 def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0, settle_seconds: float = 240.0,
-              base: Path | None = None, progress: Callable[[str], None] = print) -> Report:
+              base: Path | None = None, progress: Callable[[str], None] = print,
+              env: dict[str, str] | None = None) -> Report:
     rng = random.Random(seed)
     base = Path(base or tempfile.mkdtemp(prefix="orchestrator-chaos-"))
     stack = Stack(data_dir=base / "var", api_port=free_port(), sandbox_port=free_port(), redis_port=free_port(),
-                  log_dir=base / "logs", env=dict(CHAOS_ENV))
+                  log_dir=base / "logs", env={**CHAOS_ENV, **(env or {})})
     report = Report(checkouts=checkouts)
     with stack:
         stack.spawn("worker2", command="worker")
