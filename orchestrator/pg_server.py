@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 from orchestrator.redis_server import free_port
@@ -18,9 +19,34 @@ class NoPostgres(RuntimeError):
     """This machine cannot start a PostgreSQL server; the message says why."""
 
 
+@dataclass
+class PostgresServer:
+    """A running throwaway server: its SQLAlchemy URL, and a way to crash and restart it."""
+
+    url: str
+    data: str
+    bindir: str
+    run_as: list[str]
+
+    def restart(self) -> None:
+        """Stop the server at once, as a crash would (every connection dropped, transactions in
+        flight lost), and start it again on the same port and data."""
+        done = subprocess.run(self.run_as + [f"{self.bindir}/pg_ctl", "-D", self.data, "-w", "-m", "immediate",
+                                             "-l", f"{self.data}/log", "restart"], capture_output=True, text=True, cwd=self.data)
+        if done.returncode != 0:
+            raise NoPostgres(f"could not restart the PostgreSQL server: {done.stderr.strip()[-300:]}")
+
+
 @contextmanager
 def throwaway_postgres() -> Iterator[str]:
     """Start a server, yield its SQLAlchemy URL, stop it and delete its data."""
+    with throwaway_postgres_server() as server:
+        yield server.url
+
+
+@contextmanager
+def throwaway_postgres_server() -> Iterator[PostgresServer]:
+    """Start a server, yield it, stop it and delete its data."""
     pg_ctl = shutil.which("pg_ctl") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))), None)
     if not pg_ctl:
         raise NoPostgres("no PostgreSQL server binaries on this machine")
@@ -47,7 +73,7 @@ def throwaway_postgres() -> Iterator[str]:
             shutil.rmtree(data, ignore_errors=True)
             raise NoPostgres(f"could not start a PostgreSQL server: {done.stderr.strip()[-300:]}")
     try:
-        yield f"postgresql://orchestrator@127.0.0.1:{port}/postgres"
+        yield PostgresServer(f"postgresql://orchestrator@127.0.0.1:{port}/postgres", data, bindir, run_as)
     finally:
         subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True,
                        cwd=data)
