@@ -1,9 +1,14 @@
 """The repository: every state change is compare-and-set, and leaves a row in the history.
 
-The paths every step takes (``load``, ``begin_attempt``, ``move``, ``note``, ``release``, a
-checkout's trail) run prebuilt Core statements on a plain connection and build rows with
+The paths every step and every merchant request take (``load``, ``begin_attempt``, ``move``,
+``note``, ``release``, a checkout's trail, ``insert``, ``get``, the look-ups, the
+Idempotency-Key store) run prebuilt Core statements on a plain connection and build rows with
 ``detached``: building a statement, its cache key, a session's bookkeeping and the ORM's loading
-cost more CPU than the SQL itself. The rest uses sessions, where that costs nothing that matters."""
+cost more CPU than the SQL itself. The rest uses sessions, where that costs nothing that matters.
+
+Reads that decide nothing on their own (``load``, ``snapshot``) may see a row and its attempts
+or history a moment apart on PostgreSQL (autocommit, as READ COMMITTED would anyway): a run's
+first write compare-and-sets the version it read, so a run never acts on a stale row."""
 
 from __future__ import annotations
 
