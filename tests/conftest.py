@@ -298,16 +298,27 @@ def make_harness(url: str, sandbox: ThreadedUvicorn, sandbox_settings: Settings,
 
 # --- a throwaway PostgreSQL server, when this machine has one --------------------------
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    from orchestrator.pg_server import NoPostgres, throwaway_postgres
+def _postgres_or_skip() -> Iterator[Any]:
+    from orchestrator.pg_server import NoPostgres, throwaway_postgres_server
 
     try:
-        server = throwaway_postgres()
-        url = server.__enter__()
+        server = throwaway_postgres_server()
+        running = server.__enter__()
     except NoPostgres as exc:
         pytest.skip(str(exc))
     try:
-        yield url
+        yield running
     finally:
         server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    for server in _postgres_or_skip():
+        yield server.url
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[Any]:
+    """A server of the test's own, which it may crash and restart."""
+    yield from _postgres_or_skip()
