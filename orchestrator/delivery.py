@@ -150,8 +150,8 @@ def deliver_due(repo: Repo, settings: Any, send_task: Callable[[str, dict[str, A
     """Deliver what is due, batch after batch; the number of attempts made. ``before_last_look``
     (clearing the kick flag) runs before the final look, so an event committed meanwhile is either
     seen by that look or kicks a new deliverer."""
-    if not settings.merchant_webhook_url and not (settings.merchant_events_task and send_task):
-        return 0  # nowhere to push: events wait for GET /v1/events
+    if not pushes(settings, sends_tasks=send_task is not None):
+        return 0
     from orchestrator.db.models import utcnow
 
     now_of = clock or utcnow
@@ -207,6 +207,15 @@ def redeliver(repo: Repo, event_id: str, now: dt.datetime) -> MerchantEvent | No
         return s.exec(select(MerchantEvent).where(MerchantEvent.event_id == event_id)).first()
 
 
-def redis_kick(redis: Any, publish: Callable[[], None], ttl: int = 10) -> Callable[[], None]:
-    """One deliverer message while one is due, not one per event."""
+def pushes(settings: Any, sends_tasks: bool = True) -> bool:
+    """Is there anywhere to push events (a URL, or a task this process can send)? Without, they
+    wait for ``GET /v1/events``."""
+    return bool(settings.merchant_webhook_url or (settings.merchant_events_task and sends_tasks))
+
+
+def redis_kick(redis: Any, publish: Callable[[], None], settings: Any, ttl: int = 10) -> Callable[[], None]:
+    """One deliverer message while one is due, not one per event; none at all (no Redis round
+    trip per status change) when there is nowhere to push."""
+    if not pushes(settings):
+        return lambda: None
     return kick_once(redis, KICK_KEY, publish, ttl)

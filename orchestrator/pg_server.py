@@ -31,8 +31,9 @@ class PostgresServer:
     def restart(self) -> None:
         """Stop the server at once, as a crash would (every connection dropped, transactions in
         flight lost), and start it again on the same port and data."""
-        done = subprocess.run(self.run_as + [f"{self.bindir}/pg_ctl", "-D", self.data, "-w", "-m", "immediate",
-                                             "-l", f"{self.data}/log", "restart"], capture_output=True, text=True, cwd=self.data)
+        command = [f"{self.bindir}/pg_ctl", "-D", self.data, "-w", "-m", "immediate", "-l", f"{self.data}/log",
+                   "restart"]
+        done = subprocess.run(self.run_as + command, capture_output=True, text=True, cwd=self.data)
         if done.returncode != 0:
             raise NoPostgres(f"could not restart the PostgreSQL server: {done.stderr.strip()[-300:]}")
 

@@ -104,10 +104,6 @@ class Runtime:
                                announce=self.announce, kick_events=self.kick_events)
 
 
-def _nothing() -> None:
-    pass
-
-
 _lock = threading.Lock()
 _runtime: Runtime | None = None
 
@@ -128,8 +124,7 @@ def get_runtime() -> Runtime:
                 plural=PluralClient.from_settings(settings, redis=redis, observe=metrics.observe_gateway),
                 enqueue=celery_enqueue(app),
                 announce=redis_announcer(redis),
-                # with nowhere to push, events wait for GET /v1/events: nothing to kick
-                kick_events=(delivery_kick(redis, lambda: app.send_task("tasks.deliver_events", queue="events"))
-                             if settings.merchant_webhook_url or settings.merchant_events_task else _nothing),
+                kick_events=delivery_kick(redis, lambda: app.send_task("tasks.deliver_events", queue="events"),
+                                          settings),
             )
         return _runtime

@@ -211,3 +211,20 @@ def test_the_backoff_between_retries_is_a_setting(harness):
         first = events_of(h, c.id)[0]
         assert (first.next_attempt_at.replace(tzinfo=None) - h.clock().replace(tzinfo=None)).total_seconds() \
             == pytest.approx(7, abs=1)
+
+
+@pytest.mark.parametrize("url, task, kicks", [(None, None, 0), ("http://shop/events", None, 1),
+                                              (None, "shop.events", 1)])
+def test_the_deliverer_is_kicked_only_when_there_is_somewhere_to_push(url, task, kicks):
+    import types
+
+    import fakeredis
+
+    redis = fakeredis.FakeRedis()
+    published: list[int] = []
+    settings = types.SimpleNamespace(merchant_webhook_url=url, merchant_events_task=task)
+    kick = delivery.redis_kick(redis, lambda: published.append(1), settings)
+    kick()
+    kick()  # a second kick while the first message is due publishes nothing more
+    assert len(published) == kicks
+    assert bool(redis.exists(delivery.KICK_KEY)) == bool(kicks)

@@ -11,6 +11,8 @@ import uuid
 from typing import Any, Optional
 
 from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, UniqueConstraint
+from sqlalchemy.orm import configure_mappers
+from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlmodel import Field, SQLModel
 
 
@@ -34,12 +36,8 @@ def detached(model: Any, row: Any) -> Any:
     paths read with prebuilt Core statements)."""
     global _mappers_ready
     if not _mappers_ready:
-        from sqlalchemy.orm import configure_mappers
-
         configure_mappers()
         _mappers_ready = True
-    from sqlalchemy.orm.instrumentation import manager_of_class
-
     instance = model.model_construct(**(row._mapping if hasattr(row, "_mapping") else row))
     manager_of_class(model).setup_instance(instance)
     return instance

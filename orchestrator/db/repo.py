@@ -13,6 +13,7 @@ first write compare-and-sets the version it read, so a run never acts on a stale
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -66,14 +67,13 @@ _NOTE = (update(_checkout).where(_checkout.c.id == bindparam("b_id"), _checkout.
                                                                                                          expanding=True)))
          .values(version=_checkout.c.version + 1))
 _NOTE_HELD = _NOTE.where(_checkout.c.claim_token == bindparam("b_token"))
-_NOTE_FREE = _NOTE.where(_checkout.c.version == bindparam("b_version"),
-                         or_(_checkout.c.claim_token.is_(None), _checkout.c.claim_until < bindparam("b_now")))
-_TAKE = (update(_checkout).where(_checkout.c.id == bindparam("b_id"), _checkout.c.version == bindparam("b_version"),
-                                 or_(_checkout.c.claim_token.is_(None), _checkout.c.claim_until < bindparam("b_now")))
+# ``claim_free`` at the version a run read, as a condition: no live claim, no change since
+_FREE_AT_VERSION = (_checkout.c.version == bindparam("b_version")) & or_(
+    _checkout.c.claim_token.is_(None), _checkout.c.claim_until < bindparam("b_now"))
+_NOTE_FREE = _NOTE.where(_FREE_AT_VERSION)
+_TAKE = (update(_checkout).where(_checkout.c.id == bindparam("b_id"), _FREE_AT_VERSION)
          .values(claim_token=bindparam("b_token"), claim_until=bindparam("b_until"), version=_checkout.c.version + 1))
 _HELD = core_select(_checkout.c.claim_token).where(_checkout.c.id == bindparam("b_id")).with_for_update()
-_RELEASE = (update(_checkout).where(_checkout.c.id == bindparam("b_id"), _checkout.c.claim_token == bindparam("b_token"))
-            .values(claim_token=None, claim_until=None))
 _ADD_CHECKOUT = insert(_checkout)
 _ADD_HISTORY = insert(_history)
 _ADD_ATTEMPT = insert(_attempt)
@@ -100,6 +100,16 @@ class Claim:
     version: int
     lease_seconds: float
     token: str | None = None
+
+
+@functools.cache
+def _claim_statements(table: type[Any]) -> tuple[Any, Any]:
+    """For a claimable table (a checkout, a refund): read a row under its lock, and give its claim
+    back while the token still holds it."""
+    t = table.__table__
+    return (core_select(t).where(t.c.id == bindparam("b_id")).with_for_update(),
+            update(t).where(t.c.id == bindparam("b_id"), t.c.claim_token == bindparam("b_token"))
+            .values(claim_token=None, claim_until=None))
 
 
 def may_have_refunds(c: Checkout) -> bool:
@@ -137,9 +147,7 @@ class Repo:
     # --- reads --------------------------------------------------------------------------
 
     def get(self, checkout_id: str) -> Checkout | None:
-        with self.read_engine.connect() as conn:
-            row = conn.execute(_ROW, {"b_id": checkout_id}).first()
-        return detached(Checkout, row) if row is not None else None
+        return self._one(_ROW, {"b_id": checkout_id})
 
     def load(self, checkout_id: str) -> tuple[Checkout | None, dt.datetime | None, list[StepAttempt]]:
         """What a step's run starts from, in one read: the checkout, when it entered its state, and
@@ -182,14 +190,14 @@ class Repo:
         return history, [detached(Refund, r) for r in conn.execute(_REFUNDS, key)]
 
     def by_reference(self, merchant_order_reference: str) -> Checkout | None:
-        return self._one(_BY_REFERENCE, merchant_order_reference)
+        return self._one(_BY_REFERENCE, {"b_value": merchant_order_reference})
 
     def by_plural_order(self, plural_order_id: str) -> Checkout | None:
-        return self._one(_BY_PLURAL_ORDER, plural_order_id)
+        return self._one(_BY_PLURAL_ORDER, {"b_value": plural_order_id})
 
-    def _one(self, statement: Any, value: str) -> Checkout | None:
+    def _one(self, statement: Any, params: dict[str, Any]) -> Checkout | None:
         with self.read_engine.connect() as conn:
-            row = conn.execute(statement, {"b_value": value}).first()
+            row = conn.execute(statement, params).first()
         return detached(Checkout, row) if row is not None else None
 
     def history(self, checkout_id: str) -> list[Transition]:
@@ -351,23 +359,14 @@ class Repo:
     def release(self, table: type[Any], row_id: str, token: str, finish: Finished | None = None) -> Any | None:
         """Give the claim back; the row as it is now if this run still held it, else None. A run's
         pending call outcomes are recorded either way (they are facts about calls it made)."""
-        if table is Checkout:
-            with self.engine.connect() as conn:
-                found = conn.execute(_ROW_LOCKED, {"b_id": row_id}).first()
-                held = found is not None and found.claim_token == token
-                if held:
-                    conn.execute(_RELEASE, {"b_id": row_id, "b_token": token})
-                self._commit(conn, finish)
-            return detached(Checkout, found) if held else None
-        with self.session() as s:
-            row = s.exec(select(table).where(table.id == row_id).with_for_update()).first()
-            if row is None or row.claim_token != token:
-                self._commit(s, finish)
-                return None
-            s.connection().execute(update(table).where(col(table.id) == row_id, col(table.claim_token) == token)
-                      .values(claim_token=None, claim_until=None))
-            self._commit(s, finish)
-            return row
+        locked, release = _claim_statements(table)
+        with self.engine.connect() as conn:
+            found = conn.execute(locked, {"b_id": row_id}).first()
+            held = found is not None and found.claim_token == token
+            if held:
+                conn.execute(release, {"b_id": row_id, "b_token": token})
+            self._commit(conn, finish)
+        return detached(table, found) if held else None
 
     def holds(self, table: type[Any], row_id: str, token: str) -> bool:
         with self.read_session() as s:
