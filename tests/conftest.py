@@ -168,9 +168,10 @@ def client(sandbox: ThreadedUvicorn, sandbox_settings: Settings) -> Any:
     return PluralClient.from_settings(settings, backoff_base=0.01, backoff_cap=0.05, read_timeout=5.0)
 
 
-def ledger(base_url: str, order_id: str | None = None) -> list[dict[str, Any]]:
-    entries = requests.get(base_url + "/sandbox/ledger", timeout=5).json()["entries"]
-    return [e for e in entries if order_id is None or e["order_id"] == order_id]
+def ledger(base_url: str, *order_ids: str | None) -> list[dict[str, Any]]:
+    """The sandbox's ledger: every entry, or those of the orders named."""
+    params = {"order_id": [str(i) for i in order_ids]} if order_ids else None
+    return requests.get(base_url + "/sandbox/ledger", params=params, timeout=5).json()["entries"]
 
 
 # --- the saga with real collaborators, no Celery ----------------------------------------

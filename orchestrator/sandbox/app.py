@@ -312,8 +312,9 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
         return {"status": "ok", "orders": len(gateway.orders), "webhooks_pending": sender.pending()}
 
     @app.get("/sandbox/ledger")
-    async def ledger() -> Any:
-        return {"entries": gateway.ledger_view()}
+    async def ledger(request: Request) -> Any:
+        """Every money movement, or (``?order_id=…``, repeatable) those of the orders named."""
+        return {"entries": gateway.ledger_view(request.query_params.getlist("order_id") or None)}
 
     @app.get("/sandbox/webhooks")
     async def webhooks() -> Any:

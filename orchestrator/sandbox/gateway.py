@@ -20,7 +20,7 @@ import string
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
 
 from orchestrator.core.cards import expiry_in_future, luhn_ok, valid_shape
@@ -153,6 +153,21 @@ class Gateway:
             self.refund_refs: dict[str, str] = {}
             self.tokens: dict[str, float] = {}
             self.ledger: list[dict[str, Any]] = []
+            self._index()
+
+    def _index(self) -> None:
+        """What the time-driven changes and refunds look up, derived from the durable state: a
+        call's cost follows what is open, never how many orders the sandbox has seen."""
+        #: payments that may still be PENDING (dropped once they are not)
+        self.open_payments: dict[str, PaymentState] = dict(self.payments)
+        #: refunds still to settle, by refund order id
+        self.settling: dict[str, dict[str, Any]] = {
+            i: o for i, o in self.orders.items() if o.get("_settle_at") is not None}
+        #: refund order ids by their parent order
+        self.refunds_by_parent: dict[str, list[str]] = {}
+        for i, o in self.orders.items():
+            if o.get("parent_order_id"):
+                self.refunds_by_parent.setdefault(o["parent_order_id"], []).append(i)
 
     #: what the sandbox remembers across restarts (like Plural, it does not forget an order)
     DURABLE = ("orders", "by_reference", "payments", "payment_refs", "payment_errors", "capture_refs", "refund_refs",
@@ -173,6 +188,7 @@ class Gateway:
             for name in self.DURABLE:
                 if name in state:
                     setattr(self, name, state[name])
+            self._index()
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -424,6 +440,7 @@ class Gateway:
             state = PaymentState(payment_id, order_id, card, method, created_at=self.clock())
             order["payments"].append(public)
             self.payments[payment_id] = state
+            self.open_payments[payment_id] = state
             self.payment_refs[key] = payment_id
             self._record("PAYMENT_CREATED", order, amount["value"], payment_id=payment_id,
                          merchant_payment_reference=reference)
@@ -676,6 +693,8 @@ class Gateway:
                 "_settle_at": self.clock() + self.config.refund_settle_seconds,
             }
             self.orders[refund["order_id"]] = refund
+            self.settling[refund["order_id"]] = refund
+            self.refunds_by_parent.setdefault(order_id, []).append(refund["order_id"])
             self.refund_refs[reference] = refund["order_id"]
             self._record("REFUND_CREATED", parent, amount["value"], refund_order_id=refund["order_id"],
                          merchant_refund_reference=reference)
@@ -695,12 +714,13 @@ class Gateway:
         return sum(c["capture_amount"]["value"] for p in order["payments"] for c in p.get("capture_data") or [])
 
     def _refunded(self, parent_id: str) -> int:
-        return sum(o["order_amount"]["value"] for o in self.orders.values()
-                   if o.get("parent_order_id") == parent_id and o["status"] in ("PENDING", "PROCESSED", "CREATED"))
+        refunds = (self.orders[i] for i in self.refunds_by_parent.get(parent_id, ()))
+        return sum(o["order_amount"]["value"] for o in refunds if o["status"] in ("PENDING", "PROCESSED", "CREATED"))
 
     def _settle_refund(self, refund: dict[str, Any]) -> None:
         parent = self.orders[refund["parent_order_id"]]
         refund.pop("_settle_at", None)
+        self.settling.pop(refund["order_id"], None)
         if self.config.fail_refunds:
             self._record("REFUND_FAILED", parent, refund["order_amount"]["value"], refund_order_id=refund["order_id"])
             self._touch(refund, "FAILED")
@@ -712,8 +732,8 @@ class Gateway:
 
     def _settle_due_refunds(self) -> None:
         now = self.clock()
-        for order in list(self.orders.values()):
-            if order.get("_settle_at") is not None and order["_settle_at"] <= now:
+        for order in list(self.settling.values()):
+            if order["_settle_at"] <= now:
                 self._settle_refund(order)
 
     def _expire_due_payments(self) -> None:
@@ -723,11 +743,13 @@ class Gateway:
         if limit <= 0:
             return
         now = self.clock()
-        for state in list(self.payments.values()):
+        for state in list(self.open_payments.values()):
             order = self.orders[state.order_id]
             public = next(p for p in order["payments"] if p["id"] == state.payment_id)
             if public["status"] == "PENDING" and now - state.created_at >= limit:
                 self._fail_payment(state, order, public, "PAYMENT_EXPIRED", "the payment was not completed in time")
+            if public["status"] != "PENDING":
+                del self.open_payments[state.payment_id]
 
     def tick(self) -> None:
         """Let time-driven changes happen (refund settlement, payment expiry)."""
@@ -767,6 +789,10 @@ class Gateway:
 
     # --- inspection ---------------------------------------------------------------------
 
-    def ledger_view(self) -> list[dict[str, Any]]:
+    def ledger_view(self, order_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """The ledger, or the entries of ``order_ids`` only."""
         with self.lock:
-            return copy.deepcopy(self.ledger)
+            if order_ids is None:
+                return copy.deepcopy(self.ledger)
+            wanted = set(order_ids)
+            return copy.deepcopy([e for e in self.ledger if e["order_id"] in wanted])
