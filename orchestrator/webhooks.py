@@ -152,8 +152,9 @@ def claim_batch(d: Deps, limit: int, statuses: tuple[str, ...] = ("pending",)) -
                                              col(WebhookEvent.status).in_(statuses))
                   .values(status="processing", claim=token, claimed_at=now,
                           attempts=WebhookEvent.attempts + 1).execution_options(synchronize_session=False))
-        s.commit()
-        return list(s.exec(select(WebhookEvent).where(WebhookEvent.claim == token).order_by(col(WebhookEvent.id))))
+        claimed = list(s.exec(select(WebhookEvent).where(WebhookEvent.claim == token).order_by(col(WebhookEvent.id))))
+        s.commit()  # read in the claim's transaction: none begun after it, to roll back at close
+        return claimed
 
 
 #: what became of one event: (the event, its status, a note)

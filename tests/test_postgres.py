@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from orchestrator.core.saga import State
 from orchestrator.service import CheckoutIn
 from orchestrator.sweeps import sweep_due
 from tests.conftest import at_once, make_harness
@@ -104,3 +105,20 @@ def test_two_runs_of_one_step_on_postgres_claim_it_once(pg):
     c = checkout(pg)
     tokens = at_once(lambda: pg.deps.repo.claim(Checkout, c.id, 60), 6)
     assert len([t for t in tokens if t]) == 1
+
+
+def test_writes_that_change_nothing_keep_the_connections_prepared_statements_on_postgres(pg, pg_url):
+    """psycopg forgets a connection's prepared statements whenever it rolls back: a move that
+    decides nothing, and a compare-and-set that finds the row changed, end with a COMMIT."""
+    from sqlalchemy import text
+
+    from orchestrator.db.engine import make_engine
+    from orchestrator.db.repo import Repo
+
+    c = checkout(pg)
+    repo = Repo(make_engine(pg_url, pool_size=1, max_overflow=0))
+    for _ in range(8):  # psycopg prepares a statement on its fifth run
+        assert repo.move(c.id, lambda _row: None, reason="nothing to do") is None
+        assert repo.note(c.id, states={State.NEW}, error_code="x") is False
+    with repo.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar() > 0

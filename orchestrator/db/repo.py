@@ -124,6 +124,15 @@ def claim_free(row: Any, now: dt.datetime) -> bool:
     return row.claim_token is None or (until is not None and until < now)
 
 
+def _nothing_written(conn: Connection) -> None:
+    """End a write transaction that wrote nothing (a failed compare-and-set, no move decided).
+
+    With a COMMIT, not a ROLLBACK: there is nothing to undo either way, and psycopg forgets every
+    statement it has prepared on a connection whenever that connection rolls back (SQLite does not
+    care). Errors still roll back, through the connection's context."""
+    conn.commit()
+
+
 class Repo:
     def __init__(self, engine: Engine, clock: Callable[[], dt.datetime] = utcnow):
         self.engine = engine
@@ -260,15 +269,15 @@ class Repo:
             now = self.clock()
             found = conn.execute(_ROW_LOCKED, {"b_id": checkout_id}).first()
             if found is None:
-                conn.rollback()
+                _nothing_written(conn)
                 return None
             current = detached(Checkout, found)
             if claim is not None and not self._fenced(current, claim, now):
-                conn.rollback()
+                _nothing_written(conn)
                 raise LostClaim(checkout_id)
             decided = plan(current)
             if decided is None:
-                conn.rollback()
+                _nothing_written(conn)
                 return None
             return self._write_move(conn, current, decided, now, reason, fact, source, claim, effect, finish,
                                     record)
@@ -289,7 +298,7 @@ class Repo:
             if claim.token is not None:
                 statement, keys["b_token"] = _MOVE_HELD, claim.token
         if conn.execute(statement, {**values, **keys}).rowcount != 1:
-            conn.rollback()
+            _nothing_written(conn)
             return None
         conn.execute(_ADD_HISTORY, {"checkout_id": before.id, "from_state": before.state, "to_state": target.value,
                                     "fact": fact, "source": source, "reason": reason[:200], "at": now})
@@ -387,11 +396,11 @@ class Repo:
                 if conn.execute(_TAKE, {"b_id": checkout_id, "b_version": claim.version, "b_now": now,
                                         "b_token": taken,
                                         "b_until": now + dt.timedelta(seconds=claim.lease_seconds)}).rowcount != 1:
-                    conn.rollback()
+                    _nothing_written(conn)
                     raise LostClaim(checkout_id)
             elif claim is not None:
                 if conn.execute(_HELD, {"b_id": checkout_id}).scalar() != claim.token:
-                    conn.rollback()
+                    _nothing_written(conn)
                     raise LostClaim(checkout_id)
             added = conn.execute(_ADD_ATTEMPT, {"checkout_id": checkout_id, "step": step, "reference": reference,
                                                 "task_id": task_id, "outcome": "in_flight", "started_at": now})
