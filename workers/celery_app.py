@@ -20,6 +20,10 @@ from config import get_settings
 def make_celery(settings: Any) -> Celery:
     broker = settings.broker_url
     app = Celery("orchestrator", broker=broker, include=["tasks"])
+    if broker.split("://", 1)[0] in ("redis", "rediss"):
+        from workers.broker import TRANSPORT
+
+        app.conf.broker_transport = TRANSPORT  # kombu's, sharing one Redis client per channel
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -1,0 +1,56 @@
+"""The broker's transport: kombu's Redis transport sharing one client per channel, over a real
+Redis: messages go and come as before, and a replaced pool (after a connection error) gets a
+client of its own."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+from kombu import Connection
+
+from orchestrator.redis_server import EmbeddedRedis, free_port
+from workers.broker import TRANSPORT
+
+
+@pytest.fixture
+def broker(tmp_path: Any) -> Iterator[str]:
+    server = EmbeddedRedis(free_port(), tmp_path, persistent=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_celery_uses_it_for_a_redis_broker():
+    from workers.celery_app import app
+
+    assert app.conf.broker_transport == TRANSPORT
+
+
+def test_messages_are_published_consumed_and_acknowledged(broker):
+    with Connection(broker, transport=TRANSPORT) as conn:
+        queue = conn.SimpleQueue("t")
+        for n in range(3):
+            queue.put({"n": n})
+        got = []
+        for _ in range(3):
+            message = queue.get(timeout=5)
+            got.append(message.payload["n"])
+            message.ack()
+        assert got == [0, 1, 2]
+        channel = conn.default_channel
+        assert channel._create_client().zcard(channel.unacked_index_key) == 0  # every ack landed
+        queue.close()
+
+
+def test_one_client_per_pool(broker):
+    with Connection(broker, transport=TRANSPORT) as conn:
+        channel = conn.default_channel
+        first = channel._create_client()
+        assert channel._create_client() is first
+        channel._pool = None  # what kombu does after a connection error
+        again = channel._create_client()
+        assert again is not first and again.connection_pool is channel.pool
+        assert again.ping()
