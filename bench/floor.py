@@ -161,7 +161,9 @@ def run_floor(broker: str, chains: int, concurrency: int, timeout: float = 120.0
     sender = _senders.get(broker)
     if sender is None:  # one producer per broker: a benchmark run starts several stacks
         sender = _senders[broker] = Celery("floor-driver", broker=broker)
-    r = redis.Redis.from_url(broker)
+    # one connection per waiting chain, and a socket timeout beyond the BLPOP's (redis-py's
+    # defaults, 100 connections and 5 s, would end a long wait or a wide run)
+    r = redis.Redis.from_url(broker, socket_timeout=timeout + 10, max_connections=concurrency + 8)
 
     def one(_: int) -> float:
         chain = uuid.uuid4().hex
