@@ -19,10 +19,15 @@ from orchestrator.vault import Vault
 
 
 def redis_client(settings: Settings) -> Any:
+    """This process's Redis client. Every worker thread may want a connection at the same moment:
+    past the pool's bound a thread waits for one (up to 10 s) instead of failing at once, as
+    redis-py's default pool does past 100."""
     import redis
 
-    return redis.Redis.from_url(settings.broker_url, socket_timeout=10, socket_connect_timeout=5,
-                                health_check_interval=30)
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.broker_url, max_connections=max(64, 2 * settings.worker_concurrency), timeout=10,
+        socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+    return redis.Redis(connection_pool=pool)
 
 
 def celery_enqueue(app: Any) -> Callable[[Step, str], None]:

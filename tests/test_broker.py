@@ -1,6 +1,6 @@
-"""The broker's transport: kombu's Redis transport sharing one client per channel, over a real
-Redis: messages go and come as before, and a replaced pool (after a connection error) gets a
-client of its own."""
+"""Redis under many threads, over a real Redis: the broker's transport (kombu's, sharing one
+client per channel: messages go and come as before, a replaced pool gets a client of its own) and
+the runtime's client (a thread beyond its pool waits for a connection)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,16 @@ def test_one_client_per_pool(broker):
         again = channel._create_client()
         assert again is not first and again.connection_pool is channel.pool
         assert again.ping()
+
+
+
+def test_the_runtimes_redis_client_makes_threads_beyond_its_pool_wait_not_fail(broker):
+    from config import Settings
+    from orchestrator.runtime import redis_client
+    from tests.conftest import at_once
+
+    client = redis_client(Settings(redis_url=broker, worker_concurrency=8))
+    bound = client.connection_pool.max_connections
+    # more threads than connections, each holding one for a moment (a blocking pop on nothing)
+    got = at_once(lambda: client.blpop(["nothing"], timeout=0.3), bound + 16)
+    assert got == [None] * (bound + 16)
