@@ -55,8 +55,10 @@ _ROW = core_select(_checkout).where(_checkout.c.id == bindparam("b_id"))
 _ROW_LOCKED = _ROW.with_for_update()
 _BY_REFERENCE = core_select(_checkout).where(_checkout.c.merchant_order_reference == bindparam("b_value"))
 _BY_PLURAL_ORDER = core_select(_checkout).where(_checkout.c.plural_order_id == bindparam("b_value")).limit(1)
-_ENTERED = (core_select(_history.c.at).where(_history.c.checkout_id == bindparam("b_id"))
-            .order_by(_history.c.id.desc()).limit(1))
+# a step's starting row and when it entered its state (its last history row), in one statement
+_LOAD = core_select(_checkout, core_select(_history.c.at).where(_history.c.checkout_id == _checkout.c.id)
+                    .order_by(_history.c.id.desc()).limit(1).scalar_subquery().label("entered_at")
+                    ).where(_checkout.c.id == bindparam("b_id"))
 _ATTEMPTS = core_select(_attempt).where(_attempt.c.checkout_id == bindparam("b_id")).order_by(_attempt.c.id)
 _HISTORY = core_select(_history).where(_history.c.checkout_id == bindparam("b_id")).order_by(_history.c.id)
 _REFUNDS = (core_select(_refund).where(_refund.c.checkout_id == bindparam("b_id"))
@@ -163,12 +165,13 @@ class Repo:
         its step attempts."""
         key = {"b_id": checkout_id}
         with self.read_engine.connect() as conn:
-            row = conn.execute(_ROW, key).first()
+            row = conn.execute(_LOAD, key).first()
             if row is None:
                 return None, None, []
-            entered = conn.execute(_ENTERED, key).scalar()
             attempts = [detached(StepAttempt, a) for a in conn.execute(_ATTEMPTS, key)]
-        return detached(Checkout, row), entered, attempts
+        fields = dict(row._mapping)
+        entered = fields.pop("entered_at")
+        return detached(Checkout, fields), aware(entered), attempts
 
     def snapshot(self, checkout_id: str) -> tuple[Checkout | None, list[Transition], list[Any]]:
         """What the merchant sees of a checkout, in one read: the row, its history, its refunds."""
