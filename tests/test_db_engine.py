@@ -76,3 +76,24 @@ def test_on_postgresql_reads_run_in_autocommit(postgres_url):
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
         assert conn.connection.dbapi_connection.autocommit is False
+
+
+def test_the_pool_keeps_a_connection_for_every_thread_that_used_one_at_once(tmp_path):
+    """A connection handed back to a full pool is closed, and opened again moments later (on
+    PostgreSQL a backend forked, its prepared statements lost): the pool holds as many as the
+    process's threads use at once."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'p.db'}", immediate=False, threads=48)
+    held = [engine.connect() for _ in range(48)]
+    for conn in held:
+        conn.execute(text("SELECT 1"))
+    for conn in held:
+        conn.close()
+    assert engine.pool.checkedin() == 48
+
+
+def test_the_runtime_sizes_its_pools_for_the_workers_threads():
+    from config import Settings
+    from orchestrator.runtime import threads
+
+    assert threads(Settings(worker_concurrency=96)) == 96
+    assert threads(Settings(worker_concurrency=8)) == 40  # the API's thread pool

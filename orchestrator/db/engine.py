@@ -13,15 +13,21 @@ from sqlalchemy.exc import DisconnectionError
 from sqlmodel import create_engine
 
 
-def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, immediate: bool = True, threads: int = 32, **kwargs: Any) -> Engine:
     """An engine for ``url``. On SQLite, ``immediate`` makes every transaction ``BEGIN IMMEDIATE``
-    (for writers); a reader engine (``immediate=False``) never takes the write lock (WAL)."""
+    (for writers); a reader engine (``immediate=False``) never takes the write lock (WAL).
+
+    ``threads``: how many of this process's threads may use it at once. The pool keeps that many
+    connections (and a few more) open between uses: a connection it had to close when handed back
+    is one opened again moments later (a PostgreSQL backend forked, its prepared statements lost),
+    which a pool smaller than the worker's threads did about once every two checkouts."""
+    pool = {"pool_size": max(20, threads + 8), "max_overflow": 20}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=20, max_overflow=40, **kwargs)
+                               **{**pool, "max_overflow": 40, **kwargs})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -89,7 +95,7 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
     for short in ("postgres://", "postgresql://"):  # Heroku-style and plain URLs: psycopg 3
         if url.startswith(short):
             url = "postgresql+psycopg://" + url[len(short):]
-    engine = create_engine(url, **{"pool_size": 20, "max_overflow": 20, **kwargs})
+    engine = create_engine(url, **{**pool, **kwargs})
     ping_when_idle(engine, IDLE_BEFORE_PING)
     return engine
 
@@ -163,5 +169,6 @@ def reader(engine: Engine) -> Engine:
     ROLLBACK around it. Under READ COMMITTED every statement sees its own snapshot inside a
     transaction too, so reads see nothing different."""
     if engine.dialect.name == "sqlite":
-        return make_engine(engine.url.render_as_string(hide_password=False), immediate=False)
+        return make_engine(engine.url.render_as_string(hide_password=False), immediate=False,
+                           threads=engine.pool.size() - 8)
     return engine.execution_options(isolation_level="AUTOCOMMIT")
