@@ -122,3 +122,26 @@ def test_writes_that_change_nothing_keep_the_connections_prepared_statements_on_
         assert repo.note(c.id, states={State.NEW}, error_code="x") is False
     with repo.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar() > 0
+
+
+def test_a_first_write_ahead_is_one_statement_that_takes_the_claim_once_on_postgres(pg):
+    """Six runs that read the same row write ahead at once: one takes the checkout and adds its
+    attempt; the others lose the claim and add nothing."""
+    from orchestrator.db.repo import Claim, LostClaim
+
+    c = checkout(pg)
+    repo = pg.deps.repo
+    before = len(repo.attempts(c.id))
+    claims = [Claim(version=c.version, lease_seconds=60) for _ in range(6)]
+
+    def write_ahead(claim):
+        try:
+            return repo.begin_attempt(c.id, "poll_order", None, "t", claim=claim)
+        except LostClaim:
+            return None
+
+    added = at_once(lambda: write_ahead(claims.pop()), 6)
+    assert len([a for a in added if a is not None]) == 1
+    assert len(repo.attempts(c.id)) == before + 1
+    row = repo.get(c.id)
+    assert row.version == c.version + 1 and row.claim_token is not None

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 import uuid
 
-from sqlalchemy import bindparam, delete, insert, or_, update
+from sqlalchemy import DateTime, String, bindparam, delete, insert, literal, or_, update
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -75,6 +75,14 @@ _FREE_AT_VERSION = (_checkout.c.version == bindparam("b_version")) & or_(
 _NOTE_FREE = _NOTE.where(_FREE_AT_VERSION)
 _TAKE = (update(_checkout).where(_checkout.c.id == bindparam("b_id"), _FREE_AT_VERSION)
          .values(claim_token=bindparam("b_token"), claim_until=bindparam("b_until"), version=_checkout.c.version + 1))
+# PostgreSQL: a run's first write-ahead as one statement (its claim taken, and the attempt added
+# only if it was), atomic alone: one round trip in autocommit instead of BEGIN, two, COMMIT
+_TAKEN = _TAKE.returning(_checkout.c.id).cte("taken")
+_TAKE_THEN_ATTEMPT = insert(_attempt).from_select(
+    ["checkout_id", "step", "reference", "outcome", "task_id", "started_at"],
+    core_select(_TAKEN.c.id, bindparam("b_step", type_=String), bindparam("b_reference", type_=String),
+                literal("in_flight", String), bindparam("b_task", type_=String),
+                bindparam("b_started", type_=DateTime(timezone=True)))).returning(_attempt.c.id)
 _HELD = core_select(_checkout.c.claim_token).where(_checkout.c.id == bindparam("b_id")).with_for_update()
 _ADD_CHECKOUT = insert(_checkout)
 _ADD_HISTORY = insert(_history)
@@ -389,16 +397,24 @@ class Repo:
     def begin_attempt(self, checkout_id: str, step: str, reference: str | None, task_id: str | None,
                       claim: Claim | None = None, finish: Finished | None = None) -> int:
         """Write ahead: commit an ``in_flight`` attempt before the call, with the outcomes of the
-        run's earlier calls. A run's first write-ahead takes its claim in the same transaction; a
-        later one is fenced by it."""
+        run's earlier calls. A run's first write-ahead takes its claim in the same transaction (on
+        PostgreSQL, when there are no outcomes to record, in the same statement: one round trip
+        in autocommit); a later one is fenced by it."""
         now = self.clock()
-        taken = None
+        take: dict[str, Any] = {}
+        if claim is not None and claim.token is None:
+            take = {"b_id": checkout_id, "b_version": claim.version, "b_now": now, "b_token": uuid.uuid4().hex,
+                    "b_until": now + dt.timedelta(seconds=claim.lease_seconds)}
+        if take and not finish and self.engine.dialect.name == "postgresql":
+            with self.single_engine.connect() as conn:
+                added = conn.execute(_TAKE_THEN_ATTEMPT, {**take, "b_step": step, "b_reference": reference,
+                                                          "b_task": task_id, "b_started": now}).scalar()
+            if added is None:  # the claim was not taken, so no attempt was added
+                raise LostClaim(checkout_id)
+            return self._took(claim, take, int(added))
         with self.engine.connect() as conn:
-            if claim is not None and claim.token is None:
-                taken = uuid.uuid4().hex
-                if conn.execute(_TAKE, {"b_id": checkout_id, "b_version": claim.version, "b_now": now,
-                                        "b_token": taken,
-                                        "b_until": now + dt.timedelta(seconds=claim.lease_seconds)}).rowcount != 1:
+            if take:
+                if conn.execute(_TAKE, take).rowcount != 1:
                     _nothing_written(conn)
                     raise LostClaim(checkout_id)
             elif claim is not None:
@@ -409,8 +425,12 @@ class Repo:
                                                 "task_id": task_id, "outcome": "in_flight", "started_at": now})
             attempt_id = int(added.inserted_primary_key[0])
             self._commit(conn, finish)
-        if taken is not None and claim is not None:
-            claim.token, claim.version = taken, claim.version + 1
+        return self._took(claim, take, attempt_id)
+
+    @staticmethod
+    def _took(claim: Claim | None, take: dict[str, Any], attempt_id: int) -> int:
+        if take and claim is not None:  # the run holds the checkout from now on
+            claim.token, claim.version = take["b_token"], claim.version + 1
         return attempt_id
 
     def finish_attempt(self, attempt_id: int, outcome: str, detail: str | None = None) -> None:
