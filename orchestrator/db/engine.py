@@ -170,5 +170,5 @@ def reader(engine: Engine) -> Engine:
     transaction too, so reads see nothing different."""
     if engine.dialect.name == "sqlite":
         return make_engine(engine.url.render_as_string(hide_password=False), immediate=False,
-                           threads=engine.pool.size() - 8)
+                           pool_size=engine.pool.size())  # as many as the writers keep
     return engine.execution_options(isolation_level="AUTOCOMMIT")
