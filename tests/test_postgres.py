@@ -145,3 +145,15 @@ def test_a_first_write_ahead_is_one_statement_that_takes_the_claim_once_on_postg
     assert len(repo.attempts(c.id)) == before + 1
     row = repo.get(c.id)
     assert row.version == c.version + 1 and row.claim_token is not None
+
+
+def test_deliveries_at_once_move_once_and_write_one_history_row_on_postgres(pg):
+    """The move and its history row are one statement on PostgreSQL: six deliveries at once make
+    one move to CAPTURING, one history row, and the history still chains."""
+    c = checkout(pg, pre_auth=True)
+    at_once(lambda: pg.service.deliver(c.id, 3000), 6)
+    history = pg.deps.repo.history(c.id)
+    assert [t.to_state for t in history].count("CAPTURING") == 1
+    assert all(after.from_state == before.to_state for before, after in zip(history, history[1:]))
+    row = pg.deps.repo.get(c.id)
+    assert row.state == "CAPTURING" and row.capture_amount == 3000 and row.version == c.version + 1

@@ -122,6 +122,21 @@ def _claim_statements(table: type[Any]) -> tuple[Any, Any]:
             .values(claim_token=None, claim_until=None))
 
 
+@functools.lru_cache(maxsize=512)
+def _move_with_history(columns: tuple[str, ...], held: bool) -> Any:
+    """PostgreSQL: a decided move's compare-and-set and its history row as one statement (the
+    history row added only if the row moved, in a data-modifying CTE); the history row's id comes
+    back, or no row when the compare-and-set found the row changed. One per set of columns set."""
+    moved = ((_MOVE_HELD if held else _MOVE)
+             .values({c: bindparam(f"v_{c}", type_=_checkout.c[c].type) for c in columns})
+             .returning(_checkout.c.id).cte("moved"))
+    row = core_select(moved.c.id, *(bindparam(f"h_{c}", type_=_history.c[c].type) for c in _HISTORY_FIELDS))
+    return insert(_history).from_select(["checkout_id", *_HISTORY_FIELDS], row).returning(_history.c.id)
+
+
+_HISTORY_FIELDS = ("from_state", "to_state", "fact", "source", "reason", "at")
+
+
 def may_have_refunds(c: Checkout) -> bool:
     """Refunds exist only for a COMPLETED checkout (the merchant's) or one whose late payment
     the engine refunded (``late_undo``, set in the move that creates that refund)."""
@@ -308,11 +323,19 @@ class Repo:
             values.update(claim_token=None, claim_until=None)
             if claim.token is not None:
                 statement, keys["b_token"] = _MOVE_HELD, claim.token
-        if conn.execute(statement, {**values, **keys}).rowcount != 1:
+        history = {"from_state": before.state, "to_state": target.value, "fact": fact, "source": source,
+                   "reason": reason[:200], "at": now}
+        if conn.dialect.name == "postgresql":  # one round trip for both
+            written = conn.execute(_move_with_history(tuple(values), statement is _MOVE_HELD), {
+                **{f"v_{k}": v for k, v in values.items()}, **keys,
+                **{f"h_{k}": v for k, v in history.items()}}).first() is not None
+        else:
+            written = conn.execute(statement, {**values, **keys}).rowcount == 1
+            if written:
+                conn.execute(_ADD_HISTORY, {"checkout_id": before.id, **history})
+        if not written:
             _nothing_written(conn)
             return None
-        conn.execute(_ADD_HISTORY, {"checkout_id": before.id, "from_state": before.state, "to_state": target.value,
-                                    "fact": fact, "source": source, "reason": reason[:200], "at": now})
         if effect is not None:
             effect(conn, before, target)
         # the row as written, without reading it back
