@@ -320,6 +320,28 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def pg_url(postgres_url: str) -> str:
+    """A fresh database of its own on the session's PostgreSQL server."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def pg(pg_url: str, sandbox: ThreadedUvicorn, sandbox_settings: Settings) -> Iterator[Harness]:
+    """The harness over PostgreSQL, against the strict sandbox."""
+    sandbox_mode(sandbox.url, "strict")
+    h = make_harness(pg_url, sandbox, sandbox_settings)
+    h.mode = "strict"
+    yield h
+
+
+@pytest.fixture
 def postgres_server() -> Iterator[Any]:
     """A server of the test's own, which it may crash and restart."""
     yield from _postgres_or_skip()

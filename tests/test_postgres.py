@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-
-import pytest
-
 from orchestrator.core.saga import State
 from orchestrator.service import CheckoutIn
 from orchestrator.sweeps import sweep_due
-from tests.conftest import at_once, make_harness
-
-
-@pytest.fixture
-def pg_url(postgres_url):
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
-
-
-@pytest.fixture
-def pg(pg_url, sandbox, sandbox_settings):
-    return make_harness(pg_url, sandbox, sandbox_settings)
+from tests.conftest import at_once
 
 
 def checkout(h, pre_auth=False, amount=5000):
