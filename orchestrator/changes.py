@@ -3,8 +3,12 @@ Redis channel after its commit; the API's long-poll (``GET /v1/checkouts/{id}?ch
 listens, so a waiting customer is answered the moment its checkout changes instead of polling.
 
 The announcement is only a hint: the database stays the truth. A waiter re-reads the checkout
-when woken and at least every ``recheck`` seconds, so a lost message (Redis restarting, the
-listener reconnecting) costs latency, never a wrong answer.
+when woken. Redis delivers a message to every connected subscriber, so one can be missed only
+while the listener is not subscribed: every waiter re-reads whenever the subscription starts or
+drops, and while there is none it re-reads every ``recheck`` seconds. While subscribed it also
+re-reads every ``subscribed_recheck`` seconds, for an announcement its publisher failed to send
+(or a connection dead without a word). A lost message costs latency, never a wrong answer; a
+waiting customer costs no reads while nothing happens.
 """
 
 from __future__ import annotations
@@ -49,11 +53,22 @@ def kick_once(redis: Any, key: str, publish: Callable[[], None], ttl: int) -> Ca
 class Listener:
     """One subscription per API process, waking the waiters of the checkout a message names."""
 
-    def __init__(self, redis_url: str | None, recheck: float = 1.0):
+    def __init__(self, redis_url: str | None, recheck: float = 1.0, subscribed_recheck: float = 5.0):
         self.redis_url = redis_url
         self.recheck = recheck if redis_url else min(recheck, 0.25)
+        self.subscribed_recheck = subscribed_recheck
+        #: True while the subscription is up: no announcement can be missed
+        self.subscribed = False
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
+
+    def _subscription(self, up: bool) -> None:
+        """The subscription started or dropped: every waiter re-reads (a message may have gone by
+        while there was none) and rechecks at the pace that is safe now."""
+        self.subscribed = up
+        for waiting in self._waiters.values():
+            for event in waiting:
+                event.set()
 
     async def start(self) -> None:
         if self.redis_url and self._task is None:
@@ -75,16 +90,19 @@ class Listener:
             try:
                 async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(CHANNEL)
+                    self._subscription(True)
                     delay = 0.5
                     async for message in pubsub.listen():
                         self._wake(message.get("data"))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: waiters fall back to rechecking
+                self._subscription(False)
                 log.warning("changes.listener.reconnecting", error=type(exc).__name__, delay=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             finally:
+                self.subscribed = False
                 with contextlib.suppress(Exception):
                     await client.aclose()
 
@@ -125,5 +143,6 @@ class Listener:
                 left = deadline - loop.time()
                 if status_of(current) != changed_from or left <= 0:
                     return current
+                every = self.subscribed_recheck if self.subscribed else self.recheck
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=min(left, self.recheck))
+                    await asyncio.wait_for(changed.wait(), timeout=min(left, every))

@@ -320,6 +320,19 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def real_redis(tmp_path: Any) -> Iterator[str]:
+    """A real Redis server of the test's own (the embedded one); its URL."""
+    from orchestrator.redis_server import EmbeddedRedis, free_port
+
+    server = EmbeddedRedis(free_port(), tmp_path, persistent=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def pg_url(postgres_url: str) -> str:
     """A fresh database of its own on the session's PostgreSQL server."""
     import uuid

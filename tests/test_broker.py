@@ -4,23 +4,9 @@ the runtime's client (a thread beyond its pool waits for a connection)."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
-
-import pytest
 from kombu import Connection
 
-from orchestrator.redis_server import EmbeddedRedis, free_port
 from workers.broker import TRANSPORT
-
-
-@pytest.fixture
-def broker(tmp_path: Any) -> Iterator[str]:
-    server = EmbeddedRedis(free_port(), tmp_path, persistent=False)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def test_celery_uses_it_for_a_redis_broker():
@@ -29,8 +15,8 @@ def test_celery_uses_it_for_a_redis_broker():
     assert app.conf.broker_transport == TRANSPORT
 
 
-def test_messages_are_published_consumed_and_acknowledged(broker):
-    with Connection(broker, transport=TRANSPORT) as conn:
+def test_messages_are_published_consumed_and_acknowledged(real_redis):
+    with Connection(real_redis, transport=TRANSPORT) as conn:
         queue = conn.SimpleQueue("t")
         for n in range(3):
             queue.put({"n": n})
@@ -45,8 +31,8 @@ def test_messages_are_published_consumed_and_acknowledged(broker):
         queue.close()
 
 
-def test_one_client_per_pool(broker):
-    with Connection(broker, transport=TRANSPORT) as conn:
+def test_one_client_per_pool(real_redis):
+    with Connection(real_redis, transport=TRANSPORT) as conn:
         channel = conn.default_channel
         first = channel._create_client()
         assert channel._create_client() is first
@@ -57,12 +43,12 @@ def test_one_client_per_pool(broker):
 
 
 
-def test_the_runtimes_redis_client_makes_threads_beyond_its_pool_wait_not_fail(broker):
+def test_the_runtimes_redis_client_makes_threads_beyond_its_pool_wait_not_fail(real_redis):
     from config import Settings
     from orchestrator.runtime import redis_client
     from tests.conftest import at_once
 
-    client = redis_client(Settings(redis_url=broker, worker_concurrency=8))
+    client = redis_client(Settings(redis_url=real_redis, worker_concurrency=8))
     bound = client.connection_pool.max_connections
     # more threads than connections, each holding one for a moment (a blocking pop on nothing)
     got = at_once(lambda: client.blpop(["nothing"], timeout=0.3), bound + 16)
