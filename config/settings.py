@@ -246,6 +246,12 @@ class Settings(BaseSettings):
         return tuple(float(p) for p in self.poll_schedule.split(",") if p.strip())
 
     @property
+    def pool_threads(self) -> int:
+        """How many threads of one process may use a pool (database, Plural's sockets, Redis) at
+        once: a worker's, or the API's thread pool (anyio's 40), whichever is more."""
+        return max(self.worker_concurrency, 40)
+
+    @property
     def call_budget_seconds(self) -> float:
         """The worst case of one gateway call: every attempt timing out, each wait the longest a
         Retry-After may ask for (four times the backoff cap)."""

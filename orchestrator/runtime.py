@@ -14,15 +14,8 @@ from orchestrator.core.saga import Step
 from orchestrator.db.engine import make_engine
 from orchestrator.db.repo import Repo
 from orchestrator.plural import PluralClient
-from orchestrator.plural.transport import PooledTransport
 from orchestrator.steps import Deps
 from orchestrator.vault import Vault
-
-
-def threads(settings: Settings) -> int:
-    """How many threads of this process may use a pool at once: the worker's, or the API's
-    thread pool (anyio's 40), whichever is more."""
-    return max(settings.worker_concurrency, 40)
 
 
 def redis_client(settings: Settings) -> Any:
@@ -32,7 +25,7 @@ def redis_client(settings: Settings) -> Any:
     import redis
 
     pool = redis.BlockingConnectionPool.from_url(
-        settings.broker_url, max_connections=2 * threads(settings), timeout=10,
+        settings.broker_url, max_connections=2 * settings.pool_threads, timeout=10,
         socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
     return redis.Redis(connection_pool=pool)
 
@@ -130,11 +123,10 @@ def get_runtime() -> Runtime:
             redis = redis_client(settings)
             _runtime = Runtime(
                 settings=settings,
-                repo=Repo(make_engine(settings.sqlalchemy_url, threads=threads(settings))),
+                repo=Repo(make_engine(settings.sqlalchemy_url, threads=settings.pool_threads)),
                 redis=redis,
                 vault=Vault(redis, settings.card_encryption_key.get_secret_value()),
-                plural=PluralClient.from_settings(settings, redis=redis, observe=metrics.observe_gateway,
-                                                  transport=PooledTransport(pool_size=threads(settings))),
+                plural=PluralClient.from_settings(settings, redis=redis, observe=metrics.observe_gateway),
                 enqueue=celery_enqueue(app),
                 announce=redis_announcer(redis),
                 kick_events=delivery_kick(redis, lambda: app.send_task("tasks.deliver_events", queue="events"),

@@ -91,9 +91,11 @@ def test_the_pool_keeps_a_connection_for_every_thread_that_used_one_at_once(tmp_
     assert engine.pool.checkedin() == 48
 
 
-def test_the_runtime_sizes_its_pools_for_the_workers_threads():
+def test_pools_are_sized_for_the_workers_threads_and_the_plural_client_keeps_that_many_sockets():
     from config import Settings
-    from orchestrator.runtime import threads
+    from orchestrator.plural import PluralClient
 
-    assert threads(Settings(worker_concurrency=96)) == 96
-    assert threads(Settings(worker_concurrency=8)) == 40  # the API's thread pool
+    assert Settings(worker_concurrency=96).pool_threads == 96
+    assert Settings(worker_concurrency=8).pool_threads == 40  # the API's thread pool
+    client = PluralClient.from_settings(Settings(worker_concurrency=96))
+    assert client.requestor._transport._pool.connection_pool_kw["maxsize"] == 96

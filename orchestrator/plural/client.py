@@ -65,7 +65,7 @@ class PluralClient:
             token_url=settings.token_url,
             client_id=settings.plural_client_id,
             client_secret=settings.plural_client_secret.get_secret_value(),
-            transport=transport or PooledTransport(),
+            transport=transport or PooledTransport(pool_size=settings.pool_threads),
             token_store=store,
             connect_timeout=settings.http_connect_timeout,
             read_timeout=settings.http_read_timeout,
