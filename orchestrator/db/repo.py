@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 import uuid
 
-from sqlalchemy import DateTime, String, bindparam, delete, insert, literal, or_, update
+from sqlalchemy import bindparam, delete, insert, or_, update
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -75,14 +75,23 @@ _FREE_AT_VERSION = (_checkout.c.version == bindparam("b_version")) & or_(
 _NOTE_FREE = _NOTE.where(_FREE_AT_VERSION)
 _TAKE = (update(_checkout).where(_checkout.c.id == bindparam("b_id"), _FREE_AT_VERSION)
          .values(claim_token=bindparam("b_token"), claim_until=bindparam("b_until"), version=_checkout.c.version + 1))
-# PostgreSQL: a run's first write-ahead as one statement (its claim taken, and the attempt added
-# only if it was), atomic alone: one round trip in autocommit instead of BEGIN, two, COMMIT
-_TAKEN = _TAKE.returning(_checkout.c.id).cte("taken")
-_TAKE_THEN_ATTEMPT = insert(_attempt).from_select(
-    ["checkout_id", "step", "reference", "outcome", "task_id", "started_at"],
-    core_select(_TAKEN.c.id, bindparam("b_step", type_=String), bindparam("b_reference", type_=String),
-                literal("in_flight", String), bindparam("b_task", type_=String),
-                bindparam("b_started", type_=DateTime(timezone=True)))).returning(_attempt.c.id)
+
+
+def _then_add(change: Any, table: Any, fields: tuple[str, ...], prefix: str) -> Any:
+    """PostgreSQL: ``change`` (a compare-and-set UPDATE of a checkout) and a row of ``table`` for
+    that checkout, added only if the UPDATE changed it, as one statement (a data-modifying CTE).
+    The row's ``fields`` come from the parameters named ``prefix + field``; its id comes back, or
+    no row when the compare-and-set found the checkout changed."""
+    changed = change.returning(_checkout.c.id).cte("changed")
+    row = core_select(changed.c.id, *(bindparam(prefix + f, type_=table.c[f].type) for f in fields))
+    return insert(table).from_select(["checkout_id", *fields], row).returning(table.c.id)
+
+
+_ATTEMPT_FIELDS = ("step", "reference", "outcome", "task_id", "started_at")
+_HISTORY_FIELDS = ("from_state", "to_state", "fact", "source", "reason", "at")
+# a run's first write-ahead: its claim taken, and the attempt added only if it was; atomic alone,
+# so one round trip in autocommit instead of BEGIN, two statements and COMMIT
+_TAKE_THEN_ATTEMPT = _then_add(_TAKE, _attempt, _ATTEMPT_FIELDS, "a_")
 _HELD = core_select(_checkout.c.claim_token).where(_checkout.c.id == bindparam("b_id")).with_for_update()
 _ADD_CHECKOUT = insert(_checkout)
 _ADD_HISTORY = insert(_history)
@@ -124,17 +133,11 @@ def _claim_statements(table: type[Any]) -> tuple[Any, Any]:
 
 @functools.lru_cache(maxsize=512)
 def _move_with_history(columns: tuple[str, ...], held: bool) -> Any:
-    """PostgreSQL: a decided move's compare-and-set and its history row as one statement (the
-    history row added only if the row moved, in a data-modifying CTE); the history row's id comes
-    back, or no row when the compare-and-set found the row changed. One per set of columns set."""
-    moved = ((_MOVE_HELD if held else _MOVE)
-             .values({c: bindparam(f"v_{c}", type_=_checkout.c[c].type) for c in columns})
-             .returning(_checkout.c.id).cte("moved"))
-    row = core_select(moved.c.id, *(bindparam(f"h_{c}", type_=_history.c[c].type) for c in _HISTORY_FIELDS))
-    return insert(_history).from_select(["checkout_id", *_HISTORY_FIELDS], row).returning(_history.c.id)
-
-
-_HISTORY_FIELDS = ("from_state", "to_state", "fact", "source", "reason", "at")
+    """PostgreSQL: a decided move's compare-and-set (setting ``columns``, from ``v_*``) and its
+    history row (from ``h_*``) as one statement; one per set of columns set."""
+    move = (_MOVE_HELD if held else _MOVE).values({c: bindparam(f"v_{c}", type_=_checkout.c[c].type)
+                                                   for c in columns})
+    return _then_add(move, _history, _HISTORY_FIELDS, "h_")
 
 
 def may_have_refunds(c: Checkout) -> bool:
@@ -318,19 +321,20 @@ class Repo:
         with nothing written, if the row has changed."""
         target, fields = decided
         values: dict[str, Any] = {**fields, "state": target.value, "version": before.version + 1, "updated_at": now}
-        statement, keys = _MOVE, {"b_id": before.id, "b_version": before.version}
+        keys: dict[str, Any] = {"b_id": before.id, "b_version": before.version}
         if claim is not None:  # a run's move ends the run: the next step claims afresh
             values.update(claim_token=None, claim_until=None)
             if claim.token is not None:
-                statement, keys["b_token"] = _MOVE_HELD, claim.token
+                keys["b_token"] = claim.token
+        held = "b_token" in keys
         history = {"from_state": before.state, "to_state": target.value, "fact": fact, "source": source,
                    "reason": reason[:200], "at": now}
         if conn.dialect.name == "postgresql":  # one round trip for both
-            written = conn.execute(_move_with_history(tuple(values), statement is _MOVE_HELD), {
+            written = conn.execute(_move_with_history(tuple(values), held), {
                 **{f"v_{k}": v for k, v in values.items()}, **keys,
                 **{f"h_{k}": v for k, v in history.items()}}).first() is not None
         else:
-            written = conn.execute(statement, {**values, **keys}).rowcount == 1
+            written = conn.execute(_MOVE_HELD if held else _MOVE, {**values, **keys}).rowcount == 1
             if written:
                 conn.execute(_ADD_HISTORY, {"checkout_id": before.id, **history})
         if not written:
@@ -428,10 +432,12 @@ class Repo:
         if claim is not None and claim.token is None:
             take = {"b_id": checkout_id, "b_version": claim.version, "b_now": now, "b_token": uuid.uuid4().hex,
                     "b_until": now + dt.timedelta(seconds=claim.lease_seconds)}
+        attempt = {"step": step, "reference": reference, "outcome": "in_flight", "task_id": task_id,
+                   "started_at": now}
         if take and not finish and self.engine.dialect.name == "postgresql":
             with self.single_engine.connect() as conn:
-                added = conn.execute(_TAKE_THEN_ATTEMPT, {**take, "b_step": step, "b_reference": reference,
-                                                          "b_task": task_id, "b_started": now}).scalar()
+                added = conn.execute(_TAKE_THEN_ATTEMPT, {**take, **{f"a_{k}": v for k, v in attempt.items()}}
+                                     ).scalar()
             if added is None:  # the claim was not taken, so no attempt was added
                 raise LostClaim(checkout_id)
             return self._took(claim, take, int(added))
@@ -444,8 +450,7 @@ class Repo:
                 if conn.execute(_HELD, {"b_id": checkout_id}).scalar() != claim.token:
                     _nothing_written(conn)
                     raise LostClaim(checkout_id)
-            added = conn.execute(_ADD_ATTEMPT, {"checkout_id": checkout_id, "step": step, "reference": reference,
-                                                "task_id": task_id, "outcome": "in_flight", "started_at": now})
+            added = conn.execute(_ADD_ATTEMPT, {"checkout_id": checkout_id, **attempt})
             attempt_id = int(added.inserted_primary_key[0])
             self._commit(conn, finish)
         return self._took(claim, take, attempt_id)
@@ -562,7 +567,7 @@ class IdempotencyStore:
             if row is None:  # pruned between the two statements
                 conn.commit()
                 return "new", None
-            taken = row.created_at.replace(tzinfo=dt.timezone.utc)
+            taken = aware(row.created_at)
             expired = taken < now - self.keep  # the key is new again, whatever the body
             abandoned = (row.status_code is None and row.request_hash == request_hash
                          and taken < now - self.abandon_after)
