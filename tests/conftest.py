@@ -320,14 +320,14 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def real_redis(tmp_path: Any) -> Iterator[str]:
-    """A real Redis server of the test's own (the embedded one); its URL."""
+def real_redis(tmp_path: Any) -> Iterator[Any]:
+    """A real Redis server of the test's own (the embedded one: ``.url``, ``.stop()``)."""
     from orchestrator.redis_server import EmbeddedRedis, free_port
 
     server = EmbeddedRedis(free_port(), tmp_path, persistent=False)
     server.start()
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
 

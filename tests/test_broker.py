@@ -16,7 +16,7 @@ def test_celery_uses_it_for_a_redis_broker():
 
 
 def test_messages_are_published_consumed_and_acknowledged(real_redis):
-    with Connection(real_redis, transport=TRANSPORT) as conn:
+    with Connection(real_redis.url, transport=TRANSPORT) as conn:
         queue = conn.SimpleQueue("t")
         for n in range(3):
             queue.put({"n": n})
@@ -32,7 +32,7 @@ def test_messages_are_published_consumed_and_acknowledged(real_redis):
 
 
 def test_one_client_per_pool(real_redis):
-    with Connection(real_redis, transport=TRANSPORT) as conn:
+    with Connection(real_redis.url, transport=TRANSPORT) as conn:
         channel = conn.default_channel
         first = channel._create_client()
         assert channel._create_client() is first
@@ -48,7 +48,7 @@ def test_the_runtimes_redis_client_makes_threads_beyond_its_pool_wait_not_fail(r
     from orchestrator.runtime import redis_client
     from tests.conftest import at_once
 
-    client = redis_client(Settings(redis_url=real_redis, worker_concurrency=8))
+    client = redis_client(Settings(redis_url=real_redis.url, worker_concurrency=8))
     bound = client.connection_pool.max_connections
     # more threads than connections, each holding one for a moment (a blocking pop on nothing)
     got = at_once(lambda: client.blpop(["nothing"], timeout=0.3), bound + 16)

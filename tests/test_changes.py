@@ -52,13 +52,13 @@ def test_an_announced_change_answers_at_once(real_redis):
     import redis
 
     checkout = Checkout()
-    announce = redis_announcer(redis.Redis.from_url(real_redis))
+    announce = redis_announcer(redis.Redis.from_url(real_redis.url))
 
     def change() -> None:
         checkout.status = "AWAITING_OTP"
         announce("chk_1", "AWAITING_OTP")
 
-    got, took = wait(Listener(real_redis), checkout, 10.0, then=change)
+    got, took = wait(Listener(real_redis.url), checkout, 10.0, then=change)
     assert got["status"] == "AWAITING_OTP" and took < 2.0
 
 
@@ -66,8 +66,8 @@ def test_a_subscribed_waiter_reads_nothing_more_while_nothing_happens(real_redis
     import redis
 
     checkout = Checkout()
-    announce = redis_announcer(redis.Redis.from_url(real_redis))
-    got, took = wait(Listener(real_redis), checkout, 3.0, then=lambda: announce("chk_2", "FAILED"))
+    announce = redis_announcer(redis.Redis.from_url(real_redis.url))
+    got, took = wait(Listener(real_redis.url), checkout, 3.0, then=lambda: announce("chk_2", "FAILED"))
     assert got["status"] == "PROCESSING" and took >= 2.9
     assert checkout.reads == 2  # when it began and when its wait ran out; another checkout's news woke nothing
 
@@ -78,17 +78,10 @@ def test_without_a_subscription_a_waiter_rechecks(real_redis):
     assert got["status"] == "FAILED" and checkout.reads >= 2
 
 
-def test_when_the_subscription_drops_waiters_read_again_and_recheck(tmp_path):
+def test_when_the_subscription_drops_waiters_read_again_and_recheck(real_redis):
     """Messages published while nobody is subscribed are gone: the waiters re-read at once, and
     keep rechecking until the subscription is back."""
-    from orchestrator.redis_server import EmbeddedRedis, free_port
-
-    server = EmbeddedRedis(free_port(), tmp_path, persistent=False)
-    server.start()
     checkout = Checkout()
-    try:
-        got, _ = wait(Listener(server.url), checkout, 3.0, then=server.stop)
-    finally:
-        server.stop()
+    got, _ = wait(Listener(real_redis.url), checkout, 3.0, then=real_redis.stop)
     assert got["status"] == "PROCESSING"
     assert checkout.reads >= 4  # began, woken by the drop, rechecked each second, ran out
