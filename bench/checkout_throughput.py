@@ -8,8 +8,14 @@ floor and of N native-OTP checkouts driven through the API by C concurrent custo
 wait for the OTP step → submit → wait for COMPLETED, waiting with the API's long poll). It prints each rate, p95 end-to-end latency,
 and the project's rate as a ratio of the floor's measured in the same run; and the worker's memory.
 
+Scaling is shown where the workers are the limit: at 200 ms per call a worker of 16 threads can
+carry at most 16 / (6 × 0.2 s) ≈ 13 checkouts a second, so with 64 customers a second worker of
+16 threads should carry as many again, short of the machine's CPU; the script prints how many
+times the rate of one worker two give. At 0 ms on two cores every process shares the CPU, which
+is the limit, and it prints that ratio too.
+
     .venv/bin/python bench/checkout_throughput.py [--checkouts 150] [--concurrency 32] [--rounds 2]
-        [--configs sqlite:0:1,sqlite:200:1:96,postgres:0:1,postgres:0:2,postgres:200:1:96]
+        [--configs sqlite:0:1,sqlite:200:1:96,postgres:0:1,postgres:200:1:96,postgres:200:1:64:16,...]
 """
 
 from __future__ import annotations
@@ -71,7 +77,8 @@ def database(kind: str, base: Path) -> Iterator[tuple[str, str]]:
         yield url, url
 
 
-def measure(kind: str, latency_ms: float, workers: int, in_flight: int, args: argparse.Namespace) -> float:
+def measure(kind: str, latency_ms: float, workers: int, in_flight: int, threads: int, keep: bool,
+            args: argparse.Namespace) -> float:
     from config import Settings
     from orchestrator.merchant_client import OrchestratorClient
     from orchestrator.redis_server import free_port
@@ -80,7 +87,7 @@ def measure(kind: str, latency_ms: float, workers: int, in_flight: int, args: ar
     base = Path(tempfile.mkdtemp(prefix="bench-"))
     with database(kind, base) as (project_url, floor_url):
         env = {"SWEEP_INTERVAL": "1", "POLL_SCHEDULE": "1,2", "LOG_LEVEL": "WARNING", "DATABASE_URL": project_url,
-               "WORKER_CONCURRENCY": str(in_flight)}
+               "WORKER_CONCURRENCY": str(threads)}
         stack = Stack(data_dir=base / "var", api_port=free_port(), sandbox_port=free_port(), redis_port=free_port(),
                       log_dir=base / "logs", env=env)
         stack.start()
@@ -88,10 +95,13 @@ def measure(kind: str, latency_ms: float, workers: int, in_flight: int, args: ar
             if workers > 1:
                 for i in range(2, workers + 1):
                     stack.spawn(f"worker{i}", command="worker")
-            if latency_ms:
+
+            def latency(ms: float) -> None:
+                rules = [{"kind": "latency", "path": "^/api/", "seconds": ms / 1000}] if ms else []
                 requests.put(f"{stack.sandbox_url}/sandbox/faults", headers={"X-Sandbox-Key": SANDBOX_ADMIN_KEY},
-                             json={"rules": [{"kind": "latency", "path": "^/api/", "seconds": latency_ms / 1000}]},
-                             timeout=5).raise_for_status()
+                             json={"rules": rules}, timeout=5).raise_for_status()
+
+            latency(latency_ms)
             api = OrchestratorClient(stack.api_url, Settings().orchestrator_api_key.get_secret_value(), timeout=30,
                                      connections=max(64, in_flight))
             worker = stack.processes["worker"].pid
@@ -100,19 +110,30 @@ def measure(kind: str, latency_ms: float, workers: int, in_flight: int, args: ar
             rss_before = rss_mb(worker)
             floors: list[Run] = []
             projects: list[Run] = []
-            with FloorWorker(broker, stack.sandbox_url, floor_url, stack.child_env(), in_flight):
+            at_zero: list[Run] = []
+            with FloorWorker(broker, stack.sandbox_url, floor_url, stack.child_env(), threads * workers):
                 for _ in range(args.rounds):  # enough work for several waves of what is in flight
                     floors.append(run_floor(broker, max(args.chains, 4 * in_flight), in_flight))
                     projects.append(run_checkouts(api, max(args.checkouts, 3 * in_flight), in_flight))
+                    if latency_ms and keep:  # the same stack without the latency, alternately
+                        latency(0)
+                        at_zero.append(run_checkouts(api, args.checkouts, args.concurrency))
+                        latency(latency_ms)
             rss_after = rss_mb(worker)
         finally:
             stack.stop()
     floor = statistics.mean(r.rate for r in floors)
     project = statistics.mean(r.rate for r in projects)
     label = f"{kind:8} {latency_ms:4.0f} ms  {workers} worker{'s' if workers > 1 else ' '} {in_flight:3d} in flight"
+    if threads != in_flight:
+        label += f" ({threads} threads each)"
     print(f"{label}  floor {floor:6.1f} chains/s (p95 {max(r.p95 for r in floors):.2f} s)   "
           f"project {project:6.1f} checkouts/s (p95 {max(r.p95 for r in projects):.2f} s)   "
           f"ratio {project / floor:.2f}   worker RSS {rss_before:.0f}→{rss_after:.0f} MB", flush=True)
+    if at_zero:
+        zero = statistics.mean(r.rate for r in at_zero)
+        print(f"{'':8} {latency_ms:4.0f} ms keeps {project / zero:.2f} of the 0 ms rate on {kind} "
+              f"({zero:.1f} checkouts/s with {args.concurrency} in flight, alternately in the same stack)", flush=True)
     return project
 
 
@@ -123,10 +144,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--configs",
-                        default="sqlite:0:1,sqlite:200:1:96,postgres:0:1,postgres:0:2,postgres:200:1:96",
-                        help="database:latency_ms:workers[:in flight], comma-separated (in flight: customers "
-                             "and worker threads, default --concurrency; hiding a latency takes rate × latency "
-                             "in flight, by Little's law)")
+                        default="sqlite:0:1,sqlite:200:1:96,postgres:0:1,postgres:200:1:96,"
+                                "postgres:200:1:64:16,postgres:200:2:64:16,postgres:0:2",
+                        help="database:latency_ms:workers[:in flight[:threads]], comma-separated (in flight: "
+                             "customers, default --concurrency; hiding a latency takes rate × latency in flight, "
+                             "by Little's law; threads: each worker's, default in flight)")
     args = parser.parse_args()
     from orchestrator.logs import configure_logging
 
@@ -134,16 +156,17 @@ def main() -> None:
     print(f"{args.checkouts} native-OTP checkouts ({HOPS} gateway calls, {HOPS} hops) vs {args.chains} floor chains "
           f"of {HOPS} hops, {args.concurrency} in flight, {args.rounds} alternating rounds each; "
           f"{os.cpu_count()} CPUs")
-    at_zero: dict[tuple[str, int], float] = {}
+    by_workers: dict[tuple[str, float, int, int], dict[int, float]] = {}
     for config in args.configs.split(","):
         kind, latency, workers, *rest = config.split(":")
-        rate = measure(kind, float(latency), int(workers), int(rest[0]) if rest else args.concurrency, args)
-        if float(latency) == 0:
-            at_zero[(kind, int(workers))] = rate
-        elif (kind, int(workers)) in at_zero:
-            print(f"{'':8} {float(latency):4.0f} ms keeps {rate / at_zero[(kind, int(workers))]:.2f} of the "
-                  f"0 ms rate on {kind}", flush=True)
-
+        in_flight = int(rest[0]) if rest else args.concurrency
+        threads = int(rest[1]) if len(rest) > 1 else in_flight
+        rate = measure(kind, float(latency), int(workers), in_flight, threads, threads == in_flight, args)
+        same = by_workers.setdefault((kind, float(latency), in_flight, threads), {})
+        same[int(workers)] = rate
+        if int(workers) > 1 and 1 in same:
+            print(f"{'':8} {int(workers)} workers of {threads} threads run ×{rate / same[1]:.2f} the rate of one "
+                  f"on {kind} at {float(latency):.0f} ms", flush=True)
 
 if __name__ == "__main__":
     main()
