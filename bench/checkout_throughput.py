@@ -10,9 +10,11 @@ and the project's rate as a ratio of the floor's measured in the same run; and t
 
 Scaling is shown where the workers are the limit: at 200 ms per call a worker of 16 threads can
 carry at most 16 / (6 × 0.2 s) ≈ 13 checkouts a second, so with 64 customers a second worker of
-16 threads should carry as many again, short of the machine's CPU; the script prints how many
-times the rate of one worker two give. At 0 ms on two cores every process shares the CPU, which
-is the limit, and it prints that ratio too.
+16 threads should carry as many again, short of the machine's CPU. With two workers, rounds of
+the first worker alone (the others told to stop consuming, by Celery's remote control) alternate
+with rounds of both in the same stack, and it prints how many times the rate of one two give.
+At 0 ms on two cores every process shares the CPU, which is the limit, and it prints that too.
+A latency's cost is measured the same way: rounds at 0 ms alternate with rounds at 200 ms.
 
     .venv/bin/python bench/checkout_throughput.py [--checkouts 150] [--concurrency 32] [--rounds 2]
         [--configs sqlite:0:1,sqlite:200:1:96,postgres:0:1,postgres:200:1:96,postgres:200:1:64:16,...]
@@ -77,6 +79,32 @@ def database(kind: str, base: Path) -> Iterator[tuple[str, str]]:
         yield url, url
 
 
+class Others:
+    """The stack's workers other than the first: stop and restart their consuming of the saga queue
+    (Celery's remote control), so one and several workers are measured alternately in one stack."""
+
+    def __init__(self, stack: Any) -> None:
+        from celery import Celery
+
+        self.control = Celery(broker=str(stack.redis_url)).control
+        first = f"worker-{stack.processes['worker'].pid}@"
+        deadline = time.monotonic() + 30
+        while True:
+            names = [n for reply in self.control.ping(timeout=2) or [] for n in reply]
+            self.names = [n for n in names if not n.startswith(first)]
+            if len(names) == len(stack.processes) - 3 or time.monotonic() > deadline:  # not api, sandbox, beat
+                break
+        assert self.names, f"no other worker answered: {names}"
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self.control.cancel_consumer("saga", destination=self.names, reply=True)
+        try:
+            yield
+        finally:
+            self.control.add_consumer("saga", destination=self.names, reply=True)
+
+
 def measure(kind: str, latency_ms: float, workers: int, in_flight: int, threads: int, keep: bool,
             args: argparse.Namespace) -> float:
     from config import Settings
@@ -111,6 +139,8 @@ def measure(kind: str, latency_ms: float, workers: int, in_flight: int, threads:
             floors: list[Run] = []
             projects: list[Run] = []
             at_zero: list[Run] = []
+            alone: list[Run] = []
+            others = Others(stack) if workers > 1 else None
             with FloorWorker(broker, stack.sandbox_url, floor_url, stack.child_env(), threads * workers):
                 for _ in range(args.rounds):  # enough work for several waves of what is in flight
                     floors.append(run_floor(broker, max(args.chains, 4 * in_flight), in_flight))
@@ -119,6 +149,9 @@ def measure(kind: str, latency_ms: float, workers: int, in_flight: int, threads:
                         latency(0)
                         at_zero.append(run_checkouts(api, args.checkouts, args.concurrency))
                         latency(latency_ms)
+                    if others is not None:  # the first worker alone, alternately in the same stack
+                        with others.paused():
+                            alone.append(run_checkouts(api, max(args.checkouts, 3 * in_flight), in_flight))
             rss_after = rss_mb(worker)
         finally:
             stack.stop()
@@ -134,6 +167,11 @@ def measure(kind: str, latency_ms: float, workers: int, in_flight: int, threads:
         zero = statistics.mean(r.rate for r in at_zero)
         print(f"{'':8} {latency_ms:4.0f} ms keeps {project / zero:.2f} of the 0 ms rate on {kind} "
               f"({zero:.1f} checkouts/s with {args.concurrency} in flight, alternately in the same stack)", flush=True)
+    if alone:
+        one = statistics.mean(r.rate for r in alone)
+        print(f"{'':8} {workers} workers of {threads} threads run ×{project / one:.2f} the rate of one on {kind} at "
+              f"{latency_ms:.0f} ms ({one:.1f} checkouts/s with the others not consuming, alternately in the same "
+              f"stack)", flush=True)
     return project
 
 
@@ -145,7 +183,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--configs",
                         default="sqlite:0:1,sqlite:200:1:96,postgres:0:1,postgres:200:1:96,"
-                                "postgres:200:1:64:16,postgres:200:2:64:16,postgres:0:2",
+                                "postgres:200:2:64:16,postgres:0:2",
                         help="database:latency_ms:workers[:in flight[:threads]], comma-separated (in flight: "
                              "customers, default --concurrency; hiding a latency takes rate × latency in flight, "
                              "by Little's law; threads: each worker's, default in flight)")
@@ -156,17 +194,11 @@ def main() -> None:
     print(f"{args.checkouts} native-OTP checkouts ({HOPS} gateway calls, {HOPS} hops) vs {args.chains} floor chains "
           f"of {HOPS} hops, {args.concurrency} in flight, {args.rounds} alternating rounds each; "
           f"{os.cpu_count()} CPUs")
-    by_workers: dict[tuple[str, float, int, int], dict[int, float]] = {}
     for config in args.configs.split(","):
         kind, latency, workers, *rest = config.split(":")
         in_flight = int(rest[0]) if rest else args.concurrency
         threads = int(rest[1]) if len(rest) > 1 else in_flight
-        rate = measure(kind, float(latency), int(workers), in_flight, threads, threads == in_flight, args)
-        same = by_workers.setdefault((kind, float(latency), in_flight, threads), {})
-        same[int(workers)] = rate
-        if int(workers) > 1 and 1 in same:
-            print(f"{'':8} {int(workers)} workers of {threads} threads run ×{rate / same[1]:.2f} the rate of one "
-                  f"on {kind} at {float(latency):.0f} ms", flush=True)
+        measure(kind, float(latency), int(workers), in_flight, threads, threads == in_flight, args)
 
 if __name__ == "__main__":
     main()
