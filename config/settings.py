@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     # --- saga timing and workers ------------------------------------------------------
     poll_schedule: str = Field(default="5,10,30,60,120,300", description="seconds between Get Order polls")
     step_lease_seconds: float = Field(default=120.0, gt=0, description="re-drive a step not finished by then")
+    claim_lease_seconds: float = Field(default=30.0, gt=0, description=(
+        "a run's claim on its checkout lapses this long after its process last renewed it (every third "
+        "of it, while the run lives, up to the run lease): a dead worker's checkouts are free within it"))
     retry_backoff_base: float = Field(default=2.0, gt=0)
     retry_backoff_cap: float = Field(default=300.0, gt=0)
     step_max_attempts: int = Field(default=8, ge=1, description="failed tries of a step before NEEDS_ATTENTION")
@@ -261,8 +264,8 @@ class Settings(BaseSettings):
 
     @property
     def run_lease_seconds(self) -> float:
-        """How long a run owns its checkout: longer than a step's worst case (three calls: a look-up,
-        the call, a confirmation), so a live run's claim never lapses under it."""
+        """The longest a run may own its checkout: longer than a step's worst case (three calls: a
+        look-up, the call, a confirmation). Its process renews its claim up to this (``Leases``)."""
         return 3 * self.call_budget_seconds + 5.0
 
     @property

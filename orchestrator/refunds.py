@@ -146,12 +146,13 @@ def _backoff(d: Deps, r: Refund, exc: BaseException, claim: str) -> None:
 def run_refund(d: Deps, refund_id: str, task_id: str | None = None) -> None:
     """The refund step: claim the refund, submit it if REQUESTED (resolving an unknown earlier
     submit first), or poll it if PENDING."""
-    token = d.repo.claim(Refund, refund_id, d.settings.run_lease_seconds)
+    token = d.repo.claim(Refund, refund_id, d.leases.lease_seconds)
     if token is None:
         log.info("refund.busy", refund_id=refund_id)
         return
     try:
-        _run_refund(d, refund_id, token, task_id)
+        with d.leases.holding(Refund, refund_id, lambda: token):
+            _run_refund(d, refund_id, token, task_id)
     finally:
         d.repo.release(Refund, refund_id, token)
 

@@ -12,7 +12,9 @@ from orchestrator.changes import Announce, redis_announcer, silent
 from orchestrator.delivery import redis_kick as delivery_kick
 from orchestrator.core.saga import Step
 from orchestrator.db.engine import make_engine
+from orchestrator.db.models import utcnow
 from orchestrator.db.repo import Repo
+from orchestrator.leases import Leases
 from orchestrator.plural import PluralClient
 from orchestrator.steps import Deps
 from orchestrator.vault import Vault
@@ -47,6 +49,8 @@ class Runtime:
     enqueue: Callable[[Step, str], None]
     announce: Announce = silent
     kick_events: Callable[[], None] = lambda: None
+    #: the live runs' claims, renewed by a thread started with this process's first run
+    leases: Leases | None = None
 
     #: what readiness fails on: this process cannot take work without them. The rest is reported.
     REQUIRED = ("database", "redis")
@@ -100,7 +104,7 @@ class Runtime:
 
     def deps(self) -> Deps:
         return Deps(settings=self.settings, repo=self.repo, plural=self.plural, vault=self.vault,
-                    enqueue=self.enqueue, announce=self.announce, kick_events=self.kick_events)
+                    enqueue=self.enqueue, announce=self.announce, kick_events=self.kick_events, leases=self.leases)
 
     def service(self) -> Any:
         from orchestrator.service import CheckoutService
@@ -121,9 +125,10 @@ def get_runtime() -> Runtime:
 
             settings = get_settings()
             redis = redis_client(settings)
+            repo = Repo(make_engine(settings.sqlalchemy_url, threads=settings.pool_threads))
             _runtime = Runtime(
                 settings=settings,
-                repo=Repo(make_engine(settings.sqlalchemy_url, threads=settings.pool_threads)),
+                repo=repo,
                 redis=redis,
                 vault=Vault(redis, settings.card_encryption_key.get_secret_value()),
                 plural=PluralClient.from_settings(settings, redis=redis, observe=metrics.observe_gateway),
@@ -131,5 +136,6 @@ def get_runtime() -> Runtime:
                 announce=redis_announcer(redis),
                 kick_events=delivery_kick(redis, lambda: app.send_task("tasks.deliver_events", queue="events"),
                                           settings),
+                leases=Leases(repo, settings.claim_lease_seconds, settings.run_lease_seconds, utcnow, renewing=True),
             )
         return _runtime

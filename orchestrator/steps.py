@@ -31,6 +31,7 @@ from orchestrator.core.saga import Fact, Source, State, Step
 from orchestrator.db.models import Checkout, StepAttempt, aware, utcnow
 from orchestrator.db.repo import Claim, LostClaim, Repo, claim_free
 from orchestrator.engine import Engine, Run
+from orchestrator.leases import Leases
 from orchestrator.logs import get_logger, mask_text
 from orchestrator.plural import errors
 from orchestrator.plural.models import (
@@ -56,6 +57,13 @@ class Deps:
     announce: Announce = field(default=silent)
     #: asks for the outbox to be delivered soon (the sweep does it anyway)
     kick_events: Callable[[], None] = field(default=lambda: None)
+    #: this process's live claims, renewed while their runs live (one per process: ``Runtime``)
+    leases: Leases = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.leases is None:
+            self.leases = Leases(self.repo, self.settings.claim_lease_seconds, self.settings.run_lease_seconds,
+                                 self.clock)
 
     @property
     def engine(self) -> Engine:
@@ -696,12 +704,13 @@ def _run_once(d: Deps, step: Step, c: Checkout, entered_at: dt.datetime | None, 
     if not claim_free(c, d.clock()):
         log.info("saga.step.busy", step=step.value, saga_id=c.id)
         return None
-    owned = Run(c.id, Claim(c.version, d.settings.run_lease_seconds), task_id, State(c.state), attempts,
+    owned = Run(c.id, Claim(c.version, d.leases.lease_seconds), task_id, State(c.state), attempts,
                 entered_at, chained=chained)
     structlog.contextvars.bind_contextvars(saga_id=c.id, order_id=c.plural_order_id)
     started = time.perf_counter()
     try:
-        _run_claimed(d, step, owned, c)
+        with d.leases.holding(Checkout, c.id, lambda: owned.claim.token if owned.claim else None):
+            _run_claimed(d, step, owned, c)
     except LostClaim:
         log.warning("saga.claim.lost", step=step.value)
         metrics.CLAIMS_LOST.labels(step.value).inc()

@@ -122,13 +122,14 @@ class Claim:
 
 
 @functools.cache
-def _claim_statements(table: type[Any]) -> tuple[Any, Any]:
-    """For a claimable table (a checkout, a refund): read a row under its lock, and give its claim
-    back while the token still holds it."""
+def _claim_statements(table: type[Any]) -> tuple[Any, Any, Any]:
+    """For a claimable table (a checkout, a refund): read a row under its lock, give its claim
+    back while the token still holds it, and move the claim's end while the token still holds it."""
     t = table.__table__
+    held = (t.c.id == bindparam("b_id")) & (t.c.claim_token == bindparam("b_token"))
     return (core_select(t).where(t.c.id == bindparam("b_id")).with_for_update(),
-            update(t).where(t.c.id == bindparam("b_id"), t.c.claim_token == bindparam("b_token"))
-            .values(claim_token=None, claim_until=None))
+            update(t).where(held).values(claim_token=None, claim_until=None),
+            update(t).where(held).values(claim_until=bindparam("b_until")))
 
 
 @functools.lru_cache(maxsize=512)
@@ -406,7 +407,7 @@ class Repo:
     def release(self, table: type[Any], row_id: str, token: str, finish: Finished | None = None) -> Any | None:
         """Give the claim back; the row as it is now if this run still held it, else None. A run's
         pending call outcomes are recorded either way (they are facts about calls it made)."""
-        locked, release = _claim_statements(table)
+        locked, release, _ = _claim_statements(table)
         with self.engine.connect() as conn:
             found = conn.execute(locked, {"b_id": row_id}).first()
             held = found is not None and found.claim_token == token
@@ -414,6 +415,16 @@ class Repo:
                 conn.execute(release, {"b_id": row_id, "b_token": token})
             self._commit(conn, finish)
         return detached(table, found) if held else None
+
+    def renew(self, table: type[Any], claims: list[tuple[str, str, dt.datetime]]) -> None:
+        """Move the end of each claim (row id, token, new end) that its token still holds; a claim
+        given back or taken over since is left alone. Nothing else changes (not the version)."""
+        if not claims:
+            return
+        _, _, renew = _claim_statements(table)
+        with self.engine.connect() as conn:
+            conn.execute(renew, [{"b_id": row_id, "b_token": token, "b_until": until} for row_id, token, until in claims])
+            conn.commit()
 
     def holds(self, table: type[Any], row_id: str, token: str) -> bool:
         with self.read_session() as s:

@@ -34,7 +34,8 @@ E2E_ENV = {
     "RETRY_BACKOFF_BASE": "0.5",
     "RETRY_BACKOFF_CAP": "2",
     "WORKER_CONCURRENCY": "16",
-    # a short call budget, so a killed worker's claims lapse in about 25 s (the run lease)
+    # a killed worker's claims lapse within 2 s; a short call budget (the run lease: about 25 s)
+    "CLAIM_LEASE_SECONDS": "2",
     "HTTP_CONNECT_TIMEOUT": "1",
     "HTTP_READ_TIMEOUT": "2",
     "HTTP_MAX_ATTEMPTS": "2",
@@ -345,3 +346,24 @@ def test_readiness_reports_database_redis_the_token_the_broker_and_the_outbox(ap
     assert checks["database"] == "ok" and checks["redis"] == "ok" and checks["token"] == "ok"
     assert set(checks["broker"]) == {"saga", "events"}
     assert checks["outbox"]["pending"] >= 1 and checks["outbox"]["failed"] == 0
+
+
+def test_a_worker_killed_mid_call_frees_its_checkout_within_a_claim_lease(tmp_path):
+    """Here a step's worst case (the run lease) is six minutes, the claim lease two seconds: the
+    killed worker stops renewing its claims, and its checkout is driven again within seconds."""
+    with make_stack(tmp_path, HTTP_READ_TIMEOUT="60", CLAIM_LEASE_SECONDS="2") as stack:
+        api = client_for(stack)
+        requests.put(f"{stack.sandbox_url}/sandbox/faults", json={"rules": [
+            {"kind": "latency", "method": "POST", "path": "^/api/pay/v1/orders$", "seconds": 5}]},
+            timeout=5).raise_for_status()
+        c = api.create_checkout(amount=10000, card=card(), merchant_order_reference=f"lease-{uuid.uuid4().hex[:12]}")
+        time.sleep(2)  # the worker's run has claimed the checkout and is waiting on Create Order
+        stack.kill("worker", signal.SIGKILL)
+        requests.delete(f"{stack.sandbox_url}/sandbox/faults", timeout=5).raise_for_status()
+        stack.restart("worker")
+        waited = api.wait(c["id"], WAITING, timeout=45)
+        assert waited["status"] == "AWAITING_OTP", [h["reason"] for h in waited["history"]]
+        api.submit_otp(c["id"], "123456")
+        done = api.wait(c["id"], timeout=30)
+        assert done["status"] == "COMPLETED"
+        assert ledger(stack, done["plural_order_id"]) == ["ORDER_CREATED", "PAYMENT_CREATED", "AUTHORIZED", "CAPTURED"]
