@@ -3,7 +3,7 @@
 The saga runs in-process against the sandbox (SQLite, the vault, real HTTP), in both sandbox
 modes, through random interleavings of: step deliveries in any order, duplicated and concurrent
 ones, a crash between write-ahead and call and between call and record, fresh, stale and
-duplicated webhooks, polls, return-URL hints, customer OTPs and bank-page decisions, merchant
+duplicated webhooks, a process killed outright around a call (its claim left to lapse), polls, return-URL hints, customer OTPs and bank-page decisions, merchant
 cancel, delivery (full and partial) and refunds, sandbox faults (5xx, 429, an answer that comes
 too late) and time passing.
 
@@ -244,6 +244,23 @@ class SagaModel(RuleBasedStateMachine):
         except Crash:
             pass
         finally:
+            self.h.deps.plural = self.patient
+
+    @rule(data=st.data(), when=st.sampled_from(["before", "after"]))
+    def killed_around_a_call(self, data: st.DataObject, when: str) -> None:
+        """The process is killed outright: not even its ``finally`` blocks run, so the run's claim
+        stays until its lease lapses (nothing renews it) and a rival takes the row over."""
+        if (nxt := self._next(data)) is None:
+            return
+        step, row_id = nxt
+        self.h.deps.plural = CrashingPlural(self.patient, when)
+        self.h.deps.repo.release = lambda *_args, **_kwargs: None  # never reached by a killed process
+        try:
+            dispatch.run(self.h.deps, step, row_id, "model-killed")
+        except Crash:
+            pass
+        finally:
+            del self.h.deps.repo.release
             self.h.deps.plural = self.patient
 
     @rule(data=st.data(), fault=st.sampled_from(["503", "429", "late"]))
