@@ -423,7 +423,8 @@ class Repo:
             return
         _, _, renew = _claim_statements(table)
         with self.engine.connect() as conn:
-            conn.execute(renew, [{"b_id": row_id, "b_token": token, "b_until": until} for row_id, token, until in claims])
+            conn.execute(renew, [{"b_id": row_id, "b_token": token, "b_until": until}
+                                 for row_id, token, until in claims])
             conn.commit()
 
     def holds(self, table: type[Any], row_id: str, token: str) -> bool:
