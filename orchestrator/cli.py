@@ -200,6 +200,10 @@ def _checkout(args: argparse.Namespace) -> int:
         out.print(f"error: {c.error_code}: {c.error_message}")
     if c.attention_reason:
         out.print(f"attention: stuck in {c.attention_from}: {c.attention_reason}")
+    if c.claim_token:  # a run's claim: renewed while its worker lives, lapsed if it died
+        out.print(f"held by a run until {c.claim_until.isoformat(timespec='seconds')}")
+    if c.next_due_at:
+        out.print(f"next due {c.next_due_at.isoformat(timespec='seconds')}")
     history = Table(title="history")
     for column in ("at", "from", "to", "fact", "source", "reason"):
         history.add_column(column)

@@ -56,6 +56,19 @@ def test_a_timeline_shows_transitions_calls_webhooks_and_events(harness):
     assert "<script" not in page
 
 
+def test_a_checkout_page_names_a_runs_claim_and_when_it_is_next_due(harness):
+    from orchestrator.db.models import Checkout
+
+    h = harness
+    c = checkout(h)
+    h.deps.repo.claim(Checkout, c.id, 30)
+    held = h.deps.repo.get(c.id)
+    with console(h) as client:
+        page = client.get(f"/console/checkouts/{c.id}", auth=AUTH).text
+    assert f"held by a run until {held.claim_until.isoformat(timespec='seconds')}" in page
+    assert f"next due {held.next_due_at.isoformat(timespec='seconds')}" in page
+
+
 def test_retry_from_the_console_is_recorded_under_the_operator_and_needs_the_forms_token(harness):
     h = harness
     c = stuck(h)

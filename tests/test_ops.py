@@ -49,6 +49,20 @@ def test_checkout_shows_history_calls_and_events(harness, monkeypatch, capsys):
     assert run(monkeypatch, capsys, h, "checkout", "chk_nope")[0] == 1
 
 
+def test_checkout_names_a_runs_claim_and_when_it_is_next_due(harness, monkeypatch, capsys):
+    from orchestrator.db.models import Checkout
+
+    h = harness
+    c = checkout(h)
+    token = h.deps.repo.claim(Checkout, c.id, 30)
+    held = h.deps.repo.get(c.id)
+    _, out, _ = run(monkeypatch, capsys, h, "checkout", c.id)
+    assert f"held by a run until {held.claim_until.isoformat(timespec='seconds')}" in out
+    assert f"next due {held.next_due_at.isoformat(timespec='seconds')}" in out
+    h.deps.repo.release(Checkout, c.id, token)
+    assert "held by a run" not in run(monkeypatch, capsys, h, "checkout", c.id)[1]
+
+
 def test_an_unreachable_database_is_named_not_a_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
     assert cli.main(["status"]) == 1

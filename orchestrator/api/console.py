@@ -69,6 +69,8 @@ DETAIL = """{% extends "base" %}{% block title %}{{c.id}}{% endblock %}{% block 
 <p>{{c.amount_value}} {{c.currency}} (paise) · {{c.payment_method}}{% if c.pre_auth %} · pre-auth{% endif %} ·
 order {{c.plural_order_id or "—"}} · reference {{c.merchant_order_reference}} · state {{c.state}}</p>
 {% if c.error_code %}<p>error: <b>{{c.error_code}}</b> {{c.error_message}}</p>{% endif %}
+{% if c.claim_token %}<p id="claim">held by a run until {{c.claim_until.isoformat(timespec="seconds")}}</p>{% endif %}
+{% if c.next_due_at %}<p id="due">next due {{c.next_due_at.isoformat(timespec="seconds")}}</p>{% endif %}
 {% if d.status == "NEEDS_ATTENTION" %}<p>stuck in <b>{{c.attention_from}}</b>: {{c.attention_reason}}</p>
 <form class="inline" method="post" action="/console/checkouts/{{c.id}}/retry"><input type="hidden" name="token" value="{{token}}">
 <button id="retry" type="submit">retry from {{c.attention_from}}</button></form>{% endif %}
