@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     # --- saga timing and workers ------------------------------------------------------
     poll_schedule: str = Field(default="5,10,30,60,120,300", description="seconds between Get Order polls")
     step_lease_seconds: float = Field(default=120.0, gt=0, description="re-drive a step not finished by then")
-    claim_lease_seconds: float = Field(default=30.0, gt=0, description=(
+    claim_lease_seconds: float = Field(default=30.0, ge=1.0, description=(
         "a run's claim on its checkout lapses this long after its process last renewed it (every third "
         "of it, while the run lives, up to the run lease): a dead worker's checkouts are free within it"))
     retry_backoff_base: float = Field(default=2.0, gt=0)

@@ -37,6 +37,12 @@ def test_callback_secret_must_be_hex():
         Settings(plural_callback_secret=SecretStr("not-hex"))
 
 
+def test_a_claim_lease_under_a_second_is_refused_by_name():
+    with pytest.raises(ConfigurationError) as err:  # renewing every third of it would flood the database
+        load_settings(claim_lease_seconds=0.5)
+    assert "CLAIM_LEASE_SECONDS" in str(err.value)
+
+
 def test_secrets_do_not_print():
     s = Settings()
     assert "sandbox-client-secret" not in repr(s)
