@@ -138,3 +138,22 @@ def test_deliveries_at_once_move_once_and_write_one_history_row_on_postgres(pg):
     assert all(after.from_state == before.to_state for before, after in zip(history, history[1:]))
     row = pg.deps.repo.get(c.id)
     assert row.state == "CAPTURING" and row.capture_amount == 3000 and row.version == c.version + 1
+
+
+def test_claims_are_renewed_together_only_where_their_tokens_hold_on_postgres(pg):
+    """One renewal moves the ends of several live claims in one statement; a claim taken over
+    since is left as its new holder set it."""
+    import datetime as dt
+
+    from orchestrator.db.models import Checkout, aware
+
+    repo = pg.deps.repo
+    kept, taken = checkout(pg), checkout(pg)
+    tokens = {c.id: repo.claim(Checkout, c.id, 5) for c in (kept, taken)}
+    pg.clock.advance(6)  # both lapse; another run takes the second
+    rival = repo.claim(Checkout, taken.id, 5)
+    rivals_end = aware(repo.get(taken.id).claim_until)
+    until = pg.clock() + dt.timedelta(seconds=30)
+    repo.renew(Checkout, [(c.id, tokens[c.id], until) for c in (kept, taken)])
+    assert aware(repo.get(kept.id).claim_until) == until
+    assert repo.get(taken.id).claim_token == rival and aware(repo.get(taken.id).claim_until) == rivals_end
