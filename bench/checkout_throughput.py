@@ -105,7 +105,7 @@ class Others:
             self.control.add_consumer("saga", destination=self.names, reply=True)
 
 
-def measure(kind: str, latency_ms: float, workers: int, in_flight: int, threads: int, keep: bool,
+def measure(kind: str, latency_ms: float, workers: int, in_flight: int, threads: int,
             args: argparse.Namespace) -> float:
     from config import Settings
     from orchestrator.merchant_client import OrchestratorClient
@@ -145,7 +145,7 @@ def measure(kind: str, latency_ms: float, workers: int, in_flight: int, threads:
                 for _ in range(args.rounds):  # enough work for several waves of what is in flight
                     floors.append(run_floor(broker, max(args.chains, 4 * in_flight), in_flight))
                     projects.append(run_checkouts(api, max(args.checkouts, 3 * in_flight), in_flight))
-                    if latency_ms and keep:  # the same stack without the latency, alternately
+                    if latency_ms and threads == in_flight:  # the same stack without the latency, alternately
                         latency(0)
                         at_zero.append(run_checkouts(api, args.checkouts, args.concurrency))
                         latency(latency_ms)
@@ -198,7 +198,7 @@ def main() -> None:
         kind, latency, workers, *rest = config.split(":")
         in_flight = int(rest[0]) if rest else args.concurrency
         threads = int(rest[1]) if len(rest) > 1 else in_flight
-        measure(kind, float(latency), int(workers), in_flight, threads, threads == in_flight, args)
+        measure(kind, float(latency), int(workers), in_flight, threads, args)
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ is fenced by its token), while its gateway calls are written ahead and looked up
 is sent again, as after any crash.
 
 ``Leases`` keeps the claims of this process's live runs; ``renew`` moves their ends in one
-statement per table; a worker's renew on a daemon thread started with its first run (the
+statement per table; a worker renews on a daemon thread started with its first run (the
 in-process test harness calls ``renew`` itself).
 """
 
@@ -55,6 +55,12 @@ class Leases:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, repo: Repo, settings: Any, clock: Callable[[], dt.datetime],
+                      renewing: bool = False) -> "Leases":
+        """``CLAIM_LEASE_SECONDS``, renewed up to the run lease."""
+        return cls(repo, settings.claim_lease_seconds, settings.run_lease_seconds, clock, renewing=renewing)
 
     @property
     def lease_seconds(self) -> float:

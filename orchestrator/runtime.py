@@ -136,6 +136,6 @@ def get_runtime() -> Runtime:
                 announce=redis_announcer(redis),
                 kick_events=delivery_kick(redis, lambda: app.send_task("tasks.deliver_events", queue="events"),
                                           settings),
-                leases=Leases(repo, settings.claim_lease_seconds, settings.run_lease_seconds, utcnow, renewing=True),
+                leases=Leases.from_settings(repo, settings, utcnow, renewing=True),
             )
         return _runtime

@@ -62,8 +62,7 @@ class Deps:
 
     def __post_init__(self) -> None:
         if self.leases is None:
-            self.leases = Leases(self.repo, self.settings.claim_lease_seconds, self.settings.run_lease_seconds,
-                                 self.clock)
+            self.leases = Leases.from_settings(self.repo, self.settings, self.clock)
 
     @property
     def engine(self) -> Engine:
