@@ -2,8 +2,11 @@
 Redis channel after its commit; the API's long-poll (``GET /v1/checkouts/{id}?changed_from=&wait=``)
 listens, so a waiting customer is answered the moment its checkout changes instead of polling.
 
-The announcement is only a hint: the database stays the truth. A waiter re-reads the checkout
-when woken. Redis delivers a message to every connected subscriber, so one can be missed only
+An announcement carries the checkout's version and, for a change the engine wrote, the merchant's
+view of it as committed (the outbox event's payload, built in the move's transaction): a waiter
+answers with that view, without reading the database, when it is newer than what the waiter read
+(an announcement delayed behind a later change is never answered). Otherwise the announcement is
+only a hint and the waiter re-reads; the database stays the truth. Redis delivers a message to every connected subscriber, so one can be missed only
 while the listener is not subscribed: every waiter re-reads whenever the subscription starts or
 drops, and while there is none it re-reads every ``recheck`` seconds. While subscribed it also
 re-reads every ``subscribed_recheck`` seconds, for an announcement its publisher failed to send
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Any, AsyncIterator, Callable
 
 from orchestrator.logs import get_logger
@@ -23,19 +27,42 @@ log = get_logger("orchestrator.changes")
 
 CHANNEL = "orchestrator:checkout-status"
 
-#: how a change is announced: (checkout id, its new public status)
-Announce = Callable[[str, str], None]
+#: how a change is announced: (checkout id, its new public status, its version, the merchant's
+#: view of it as JSON or None)
+Announce = Callable[[str, str, int, "str | None"], None]
 
 
-def silent(_checkout_id: str, _status: str) -> None:
+def silent(_checkout_id: str, _status: str, _version: int, _shown: str | None) -> None:
     """No announcements (a process without Redis, or a test)."""
 
 
 def redis_announcer(redis: Any) -> Announce:
-    def announce(checkout_id: str, status: str) -> None:
-        redis.publish(CHANNEL, f"{checkout_id} {status}")
+    def announce(checkout_id: str, status: str, version: int, shown: str | None) -> None:
+        redis.publish(CHANNEL, f"{checkout_id} {status} {version}" + (f" {shown}" if shown else ""))
 
     return announce
+
+
+class Waiter:
+    """One long poll's wake-up: ``changed`` is set by an announcement of its checkout (kept in
+    ``news``, the newest one) or by the subscription starting or dropping (``reread``)."""
+
+    __slots__ = ("changed", "news", "reread")
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()
+        #: (version, status, view as JSON or None) of the newest announcement since the last look
+        self.news: tuple[int, str, str | None] | None = None
+        self.reread = False
+
+    def hear(self, version: int, status: str, shown: str | None) -> None:
+        if self.news is None or version > self.news[0]:
+            self.news = (version, status, shown)
+        self.changed.set()
+
+    def poke(self) -> None:
+        self.reread = True
+        self.changed.set()
 
 
 def kick_once(redis: Any, key: str, publish: Callable[[], None], ttl: int) -> Callable[[], None]:
@@ -59,7 +86,7 @@ class Listener:
         self.subscribed_recheck = subscribed_recheck
         #: True while the subscription is up: no announcement can be missed
         self.subscribed = False
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[Waiter]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def _subscription(self, up: bool) -> None:
@@ -67,8 +94,8 @@ class Listener:
         while there was none) and rechecks at the pace that is safe now."""
         self.subscribed = up
         for waiting in self._waiters.values():
-            for event in waiting:
-                event.set()
+            for waiter in waiting:
+                waiter.poke()
 
     async def start(self) -> None:
         if self.redis_url and self._task is None:
@@ -109,40 +136,61 @@ class Listener:
     def _wake(self, data: Any) -> None:
         if isinstance(data, bytes):
             data = data.decode(errors="replace")
-        checkout_id = str(data).split(" ", 1)[0]
-        for event in self._waiters.get(checkout_id, ()):
-            event.set()
+        checkout_id, _, rest = str(data).partition(" ")
+        waiting = self._waiters.get(checkout_id)
+        if not waiting:  # the common case: nobody waits on this checkout here
+            return
+        status, _, rest = rest.partition(" ")
+        version, _, shown = rest.partition(" ")
+        for waiter in waiting:
+            if version.isdigit():
+                waiter.hear(int(version), status, shown or None)
+            else:  # a message without a version: a hint to re-read
+                waiter.poke()
 
     @contextlib.asynccontextmanager
-    async def watching(self, checkout_id: str) -> AsyncIterator[asyncio.Event]:
-        """An event set when ``checkout_id`` is announced; register before reading, so that a change
+    async def watching(self, checkout_id: str) -> AsyncIterator[Waiter]:
+        """A waiter woken when ``checkout_id`` is announced; register before reading, so that a change
         between the read and the wait is not missed."""
-        event = asyncio.Event()
-        self._waiters.setdefault(checkout_id, set()).add(event)
+        waiter = Waiter()
+        self._waiters.setdefault(checkout_id, set()).add(waiter)
         try:
-            yield event
+            yield waiter
         finally:
             waiting = self._waiters.get(checkout_id)
             if waiting is not None:
-                waiting.discard(event)
+                waiting.discard(waiter)
                 if not waiting:
                     del self._waiters[checkout_id]
 
     async def wait_for_change(self, checkout_id: str, read: Callable[[], Any], status_of: Callable[[Any], str],
-                              changed_from: str, wait: float) -> Any:
-        """``read()`` until its status is not ``changed_from`` or ``wait`` seconds have passed; the
-        last read either way. ``read`` is blocking (it runs in a thread)."""
+                              version_of: Callable[[Any], int], changed_from: str, wait: float) -> Any:
+        """The checkout once its status is not ``changed_from``, or as it is when ``wait`` seconds
+        have passed. ``read`` is blocking (it runs in a thread); it is called when the wait begins,
+        when it ends, and when woken without a newer view to answer with."""
         from starlette.concurrency import run_in_threadpool
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        async with self.watching(checkout_id) as changed:
+        async with self.watching(checkout_id) as waiter:
+            current = None
             while True:
-                changed.clear()
-                current = await run_in_threadpool(read)
+                if current is None:
+                    waiter.changed.clear()
+                    waiter.news, waiter.reread = None, False
+                    current = await run_in_threadpool(read)
                 left = deadline - loop.time()
                 if status_of(current) != changed_from or left <= 0:
                     return current
                 every = self.subscribed_recheck if self.subscribed else self.recheck
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=min(left, every))
+                try:
+                    await asyncio.wait_for(waiter.changed.wait(), timeout=min(left, every))
+                except asyncio.TimeoutError:
+                    current = None  # a recheck, or the last read
+                    continue
+                waiter.changed.clear()
+                news, waiter.news = waiter.news, None
+                if waiter.reread or news is None:
+                    current = None
+                elif news[0] > version_of(current):  # older news is already in what was read
+                    current = json.loads(news[2]) if news[2] else None

@@ -161,9 +161,17 @@ class Engine:
 
         ``seen``: the row as the caller read it. A final checkout never moves again, so a fact
         about one seen final is ignored without a write transaction (a late webhook, say)."""
+        return self.apply_shown(checkout_id, fact, source, reason, run=run, fields=fields, wanted=wanted,
+                                seen=seen)[0]
+
+    def apply_shown(self, checkout_id: str, fact: Fact, source: Source, reason: str, *, run: Run | None = None,
+                    fields: dict[str, Any] | None = None, wanted: State | None = None,
+                    seen: Checkout | None = None) -> tuple[Checkout | None, str | None]:
+        """``apply``, and the merchant's view of the checkout as the move wrote it (JSON, the event's
+        payload) when its public status changed, else None."""
         if seen is not None and State(seen.state) in saga.FINAL:
             log.info("saga.fact.ignored", fact=fact.value, source=source.value, state=seen.state)
-            return None
+            return None, None
         given = dict(fields or {})
         late_refunds: list[Refund] = []
 
@@ -177,32 +185,40 @@ class Engine:
             return target, self._values(row, state, target, fact, reason, given)
 
         effect = self._late_refund(late_refunds, given) if fact is Fact.PLURAL_PROCESSED else None
+        shown: list[str] = []
+
+        def record(conn: Connection, before: Checkout, after: Checkout, now: dt.datetime) -> None:
+            payload = outbox.record_checkout_change(conn, before, after, now)
+            if payload is not None:
+                shown.append(payload)
+
         moved = self.repo.move(checkout_id, plan, reason=reason, fact=fact.value, source=source.value,
                                claim=run.claim if run else None, effect=effect,
-                               finish=run.finished if run else None, record=outbox.record_checkout_change)
+                               finish=run.finished if run else None, record=record)
         if moved is None:
             log.info("saga.fact.ignored", fact=fact.value, source=source.value)
-            return None
+            return None, None
         before, after = moved
         if run is not None and run.claim is not None:
             run.ended = True
         log.info("saga.transition", from_state=before.state, to_state=after.state, fact=fact.value,
                  source=source.value, reason=reason)
-        self._announce(before, after)
+        self._announce(before, after, shown[-1] if shown else None)
         self._after(after, run)
         for refund in late_refunds:
             log.warning("saga.late_payment.refunding", refund_id=refund.id, amount=refund.amount_value)
             self.send(Step.REFUND, refund.id)
-        return after
+        return after, shown[-1] if shown else None
 
-    def _announce(self, before: Checkout, after: Checkout) -> None:
-        """Tell whoever waits on the checkout that its public status changed, and have its event
-        (in the outbox since the move's commit) delivered soon: hints, that never fail."""
+    def _announce(self, before: Checkout, after: Checkout, shown: str | None) -> None:
+        """Tell whoever waits on the checkout that its public status changed (with ``shown``, the
+        merchant's view of it as committed), and have its event (in the outbox since the move's
+        commit) delivered soon: hints, that never fail."""
         status = saga.public_change(State(before.state), State(after.state))
         if status is None:
             return
         try:
-            self.announce(after.id, status)
+            self.announce(after.id, status, after.version, shown)
             self.kick_events()
         except Exception as exc:  # waiters recheck the database, the sweep delivers, on their own
             log.warning("saga.announce_failed", error=type(exc).__name__)

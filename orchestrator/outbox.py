@@ -36,14 +36,14 @@ def checkout_event_type(status: str) -> str:
 
 
 def record_checkout_change(conn: Connection, before: Checkout, after: Checkout, now: dt.datetime) -> str | None:
-    """In the move's transaction: an event if the public status changed (its type, or None)."""
+    """In the move's transaction: an event if the public status changed. Returns its payload (the
+    merchant's view of the checkout as written, JSON), or None."""
     status = saga.public_change(State(before.state), State(after.state))
     if status is None:
         return None
     history, refunds = Repo.trail_in(conn, after)  # in the move's transaction: its own row included
-    kind = checkout_event_type(status)
-    _insert(conn, kind, after.id, None, checkout_view(after, history, refunds, now), now)
-    return kind
+    return _insert(conn, checkout_event_type(status), after.id, None, checkout_view(after, history, refunds, now),
+                   now)
 
 
 def record_refund_change(s: Session, refund: Refund, now: dt.datetime) -> str | None:
@@ -58,11 +58,12 @@ _ADD_EVENT = insert(MerchantEvent.__table__)  # type: ignore[attr-defined]
 
 
 def _insert(conn: Connection, kind: str, subject_id: str, refund_id: str | None, data: dict[str, Any],
-            now: dt.datetime) -> None:
+            now: dt.datetime) -> str:
+    payload = json.dumps(data, separators=(",", ":"))
     conn.execute(_ADD_EVENT, {
         "event_id": "evt_" + uuid.uuid4().hex, "type": kind, "subject_id": subject_id, "refund_id": refund_id,
-        "payload": json.dumps(data, separators=(",", ":")), "created_at": now, "status": "pending", "attempts": 0,
-        "next_attempt_at": now})
+        "payload": payload, "created_at": now, "status": "pending", "attempts": 0, "next_attempt_at": now})
+    return payload
 
 
 def envelope(event: MerchantEvent) -> dict[str, Any]:

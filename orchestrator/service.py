@@ -7,6 +7,7 @@ writes nothing. Errors are ``CheckoutError`` with an HTTP status and a machine-r
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from typing import Annotated, Any, Callable, Literal
 
@@ -411,6 +412,14 @@ class CheckoutService:
     # --- customer and merchant actions --------------------------------------------------
 
     def submit_otp(self, checkout_id: str, otp: str) -> Checkout:
+        return self._submit_otp(checkout_id, otp)[0]
+
+    def answer_otp(self, checkout_id: str, otp: str) -> dict[str, Any]:
+        """Submit the OTP; the merchant's view of the checkout as the submission wrote it."""
+        moved, shown = self._submit_otp(checkout_id, otp)
+        return json.loads(shown) if shown else self.view(moved)
+
+    def _submit_otp(self, checkout_id: str, otp: str) -> tuple[Checkout, str | None]:
         c = self.get(checkout_id)
         if State(c.state) is not State.AWAITING_OTP:
             status = saga.public_status(State(c.state))
@@ -421,12 +430,12 @@ class CheckoutService:
             log.error("checkout.vault_unavailable", saga_id=c.id, error=type(exc).__name__)
             raise CheckoutError(503, "UNAVAILABLE", "the OTP store (Redis) is unavailable; nothing was changed",
                                 unavailable="redis") from None
-        moved = self.engine.apply(c.id, Fact.OTP_SUBMITTED, Source.MERCHANT, "OTP submitted",
-                                  fields={"error_code": None, "error_message": None})
+        moved, shown = self.engine.apply_shown(c.id, Fact.OTP_SUBMITTED, Source.MERCHANT, "OTP submitted",
+                                               fields={"error_code": None, "error_message": None})
         if moved is None:
             self.vault.drop_otp(c.id)
             raise CheckoutError(409, "INVALID_STATE", "the checkout moved on; the OTP was not used")
-        return moved
+        return moved, shown
 
     def resend_otp(self, checkout_id: str) -> Checkout:
         c = self.get(checkout_id)

@@ -64,6 +64,8 @@ def checkout_view(c: Checkout, history: Iterable[Transition], refunds: Iterable[
         "id": c.id,
         "status": saga.public_status(state),
         "state": state.value,
+        # grows with every write: of two views (answers or events) the higher version is the later
+        "version": c.version,
         "merchant_order_reference": c.merchant_order_reference,
         "plural_order_id": c.plural_order_id,
         "plural_payment_id": c.plural_payment_id,
@@ -105,6 +107,8 @@ def summary_view(c: Checkout) -> dict[str, Any]:
         "id": c.id,
         "status": saga.public_status(state),
         "state": state.value,
+        # grows with every write: of two views (answers or events) the higher version is the later
+        "version": c.version,
         "merchant_order_reference": c.merchant_order_reference,
         "amount": {"value": c.amount_value, "currency": c.currency},
         "payment_method": c.payment_method,

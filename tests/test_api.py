@@ -159,6 +159,25 @@ def test_openapi_is_published(api):
     assert "/v1/checkouts" in spec["paths"] and api.get("/docs").status_code == 200
 
 
+def test_openapi_says_which_routes_need_the_api_key(api):
+    spec = api.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "apiKey", "in": "header", "name": "X-API-Key", "description": "the merchant's API key (ORCHESTRATOR_API_KEY)"}
+    operations = [(path, op) for path, item in spec["paths"].items() for op in item.values()]
+    assert all(op.get("security") == [{"ApiKey": []}] for path, op in operations if path.startswith("/v1/"))
+    assert not any(op.get("security") for path, op in operations if not path.startswith("/v1/"))
+
+
+def test_an_otp_answer_is_the_checkout_as_the_submission_wrote_it(api, harness):
+    created = api.post("/v1/checkouts", json=body()).json()
+    harness.drain()
+    answer = api.post(f"/v1/checkouts/{created['id']}/otp", json={"otp": "123456"})
+    assert answer.status_code == 202
+    shown = answer.json()
+    assert shown["status"] == "PROCESSING" and shown["history"][-1]["to"] == "VERIFYING_OTP"
+    assert shown == api.get(f"/v1/checkouts/{created['id']}").json()
+
+
 def test_delivery_and_refund_endpoints(api, harness):
     created = api.post("/v1/checkouts", json=body(pre_auth=True)).json()
     harness.drain()

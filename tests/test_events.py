@@ -60,6 +60,22 @@ def test_every_change_of_public_status_writes_one_event_carrying_the_checkout_as
     assert len({e.event_id for e in events}) == 3
 
 
+def test_each_public_change_is_announced_with_the_view_its_event_carries(harness):
+    """The long poll answers with the announced view: it must be the event's payload, and the last
+    one what a read shows."""
+    h = harness
+    heard: list[tuple[str, str, int, str | None]] = []
+    h.deps.announce = h.service.engine.announce = lambda *said: heard.append(said)
+    c = completed(h)
+    mine = [said for said in heard if said[0] == c.id]
+    assert [status for _, status, _, _ in mine] == ["AWAITING_OTP", "PROCESSING", "COMPLETED"]
+    payloads = [json.loads(e.payload) for e in events_of(h, c.id)]
+    shown = [json.loads(view) for _, _, _, view in mine if view]
+    assert shown == payloads[-len(shown):] and len(shown) == len(mine)
+    assert [view["version"] for view in shown] == [version for _, _, version, _ in mine]
+    assert shown[-1] == h.service.show(c.id)
+
+
 def test_no_event_is_written_for_a_change_that_was_rolled_back(harness, monkeypatch):
     """The event is written in the move's transaction: if anything in it fails, neither the move
     nor its event exists."""

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 from starlette.concurrency import run_in_threadpool
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -65,6 +65,11 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 #: what every merchant route may answer besides success
 MERCHANT_ERRORS = _errors(400, 401, 404, 409, 422, 503)
+#: a merchant route needs the API key (documented as a security scheme; the guard checks it, so
+#: a request pays for no dependency)
+KEYED: dict[str, Any] = {"security": [{"ApiKey": []}]}
+API_KEY_SCHEME = {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                  "description": "the merchant's API key (ORCHESTRATOR_API_KEY)"}
 CALLBACK_ANSWERS: dict[int | str, dict[str, Any]] = {
         200: {"content": {"text/html": {}}, "description": "a page for the customer"},
         303: {"description": "the customer is sent to the merchant's callback or failure URL"},
@@ -274,14 +279,6 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
 
     app.add_middleware(Guard, api_key=api_key, idempotency=idempotency, routed=routed)
 
-    async def authenticated(x_api_key: str | None = Header(default=None, include_in_schema=True)) -> None:
-        """Documents the header; the guard above has already checked it."""
-
-    async def service() -> CheckoutService:  # async: no thread hop to hand over the service
-        return service_factory()
-
-    guarded = [Depends(authenticated)]
-
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
         """Liveness: the process answers."""
@@ -305,28 +302,30 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         return JSONResponse({"status": "ok" if not failing else "unavailable", "checks": checks},
                             status_code=503 if failing else 200)
 
-    @app.post("/v1/checkouts", status_code=202, dependencies=guarded, responses={
+    @app.post("/v1/checkouts", status_code=202, openapi_extra=KEYED, responses={
         200: {"description": "this merchant_order_reference already names this checkout: it is returned"},
         **MERCHANT_ERRORS})
-    def create_checkout(body: CheckoutIn, svc: CheckoutService = Depends(service)) -> JSONResponse:
+    def create_checkout(body: CheckoutIn) -> JSONResponse:
+        svc = service_factory()
         row, created = svc.create(body)
         return JSONResponse(svc.view(row), status_code=202 if created else 200)
 
-    @app.post("/v1/offers/discovery", dependencies=guarded, responses={
+    @app.post("/v1/offers/discovery", openapi_extra=KEYED, responses={
         200: {"description": "Plural's issuers and tenures for these terms, exactly as Plural sent them"},
         **MERCHANT_ERRORS})
-    def offer_discovery(body: DiscoveryIn, svc: CheckoutService = Depends(service)) -> JSONResponse:
+    def offer_discovery(body: DiscoveryIn) -> JSONResponse:
         """EMI offer discovery: which issuers and tenures Plural offers on this amount and these products."""
+        svc = service_factory()
         return JSONResponse(svc.discover(body))
 
-    @app.get("/v1/checkouts", dependencies=guarded, responses=MERCHANT_ERRORS)
+    @app.get("/v1/checkouts", openapi_extra=KEYED, responses=MERCHANT_ERRORS)
     def list_checkouts(status: str | None = Query(default=None, description="a public status"),
                        created_after: str | None = Query(default=None, pattern=ISO_TIME,
                                                          description="ISO 8601, e.g. 2026-11-22T10:00:00Z"),
                        cursor: str | None = Query(default=None, description="`next_cursor` of the previous page"),
-                       limit: int = Query(default=50, ge=1, le=500),
-                       svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+                       limit: int = Query(default=50, ge=1, le=500)) -> dict[str, Any]:
         """Checkouts, newest first, a page at a time."""
+        svc = service_factory()
         try:
             after = dt.datetime.fromisoformat(created_after) if created_after else None
         except ValueError:
@@ -335,63 +334,67 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
             after = after.replace(tzinfo=dt.timezone.utc)
         return svc.list_checkouts(status, after, cursor, limit)
 
-    @app.get("/v1/events", dependencies=guarded, responses=MERCHANT_ERRORS)
+    @app.get("/v1/events", openapi_extra=KEYED, responses=MERCHANT_ERRORS)
     def events(after: str | None = Query(default=None, description="`next` of the previous page (a durable cursor)"),
                type: str | None = Query(default=None, description="one event type"),  # noqa: A002
-               limit: int = Query(default=100, ge=1, le=1000),
-               svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+               limit: int = Query(default=100, ge=1, le=1000)) -> dict[str, Any]:
         """Events for backends that pull: oldest first after the cursor."""
+        svc = service_factory()
         return svc.events(after, type, limit)
 
-    @app.post("/v1/events/{event_id}/redeliver", status_code=202, dependencies=guarded, responses=MERCHANT_ERRORS)
-    def redeliver(event_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+    @app.post("/v1/events/{event_id}/redeliver", status_code=202, openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    def redeliver(event_id: str) -> dict[str, Any]:
         """Deliver an event again to ``MERCHANT_WEBHOOK_URL`` (same event id)."""
+        svc = service_factory()
         return svc.redeliver(event_id)
 
-    @app.get("/v1/checkouts/{checkout_id}", dependencies=guarded, responses=MERCHANT_ERRORS)
+    @app.get("/v1/checkouts/{checkout_id}", openapi_extra=KEYED, responses=MERCHANT_ERRORS)
     async def get_checkout(
             checkout_id: str,
             changed_from: str | None = Query(default=None, description=(
                 "long poll: answer once the checkout's status is no longer this one (or after `wait`)")),
-            wait: float = Query(default=0, ge=0, le=MAX_WAIT, description="seconds to wait for `changed_from`"),
-            svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+            wait: float = Query(default=0, ge=0, le=MAX_WAIT, description="seconds to wait for `changed_from`")) -> dict[str, Any]:
         """One checkout. With ``changed_from`` and ``wait``, a long poll: the answer comes the moment
         the status changes (or when ``wait`` runs out, unchanged), instead of polling."""
+        svc = service_factory()
         if changed_from is not None and changed_from not in PUBLIC_STATUSES:
             raise CheckoutError(400, "INVALID_REQUEST", f"changed_from must be one of {sorted(PUBLIC_STATUSES)}")
         if changed_from is None or wait <= 0:
             return await run_in_threadpool(svc.show, checkout_id)
-        return await listener.wait_for_change(checkout_id, lambda: svc.show(checkout_id),
-                                              lambda view: view["status"], changed_from, wait)
+        return await listener.wait_for_change(checkout_id, lambda: svc.show(checkout_id), lambda view: view["status"],
+                                              lambda view: view["version"], changed_from, wait)
 
-    @app.post("/v1/checkouts/{checkout_id}/otp", status_code=202, dependencies=guarded, responses=MERCHANT_ERRORS)
-    def submit_otp(checkout_id: str, body: OTPIn, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
-        return svc.view(svc.submit_otp(checkout_id, body.otp))
+    @app.post("/v1/checkouts/{checkout_id}/otp", status_code=202, openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    def submit_otp(checkout_id: str, body: OTPIn) -> dict[str, Any]:
+        svc = service_factory()
+        return svc.answer_otp(checkout_id, body.otp)
 
-    @app.post("/v1/checkouts/{checkout_id}/otp/resend", status_code=202, dependencies=guarded, responses=MERCHANT_ERRORS)
-    def resend_otp(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+    @app.post("/v1/checkouts/{checkout_id}/otp/resend", status_code=202, openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    def resend_otp(checkout_id: str) -> dict[str, Any]:
+        svc = service_factory()
         return svc.view(svc.resend_otp(checkout_id))
 
-    @app.post("/v1/checkouts/{checkout_id}/cancel", status_code=202, dependencies=guarded, responses=MERCHANT_ERRORS)
-    def cancel(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+    @app.post("/v1/checkouts/{checkout_id}/cancel", status_code=202, openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    def cancel(checkout_id: str) -> dict[str, Any]:
+        svc = service_factory()
         return svc.view(svc.cancel(checkout_id))
 
-    @app.post("/v1/checkouts/{checkout_id}/delivery", status_code=202, dependencies=guarded, responses=MERCHANT_ERRORS)
-    def delivery(checkout_id: str, body: DeliveryIn | None = None,
-                 svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+    @app.post("/v1/checkouts/{checkout_id}/delivery", status_code=202, openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    def delivery(checkout_id: str, body: DeliveryIn | None = None) -> dict[str, Any]:
         """Delivered: capture a pre-auth checkout, in full or for ``capture_amount``."""
+        svc = service_factory()
         c = svc.get(checkout_id)
         amount = body.capture_amount if body else None
         if amount is not None and amount.currency != c.currency:
             raise CheckoutError(400, "INVALID_REQUEST", f"capture_amount must be in {c.currency}")
         return svc.view(svc.deliver(checkout_id, amount.value if amount else None))
 
-    @app.post("/v1/checkouts/{checkout_id}/refunds", status_code=202, dependencies=guarded, responses={
+    @app.post("/v1/checkouts/{checkout_id}/refunds", status_code=202, openapi_extra=KEYED, responses={
         200: {"description": "this merchant_refund_reference already names this refund: it is returned"},
         **MERCHANT_ERRORS})
-    def refund(checkout_id: str, body: RefundIn | None = None,
-               svc: CheckoutService = Depends(service)) -> JSONResponse:
+    def refund(checkout_id: str, body: RefundIn | None = None) -> JSONResponse:
         """Refund a COMPLETED checkout, in full (default) or in part; idempotent on the reference."""
+        svc = service_factory()
         c = svc.get(checkout_id)
         amount = body.amount if body else None
         if amount is not None and amount.currency != c.currency:
@@ -400,11 +403,19 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
                                   body.merchant_refund_reference if body else None)
         return JSONResponse(refund_view(row), status_code=202 if created else 200)
 
-    @app.get("/v1/checkouts/{checkout_id}/refunds", dependencies=guarded, responses=MERCHANT_ERRORS)
-    def refunds(checkout_id: str, svc: CheckoutService = Depends(service)) -> dict[str, Any]:
+    @app.get("/v1/checkouts/{checkout_id}/refunds", openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    def refunds(checkout_id: str) -> dict[str, Any]:
+        svc = service_factory()
         svc.get(checkout_id)
         return {"refunds": [refund_view(r) for r in svc.refunds(checkout_id)]}
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})["ApiKey"] = API_KEY_SCHEME
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     if inbound is not None:
         _inbound_routes(app, inbound)
     if console is not None:  # (user, password): the operator's pages, behind their own credential
