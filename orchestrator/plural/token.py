@@ -2,8 +2,11 @@
 
 ``TokenManager.get()`` answers from the store while the token is fresh (its expiry minus a
 margin); otherwise it takes the store's lock, looks again (another process may just have
-refreshed), and only then fetches a new token. ``invalidate(value)`` drops a token that Plural
-refused with 401, unless another process has already replaced it.
+refreshed), and only then fetches a new token. While the token is within its margin but not yet
+expired, a process that finds the lock taken does not wait for it: it uses the token it has and
+leaves the refresh to the holder (so a holder that died, or a slow token call, stalls nobody until
+the token really expires). ``invalidate(value)`` drops a token that Plural refused with 401,
+unless another process has already replaced it.
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ class TokenStore(Protocol):
 
     def discard(self, value: str) -> None: ...
 
-    def lock(self) -> ContextManager[Any]: ...
+    def lock(self, wait: bool = True) -> ContextManager[bool]:
+        """The refresh lock, held for the block; it yields whether it was taken (always, when
+        ``wait``: a lock never taken raises ``TimeoutError``)."""
+        ...
 
 
 class MemoryTokenStore:
@@ -65,8 +71,14 @@ class MemoryTokenStore:
         if self._token is not None and self._token.value == value:
             self._token = None
 
-    def lock(self) -> ContextManager[Any]:
-        return self._lock
+    @contextlib.contextmanager
+    def lock(self, wait: bool = True) -> Iterator[bool]:
+        took = self._lock.acquire(blocking=wait)
+        try:
+            yield took
+        finally:
+            if took:
+                self._lock.release()
 
 
 class RedisTokenStore:
@@ -103,15 +115,18 @@ class RedisTokenStore:
                     raise
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        lock = self._redis.lock(self._lock_key, timeout=self._lock_timeout, blocking_timeout=self._lock_timeout)
-        if not lock.acquire():
+    def lock(self, wait: bool = True) -> Iterator[bool]:
+        # wait a little longer than a lock lasts: a holder that died gives it up by then
+        lock = self._redis.lock(self._lock_key, timeout=self._lock_timeout, blocking_timeout=self._lock_timeout + 1)
+        took = bool(lock.acquire(blocking=wait))
+        if not took and wait:
             raise TimeoutError("could not take the token refresh lock")
         try:
-            yield
+            yield took
         finally:
-            with contextlib.suppress(Exception):
-                lock.release()
+            if took:
+                with contextlib.suppress(Exception):
+                    lock.release()
 
 
 class TokenManager:
@@ -137,7 +152,11 @@ class TokenManager:
             return cached.value
         token = self._store.load()
         if token is None or not token.fresh(self._clock(), self._margin):
-            with self._store.lock():
+            usable = token if token is not None and token.fresh(self._clock(), 0.0) else None
+            with self._store.lock(wait=usable is None) as took:
+                if not took:  # another process is refreshing, and this token still works meanwhile
+                    assert usable is not None
+                    return usable.value
                 token = self._store.load()
                 if token is None or not token.fresh(self._clock(), self._margin):
                     token = self._fetch()

@@ -112,3 +112,37 @@ def test_the_cached_token_is_refreshed_near_its_expiry():
     assert manager.get() == "t1"
     clock[0] += 800
     assert manager.get() == "t2" and len(calls) == 2
+
+
+def test_a_token_within_its_margin_is_used_while_another_process_holds_the_refresh_lock():
+    """The holder may be slow, or dead (its lock lasts until its timeout): the token still works,
+    so nobody waits for it."""
+    server = fakeredis.FakeServer()
+    fetch, calls = counting_fetch()
+    store = RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", lock_timeout=30)
+    store.save(AccessToken("old", time.time() + 100, time.time() - 3500))  # within the 300 s margin
+    holder = RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", lock_timeout=30)
+    with holder.lock() as took:
+        assert took
+        started = time.monotonic()
+        assert TokenManager(store, fetch, margin=300).get() == "old"
+        assert time.monotonic() - started < 1.0 and calls == []
+    assert TokenManager(store, fetch, margin=300).get() == "t1"  # the lock is free: refreshed
+
+
+def test_an_expired_token_waits_for_the_refresh_lock_of_a_holder_that_died():
+    server = fakeredis.FakeServer()
+    fetch, calls = counting_fetch()
+    store = RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", lock_timeout=1)
+    store.save(AccessToken("old", time.time() - 1, time.time() - 3600))
+    dead = fakeredis.FakeRedis(server=server).lock(store._lock_key, timeout=1)
+    assert dead.acquire(blocking=False)  # and never released: it lapses after 1 s
+    started = time.monotonic()
+    assert TokenManager(store, fetch).get() == "t1"
+    assert 0.5 < time.monotonic() - started < 5 and len(calls) == 1
+
+
+def test_a_memory_store_lock_taken_elsewhere_is_not_waited_for_when_asked_not_to():
+    store = MemoryTokenStore()
+    with store.lock() as took, store.lock(wait=False) as second:
+        assert took and not second
