@@ -109,3 +109,78 @@ def test_when_the_subscription_drops_waiters_read_again_and_recheck(real_redis):
     got, _ = wait(Listener(real_redis.url), checkout, 3.0, then=real_redis.stop)
     assert got["status"] == "PROCESSING"
     assert checkout.reads >= 4  # began, woken by the drop, rechecked each second, ran out
+
+
+# --- the long poll under interleavings ------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+STATUSES = ["PROCESSING", "AWAITING_OTP", "AUTHORIZED", "COMPLETED"]
+
+
+@st.composite
+def histories(draw: Any) -> tuple[list[str], int, list[tuple[str, int]]]:
+    """Committed statuses (version i has ``statuses[i]``; each differs from the one before), how
+    many were committed before the waiter began, and what happens after: commits and
+    announcements (of any committed version, late ones included, some never), interleaved."""
+    count = draw(st.integers(2, 6))
+    statuses = [STATUSES[0]]
+    for _ in range(count - 1):
+        statuses.append(draw(st.sampled_from([s for s in STATUSES if s != statuses[-1]])))
+    before = draw(st.integers(0, count - 1))
+    committed, actions = before, []
+    unheard = list(range(1, before + 1))
+    while committed < count - 1 or unheard:
+        choices = (["commit"] if committed < count - 1 else []) + (["announce"] if unheard else [])
+        choice = draw(st.sampled_from(choices))
+        if choice == "commit":
+            committed += 1
+            unheard.append(committed)
+            actions.append(("commit", committed))
+        else:
+            version = draw(st.sampled_from(unheard))
+            unheard.remove(version)
+            if draw(st.booleans()) or version == count - 1:  # a lost announcement, now and then
+                actions.append(("announce", version))
+        actions.append(("pause", draw(st.integers(0, 2))))
+    return statuses, before, actions
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_a_long_poll_never_answers_older_than_it_read_and_answers_the_last_change_announced(history):
+    """Whatever the order of commits, reads and announcements (late, reordered, lost): the answer
+    is never older than what the waiter first read, it is a change unless the wait ran out, and
+    once the last change is announced the waiter has answered with a change."""
+    statuses, before, actions = history
+    views = [{"status": s, "version": v} for v, s in enumerate(statuses)]
+    db = {"version": before}
+    changed_from = statuses[before]
+
+    async def run() -> tuple[dict[str, Any], float]:
+        listener = Listener(None, subscribed_recheck=30.0)
+        listener.subscribed = True  # as if subscribed: only announcements wake a waiter
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiting = asyncio.create_task(listener.wait_for_change(
+            "chk_1", lambda: dict(views[db["version"]]), lambda v: v["status"], lambda v: v["version"],
+            changed_from, 0.3))
+        await asyncio.sleep(0)  # registered before anything else happens
+        for kind, value in actions:
+            if kind == "commit":
+                db["version"] = value
+            elif kind == "announce":
+                listener._wake(f"chk_1 {statuses[value]} {value} {json.dumps(views[value])}".encode())
+            else:
+                for _ in range(value):
+                    await asyncio.sleep(0.002)
+        got = await waiting
+        return got, loop.time() - started
+
+    got, took = asyncio.run(run())
+    assert got in views and got["version"] >= before
+    if got["status"] == changed_from:
+        assert took >= 0.29  # only when the wait ran out
+    if statuses[-1] != changed_from:
+        assert got["status"] != changed_from and took < 0.29  # the last change was announced
