@@ -105,6 +105,16 @@ class Others:
             self.control.add_consumer("saga", destination=self.names, reply=True)
 
 
+def paired(runs: list[Run], against: list[Run]) -> str:
+    """The ratio of two kinds of rounds that alternated: the median of each round's ratio to the
+    round beside it, and their range. (The machine's speed drifts within seconds; a ratio of
+    neighbours cancels the drift that a ratio of means keeps.)"""
+    ratios = sorted(r.rate / a.rate for r, a in zip(runs, against))
+    if len(ratios) == 1:
+        return f"{ratios[0]:.2f}"
+    return f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}–{ratios[-1]:.2f})"
+
+
 def measure(kind: str, latency_ms: float, workers: int, in_flight: int, threads: int,
             args: argparse.Namespace) -> float:
     from config import Settings
@@ -162,15 +172,17 @@ def measure(kind: str, latency_ms: float, workers: int, in_flight: int, threads:
         label += f" ({threads} threads each)"
     print(f"{label}  floor {floor:6.1f} chains/s (p95 {max(r.p95 for r in floors):.2f} s)   "
           f"project {project:6.1f} checkouts/s (p95 {max(r.p95 for r in projects):.2f} s)   "
-          f"ratio {project / floor:.2f}   worker RSS {rss_before:.0f}→{rss_after:.0f} MB", flush=True)
+          f"ratio {paired(projects, floors)}   worker RSS {rss_before:.0f}→{rss_after:.0f} MB", flush=True)
+    print(f"{'':8} rounds: floor {' '.join(f'{r.rate:.1f}' for r in floors)}, "
+          f"project {' '.join(f'{r.rate:.1f}' for r in projects)}", flush=True)
     if at_zero:
         zero = statistics.mean(r.rate for r in at_zero)
-        print(f"{'':8} {latency_ms:4.0f} ms keeps {project / zero:.2f} of the 0 ms rate on {kind} "
+        print(f"{'':8} {latency_ms:4.0f} ms keeps {paired(projects, at_zero)} of the 0 ms rate on {kind} "
               f"({zero:.1f} checkouts/s with {args.concurrency} in flight, alternately in the same stack)", flush=True)
     if alone:
         one = statistics.mean(r.rate for r in alone)
-        print(f"{'':8} {workers} workers of {threads} threads run ×{project / one:.2f} the rate of one on {kind} at "
-              f"{latency_ms:.0f} ms ({one:.1f} checkouts/s with the others not consuming, alternately in the same "
+        print(f"{'':8} {workers} workers of {threads} threads run ×{paired(projects, alone)} the rate of one on {kind} "
+              f"at {latency_ms:.0f} ms ({one:.1f} checkouts/s with the others not consuming, alternately in the same "
               f"stack)", flush=True)
     return project
 
@@ -180,7 +192,7 @@ def main() -> None:
     parser.add_argument("--checkouts", type=int, default=150)
     parser.add_argument("--chains", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--configs",
                         default="sqlite:0:1,sqlite:200:1:96,postgres:0:1,postgres:200:1:96,"
                                 "postgres:200:2:64:16,postgres:0:2",
