@@ -1,6 +1,7 @@
 """A run's claim lives as long as its process does.
 
-A run's first write claims its checkout (or refund) for ``CLAIM_LEASE_SECONDS``; while the run
+A run's first write claims its checkout (or refund; a webhook processor, its batch of events) for
+``CLAIM_LEASE_SECONDS``; while the run
 lives, its process renews the claim every third of that, never past the run lease (the worst case
 of a step: ``Settings.run_lease_seconds``) counted from when the run began. A worker killed
 outright (SIGKILL, out of memory, a lost machine) stops renewing, so the rows its runs held are

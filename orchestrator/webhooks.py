@@ -43,6 +43,8 @@ ORDER_EVENTS = frozenset({"ORDER_AUTHORIZED", "ORDER_PROCESSED", "ORDER_CANCELLE
 REFUND_EVENTS = frozenset({"REFUND_PROCESSED", "REFUND_FAILED"})
 KICK_KEY = "webhooks:kick"
 DEFER_FOR = dt.timedelta(days=7)
+#: a claim taken before claims had an end (claim_until) lapses this long after it was taken
+STALE_CLAIM = dt.timedelta(minutes=5)
 
 
 class WebhookRejected(Exception):
@@ -151,6 +153,7 @@ def claim_batch(d: Deps, limit: int, statuses: tuple[str, ...] = ("pending",)) -
         s.connection().execute(update(WebhookEvent).where(col(WebhookEvent.id).in_(ids.scalar_subquery()),
                                              col(WebhookEvent.status).in_(statuses))
                   .values(status="processing", claim=token, claimed_at=now,
+                          claim_until=now + dt.timedelta(seconds=d.leases.lease_seconds),
                           attempts=WebhookEvent.attempts + 1).execution_options(synchronize_session=False))
         claimed = list(s.exec(select(WebhookEvent).where(WebhookEvent.claim == token).order_by(col(WebhookEvent.id))))
         s.commit()  # read in the claim's transaction: none begun after it, to roll back at close
@@ -167,11 +170,13 @@ def _finish(d: Deps, outcomes: list[Outcome]) -> None:
         return
     now = d.clock()
     table = WebhookEvent.__table__  # type: ignore[attr-defined]
-    with d.repo.session() as s:
+    with d.repo.session() as s:  # only while the batch's claim holds: a rival's outcomes stand
         s.connection().execute(
-            update(table).where(table.c.id == bindparam("event_id")).values(
-                status=bindparam("new_status"), note=bindparam("new_note"), processed_at=now, claim=None),
-            [{"event_id": e.id, "new_status": status, "new_note": note[:500]} for e, status, note in outcomes])
+            update(table).where(table.c.id == bindparam("event_id"), table.c.claim == bindparam("b_claim")).values(
+                status=bindparam("new_status"), note=bindparam("new_note"), processed_at=now, claim=None,
+                claim_until=None),
+            [{"event_id": e.id, "b_claim": e.claim, "new_status": status, "new_note": note[:500]}
+             for e, status, note in outcomes])
         s.commit()
     for event, status, note in outcomes:
         log.info("webhook.processed", webhook_id=event.webhook_id, event_type=event.event_type, outcome=status,
@@ -244,14 +249,17 @@ def process_pending(d: Deps, redis: Any | None = None, batch: int = 200) -> int:
             if not events:
                 return done
         outcomes: list[Outcome] = []
-        for event in events:
-            try:
-                outcomes.append((event, *apply(d, event)))
-            except Exception as exc:  # one bad event must not block the rest
-                log.exception("webhook.apply_failed", webhook_id=event.webhook_id)
-                outcomes.append((event, "pending" if event.attempts < 5 else "failed", f"error: {type(exc).__name__}"))
-            done += 1
-        _finish(d, outcomes)
+        token = events[0].claim
+        with d.leases.holding(WebhookEvent, str(token), lambda: token):  # renewed while this process lives
+            for event in events:
+                try:
+                    outcomes.append((event, *apply(d, event)))
+                except Exception as exc:  # one bad event must not block the rest
+                    log.exception("webhook.apply_failed", webhook_id=event.webhook_id)
+                    outcomes.append((event, "pending" if event.attempts < 5 else "failed",
+                                     f"error: {type(exc).__name__}"))
+                done += 1
+            _finish(d, outcomes)
 
 
 def retry_deferred(d: Deps, batch: int = 200) -> int:
@@ -269,9 +277,13 @@ def retry_deferred(d: Deps, batch: int = 200) -> int:
         ready += list(s.exec(select(WebhookEvent.id).join(Refund, refund_known).where(
             WebhookEvent.status == "deferred", col(WebhookEvent.received_at) > d.clock() - DEFER_FOR
         ).limit(batch)).all())
-        stale = d.clock() - dt.timedelta(minutes=5)
-        s.connection().execute(update(WebhookEvent).where(col(WebhookEvent.status) == "processing",
-                                             col(WebhookEvent.claimed_at) < stale).values(status="pending"))
+        # claims whose processor died (it stopped renewing); a claim from before claims had an end
+        # lapses 5 minutes after it was taken
+        now = d.clock()
+        lapsed = or_(col(WebhookEvent.claim_until) < now,
+                     and_(col(WebhookEvent.claim_until).is_(None), col(WebhookEvent.claimed_at) < now - STALE_CLAIM))
+        s.connection().execute(update(WebhookEvent).where(col(WebhookEvent.status) == "processing", lapsed)
+                               .values(status="pending"))
         if ready:
             s.connection().execute(update(WebhookEvent).where(col(WebhookEvent.id).in_(list(ready)))
                       .values(status="pending"))

@@ -157,3 +157,21 @@ def test_claims_are_renewed_together_only_where_their_tokens_hold_on_postgres(pg
     repo.renew(Checkout, [(c.id, tokens[c.id], until) for c in (kept, taken)])
     assert aware(repo.get(kept.id).claim_until) == until
     assert repo.get(taken.id).claim_token == rival and aware(repo.get(taken.id).claim_until) == rivals_end
+
+
+def test_a_webhook_batch_is_renewed_while_held_and_released_once_it_lapses_on_postgres(pg):
+    from orchestrator.db.models import WebhookEvent
+    from tests.test_webhooks import claimed_batch, events
+    from orchestrator.webhooks import retry_deferred
+
+    lease = pg.deps.leases.lease_seconds
+    event = claimed_batch(pg)
+    with pg.deps.leases.holding(WebhookEvent, event.claim, lambda: event.claim):
+        pg.clock.advance(lease * 2 / 3)
+        assert pg.deps.leases.renew() == 1
+        pg.clock.advance(lease * 2 / 3)
+        retry_deferred(pg.deps)
+        assert [e.status for e in events(pg)] == ["processing"]
+    pg.clock.advance(lease)  # no longer renewed: the claim lapses
+    retry_deferred(pg.deps)
+    assert [e.status for e in events(pg)] == ["pending"]

@@ -187,6 +187,57 @@ def test_an_event_before_the_saga_knows_its_order_is_kept_and_applied_later(harn
     assert h.state(c.id) == "AWAITING_REDIRECT"
 
 
+def claimed_batch(h):
+    """A delivery stored and claimed by a processor that then does nothing more (as if killed)."""
+    from orchestrator.webhooks import claim_batch
+
+    h.inbound.webhook(*signed(h, "CUSTOMER_CREATED", {"customer_id": "c1"}))
+    (event,) = claim_batch(h.deps, 10)
+    return event
+
+
+def test_a_batch_whose_processor_died_is_released_within_a_claim_lease(harness):
+    h = harness
+    lease = h.deps.leases.lease_seconds
+    claimed_batch(h)
+    h.clock.advance(lease - 1)
+    retry_deferred(h.deps)
+    assert [e.status for e in events(h)] == ["processing"]
+    h.clock.advance(2)
+    retry_deferred(h.deps)
+    assert [e.status for e in events(h)] == ["pending"]
+    h.process_webhooks()
+    assert [e.status for e in events(h)] == ["ignored"]
+
+
+def test_a_live_processors_batch_is_renewed_past_the_lease(harness):
+    from orchestrator.db.models import WebhookEvent
+
+    h = harness
+    lease = h.deps.leases.lease_seconds
+    event = claimed_batch(h)
+    with h.deps.leases.holding(WebhookEvent, event.claim, lambda: event.claim):
+        for _ in range(3):
+            h.clock.advance(lease * 2 / 3)
+            assert h.deps.leases.renew() == 1
+            retry_deferred(h.deps)
+            assert [e.status for e in events(h)] == ["processing"]
+
+
+def test_a_processor_whose_batch_was_taken_over_leaves_the_rivals_outcome(harness):
+    from orchestrator.webhooks import _finish, claim_batch
+
+    h = harness
+    first = claimed_batch(h)
+    h.clock.advance(h.deps.leases.lease_seconds + 1)
+    retry_deferred(h.deps)
+    (rival,) = claim_batch(h.deps, 10)
+    _finish(h.deps, [(rival, "ignored", "the rival's outcome")])
+    _finish(h.deps, [(first, "pending", "error: the first processor, late")])
+    (event,) = events(h)
+    assert (event.status, event.note) == ("ignored", "the rival's outcome")
+
+
 def test_the_kick_publishes_once_while_a_processor_is_due(harness):
     import fakeredis
 

@@ -189,6 +189,8 @@ class WebhookEvent(SQLModel, table=True):
     attempts: int = 0
     received_at: dt.datetime = Field(default_factory=utcnow)
     claimed_at: Optional[dt.datetime] = None
+    #: the claim lapses then, unless its processor renews it (a processor that died stops)
+    claim_until: Optional[dt.datetime] = None
     processed_at: Optional[dt.datetime] = None
 
 

@@ -132,6 +132,15 @@ def _claim_statements(table: type[Any]) -> tuple[Any, Any, Any]:
             update(t).where(held).values(claim_until=bindparam("b_until")))
 
 
+@functools.lru_cache(maxsize=8)
+def _renew_batch(table: type[Any]) -> Any:
+    """For a table claimed a batch at a time (``claim``, ``claim_until``): move the end of the
+    claim a token holds on every row still being processed."""
+    t = table.__table__
+    return (update(t).where(t.c.claim == bindparam("b_token"), t.c.status == "processing")
+            .values(claim_until=bindparam("b_until")))
+
+
 @functools.lru_cache(maxsize=512)
 def _move_with_history(columns: tuple[str, ...], held: bool) -> Any:
     """PostgreSQL: a decided move's compare-and-set (setting ``columns``, from ``v_*``) and its
@@ -418,13 +427,17 @@ class Repo:
 
     def renew(self, table: type[Any], claims: list[tuple[str, str, dt.datetime]]) -> None:
         """Move the end of each claim (row id, token, new end) that its token still holds; a claim
-        given back or taken over since is left alone. Nothing else changes (not the version)."""
+        given back or taken over since is left alone. Nothing else changes (not the version). A
+        batch's claim (webhook events) is renewed on every row its token holds."""
         if not claims:
             return
-        _, _, renew = _claim_statements(table)
+        if "claim_token" in table.__table__.c:
+            _, _, renew = _claim_statements(table)
+            params = [{"b_id": row_id, "b_token": token, "b_until": until} for row_id, token, until in claims]
+        else:  # a batch's claim (webhook events): every row its token holds
+            renew, params = _renew_batch(table), [{"b_token": token, "b_until": until} for _, token, until in claims]
         with self.engine.connect() as conn:
-            conn.execute(renew, [{"b_id": row_id, "b_token": token, "b_until": until}
-                                 for row_id, token, until in claims])
+            conn.execute(renew, params)
             conn.commit()
 
     def holds(self, table: type[Any], row_id: str, token: str) -> bool:
