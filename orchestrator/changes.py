@@ -6,12 +6,13 @@ An announcement carries the checkout's version and, for a change the engine wrot
 view of it as committed (the outbox event's payload, built in the move's transaction): a waiter
 answers with that view, without reading the database, when it is newer than what the waiter read
 (an announcement delayed behind a later change is never answered). Otherwise the announcement is
-only a hint and the waiter re-reads; the database stays the truth. Redis delivers a message to every connected subscriber, so one can be missed only
-while the listener is not subscribed: every waiter re-reads whenever the subscription starts or
-drops, and while there is none it re-reads every ``recheck`` seconds. While subscribed it also
-re-reads every ``subscribed_recheck`` seconds, for an announcement its publisher failed to send
-(or a connection dead without a word). A lost message costs latency, never a wrong answer; a
-waiting customer costs no reads while nothing happens.
+only a hint and the waiter re-reads; the database stays the truth. Redis delivers a message to
+every connected subscriber, so one can be missed only while the listener is not subscribed:
+every waiter re-reads whenever the subscription starts or drops, and while there is none it
+re-reads every ``recheck`` seconds. While subscribed it also re-reads every
+``subscribed_recheck`` seconds, for an announcement its publisher failed to send (or a
+connection dead without a word). A lost message costs latency, never a wrong answer; a waiting
+customer costs no reads while nothing happens.
 """
 
 from __future__ import annotations
