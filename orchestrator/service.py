@@ -20,7 +20,7 @@ from orchestrator.core.cards import digits_only, expiry_in_future, luhn_ok, netw
 from orchestrator.core.money import Money
 from orchestrator.core.saga import Fact, Source, State, Step
 from orchestrator.db.models import Checkout, new_checkout_id, utcnow
-from orchestrator.db.repo import Repo
+from orchestrator.db.repo import KeyTaken, Keyed, Repo
 from orchestrator.engine import Engine
 from orchestrator.logs import get_logger, mask_text
 from orchestrator.plural import errors as plural_errors
@@ -235,7 +235,11 @@ class CheckoutService:
 
     # --- create -------------------------------------------------------------------------
 
-    def create(self, req: CheckoutIn) -> tuple[Checkout, bool]:
+    def create(self, req: CheckoutIn, keyed: Keyed | None = None) -> tuple[Checkout, bool]:
+        """A new checkout (True), or the one its merchant_order_reference already names (False).
+        ``keyed``: the request's Idempotency-Key, stored with the new checkout's answer (202, its
+        view) in the checkout's own transaction; a key another request committed first is a
+        ``CheckoutError`` 409 ``IDEMPOTENCY_KEY_TAKEN`` with nothing written."""
         sandbox = self.settings.plural_env.value == "sandbox"
         if not luhn_ok(req.card.number) and not (sandbox and req.card.number in SANDBOX_SAMPLE_CARDS):
             raise CheckoutError(400, "INVALID_CARD", "card number fails the Luhn check")
@@ -273,8 +277,14 @@ class CheckoutService:
         except Exception as exc:
             log.error("checkout.vault_unavailable", error=type(exc).__name__)
             raise CheckoutError(503, "UNAVAILABLE", "the card vault is unavailable; nothing was stored") from None
+        if keyed is not None:
+            keyed.answer = (202, json.dumps(self.view(row), ensure_ascii=False, separators=(",", ":")))
         try:
-            saved, created = self.repo.insert(row)
+            saved, created = self.repo.insert(row, keyed)
+        except KeyTaken:
+            self.vault.drop_card(checkout_id)
+            raise CheckoutError(409, "IDEMPOTENCY_KEY_TAKEN", "another request with this Idempotency-Key "
+                                "was answered first") from None
         except Exception:
             self.vault.drop_card(checkout_id)
             raise

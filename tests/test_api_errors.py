@@ -135,6 +135,68 @@ def test_the_same_key_with_another_body_is_a_conflict(api):
     assert answer.status_code == 409 and answer.json()["code"] == "IDEMPOTENCY_KEY_REUSED"
 
 
+def keyed_rows(harness, key):
+    from sqlmodel import select
+
+    from orchestrator.db.models import IdempotencyKey
+
+    with harness.deps.repo.read_session() as s:
+        return list(s.exec(select(IdempotencyKey).where(IdempotencyKey.key == key)))
+
+
+def test_a_created_checkout_and_its_key_are_written_in_one_transaction(api, harness, monkeypatch):
+    """The key and its answer are committed with the checkout (no transaction of their own): a
+    create that fails after writing the key leaves neither, and its retry creates one checkout."""
+    store = IdempotencyStore
+    monkeypatch.setattr(store, "begin", lambda *a: pytest.fail("the key was begun in a transaction of its own"))
+    monkeypatch.setattr(store, "finish", lambda *a: pytest.fail("the key was finished in a transaction of its own"))
+    b = body()
+    del b["merchant_order_reference"]
+    key = f"idem-{uuid.uuid4().hex}"
+    real = store.insert_in
+
+    def insert_then_fail(self, conn, *args):
+        real(self, conn, *args)
+        raise RuntimeError("the transaction fails after the key was written")
+
+    monkeypatch.setattr(store, "insert_in", insert_then_fail)
+    assert api.post("/v1/checkouts", json=b, headers={"Idempotency-Key": key}).status_code == 500
+    assert keyed_rows(harness, key) == [] and harness.queue == []
+    monkeypatch.setattr(store, "insert_in", real)
+    first = api.post("/v1/checkouts", json=b, headers={"Idempotency-Key": key})
+    (row,) = keyed_rows(harness, key)
+    assert first.status_code == row.status_code == 202 and first.text == row.response_body
+    assert harness.deps.repo.get(first.json()["id"]) is not None
+
+
+def test_creates_at_once_with_one_key_create_one_checkout_and_answer_alike(harness):
+    from tests.conftest import ThreadedUvicorn, at_once
+
+    import requests
+
+    app = create_app(lambda: harness.service, KEY, idempotency=IdempotencyStore(harness.deps.repo))
+    b = body()
+    del b["merchant_order_reference"]
+    key = f"idem-{uuid.uuid4().hex}"
+    with ThreadedUvicorn(app) as server:
+        answers = at_once(lambda: requests.post(f"{server.url}/v1/checkouts", json=b, timeout=10,
+                                                headers={"X-API-Key": KEY, "Idempotency-Key": key}), 6)
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers) == 5
+    assert [s.value for s, _ in harness.queue] == ["create_order"]
+
+
+def test_an_error_answer_to_a_create_is_kept_with_its_key(api, harness):
+    b = body()
+    b["card"]["number"] = "4012001037141113"  # fails Luhn
+    key = f"idem-{uuid.uuid4().hex}"
+    first = api.post("/v1/checkouts", json=b, headers={"Idempotency-Key": key})
+    again = api.post("/v1/checkouts", json=b, headers={"Idempotency-Key": key})
+    assert first.status_code == again.status_code == 400 and first.json()["code"] == "INVALID_CARD"
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+
 def test_a_refund_retried_with_its_key_refunds_once(api, harness):
     from tests.test_capture_refunds import authorized
 

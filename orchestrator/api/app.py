@@ -34,7 +34,7 @@ from orchestrator.views import refund_view
 from orchestrator.webhooks import WebhookRejected
 
 if TYPE_CHECKING:
-    from orchestrator.db.repo import IdempotencyStore
+    from orchestrator.db.repo import IdempotencyStore, Keyed
 
 log = get_logger("orchestrator.api")
 
@@ -65,6 +65,10 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 #: what every merchant route may answer besides success
 MERCHANT_ERRORS = _errors(400, 401, 404, 409, 422, 503)
+#: routes whose effect stores the request's Idempotency-Key with its answer in its own transaction
+KEYED_IN_TRANSACTION = frozenset({"/v1/checkouts"})
+#: where such a route finds the key (``Keyed``) in the request's state
+KEYED_STATE = "idempotency_key"
 #: a merchant route needs the API key (documented as a security scheme; the guard checks it, so
 #: a request pays for no dependency)
 KEYED: dict[str, Any] = {"security": [{"ApiKey": []}]}
@@ -129,16 +133,44 @@ class Guard:
             if not message.get("more_body"):
                 break
         request_scope = f"{scope['method']} {scope['path']}"
-        outcome, row = await run_in_threadpool(store.begin, key, request_scope, hashlib.sha256(body).hexdigest())
-        if outcome == "replay":
-            return await answer(Response(row.response_body or "", status_code=row.status_code,
-                                         media_type="application/json", headers={"Idempotent-Replayed": "true"}))
-        if outcome == "mismatch":
-            return await answer(error_answer(CheckoutError(409, "IDEMPOTENCY_KEY_REUSED",
-                                                           "this Idempotency-Key was used with another request body")))
-        if outcome == "in_progress":
-            return await answer(error_answer(CheckoutError(
-                409, "IDEMPOTENCY_IN_PROGRESS", "a request with this Idempotency-Key is still being answered; retry")))
+        digest = hashlib.sha256(body).hexdigest()
+        if scope["path"] in KEYED_IN_TRANSACTION:
+            return await self._keyed_in_transaction(scope, body, receive, send,
+                                                    store.keyed(key, request_scope, digest))
+        outcome, row = await run_in_threadpool(store.begin, key, request_scope, digest)
+        if outcome != "new":
+            return await answer(_kept_answer(outcome, row))
+        try:
+            start, content = await self._answered(scope, body, receive)
+        except Exception:
+            await run_in_threadpool(store.forget, key, request_scope)
+            raise
+        status = int(start.get("status", 500))
+        if status >= 500:
+            await run_in_threadpool(store.forget, key, request_scope)
+        else:
+            await run_in_threadpool(store.finish, key, request_scope, status, content.decode())
+        await send(start)
+        await send({"type": "http.response.body", "body": content, "more_body": False})
+
+    async def _keyed_in_transaction(self, scope: Any, body: bytes, receive: Any, send: Any, keyed: Keyed) -> None:
+        """A route whose effect stores the key with its answer in its own transaction (``Keyed``):
+        no transaction of the key's own on the way in or out. An answer the effect did not store
+        (an error, an existing checkout) is kept with the key afterwards, unless the key already
+        holds one: then that one is the answer (a replay, or a conflict)."""
+        scope = {**scope, "state": {**scope.get("state", {}), KEYED_STATE: keyed}}
+        start, content = await self._answered(scope, body, receive)
+        status = int(start.get("status", 500))
+        if not keyed.stored and status < 500:
+            outcome, row = await run_in_threadpool(keyed.store.remember, keyed.key, keyed.scope, keyed.request_hash,
+                                                   status, content.decode(), not keyed.taken)
+            if outcome != "kept":
+                return await _kept_answer(outcome, row)(scope, receive, send)
+        await send(start)
+        await send({"type": "http.response.body", "body": content, "more_body": False})
+
+    async def _answered(self, scope: Any, body: bytes, receive: Any) -> tuple[dict[str, Any], bytes]:
+        """Run the app on a request whose body was read already; its answer, kept (not sent)."""
         replayed = False
 
         async def replay() -> Any:
@@ -157,19 +189,20 @@ class Guard:
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
-        try:
-            await self.app(scope, replay, keep)
-        except Exception:
-            await run_in_threadpool(store.forget, key, request_scope)
-            raise
-        content = b"".join(chunks)
-        status = int(start.get("status", 500))
-        if status >= 500:
-            await run_in_threadpool(store.forget, key, request_scope)
-        else:
-            await run_in_threadpool(store.finish, key, request_scope, status, content.decode())
-        await send(start)
-        await send({"type": "http.response.body", "body": content, "more_body": False})
+        await self.app(scope, replay, keep)
+        return start, b"".join(chunks)
+
+
+def _kept_answer(outcome: str, row: Any) -> Response:
+    """What an Idempotency-Key already holds, as the answer: the first answer again, or why not."""
+    if outcome == "replay":
+        return Response(row.response_body or "", status_code=row.status_code, media_type="application/json",
+                        headers={"Idempotent-Replayed": "true"})
+    if outcome == "mismatch":
+        return error_answer(CheckoutError(409, "IDEMPOTENCY_KEY_REUSED",
+                                          "this Idempotency-Key was used with another request body"))
+    return error_answer(CheckoutError(
+        409, "IDEMPOTENCY_IN_PROGRESS", "a request with this Idempotency-Key is still being answered; retry"))
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -305,9 +338,13 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
     @app.post("/v1/checkouts", status_code=202, openapi_extra=KEYED, responses={
         200: {"description": "this merchant_order_reference already names this checkout: it is returned"},
         **MERCHANT_ERRORS})
-    def create_checkout(body: CheckoutIn) -> JSONResponse:
+    def create_checkout(body: CheckoutIn, request: Request) -> Response:
         svc = service_factory()
-        row, created = svc.create(body)
+        keyed = request.scope.get("state", {}).get(KEYED_STATE)
+        row, created = svc.create(body, keyed)
+        if keyed is not None and keyed.stored:  # the answer kept with the key: sent as it was stored
+            status, stored = keyed.answer
+            return Response(stored, status_code=status, media_type="application/json")
         return JSONResponse(svc.view(row), status_code=202 if created else 200)
 
     @app.post("/v1/offers/discovery", openapi_extra=KEYED, responses={

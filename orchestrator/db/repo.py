@@ -268,16 +268,24 @@ class Repo:
 
     # --- writes -------------------------------------------------------------------------
 
-    def insert(self, checkout: Checkout) -> tuple[Checkout, bool]:
+    def insert(self, checkout: Checkout, keyed: Keyed | None = None) -> tuple[Checkout, bool]:
         """Insert a new checkout and its first history row (``FIRST_REASON``, at its creation); on a
-        duplicate merchant reference return the existing one."""
+        duplicate merchant reference return the existing one. ``keyed``: the request's
+        Idempotency-Key, stored with its answer in the same transaction (``KeyTaken``, and nothing
+        written, if another request with that key committed first)."""
         try:
             with self.engine.connect() as conn:
                 conn.execute(_ADD_CHECKOUT, checkout.model_dump())
                 conn.execute(_ADD_HISTORY, {"checkout_id": checkout.id, "from_state": None, "to_state": checkout.state,
                                             "fact": None, "source": None, "reason": FIRST_REASON,
                                             "at": checkout.created_at})
+                if keyed is not None and not keyed.store_in(conn):
+                    conn.rollback()
+                    keyed.taken = True
+                    raise KeyTaken(keyed.key)
                 conn.commit()
+                if keyed is not None:
+                    keyed.stored = True
                 return checkout, True
         except IntegrityError:
             existing = self.by_reference(checkout.merchant_order_reference)
@@ -553,6 +561,32 @@ class Repo:
             return ids
 
 
+class KeyTaken(Exception):
+    """Another request with this Idempotency-Key committed its effect first: nothing was written."""
+
+
+@dataclass
+class Keyed:
+    """A request's Idempotency-Key, stored with its answer in the transaction of the request's
+    effect (so the key exists exactly when the effect does), by the handler that knows both."""
+
+    key: str
+    scope: str
+    request_hash: str
+    store: "IdempotencyStore"
+    #: the answer to store with the key (status, JSON body)
+    answer: tuple[int, str] | None = None
+    #: the key and its answer were committed with the effect
+    stored: bool = False
+    #: another request with this key committed first
+    taken: bool = False
+
+    def store_in(self, conn: Connection) -> bool:
+        """In the effect's transaction: the key with ``answer``; False if the key is taken."""
+        assert self.answer is not None
+        return self.store.insert_in(conn, self.key, self.scope, self.request_hash, *self.answer)
+
+
 class IdempotencyStore:
     """Stripe's semantics for ``Idempotency-Key``: the same key and body get the first answer; the
     same key with another body is a conflict; a key whose first request is still being answered
@@ -602,6 +636,35 @@ class IdempotencyStore:
                 conn.commit()
                 return ("new", None) if took else ("in_progress", row)
             conn.commit()
+        if row.request_hash != request_hash:
+            return "mismatch", row
+        return ("replay", row) if row.status_code is not None else ("in_progress", row)
+
+    def keyed(self, key: str, scope: str, request_hash: str) -> Keyed:
+        """A request's key, for an effect that stores it with its answer in its own transaction."""
+        return Keyed(key, scope, request_hash, self)
+
+    def insert_in(self, conn: Connection, key: str, scope: str, request_hash: str, status_code: int,
+                  body: str) -> bool:
+        """The key with its answer, on ``conn`` (the caller's transaction); False if it exists."""
+        return conn.execute(self._begin, {"key": key, "scope": scope, "request_hash": request_hash,
+                                          "created_at": self.repo.clock(), "status_code": status_code,
+                                          "response_body": body}).first() is not None
+
+    def remember(self, key: str, scope: str, request_hash: str, status_code: int, body: str,
+             insert: bool = True) -> tuple[str, Any]:
+        """After a request whose effect did not store its key (an error answer, an existing
+        checkout, a key taken meanwhile): ('kept', None) once the answer is stored with the key
+        (``insert``), else what the key already holds: ('replay', row), ('mismatch', row) or
+        ('in_progress', row)."""
+        with self.repo.single_engine.connect() as conn:
+            if insert and self.insert_in(conn, key, scope, request_hash, status_code, body):
+                conn.commit()
+                return "kept", None
+            row = conn.execute(self._row, {"b_key": key, "b_scope": scope}).first()
+            conn.commit()
+        if row is None:  # (pruned meanwhile: the caller answers as if still in progress)
+            return "in_progress", None
         if row.request_hash != request_hash:
             return "mismatch", row
         return ("replay", row) if row.status_code is not None else ("in_progress", row)
