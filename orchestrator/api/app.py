@@ -71,7 +71,7 @@ KEYED_IN_TRANSACTION = frozenset({"/v1/checkouts"})
 KEYED_STATE = "idempotency_key"
 #: a merchant route needs the API key (documented as a security scheme; the guard checks it, so
 #: a request pays for no dependency)
-KEYED: dict[str, Any] = {"security": [{"ApiKey": []}]}
+NEEDS_API_KEY: dict[str, Any] = {"security": [{"ApiKey": []}]}
 API_KEY_SCHEME = {"type": "apiKey", "in": "header", "name": "X-API-Key",
                   "description": "the merchant's API key (ORCHESTRATOR_API_KEY)"}
 CALLBACK_ANSWERS: dict[int | str, dict[str, Any]] = {
@@ -335,7 +335,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         return JSONResponse({"status": "ok" if not failing else "unavailable", "checks": checks},
                             status_code=503 if failing else 200)
 
-    @app.post("/v1/checkouts", status_code=202, openapi_extra=KEYED, responses={
+    @app.post("/v1/checkouts", status_code=202, openapi_extra=NEEDS_API_KEY, responses={
         200: {"description": "this merchant_order_reference already names this checkout: it is returned"},
         **MERCHANT_ERRORS})
     def create_checkout(body: CheckoutIn, request: Request) -> Response:
@@ -347,7 +347,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
             return Response(stored, status_code=status, media_type="application/json")
         return JSONResponse(svc.view(row), status_code=202 if created else 200)
 
-    @app.post("/v1/offers/discovery", openapi_extra=KEYED, responses={
+    @app.post("/v1/offers/discovery", openapi_extra=NEEDS_API_KEY, responses={
         200: {"description": "Plural's issuers and tenures for these terms, exactly as Plural sent them"},
         **MERCHANT_ERRORS})
     def offer_discovery(body: DiscoveryIn) -> JSONResponse:
@@ -355,7 +355,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         svc = service_factory()
         return JSONResponse(svc.discover(body))
 
-    @app.get("/v1/checkouts", openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    @app.get("/v1/checkouts", openapi_extra=NEEDS_API_KEY, responses=MERCHANT_ERRORS)
     def list_checkouts(status: str | None = Query(default=None, description="a public status"),
                        created_after: str | None = Query(default=None, pattern=ISO_TIME,
                                                          description="ISO 8601, e.g. 2026-11-22T10:00:00Z"),
@@ -371,7 +371,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
             after = after.replace(tzinfo=dt.timezone.utc)
         return svc.list_checkouts(status, after, cursor, limit)
 
-    @app.get("/v1/events", openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    @app.get("/v1/events", openapi_extra=NEEDS_API_KEY, responses=MERCHANT_ERRORS)
     def events(after: str | None = Query(default=None, description="`next` of the previous page (a durable cursor)"),
                type: str | None = Query(default=None, description="one event type"),  # noqa: A002
                limit: int = Query(default=100, ge=1, le=1000)) -> dict[str, Any]:
@@ -379,13 +379,13 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         svc = service_factory()
         return svc.events(after, type, limit)
 
-    @app.post("/v1/events/{event_id}/redeliver", status_code=202, openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    @app.post("/v1/events/{event_id}/redeliver", status_code=202, openapi_extra=NEEDS_API_KEY, responses=MERCHANT_ERRORS)
     def redeliver(event_id: str) -> dict[str, Any]:
         """Deliver an event again to ``MERCHANT_WEBHOOK_URL`` (same event id)."""
         svc = service_factory()
         return svc.redeliver(event_id)
 
-    @app.get("/v1/checkouts/{checkout_id}", openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    @app.get("/v1/checkouts/{checkout_id}", openapi_extra=NEEDS_API_KEY, responses=MERCHANT_ERRORS)
     async def get_checkout(
             checkout_id: str,
             changed_from: str | None = Query(default=None, description=(
@@ -401,22 +401,22 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         return await listener.wait_for_change(checkout_id, lambda: svc.show(checkout_id), lambda view: view["status"],
                                               lambda view: view["version"], changed_from, wait)
 
-    @app.post("/v1/checkouts/{checkout_id}/otp", status_code=202, openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    @app.post("/v1/checkouts/{checkout_id}/otp", status_code=202, openapi_extra=NEEDS_API_KEY, responses=MERCHANT_ERRORS)
     def submit_otp(checkout_id: str, body: OTPIn) -> dict[str, Any]:
         svc = service_factory()
         return svc.answer_otp(checkout_id, body.otp)
 
-    @app.post("/v1/checkouts/{checkout_id}/otp/resend", status_code=202, openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    @app.post("/v1/checkouts/{checkout_id}/otp/resend", status_code=202, openapi_extra=NEEDS_API_KEY, responses=MERCHANT_ERRORS)
     def resend_otp(checkout_id: str) -> dict[str, Any]:
         svc = service_factory()
         return svc.view(svc.resend_otp(checkout_id))
 
-    @app.post("/v1/checkouts/{checkout_id}/cancel", status_code=202, openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    @app.post("/v1/checkouts/{checkout_id}/cancel", status_code=202, openapi_extra=NEEDS_API_KEY, responses=MERCHANT_ERRORS)
     def cancel(checkout_id: str) -> dict[str, Any]:
         svc = service_factory()
         return svc.view(svc.cancel(checkout_id))
 
-    @app.post("/v1/checkouts/{checkout_id}/delivery", status_code=202, openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    @app.post("/v1/checkouts/{checkout_id}/delivery", status_code=202, openapi_extra=NEEDS_API_KEY, responses=MERCHANT_ERRORS)
     def delivery(checkout_id: str, body: DeliveryIn | None = None) -> dict[str, Any]:
         """Delivered: capture a pre-auth checkout, in full or for ``capture_amount``."""
         svc = service_factory()
@@ -426,7 +426,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
             raise CheckoutError(400, "INVALID_REQUEST", f"capture_amount must be in {c.currency}")
         return svc.view(svc.deliver(checkout_id, amount.value if amount else None))
 
-    @app.post("/v1/checkouts/{checkout_id}/refunds", status_code=202, openapi_extra=KEYED, responses={
+    @app.post("/v1/checkouts/{checkout_id}/refunds", status_code=202, openapi_extra=NEEDS_API_KEY, responses={
         200: {"description": "this merchant_refund_reference already names this refund: it is returned"},
         **MERCHANT_ERRORS})
     def refund(checkout_id: str, body: RefundIn | None = None) -> JSONResponse:
@@ -440,7 +440,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
                                   body.merchant_refund_reference if body else None)
         return JSONResponse(refund_view(row), status_code=202 if created else 200)
 
-    @app.get("/v1/checkouts/{checkout_id}/refunds", openapi_extra=KEYED, responses=MERCHANT_ERRORS)
+    @app.get("/v1/checkouts/{checkout_id}/refunds", openapi_extra=NEEDS_API_KEY, responses=MERCHANT_ERRORS)
     def refunds(checkout_id: str) -> dict[str, Any]:
         svc = service_factory()
         svc.get(checkout_id)

@@ -636,9 +636,7 @@ class IdempotencyStore:
                 conn.commit()
                 return ("new", None) if took else ("in_progress", row)
             conn.commit()
-        if row.request_hash != request_hash:
-            return "mismatch", row
-        return ("replay", row) if row.status_code is not None else ("in_progress", row)
+        return self._held(row, request_hash)
 
     def keyed(self, key: str, scope: str, request_hash: str) -> Keyed:
         """A request's key, for an effect that stores it with its answer in its own transaction."""
@@ -652,7 +650,7 @@ class IdempotencyStore:
                                           "response_body": body}).first() is not None
 
     def remember(self, key: str, scope: str, request_hash: str, status_code: int, body: str,
-             insert: bool = True) -> tuple[str, Any]:
+                 insert: bool = True) -> tuple[str, Any]:
         """After a request whose effect did not store its key (an error answer, an existing
         checkout, a key taken meanwhile): ('kept', None) once the answer is stored with the key
         (``insert``), else what the key already holds: ('replay', row), ('mismatch', row) or
@@ -665,6 +663,12 @@ class IdempotencyStore:
             conn.commit()
         if row is None:  # (pruned meanwhile: the caller answers as if still in progress)
             return "in_progress", None
+        return self._held(row, request_hash)
+
+    @staticmethod
+    def _held(row: Any, request_hash: str) -> tuple[str, Any]:
+        """What a key already held answers a request with this body: a replay, a mismatch, or
+        (no answer yet) in progress."""
         if row.request_hash != request_hash:
             return "mismatch", row
         return ("replay", row) if row.status_code is not None else ("in_progress", row)
