@@ -1,11 +1,12 @@
 """The saga engine: the one writer of a checkout's state.
 
 Steps, webhooks, polls, merchant actions, timers and operators never change a checkout's state
-themselves: they hand the engine a ``Fact`` from a ``Source``. The engine locks the row, asks the
+themselves: they hand the engine a ``Fact`` from a ``Source``. The engine reads the row, asks the
 pure rule (``saga.decide``) where that fact moves the checkout from where it is *now*, and writes
-the move, its fields, its next due time and a history row (with the fact and its source) in one
-compare-and-set transaction. Effects follow the commit: the next step is enqueued, card data
-is dropped from the vault once the checkout is final.
+the move, its fields, its next due time, a history row (with the fact and its source) and the
+merchant's event atomically, compare-and-set on the row it decided from (``Repo.move``: decided
+again if the row changed meanwhile). Effects follow the commit: the next step is enqueued, card
+data is dropped from the vault once the checkout is final.
 
 A run of a step owns its checkout through a claim (``Run``): its writes are fenced by the claim's
 token, and its own move ends the claim, so the next step claims afresh.
@@ -26,7 +27,7 @@ from orchestrator import outbox
 from orchestrator.changes import Announce, silent
 from orchestrator.core.saga import Fact, Source, State, Step
 from orchestrator.db.models import Checkout, Refund, StepAttempt, utcnow
-from orchestrator.db.repo import Claim, Repo
+from orchestrator.db.repo import Claim, Effect, Repo, Trail
 from orchestrator.logs import get_logger
 from orchestrator.vault import Vault
 
@@ -136,12 +137,10 @@ class Engine:
             values["finished_late"] = True
         return values
 
-    def _late_refund(self, refunds: list[Refund], fields: dict[str, Any]) -> Callable[[Connection, Checkout, State], None]:
+    def _late_refund(self, refunds: list[Refund], fields: dict[str, Any]) -> Effect:
         """A payment that completed after the checkout was cancelled for the merchant is refunded."""
 
-        def effect(conn: Connection, row: Checkout, target: State) -> None:
-            if not _watched(row):
-                return
+        def write(conn: Connection, row: Checkout, target: State) -> None:
             amount = int(fields.get("captured_amount") or row.payment_amount or row.amount_value)
             count = conn.execute(select(func.count()).select_from(Refund).where(col(Refund.checkout_id) == row.id)
                                  ).scalar_one()
@@ -152,7 +151,7 @@ class Engine:
             conn.execute(insert(Refund.__table__).values(**refund.model_dump()))  # type: ignore[attr-defined]
             refunds.append(refund)
 
-        return effect
+        return Effect(applies=_watched, write=write)
 
     def apply(self, checkout_id: str, fact: Fact, source: Source, reason: str, *, run: Run | None = None,
               fields: dict[str, Any] | None = None, wanted: State | None = None,
@@ -187,10 +186,13 @@ class Engine:
         effect = self._late_refund(late_refunds, given) if fact is Fact.PLURAL_PROCESSED else None
         shown: list[str] = []
 
-        def record(conn: Connection, before: Checkout, after: Checkout, now: dt.datetime) -> None:
-            payload = outbox.record_checkout_change(conn, before, after, now)
-            if payload is not None:
-                shown.append(payload)
+        def record(before: Checkout, after: Checkout, trail: Callable[[], Trail],
+                   now: dt.datetime) -> dict[str, Any] | None:
+            event = outbox.checkout_change(before, after, trail, now)
+            shown.clear()  # a move decided again (the row changed) shows only its last decision
+            if event is not None:
+                shown.append(event["payload"])
+            return event
 
         moved = self.repo.move(checkout_id, plan, reason=reason, fact=fact.value, source=source.value,
                                claim=run.claim if run else None, effect=effect,

@@ -14,16 +14,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import insert
-from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from orchestrator.core import saga
 from orchestrator.core.saga import State
 from orchestrator.db.models import Checkout, MerchantEvent, Refund
-from orchestrator.db.repo import Repo
+from orchestrator.db.repo import Trail
 from orchestrator.views import checkout_view, iso, refund_view
 
 CHECKOUT_EVENT_TYPES = frozenset(f"checkout.{status.lower()}" for status in saga.PUBLIC_STATUS.values())
@@ -35,35 +34,33 @@ def checkout_event_type(status: str) -> str:
     return f"checkout.{status.lower()}"
 
 
-def record_checkout_change(conn: Connection, before: Checkout, after: Checkout, now: dt.datetime) -> str | None:
-    """In the move's transaction: an event if the public status changed. Returns its payload (the
-    merchant's view of the checkout as written, JSON), or None."""
+def checkout_change(before: Checkout, after: Checkout, trail: Callable[[], Trail],
+                    now: dt.datetime) -> dict[str, Any] | None:
+    """A move's event, if it changed the public status: the row to add in the move's transaction
+    (its payload is the merchant's view of the checkout as written, with ``trail``: its history,
+    the move's row included, and its refunds); else None."""
     status = saga.public_change(State(before.state), State(after.state))
     if status is None:
         return None
-    history, refunds = Repo.trail_in(conn, after)  # in the move's transaction: its own row included
-    return _insert(conn, checkout_event_type(status), after.id, None, checkout_view(after, history, refunds, now),
-                   now)
+    history, refunds = trail()
+    return _row(checkout_event_type(status), after.id, None, checkout_view(after, history, refunds, now), now)
 
 
 def record_refund_change(s: Session, refund: Refund, now: dt.datetime) -> str | None:
     """In the refund's transaction: an event if it became PROCESSED or FAILED."""
     kind = {"PROCESSED": "refund.processed", "FAILED": "refund.failed"}.get(refund.state)
     if kind is not None:
-        _insert(s.connection(), kind, refund.checkout_id, refund.id, refund_view(refund), now)
+        s.connection().execute(_ADD_EVENT, _row(kind, refund.checkout_id, refund.id, refund_view(refund), now))
     return kind
 
 
 _ADD_EVENT = insert(MerchantEvent.__table__)  # type: ignore[attr-defined]
 
 
-def _insert(conn: Connection, kind: str, subject_id: str, refund_id: str | None, data: dict[str, Any],
-            now: dt.datetime) -> str:
-    payload = json.dumps(data, separators=(",", ":"))
-    conn.execute(_ADD_EVENT, {
-        "event_id": "evt_" + uuid.uuid4().hex, "type": kind, "subject_id": subject_id, "refund_id": refund_id,
-        "payload": payload, "created_at": now, "status": "pending", "attempts": 0, "next_attempt_at": now})
-    return payload
+def _row(kind: str, subject_id: str, refund_id: str | None, data: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    return {"event_id": "evt_" + uuid.uuid4().hex, "type": kind, "subject_id": subject_id, "refund_id": refund_id,
+            "payload": json.dumps(data, separators=(",", ":")), "created_at": now, "status": "pending",
+            "attempts": 0, "next_attempt_at": now}
 
 
 def envelope(event: MerchantEvent) -> dict[str, Any]:

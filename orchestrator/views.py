@@ -18,7 +18,8 @@ from orchestrator.db.models import Checkout, Refund, Transition
 def iso(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
-    return value.replace(tzinfo=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    utc = value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return utc.isoformat().replace("+00:00", "Z")
 
 
 def refund_view(r: Refund) -> dict[str, Any]:

@@ -263,3 +263,13 @@ def test_readiness_reports_but_does_not_fail_on_the_token_or_the_backlog(harness
     with TestClient(app) as client:
         answer = client.get("/ready")
     assert answer.status_code == 200 and answer.json()["checks"]["token"] == "expired"
+
+
+def test_a_time_is_shown_as_its_instant_in_utc():
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from orchestrator.views import iso
+
+    assert iso(dt.datetime(2026, 11, 23, 17, 5, tzinfo=ZoneInfo("Asia/Kolkata"))) == "2026-11-23T11:35:00Z"
+    assert iso(dt.datetime(2026, 11, 23, 11, 35)) == "2026-11-23T11:35:00Z"  # SQLite's, naive: UTC

@@ -85,10 +85,14 @@ def test_no_event_is_written_for_a_change_that_was_rolled_back(harness, monkeypa
     h = harness
     c = received(h)
     h.queue.clear()
-    real = outbox.record_checkout_change
+    real = outbox.checkout_change
+    made = []
 
-    def record_then_fail(s, before, after, now):
-        real(s, before, after, now)
+    def change_then_note(*args):
+        made.append(real(*args))
+        return made[-1]
+
+    def fail(self, conn, finish):
         raise RuntimeError("the transaction fails after the event row was added")
 
     for step in (Step.CREATE_ORDER, Step.CARD_DETAILS, Step.CREATE_PAYMENT, Step.GENERATE_OTP):
@@ -96,9 +100,11 @@ def test_no_event_is_written_for_a_change_that_was_rolled_back(harness, monkeypa
     assert h.state(c.id) == "PAYMENT_CREATED" or h.state(c.id) == "AWAITING_OTP"
     before = h.state(c.id)
     count = len(events_of(h, c.id))
-    monkeypatch.setattr(outbox, "record_checkout_change", record_then_fail)
+    monkeypatch.setattr(outbox, "checkout_change", change_then_note)
+    monkeypatch.setattr(type(h.deps.repo), "_commit", fail)
     with pytest.raises(RuntimeError):
         h.service.cancel(c.id)
+    assert made and made[-1] is not None  # the event was made, and its row added before the failure
     assert h.state(c.id) == before and len(events_of(h, c.id)) == count
 
 

@@ -175,3 +175,110 @@ def test_a_webhook_batch_is_renewed_while_held_and_released_once_it_lapses_on_po
     pg.clock.advance(lease)  # no longer renewed: the claim lapses
     retry_deferred(pg.deps)
     assert [e.status for e in events(pg)] == ["pending"]
+
+
+# --- a move in one statement (decided from a plain read, written compare-and-set) -------------
+
+
+def test_every_public_change_writes_its_event_with_the_move_on_postgres(pg):
+    from tests import test_events
+
+    test_events.test_every_change_of_public_status_writes_one_event_carrying_the_checkout_as_it_was(pg)
+    test_events.test_each_public_change_is_announced_with_the_view_its_event_carries(pg)
+
+
+def test_a_move_whose_row_changed_after_its_read_decides_again_on_the_row_as_it_is_on_postgres(pg):
+    """Another writer changes the checkout between the move's read and its write: the move's
+    compare-and-set finds it changed, writes nothing of its own, and decides again from the row
+    as it now is (holding it); the history and the events show the one move made."""
+    import json
+
+    from orchestrator import outbox
+    from orchestrator.core import saga
+    from orchestrator.core.saga import Fact, Source
+    from tests.test_events import events_of
+
+    c = checkout(pg, pre_auth=True)  # AUTHORIZED
+    repo, seen = pg.deps.repo, []
+    events_before = len(events_of(pg, c.id))
+
+    def plan(row):
+        seen.append((row.version, row.capture_amount))
+        if len(seen) == 1:  # between this read and the write, a delivery of 3000 is recorded
+            assert repo.note(c.id, states={State.AUTHORIZED}, capture_amount=3000)
+        return State.CAPTURING, {"capture_amount": row.capture_amount or 1}
+
+    before, after = repo.move(c.id, plan, reason="deliver", fact=Fact.DELIVERED.value,
+                              source=Source.MERCHANT.value, record=outbox.checkout_change)
+    assert seen == [(c.version, None), (c.version + 1, 3000)]  # decided again, from the noted row
+    row = repo.get(c.id)
+    assert row.state == "CAPTURING" and row.capture_amount == 3000 and row.version == c.version + 2
+    assert [t.to_state for t in repo.history(c.id)].count("CAPTURING") == 1
+    events = events_of(pg, c.id)
+    assert saga.public_change(State.AUTHORIZED, State.CAPTURING) is not None
+    assert len(events) == events_before + 1  # one event, of the move made
+    assert json.loads(events[-1].payload) == pg.service.show(c.id)
+    assert after.version == row.version and before.version == c.version + 1
+
+
+def test_a_runs_call_outcomes_are_written_with_its_move_and_only_if_it_moves_on_postgres(pg):
+    """A run's pending call outcomes go in the move's statement: written with the move, and left
+    pending (for the run's next write) when the move lost its claim."""
+    import uuid
+
+    import pytest
+    from sqlalchemy import text
+
+    from orchestrator.db.repo import Claim, LostClaim
+
+    c = checkout(pg, pre_auth=True)
+    repo = pg.deps.repo
+    claim = Claim(version=c.version, lease_seconds=60)
+    attempt = repo.begin_attempt(c.id, "capture", f"ref-{uuid.uuid4().hex[:8]}", "t", claim=claim)
+    finish = [(attempt, "ok", "captured")]
+    moved = repo.move(c.id, lambda row: (State.CAPTURING, {"capture_amount": 10}), reason="r", claim=claim,
+                      finish=finish)
+    assert moved is not None and finish == []
+    assert [(a.outcome, a.detail) for a in repo.attempts(c.id) if a.id == attempt] == [("ok", "captured")]
+    assert repo.get(c.id).claim_token is None  # the run's move gave its claim back
+
+    # a run whose claim is taken over between its move's read and its write
+    claim = Claim(version=c.version + 2, lease_seconds=60)
+    other = repo.begin_attempt(c.id, "capture", None, "t", claim=claim)
+    pending = [(other, "ok", None)]
+
+    def plan(row):
+        with repo.engine.connect() as conn:
+            conn.execute(text("UPDATE checkout SET claim_token = 'thief' WHERE id = :id"), {"id": c.id})
+            conn.commit()
+        return State.COMPLETED, {}
+
+    with pytest.raises(LostClaim):
+        repo.move(c.id, plan, reason="r", claim=claim, finish=pending)
+    assert pending == [(other, "ok", None)]  # still the run's to write
+    assert [a.outcome for a in repo.attempts(c.id) if a.id == other] == ["in_flight"]
+    assert repo.get(c.id).state == "CAPTURING"
+
+
+def test_times_are_shown_in_utc_whatever_the_servers_time_zone_on_postgres(pg_url, sandbox, sandbox_settings):
+    """A server (or database) set to India's time zone hands back times in +05:30: the checkout's
+    view and its history still show the instant in UTC."""
+    import datetime as dt
+
+    import psycopg
+    from sqlalchemy import text
+
+    from tests.conftest import make_harness, sandbox_mode
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {pg_url.rsplit('/', 1)[1]} SET timezone TO 'Asia/Kolkata'")
+    sandbox_mode(sandbox.url, "strict")
+    h = make_harness(pg_url, sandbox, sandbox_settings)
+    c = checkout(h)
+    view = h.service.show(c.id)
+    for engine in (h.deps.repo.engine, h.deps.repo.read_engine):  # every session: its writers', its readers'
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT created_at FROM checkout")).scalar().utcoffset() == dt.timedelta(0)
+    now = dt.datetime.now(dt.timezone.utc)
+    for at in [view["created_at"], view["updated_at"], *(t["at"] for t in view["history"])]:
+        assert at.endswith("Z") and abs(dt.datetime.fromisoformat(at) - now) < dt.timedelta(minutes=2), at

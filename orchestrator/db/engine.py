@@ -95,7 +95,10 @@ def make_engine(url: str, *, immediate: bool = True, threads: int = 32, **kwargs
     for short in ("postgres://", "postgresql://"):  # Heroku-style and plain URLs: psycopg 3
         if url.startswith(short):
             url = "postgresql+psycopg://" + url[len(short):]
-    engine = create_engine(url, **{**pool, **kwargs})
+    # every session in UTC, whatever the server's or the database's time zone: times come back
+    # as UTC (psycopg hands them back in the session's zone), and PostgreSQL's own renderings of
+    # them (a history read as JSON) are in UTC too
+    engine = create_engine(url, connect_args={"options": "-c timezone=UTC"}, **{**pool, **kwargs})
     ping_when_idle(engine, IDLE_BEFORE_PING)
     return engine
 

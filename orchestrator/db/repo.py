@@ -19,14 +19,16 @@ from typing import Any, Callable, Iterable
 
 import uuid
 
-from sqlalchemy import bindparam, delete, insert, or_, update
+from sqlalchemy import bindparam, delete, func, insert, or_, update
 from sqlalchemy import select as core_select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from orchestrator.core.saga import FINAL, State
-from orchestrator.db.models import Checkout, Refund, StepAttempt, Transition, aware, detached, utcnow
+from orchestrator.db.models import (Checkout, MerchantEvent, Refund, StepAttempt, Transition, aware, detached,
+                                    utcnow)
 
 
 #: the reason of a checkout's first history row
@@ -49,6 +51,7 @@ _checkout = Checkout.__table__  # type: ignore[attr-defined]
 _history = Transition.__table__  # type: ignore[attr-defined]
 _attempt = StepAttempt.__table__  # type: ignore[attr-defined]
 _refund = Refund.__table__  # type: ignore[attr-defined]
+_event = MerchantEvent.__table__  # type: ignore[attr-defined]
 
 # prebuilt statements (parameters named b_*; an UPDATE's SET comes from the other keys given)
 _ROW = core_select(_checkout).where(_checkout.c.id == bindparam("b_id"))
@@ -59,6 +62,13 @@ _BY_PLURAL_ORDER = core_select(_checkout).where(_checkout.c.plural_order_id == b
 _LOAD = core_select(_checkout, core_select(_history.c.at).where(_history.c.checkout_id == _checkout.c.id)
                     .order_by(_history.c.id.desc()).limit(1).scalar_subquery().label("entered_at")
                     ).where(_checkout.c.id == bindparam("b_id"))
+# PostgreSQL: a checkout with its history in one read, the history as one JSON array of
+# [from, to, fact, source, reason, at] arrays, oldest first
+_HISTORY_COLUMNS = ("from_state", "to_state", "fact", "source", "reason", "at")
+_ROW_WITH_HISTORY = core_select(_checkout, core_select(func.json_agg(aggregate_order_by(
+    func.json_build_array(*(_history.c[f] for f in _HISTORY_COLUMNS)), _history.c.id)))
+    .where(_history.c.checkout_id == _checkout.c.id).scalar_subquery().label("history_json")
+    ).where(_checkout.c.id == bindparam("b_id"))
 _ATTEMPTS = core_select(_attempt).where(_attempt.c.checkout_id == bindparam("b_id")).order_by(_attempt.c.id)
 _HISTORY = core_select(_history).where(_history.c.checkout_id == bindparam("b_id")).order_by(_history.c.id)
 _REFUNDS = (core_select(_refund).where(_refund.c.checkout_id == bindparam("b_id"))
@@ -96,6 +106,7 @@ _HELD = core_select(_checkout.c.claim_token).where(_checkout.c.id == bindparam("
 _ADD_CHECKOUT = insert(_checkout)
 _ADD_HISTORY = insert(_history)
 _ADD_ATTEMPT = insert(_attempt)
+_ADD_EVENT = insert(_event)
 _FINISH = (update(_attempt).where(_attempt.c.id == bindparam("b_id"))
            .values(outcome=bindparam("b_outcome"), detail=bindparam("b_detail"), finished_at=bindparam("b_at")))
 
@@ -145,9 +156,41 @@ def _renew_batch(table: type[Any]) -> Any:
 def _move_with_history(columns: tuple[str, ...], held: bool) -> Any:
     """PostgreSQL: a decided move's compare-and-set (setting ``columns``, from ``v_*``) and its
     history row (from ``h_*``) as one statement; one per set of columns set."""
-    move = (_MOVE_HELD if held else _MOVE).values({c: bindparam(f"v_{c}", type_=_checkout.c[c].type)
+    return _then_add(_set(columns, held), _history, _HISTORY_FIELDS, "h_")
+
+
+def _set(columns: tuple[str, ...], held: bool) -> Any:
+    return (_MOVE_HELD if held else _MOVE).values({c: bindparam(f"v_{c}", type_=_checkout.c[c].type)
                                                    for c in columns})
-    return _then_add(move, _history, _HISTORY_FIELDS, "h_")
+
+
+_EVENT_FIELDS = ("event_id", "type", "subject_id", "refund_id", "payload", "created_at", "status", "attempts",
+                 "next_attempt_at")
+
+
+@functools.lru_cache(maxsize=1024)
+def _move_statement(columns: tuple[str, ...], held: bool, event: bool, finished: int) -> Any:
+    """PostgreSQL: everything a decided move writes, as one statement (data-modifying CTEs) that
+    writes only if its compare-and-set does: the checkout's fields (``v_*``), its history row
+    (``h_*``), its outbox event if ``event`` (``e_*``), and the outcomes of the run's ``finished``
+    calls (``f<i>_id``, ``f<i>_outcome``, ``f<i>_detail``, ``f_at``). A row comes back if it
+    wrote, none if the checkout had changed."""
+    changed = _set(columns, held).returning(_checkout.c.id).cte("changed")
+
+    def values(table: Any, fields: tuple[str, ...], prefix: str) -> list[Any]:
+        return [bindparam(prefix + f, type_=table.c[f].type) for f in fields]
+
+    writes = [insert(_history).from_select(["checkout_id", *_HISTORY_FIELDS],
+                                           core_select(changed.c.id, *values(_history, _HISTORY_FIELDS, "h_")))
+              .cte("added_history")]
+    if event:
+        writes.append(insert(_event).from_select(list(_EVENT_FIELDS), core_select(
+            *values(_event, _EVENT_FIELDS, "e_")).select_from(changed)).cte("added_event"))
+    writes += [update(_attempt).where(_attempt.c.id == bindparam(f"f{i}_id"), core_select(changed.c.id).exists())
+               .values(outcome=bindparam(f"f{i}_outcome"), detail=bindparam(f"f{i}_detail"),
+                       finished_at=bindparam("f_at", type_=_attempt.c.finished_at.type)).cte(f"finished_{i}")
+               for i in range(finished)]
+    return core_select(changed.c.id).add_cte(*writes)
 
 
 def may_have_refunds(c: Checkout) -> bool:
@@ -169,6 +212,54 @@ def _nothing_written(conn: Connection) -> None:
     statement it has prepared on a connection whenever that connection rolls back (SQLite does not
     care). Errors still roll back, through the connection's context."""
     conn.commit()
+
+
+def _detail(detail: str | None) -> str | None:
+    return (detail or "")[:500] or None
+
+
+def _transition(checkout_id: str, item: list[Any]) -> Transition:
+    """A history row from ``_ROW_WITH_HISTORY``'s JSON (its time as PostgreSQL wrote it, in the
+    session's time zone)."""
+    fields = dict(zip(_HISTORY_COLUMNS, item))
+    fields["at"] = dt.datetime.fromisoformat(fields["at"]).astimezone(dt.timezone.utc)
+    return detached(Transition, {"checkout_id": checkout_id, **fields})
+
+
+def _move_values(before: Checkout, decided: tuple[State, dict[str, Any]], now: dt.datetime, reason: str,
+                 fact: str | None, source: str | None, claim: Claim | None,
+                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """What a decided move writes: the checkout's new values, the compare-and-set's keys (its
+    version, the run's token), and its history row."""
+    target, fields = decided
+    values: dict[str, Any] = {**fields, "state": target.value, "version": before.version + 1, "updated_at": now}
+    keys: dict[str, Any] = {"b_id": before.id, "b_version": before.version}
+    if claim is not None:  # a run's move ends the run: the next step claims afresh
+        values.update(claim_token=None, claim_until=None)
+        if claim.token is not None:
+            keys["b_token"] = claim.token
+    history = {"from_state": before.state, "to_state": target.value, "fact": fact, "source": source,
+               "reason": reason[:200], "at": now}
+    return values, keys, history
+
+
+#: ``Repo._move_at_once``'s answer when the move must be done holding the row
+_HOLD_THE_ROW = object()
+
+#: a checkout's history and refunds, as the merchant sees them
+Trail = tuple[list[Transition], list[Refund]]
+#: the outbox's part in a move: (before, after, the trail after the move when asked, now) → the
+#: event row to add with the move, or None
+Record = Callable[[Checkout, Checkout, Callable[[], Trail], dt.datetime], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class Effect:
+    """More rows a move writes in its own transaction, for a checkout (as it was before the move)
+    where ``applies``."""
+
+    applies: Callable[[Checkout], bool]
+    write: Callable[[Connection, Checkout, State], None]
 
 
 class Repo:
@@ -295,23 +386,30 @@ class Repo:
 
     def move(self, checkout_id: str, plan: Callable[[Checkout], tuple[State, dict[str, Any]] | None], *,
              reason: str, fact: str | None = None, source: str | None = None, claim: Claim | None = None,
-             effect: Callable[[Connection, Checkout, State], None] | None = None,
-             finish: Finished | None = None,
-             record: Callable[[Connection, Checkout, Checkout, dt.datetime], Any] | None = None,
+             effect: Effect | None = None, finish: Finished | None = None, record: Record | None = None,
              ) -> tuple[Checkout, Checkout] | None:
-        """Decide and write one state change in one transaction that holds the checkout's row.
+        """Decide and write one state change, atomically: compare-and-set on the row ``plan`` saw.
 
         ``plan`` sees the row as it is now and returns the target state and the fields to set, or
         None for no move. A run's write is fenced by its ``claim``: if another run holds the
         checkout (or, before the run's first write, the row changed since the run read it),
         ``LostClaim`` is raised and nothing is written. Returns (before, after), or None when
-        nothing moved. ``effect`` writes more rows in the same transaction, and so do the run's
-        pending call outcomes (``finish``, emptied once they are committed) and ``record`` (the
-        outbox: it sees the row before and after).
+        nothing moved. With the move, and only if it is written: its history row, ``effect``'s
+        rows (where it applies), the run's pending call outcomes (``finish``, emptied once they
+        are committed) and the outbox's event (``record``: it sees the row before and after, and
+        the trail the event shows).
 
-        (Deciding from a row read outside the writer lock and writing compare-and-set, retrying
-        on a conflict, was measured too: no faster here, and more to reason about.)
+        PostgreSQL decides from a plain read of the row and its history and writes all of it in
+        one compare-and-set statement, in autocommit: two round trips, and no transaction held
+        open while Python decides. If the row changed in between (or the move has more to write
+        than that statement holds: an effect that applies, refunds to show), it takes the other
+        way. SQLite, always, and PostgreSQL then: one transaction that holds the row's lock from
+        the read (SQLite's writer lock) to the commit, so it decides from the row as it is.
         """
+        if self.engine.dialect.name == "postgresql":
+            moved = self._move_at_once(checkout_id, plan, reason, fact, source, claim, effect, finish, record)
+            if moved is not _HOLD_THE_ROW:
+                return moved
         with self.engine.connect() as conn:
             now = self.clock()
             found = conn.execute(_ROW_LOCKED, {"b_id": checkout_id}).first()
@@ -329,24 +427,52 @@ class Repo:
             return self._write_move(conn, current, decided, now, reason, fact, source, claim, effect, finish,
                                     record)
 
+    def _move_at_once(self, checkout_id: str, plan: Callable[[Checkout], tuple[State, dict[str, Any]] | None],
+                      reason: str, fact: str | None, source: str | None, claim: Claim | None,
+                      effect: Effect | None, finish: Finished | None, record: Record | None) -> Any:
+        """PostgreSQL's move in two autocommit statements (see ``move``); ``_HOLD_THE_ROW``, with
+        nothing written, when it must be done holding the row instead."""
+        now = self.clock()
+        with self.single_engine.connect() as conn:
+            found = conn.execute(_ROW_WITH_HISTORY, {"b_id": checkout_id}).first()
+            if found is None:
+                return None
+            fields = dict(found._mapping)
+            history = [_transition(checkout_id, item) for item in fields.pop("history_json") or ()]
+            current = detached(Checkout, fields)
+            if claim is not None and not self._fenced(current, claim, now):
+                raise LostClaim(checkout_id)  # claims never come back, versions only grow
+            decided = plan(current)
+            if decided is None:
+                return None
+            if may_have_refunds(current) or (effect is not None and effect.applies(current)):
+                return _HOLD_THE_ROW
+            values, keys, added = _move_values(current, decided, now, reason, fact, source, claim)
+            after = detached(Checkout, {**current.model_dump(), **values})
+            # the trail as the move leaves it: no refunds (they need the row completed, or an effect)
+            event = None if record is None else record(
+                current, after, lambda: ([*history, detached(Transition, {"checkout_id": checkout_id, **added})], []),
+                now)
+            done = list(finish or ())
+            params = {**{f"v_{k}": v for k, v in values.items()}, **keys, **{f"h_{k}": v for k, v in added.items()},
+                      **({f"e_{k}": event[k] for k in _EVENT_FIELDS} if event is not None else {}), "f_at": now}
+            for i, (attempt_id, outcome, detail) in enumerate(done):
+                params.update({f"f{i}_id": attempt_id, f"f{i}_outcome": outcome, f"f{i}_detail": _detail(detail)})
+            statement = _move_statement(tuple(values), "b_token" in keys, event is not None, len(done))
+            if conn.execute(statement, params).first() is None:
+                return _HOLD_THE_ROW  # it changed since the read: decide again, holding it
+        if finish:
+            finish.clear()
+        return current, after
+
     def _write_move(self, conn: Connection, before: Checkout, decided: tuple[State, dict[str, Any]],
                     now: dt.datetime, reason: str, fact: str | None, source: str | None, claim: Claim | None,
-                    effect: Callable[[Connection, Checkout, State], None] | None,
-                    finish: Finished | None,
-                    record: Callable[[Connection, Checkout, Checkout, dt.datetime], Any] | None = None,
+                    effect: Effect | None, finish: Finished | None, record: Record | None = None,
                     ) -> tuple[Checkout, Checkout] | None:
-        """Write a decided move, compare-and-set on ``before``'s version (and the run's claim); None,
-        with nothing written, if the row has changed."""
-        target, fields = decided
-        values: dict[str, Any] = {**fields, "state": target.value, "version": before.version + 1, "updated_at": now}
-        keys: dict[str, Any] = {"b_id": before.id, "b_version": before.version}
-        if claim is not None:  # a run's move ends the run: the next step claims afresh
-            values.update(claim_token=None, claim_until=None)
-            if claim.token is not None:
-                keys["b_token"] = claim.token
+        """Write a decided move in ``conn``'s transaction, compare-and-set on ``before``'s version
+        (and the run's claim); None, with nothing written, if the row has changed."""
+        values, keys, history = _move_values(before, decided, now, reason, fact, source, claim)
         held = "b_token" in keys
-        history = {"from_state": before.state, "to_state": target.value, "fact": fact, "source": source,
-                   "reason": reason[:200], "at": now}
         if conn.dialect.name == "postgresql":  # one round trip for both
             written = conn.execute(_move_with_history(tuple(values), held), {
                 **{f"v_{k}": v for k, v in values.items()}, **keys,
@@ -358,12 +484,15 @@ class Repo:
         if not written:
             _nothing_written(conn)
             return None
-        if effect is not None:
-            effect(conn, before, target)
+        target = State(values["state"])
+        if effect is not None and effect.applies(before):
+            effect.write(conn, before, target)
         # the row as written, without reading it back
         after = detached(Checkout, {**before.model_dump(), **values})
         if record is not None:
-            record(conn, before, after, now)
+            event = record(before, after, lambda: self.trail_in(conn, after), now)
+            if event is not None:
+                conn.execute(_ADD_EVENT, event)
         self._commit(conn, finish)
         return before, after
 
@@ -401,8 +530,8 @@ class Repo:
         if finish:
             at = self.clock()
             on = conn if isinstance(conn, Connection) else conn.connection()
-            on.execute(_FINISH, [{"b_id": attempt_id, "b_outcome": outcome, "b_detail": (detail or "")[:500] or None,
-                                  "b_at": at} for attempt_id, outcome, detail in finish])
+            on.execute(_FINISH, [{"b_id": attempt_id, "b_outcome": outcome, "b_detail": _detail(detail), "b_at": at}
+                                 for attempt_id, outcome, detail in finish])
         conn.commit()
         if finish:
             finish.clear()
