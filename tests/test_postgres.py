@@ -282,3 +282,11 @@ def test_times_are_shown_in_utc_whatever_the_servers_time_zone_on_postgres(pg_ur
     now = dt.datetime.now(dt.timezone.utc)
     for at in [view["created_at"], view["updated_at"], *(t["at"] for t in view["history"])]:
         assert at.endswith("Z") and abs(dt.datetime.fromisoformat(at) - now) < dt.timedelta(minutes=2), at
+
+
+def test_creates_at_once_with_one_key_create_one_checkout_and_answer_alike_on_postgres(pg):
+    """The key is stored in the checkout's own transaction: on PostgreSQL the others wait on its
+    unique index, then replay the first answer."""
+    from tests import test_api_errors
+
+    test_api_errors.test_creates_at_once_with_one_key_create_one_checkout_and_answer_alike(pg)
