@@ -218,12 +218,16 @@ def _detail(detail: str | None) -> str | None:
     return (detail or "")[:500] or None
 
 
-def _transition(checkout_id: str, item: list[Any]) -> Transition:
-    """A history row from ``_ROW_WITH_HISTORY``'s JSON (its time as PostgreSQL wrote it, in the
-    session's time zone)."""
-    fields = dict(zip(_HISTORY_COLUMNS, item))
-    fields["at"] = dt.datetime.fromisoformat(fields["at"]).astimezone(dt.timezone.utc)
-    return detached(Transition, {"checkout_id": checkout_id, **fields})
+def _with_history(found: Any) -> tuple[Checkout, list[Transition]]:
+    """A checkout and its history from a row of ``_ROW_WITH_HISTORY`` (the history's times as
+    PostgreSQL wrote them into its JSON, in the session's time zone)."""
+    fields = dict(found._mapping)
+    history = []
+    for item in fields.pop("history_json") or ():
+        step = dict(zip(_HISTORY_COLUMNS, item))
+        step["at"] = dt.datetime.fromisoformat(step["at"]).astimezone(dt.timezone.utc)
+        history.append(detached(Transition, {"checkout_id": fields["id"], **step}))
+    return detached(Checkout, fields), history
 
 
 def _move_values(before: Checkout, decided: tuple[State, dict[str, Any]], now: dt.datetime, reason: str,
@@ -303,6 +307,14 @@ class Repo:
     def snapshot(self, checkout_id: str) -> tuple[Checkout | None, list[Transition], list[Any]]:
         """What the merchant sees of a checkout, in one read: the row, its history, its refunds."""
         with self.read_engine.connect() as conn:
+            if self.engine.dialect.name == "postgresql":  # the row and its history in one statement
+                found = conn.execute(_ROW_WITH_HISTORY, {"b_id": checkout_id}).first()
+                if found is None:
+                    return None, [], []
+                row, history = _with_history(found)
+                refunds = ([detached(Refund, r) for r in conn.execute(_REFUNDS, {"b_id": checkout_id})]
+                           if may_have_refunds(row) else [])
+                return row, history, refunds
             found = conn.execute(_ROW, {"b_id": checkout_id}).first()
             if found is None:
                 return None, [], []
@@ -437,9 +449,7 @@ class Repo:
             found = conn.execute(_ROW_WITH_HISTORY, {"b_id": checkout_id}).first()
             if found is None:
                 return None
-            fields = dict(found._mapping)
-            history = [_transition(checkout_id, item) for item in fields.pop("history_json") or ()]
-            current = detached(Checkout, fields)
+            current, history = _with_history(found)
             if claim is not None and not self._fenced(current, claim, now):
                 raise LostClaim(checkout_id)  # claims never come back, versions only grow
             decided = plan(current)
