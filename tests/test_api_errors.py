@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from orchestrator.api.app import create_app
 from orchestrator.core.money import MAX_AMOUNT
-from orchestrator.db.repo import IdempotencyStore
+from orchestrator.db.repo import IdempotencyStore, Keyed
 from orchestrator.plural.signatures import sign_callback
 from orchestrator.vault import Vault
 from tests.test_api import KEY, body
@@ -153,16 +153,16 @@ def test_a_created_checkout_and_its_key_are_written_in_one_transaction(api, harn
     b = body()
     del b["merchant_order_reference"]
     key = f"idem-{uuid.uuid4().hex}"
-    real = store.insert_in
+    real = Keyed.store_in
 
-    def insert_then_fail(self, conn, *args):
-        real(self, conn, *args)
+    def store_then_fail(self, conn):
+        assert real(self, conn)
         raise RuntimeError("the transaction fails after the key was written")
 
-    monkeypatch.setattr(store, "insert_in", insert_then_fail)
+    monkeypatch.setattr(Keyed, "store_in", store_then_fail)
     assert api.post("/v1/checkouts", json=b, headers={"Idempotency-Key": key}).status_code == 500
     assert keyed_rows(harness, key) == [] and harness.queue == []
-    monkeypatch.setattr(store, "insert_in", real)
+    monkeypatch.setattr(Keyed, "store_in", real)
     first = api.post("/v1/checkouts", json=b, headers={"Idempotency-Key": key})
     (row,) = keyed_rows(harness, key)
     assert first.status_code == row.status_code == 202 and first.text == row.response_body

@@ -290,3 +290,31 @@ def test_creates_at_once_with_one_key_create_one_checkout_and_answer_alike_on_po
     from tests import test_api_errors
 
     test_api_errors.test_creates_at_once_with_one_key_create_one_checkout_and_answer_alike(pg)
+
+
+def test_a_create_is_one_statement_with_its_key_and_a_taken_reference_writes_nothing_on_postgres(pg):
+    """On PostgreSQL a create (the checkout, its first history row, its Idempotency-Key with the
+    answer) is one statement: a new one writes all three; a create whose merchant reference is
+    taken writes no checkout, answers with the existing one, and keeps that answer for its key."""
+    import uuid
+
+    from fastapi.testclient import TestClient
+
+    from orchestrator.api.app import create_app
+    from orchestrator.db.repo import IdempotencyStore
+    from tests.test_api import KEY, body
+    from tests.test_api_errors import keyed_rows
+
+    app = create_app(lambda: pg.service, KEY, idempotency=IdempotencyStore(pg.deps.repo))
+    b, first_key, second_key = body(), f"idem-{uuid.uuid4().hex}", f"idem-{uuid.uuid4().hex}"
+    with TestClient(app) as api:
+        api.headers["X-API-Key"] = KEY
+        first = api.post("/v1/checkouts", json=b, headers={"Idempotency-Key": first_key})
+        again = api.post("/v1/checkouts", json=b, headers={"Idempotency-Key": first_key})
+        taken = api.post("/v1/checkouts", json=b, headers={"Idempotency-Key": second_key})
+    assert first.status_code == 202 and again.text == first.text and again.headers["Idempotent-Replayed"] == "true"
+    history = pg.deps.repo.history(first.json()["id"])
+    assert [(t.from_state, t.to_state) for t in history] == [(None, "NEW")]
+    assert taken.status_code == 200 and taken.json()["id"] == first.json()["id"]
+    assert [(r.status_code, r.response_body) for r in keyed_rows(pg, second_key)] == [(200, taken.text)]
+    assert [s.value for s, _ in pg.queue] == ["create_order"]

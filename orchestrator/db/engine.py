@@ -98,7 +98,8 @@ def make_engine(url: str, *, immediate: bool = True, threads: int = 32, **kwargs
     # every session in UTC, whatever the server's or the database's time zone: times come back
     # as UTC (psycopg hands them back in the session's zone), and PostgreSQL's own renderings of
     # them (a history read as JSON) are in UTC too
-    engine = create_engine(url, connect_args={"options": "-c timezone=UTC"}, **{**pool, **kwargs})
+    connect_args = {"options": "-c timezone=UTC", **kwargs.pop("connect_args", {})}
+    engine = create_engine(url, connect_args=connect_args, **{**pool, **kwargs})
     ping_when_idle(engine, IDLE_BEFORE_PING)
     return engine
 

@@ -193,6 +193,29 @@ def _move_statement(columns: tuple[str, ...], held: bool, event: bool, finished:
     return core_select(changed.c.id).add_cte(*writes)
 
 
+@functools.lru_cache(maxsize=8)
+def _insert_at_once(columns: tuple[str, ...], keyed: bool) -> Any:
+    """PostgreSQL: a new checkout (``columns``, from ``c_*``) and its first history row (``h_*``)
+    as one statement; with ``keyed``, the request's Idempotency-Key and its answer too (``k_*``),
+    and the checkout only if the key was not taken already. A row comes back if it wrote; none
+    if the key was taken (nothing written)."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    from orchestrator.db.models import IdempotencyKey
+
+    row = core_select(*(bindparam(f"c_{c}", type_=_checkout.c[c].type) for c in columns))
+    if keyed:
+        keys = IdempotencyKey.__table__  # type: ignore[attr-defined]
+        fields = ("key", "scope", "request_hash", "created_at", "status_code", "response_body")
+        kept = (pg_insert(keys).values({f: bindparam(f"k_{f}", type_=keys.c[f].type) for f in fields})
+                .on_conflict_do_nothing(index_elements=["key", "scope"]).returning(keys.c.key).cte("kept_key"))
+        row = row.select_from(kept)
+    added = insert(_checkout).from_select(list(columns), row).returning(_checkout.c.id).cte("added_checkout")
+    history = insert(_history).from_select(["checkout_id", *_HISTORY_FIELDS], core_select(
+        added.c.id, *(bindparam(f"h_{f}", type_=_history.c[f].type) for f in _HISTORY_FIELDS))).cte("added_history")
+    return core_select(added.c.id).add_cte(history)
+
+
 def may_have_refunds(c: Checkout) -> bool:
     """Refunds exist only for a COMPLETED checkout (the merchant's) or one whose late payment
     the engine refunded (``late_undo``, set in the move that creates that refund)."""
@@ -376,20 +399,31 @@ class Repo:
         duplicate merchant reference return the existing one. ``keyed``: the request's
         Idempotency-Key, stored with its answer in the same transaction (``KeyTaken``, and nothing
         written, if another request with that key committed first)."""
+        values = checkout.model_dump()
+        first = {"from_state": None, "to_state": checkout.state, "fact": None, "source": None, "reason": FIRST_REASON,
+                 "at": checkout.created_at}
         try:
-            with self.engine.connect() as conn:
-                conn.execute(_ADD_CHECKOUT, checkout.model_dump())
-                conn.execute(_ADD_HISTORY, {"checkout_id": checkout.id, "from_state": None, "to_state": checkout.state,
-                                            "fact": None, "source": None, "reason": FIRST_REASON,
-                                            "at": checkout.created_at})
-                if keyed is not None and not keyed.store_in(conn):
-                    conn.rollback()
+            if self.engine.dialect.name == "postgresql":  # one statement, in autocommit
+                with self.single_engine.connect() as conn:
+                    added = conn.execute(_insert_at_once(tuple(values), keyed is not None), {
+                        **{f"c_{k}": v for k, v in values.items()}, **{f"h_{k}": v for k, v in first.items()},
+                        **({f"k_{k}": v for k, v in keyed.values().items()} if keyed is not None else {}),
+                    }).first() is not None
+            else:
+                with self.engine.connect() as conn:
+                    conn.execute(_ADD_CHECKOUT, values)
+                    conn.execute(_ADD_HISTORY, {"checkout_id": checkout.id, **first})
+                    added = keyed is None or keyed.store_in(conn)
+                    if added:
+                        conn.commit()
+                    else:
+                        conn.rollback()
+            if keyed is not None:
+                if not added:
                     keyed.taken = True
                     raise KeyTaken(keyed.key)
-                conn.commit()
-                if keyed is not None:
-                    keyed.stored = True
-                return checkout, True
+                keyed.stored = True
+            return checkout, True
         except IntegrityError:
             existing = self.by_reference(checkout.merchant_order_reference)
             if existing is None:
@@ -722,8 +756,13 @@ class Keyed:
 
     def store_in(self, conn: Connection) -> bool:
         """In the effect's transaction: the key with ``answer``; False if the key is taken."""
+        return conn.execute(self.store.keep_answer, self.values()).first() is not None
+
+    def values(self) -> dict[str, Any]:
+        """The key's row, with ``answer``."""
         assert self.answer is not None
-        return self.store.insert_in(conn, self.key, self.scope, self.request_hash, *self.answer)
+        return {"key": self.key, "scope": self.scope, "request_hash": self.request_hash,
+                "created_at": self.store.repo.clock(), "status_code": self.answer[0], "response_body": self.answer[1]}
 
 
 class IdempotencyStore:
@@ -745,6 +784,8 @@ class IdempotencyStore:
         table = IdempotencyKey.__table__  # type: ignore[attr-defined]
         this = (table.c.key == bindparam("b_key")) & (table.c.scope == bindparam("b_scope"))
         self._begin = insert_skipping(repo.engine, table, ["key", "scope"]).returning(table.c.key)
+        #: a key with its answer (``Keyed.values``), skipped if the key exists: a row back if added
+        self.keep_answer = self._begin
         self._row = core_select(table).where(this)
         self._take = (update(table).where(this, table.c.created_at == bindparam("b_taken"))
                       .values(status_code=None, response_body=None))
