@@ -318,3 +318,39 @@ def test_a_create_is_one_statement_with_its_key_and_a_taken_reference_writes_not
     assert taken.status_code == 200 and taken.json()["id"] == first.json()["id"]
     assert [(r.status_code, r.response_body) for r in keyed_rows(pg, second_key)] == [(200, taken.text)]
     assert [s.value for s, _ in pg.queue] == ["create_order"]
+
+
+def test_deliveries_and_cancels_at_once_leave_one_chained_history_and_its_events_on_postgres(pg):
+    """Merchant actions racing on one authorized checkout (moves decided from plain reads,
+    compare-and-set, decided again when they lose): each checkout ends with one history that
+    chains, either a capture or a cancel (never both), and one event per public change along it,
+    in order, the last equal to what a read shows."""
+    import itertools
+    import json
+
+    from orchestrator.core import saga
+    from orchestrator.core.saga import Fact, Source
+    from tests.test_events import events_of
+
+    engine = pg.service.engine
+    for _ in range(4):
+        c = checkout(pg, pre_auth=True)
+        turn = itertools.count()
+
+        def act():  # the engine's own facts, as the service hands them over (its checks skipped)
+            if next(turn) % 2:
+                return engine.apply(c.id, Fact.CANCEL_REQUESTED, Source.MERCHANT, "cancel",
+                                    fields={"cancel_reason": "MERCHANT"})
+            return engine.apply(c.id, Fact.DELIVERED, Source.MERCHANT, "delivered",
+                                fields={"delivered_at": pg.deps.clock(), "capture_amount": 3000})
+
+        at_once(act, 12)
+        history = pg.deps.repo.history(c.id)
+        assert all(after.from_state == before.to_state for before, after in zip(history, history[1:]))
+        reached = {t.to_state for t in history}
+        assert ("CAPTURING" in reached) != ("CANCELLING" in reached), reached
+        changes = [saga.public_change(State(t.from_state), State(t.to_state)) for t in history if t.from_state]
+        events = [json.loads(e.payload) for e in events_of(pg, c.id)]
+        assert [e["status"] for e in events] == [status for status in changes if status is not None]
+        assert [e["version"] for e in events] == sorted({e["version"] for e in events})
+        assert events[-1] == pg.service.show(c.id) | {"next_action": events[-1]["next_action"]}
