@@ -413,6 +413,7 @@ def test_the_saga_under_random_interleavings(harness):
 
 @pytest.mark.timeout(1800)
 def test_the_saga_under_random_interleavings_on_postgres(pg):
-    """PostgreSQL has statements of its own (a run's first write-ahead and a move's history row
-    are each one statement there): the model runs over it too, with a quarter of the budget."""
+    """PostgreSQL has statements of its own (a run's first write-ahead, a create, and a move with
+    its history row, event and call outcomes are each one statement there): the model runs over
+    it too, with a quarter of the budget."""
     run_model(pg, EXAMPLES // 4, "postgres")
