@@ -16,13 +16,12 @@ import json
 import uuid
 from typing import Any, Callable
 
-from sqlalchemy import insert
 from sqlmodel import Session
 
 from orchestrator.core import saga
 from orchestrator.core.saga import State
 from orchestrator.db.models import Checkout, MerchantEvent, Refund
-from orchestrator.db.repo import Trail
+from orchestrator.db.repo import ADD_EVENT, Trail
 from orchestrator.views import checkout_view, iso, refund_view
 
 CHECKOUT_EVENT_TYPES = frozenset(f"checkout.{status.lower()}" for status in saga.PUBLIC_STATUS.values())
@@ -50,11 +49,8 @@ def record_refund_change(s: Session, refund: Refund, now: dt.datetime) -> str | 
     """In the refund's transaction: an event if it became PROCESSED or FAILED."""
     kind = {"PROCESSED": "refund.processed", "FAILED": "refund.failed"}.get(refund.state)
     if kind is not None:
-        s.connection().execute(_ADD_EVENT, _row(kind, refund.checkout_id, refund.id, refund_view(refund), now))
+        s.connection().execute(ADD_EVENT, _row(kind, refund.checkout_id, refund.id, refund_view(refund), now))
     return kind
-
-
-_ADD_EVENT = insert(MerchantEvent.__table__)  # type: ignore[attr-defined]
 
 
 def _row(kind: str, subject_id: str, refund_id: str | None, data: dict[str, Any], now: dt.datetime) -> dict[str, Any]:

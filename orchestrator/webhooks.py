@@ -88,11 +88,10 @@ def parse_delivery(key: bytes, body: bytes, headers: dict[str, str], now: dt.dat
     # built like a row read back (``detached``): a table model's validating constructor costs
     # about as much as the rest of the delivery's handling
     return detached(WebhookEvent, {
-        "id": None, "webhook_id": webhook_id[:128], "event_type": payload["event_type"][:64],
+        "webhook_id": webhook_id[:128], "event_type": payload["event_type"][:64],
         "order_id": _short(data.get("order_id")),
         "merchant_order_reference": _short(data.get("merchant_order_reference")),
-        "order_status": _short(data.get("status"), 32), "body": body.decode(), "status": "pending", "attempts": 0,
-        "received_at": now})
+        "order_status": _short(data.get("status"), 32), "body": body.decode(), "received_at": now})
 
 
 def store(d: Deps, rows: list[WebhookEvent]) -> list[bool]:

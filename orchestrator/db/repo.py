@@ -93,8 +93,14 @@ def _then_add(change: Any, table: Any, fields: tuple[str, ...], prefix: str) -> 
     The row's ``fields`` come from the parameters named ``prefix + field``; its id comes back, or
     no row when the compare-and-set found the checkout changed."""
     changed = change.returning(_checkout.c.id).cte("changed")
-    row = core_select(changed.c.id, *(bindparam(prefix + f, type_=table.c[f].type) for f in fields))
-    return insert(table).from_select(["checkout_id", *fields], row).returning(table.c.id)
+    return _add_for(changed, table, fields, prefix).returning(table.c.id)
+
+
+def _add_for(written: Any, table: Any, fields: tuple[str, ...], prefix: str) -> Any:
+    """An INSERT of a row of ``table`` for each checkout id the CTE ``written`` returns (so none if
+    it wrote none), its ``fields`` from the parameters named ``prefix + field``."""
+    row = core_select(written.c.id, *(bindparam(prefix + f, type_=table.c[f].type) for f in fields))
+    return insert(table).from_select(["checkout_id", *fields], row)
 
 
 _ATTEMPT_FIELDS = ("step", "reference", "outcome", "task_id", "started_at")
@@ -106,7 +112,8 @@ _HELD = core_select(_checkout.c.claim_token).where(_checkout.c.id == bindparam("
 _ADD_CHECKOUT = insert(_checkout)
 _ADD_HISTORY = insert(_history)
 _ADD_ATTEMPT = insert(_attempt)
-_ADD_EVENT = insert(_event)
+#: an outbox event (the outbox builds its row)
+ADD_EVENT = insert(_event)
 _FINISH = (update(_attempt).where(_attempt.c.id == bindparam("b_id"))
            .values(outcome=bindparam("b_outcome"), detail=bindparam("b_detail"), finished_at=bindparam("b_at")))
 
@@ -152,13 +159,6 @@ def _renew_batch(table: type[Any]) -> Any:
             .values(claim_until=bindparam("b_until")))
 
 
-@functools.lru_cache(maxsize=512)
-def _move_with_history(columns: tuple[str, ...], held: bool) -> Any:
-    """PostgreSQL: a decided move's compare-and-set (setting ``columns``, from ``v_*``) and its
-    history row (from ``h_*``) as one statement; one per set of columns set."""
-    return _then_add(_set(columns, held), _history, _HISTORY_FIELDS, "h_")
-
-
 def _set(columns: tuple[str, ...], held: bool) -> Any:
     return (_MOVE_HELD if held else _MOVE).values({c: bindparam(f"v_{c}", type_=_checkout.c[c].type)
                                                    for c in columns})
@@ -176,16 +176,11 @@ def _move_statement(columns: tuple[str, ...], held: bool, event: bool, finished:
     calls (``f<i>_id``, ``f<i>_outcome``, ``f<i>_detail``, ``f_at``). A row comes back if it
     wrote, none if the checkout had changed."""
     changed = _set(columns, held).returning(_checkout.c.id).cte("changed")
-
-    def values(table: Any, fields: tuple[str, ...], prefix: str) -> list[Any]:
-        return [bindparam(prefix + f, type_=table.c[f].type) for f in fields]
-
-    writes = [insert(_history).from_select(["checkout_id", *_HISTORY_FIELDS],
-                                           core_select(changed.c.id, *values(_history, _HISTORY_FIELDS, "h_")))
-              .cte("added_history")]
+    writes = [_add_for(changed, _history, _HISTORY_FIELDS, "h_").cte("added_history")]
     if event:
         writes.append(insert(_event).from_select(list(_EVENT_FIELDS), core_select(
-            *values(_event, _EVENT_FIELDS, "e_")).select_from(changed)).cte("added_event"))
+            *(bindparam(f"e_{f}", type_=_event.c[f].type) for f in _EVENT_FIELDS)).select_from(changed))
+            .cte("added_event"))
     writes += [update(_attempt).where(_attempt.c.id == bindparam(f"f{i}_id"), core_select(changed.c.id).exists())
                .values(outcome=bindparam(f"f{i}_outcome"), detail=bindparam(f"f{i}_detail"),
                        finished_at=bindparam("f_at", type_=_attempt.c.finished_at.type)).cte(f"finished_{i}")
@@ -211,9 +206,7 @@ def _insert_at_once(columns: tuple[str, ...], keyed: bool) -> Any:
                 .on_conflict_do_nothing(index_elements=["key", "scope"]).returning(keys.c.key).cte("kept_key"))
         row = row.select_from(kept)
     added = insert(_checkout).from_select(list(columns), row).returning(_checkout.c.id).cte("added_checkout")
-    history = insert(_history).from_select(["checkout_id", *_HISTORY_FIELDS], core_select(
-        added.c.id, *(bindparam(f"h_{f}", type_=_history.c[f].type) for f in _HISTORY_FIELDS))).cte("added_history")
-    return core_select(added.c.id).add_cte(history)
+    return core_select(added.c.id).add_cte(_add_for(added, _history, _HISTORY_FIELDS, "h_").cte("added_history"))
 
 
 def may_have_refunds(c: Checkout) -> bool:
@@ -335,9 +328,7 @@ class Repo:
                 if found is None:
                     return None, [], []
                 row, history = _with_history(found)
-                refunds = ([detached(Refund, r) for r in conn.execute(_REFUNDS, {"b_id": checkout_id})]
-                           if may_have_refunds(row) else [])
-                return row, history, refunds
+                return row, history, self._refunds_in(conn, row)
             found = conn.execute(_ROW, {"b_id": checkout_id}).first()
             if found is None:
                 return None, [], []
@@ -357,11 +348,15 @@ class Repo:
     def trail_in(conn: Connection, checkout: Checkout) -> tuple[list[Transition], list[Refund]]:
         """A checkout's history and refunds, read on ``conn`` (a read, or a move's write); the
         refunds only where there can be some."""
-        key = {"b_id": checkout.id}
-        history = [detached(Transition, r) for r in conn.execute(_HISTORY, key)]
+        history = [detached(Transition, r) for r in conn.execute(_HISTORY, {"b_id": checkout.id})]
+        return history, Repo._refunds_in(conn, checkout)
+
+    @staticmethod
+    def _refunds_in(conn: Connection, checkout: Checkout) -> list[Refund]:
+        """A checkout's refunds, read on ``conn`` only where there can be some."""
         if not may_have_refunds(checkout):
-            return history, []
-        return history, [detached(Refund, r) for r in conn.execute(_REFUNDS, key)]
+            return []
+        return [detached(Refund, r) for r in conn.execute(_REFUNDS, {"b_id": checkout.id})]
 
     def by_reference(self, merchant_order_reference: str) -> Checkout | None:
         return self._one(_BY_REFERENCE, {"b_value": merchant_order_reference})
@@ -518,7 +513,7 @@ class Repo:
         values, keys, history = _move_values(before, decided, now, reason, fact, source, claim)
         held = "b_token" in keys
         if conn.dialect.name == "postgresql":  # one round trip for both
-            written = conn.execute(_move_with_history(tuple(values), held), {
+            written = conn.execute(_move_statement(tuple(values), held, False, 0), {
                 **{f"v_{k}": v for k, v in values.items()}, **keys,
                 **{f"h_{k}": v for k, v in history.items()}}).first() is not None
         else:
@@ -536,7 +531,7 @@ class Repo:
         if record is not None:
             event = record(before, after, lambda: self.trail_in(conn, after), now)
             if event is not None:
-                conn.execute(_ADD_EVENT, event)
+                conn.execute(ADD_EVENT, event)
         self._commit(conn, finish)
         return before, after
 
@@ -756,13 +751,13 @@ class Keyed:
 
     def store_in(self, conn: Connection) -> bool:
         """In the effect's transaction: the key with ``answer``; False if the key is taken."""
-        return conn.execute(self.store.keep_answer, self.values()).first() is not None
+        assert self.answer is not None
+        return self.store.insert_in(conn, self.key, self.scope, self.request_hash, *self.answer)
 
     def values(self) -> dict[str, Any]:
         """The key's row, with ``answer``."""
         assert self.answer is not None
-        return {"key": self.key, "scope": self.scope, "request_hash": self.request_hash,
-                "created_at": self.store.repo.clock(), "status_code": self.answer[0], "response_body": self.answer[1]}
+        return self.store.row(self.key, self.scope, self.request_hash, *self.answer)
 
 
 class IdempotencyStore:
@@ -784,8 +779,6 @@ class IdempotencyStore:
         table = IdempotencyKey.__table__  # type: ignore[attr-defined]
         this = (table.c.key == bindparam("b_key")) & (table.c.scope == bindparam("b_scope"))
         self._begin = insert_skipping(repo.engine, table, ["key", "scope"]).returning(table.c.key)
-        #: a key with its answer (``Keyed.values``), skipped if the key exists: a row back if added
-        self.keep_answer = self._begin
         self._row = core_select(table).where(this)
         self._take = (update(table).where(this, table.c.created_at == bindparam("b_taken"))
                       .values(status_code=None, response_body=None))
@@ -825,9 +818,12 @@ class IdempotencyStore:
     def insert_in(self, conn: Connection, key: str, scope: str, request_hash: str, status_code: int,
                   body: str) -> bool:
         """The key with its answer, on ``conn`` (the caller's transaction); False if it exists."""
-        return conn.execute(self._begin, {"key": key, "scope": scope, "request_hash": request_hash,
-                                          "created_at": self.repo.clock(), "status_code": status_code,
-                                          "response_body": body}).first() is not None
+        return conn.execute(self._begin, self.row(key, scope, request_hash, status_code, body)).first() is not None
+
+    def row(self, key: str, scope: str, request_hash: str, status_code: int, body: str) -> dict[str, Any]:
+        """A key's row, taken now, with its answer."""
+        return {"key": key, "scope": scope, "request_hash": request_hash, "created_at": self.repo.clock(),
+                "status_code": status_code, "response_body": body}
 
     def remember(self, key: str, scope: str, request_hash: str, status_code: int, body: str,
                  insert: bool = True) -> tuple[str, Any]:
