@@ -434,17 +434,25 @@ class CheckoutService:
         if State(c.state) is not State.AWAITING_OTP:
             status = saga.public_status(State(c.state))
             raise CheckoutError(409, "INVALID_STATE", f"an OTP cannot be submitted while {status}", status=status)
-        try:
-            self.vault.put_otp(c.id, otp, self.settings.otp_ttl_seconds)
+        try:  # under this submission's own ref: a concurrent one can neither overwrite nor delete it
+            ref = self.vault.put_otp(c.id, otp, self.settings.otp_ttl_seconds)
         except Exception as exc:
             log.error("checkout.vault_unavailable", saga_id=c.id, error=type(exc).__name__)
             raise CheckoutError(503, "UNAVAILABLE", "the OTP store (Redis) is unavailable; nothing was changed",
                                 unavailable="redis") from None
+        # the move this submission wins carries its ref: the submit step reads exactly this OTP
         moved, shown = self.engine.apply_shown(c.id, Fact.OTP_SUBMITTED, Source.MERCHANT, "OTP submitted",
-                                               fields={"error_code": None, "error_message": None})
+                                               fields={"error_code": None, "error_message": None, "otp_ref": ref})
         if moved is None:
-            self.vault.drop_otp(c.id)
-            raise CheckoutError(409, "INVALID_STATE", "the checkout moved on; the OTP was not used")
+            self.vault.drop_otp(c.id, ref)  # only this submission's own entry
+            now = self.get(checkout_id)
+            status = saga.public_status(State(now.state))
+            if State(now.state) is State.VERIFYING_OTP:
+                log.info("checkout.otp_lost_race", saga_id=c.id)
+                raise CheckoutError(409, "INVALID_STATE", "another OTP submission for this checkout was accepted "
+                                    "first; this OTP was not used", status=status)
+            raise CheckoutError(409, "INVALID_STATE", f"the checkout moved on ({status}); the OTP was not used",
+                                status=status)
         return moved, shown
 
     def resend_otp(self, checkout_id: str) -> Checkout:

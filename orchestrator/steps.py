@@ -434,13 +434,13 @@ def submit_otp(d: Deps, run: Run, c: Checkout) -> None:
             return retry_later(d, run, c, Step.SUBMIT_OTP, exc)
         fact, _fields = order_fact(d, c, order)
         _resolve(d, run, Step.SUBMIT_OTP, "succeeded" if fact else "failed", f"order {order.status}")
-        d.vault.drop_otp(c.id)
+        d.vault.drop_otp(c.id, c.otp_ref)
         if settle(d, c, order, "OTP outcome found at Plural", Source.POLL, run):
             return
         state_fact(d, run, Fact.OTP_NOT_USED, "OTP outcome unknown and Plural still waiting: ask again",
                    error_code="OTP_UNCONFIRMED", error_message="the OTP could not be confirmed; submit it again")
         return
-    otp = d.vault.otp(c.id)
+    otp = d.vault.otp(c.id, c.otp_ref)  # the OTP of the submission whose move brought the checkout here
     if otp is None:
         state_fact(d, run, Fact.OTP_NOT_USED, "OTP expired before it was sent", error_code="OTP_EXPIRED",
                    error_message="submit the OTP again")
@@ -449,7 +449,7 @@ def submit_otp(d: Deps, run: Run, c: Checkout) -> None:
                      idempotent=False)
     if got.transient:
         return retry_later(d, run, c, Step.SUBMIT_OTP, got.transient)
-    d.vault.drop_otp(c.id)
+    d.vault.drop_otp(c.id, c.otp_ref)
     if got.refused:
         return _otp_refused(d, run, c, got.refused)
     _confirm(d, run, c, "OTP accepted")

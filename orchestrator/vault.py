@@ -3,11 +3,17 @@
 Values are Fernet-encrypted with ``CARD_ENCRYPTION_KEY`` and stored with a TTL; the payment step
 reads the card and deletes it once the payment exists. A message on the queue carries only the
 checkout id.
+
+An OTP is kept per submission: each submission writes its own entry (under a fresh ``ref``, in
+the checkout's hash of OTPs) before it tries the AWAITING_OTP → VERIFYING_OTP move, and the move
+it wins carries that ``ref`` (``Checkout.otp_ref``), so the submit step reads exactly the OTP that
+won. A submission that lost the move deletes only its own entry; none can overwrite another's.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -68,16 +74,36 @@ class Vault:
     def drop_card(self, checkout_id: str) -> None:
         self._redis.delete(self._key("card", checkout_id))
 
-    def put_otp(self, checkout_id: str, otp: str, ttl: int) -> None:
-        self._put("otp", checkout_id, {"otp": otp}, ttl)
+    def put_otp(self, checkout_id: str, otp: str, ttl: int) -> str:
+        """Keep one submission's OTP under a fresh ref (never over another's); returns the ref."""
+        ref = uuid.uuid4().hex
+        key = self._key("otps", checkout_id)
+        token = self._fernet.encrypt(json.dumps({"otp": otp}).encode())
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, ref, token)
+            pipe.expire(key, ttl)
+            written, _ = pipe.execute()
+        if not written:  # a fresh ref is never taken: never write over one that is
+            raise VaultError(f"OTP ref for {checkout_id} already taken")
+        return ref
 
-    def otp(self, checkout_id: str) -> str | None:
-        data = self._get("otp", checkout_id)
-        return data["otp"] if data else None
+    def otp(self, checkout_id: str, ref: str | None) -> str | None:
+        """The OTP the submission ``ref`` kept, or None (expired, used, or no ref)."""
+        if ref is None:
+            return None
+        raw = self._redis.hget(self._key("otps", checkout_id), ref)
+        if raw is None:
+            return None
+        try:
+            return json.loads(self._fernet.decrypt(raw))["otp"]
+        except InvalidToken:
+            raise VaultError(f"otp for {checkout_id} does not decrypt with the configured key") from None
 
-    def drop_otp(self, checkout_id: str) -> None:
-        self._redis.delete(self._key("otp", checkout_id))
+    def drop_otp(self, checkout_id: str, ref: str | None) -> None:
+        """Drop the OTP of the submission ``ref`` only."""
+        if ref is not None:
+            self._redis.hdel(self._key("otps", checkout_id), ref)
 
     def drop(self, checkout_id: str) -> None:
-        """Drop the card and the OTP (one round trip)."""
-        self._redis.delete(self._key("card", checkout_id), self._key("otp", checkout_id))
+        """Drop the card and every OTP kept for the checkout (one round trip)."""
+        self._redis.delete(self._key("card", checkout_id), self._key("otps", checkout_id))

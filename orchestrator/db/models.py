@@ -98,6 +98,8 @@ class Checkout(SQLModel, table=True):
 
     otp_resend_at: Optional[dt.datetime] = None
     otp_attempts_left: Optional[int] = None
+    # the vault entry of the OTP submission that won the move to VERIFYING_OTP (``Vault.put_otp``)
+    otp_ref: Optional[str] = Field(default=None, max_length=32)
 
     authorized_amount: int = money(default=0)
     captured_amount: int = money(default=0)
