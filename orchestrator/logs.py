@@ -7,8 +7,9 @@ masked to its last four, a CVV in free text and a validation error's ``input_val
 and any field whose key mentions ``cvv`` is dropped, at any depth. ``mask_text`` is the same rule
 for text that is stored or returned (Plural's error messages, validation errors).
 
-Plural's own identifiers (``v1-250129053005-aa-imFYK2-de-a``) carry long digit runs but cannot be
-card numbers; they are left readable.
+Plural's own identifiers (``v1-250129053005-aa-imFYK2-de-a``) and UUIDs (request ids, ours and
+Plural's: ``17d41f45-5eea-4953-8712-0825c11b36c1``) carry long digit runs but cannot be card
+numbers; they are left readable, so a support ticket can still quote them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import structlog
 _PLURAL_ID = r"v1-\d{6,}-[a-z]{2}-[A-Za-z0-9]+(?:-[a-z]{2}-[A-Za-z0-9]+)?"
 # no word boundaries: a card number glued to letters, underscores or URL escapes is still one
 _CARD_RUN = r"\d(?:[ .-]?\d){11,18}"
-_PATTERN = re.compile(f"({_PLURAL_ID})|({_CARD_RUN})")
+_UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}(?![0-9A-Fa-f])"
+_PATTERN = re.compile(f"({_PLURAL_ID}|{_UUID})|({_CARD_RUN})")
 _CVV_TEXT = re.compile(r"(?i)(cvv2?|cvc2?|cvn|card.?verification|security.?code)(\W{0,6})\d{3,4}")
 _INPUT_VALUE = re.compile(r"input_value=('[^']*'|\"[^\"]*\"|[^,\]\s]+)")
 _SENSITIVE_KEY = re.compile(r"cvv|cvc|card_?number|^pan$", re.IGNORECASE)
@@ -32,7 +34,7 @@ _SENSITIVE_KEY = re.compile(r"cvv|cvc|card_?number|^pan$", re.IGNORECASE)
 def mask_text(text: str) -> str:
     """Mask every 12-19 digit run (spaces, dots or dashes between digits allowed, whatever stands
     around it) to ``****`` + its last four digits; hide a CVV written in free text and the
-    ``input_value`` a validation error quotes. Plural's own identifiers stay readable."""
+    ``input_value`` a validation error quotes. Plural's own identifiers and UUIDs stay readable."""
 
     def repl(match: re.Match[str]) -> str:
         if match.group(1):

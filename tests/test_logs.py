@@ -121,3 +121,39 @@ def test_plural_error_text_is_masked_before_it_is_stored(harness):
     assert "4012001037141112" not in stored and "123" not in stored.replace("****1112", "")
     assert "****1112" in row.error_message
     assert "4012001037141112" not in json.dumps(h.service.view(row))
+
+
+# --- identifiers survive, card numbers do not (issue 23: a request id must stay matchable) ---
+import uuid  # noqa: E402
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+
+def _luhn_complete(body: str) -> str:
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch)
+        if i % 2 == 0:
+            d = d * 2 - 9 if d * 2 > 9 else d * 2
+        total += d
+    return body + str((10 - total % 10) % 10)
+
+
+def test_the_request_id_of_a_plural_error_stays_readable():
+    rid = "17d41f45-5eea-4953-8712-0825c11b36c1"  # 4953-8712-0825 once read as a card
+    assert mask_text(f"request_id={rid} failed") == f"request_id={rid} failed"
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.uuids(), st.text(max_size=20), st.text(max_size=20))
+def test_any_uuid_survives_masking(value: uuid.UUID, before: str, after: str):
+    text = f"{before} {value} {after}"
+    assert str(value) in mask_text(text)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.integers(min_value=11, max_value=18).flatmap(lambda n: st.text("0123456789", min_size=n, max_size=n)),
+       st.text(max_size=30), st.text(max_size=30))
+def test_any_luhn_valid_card_number_inside_any_text_is_masked(body: str, before: str, after: str):
+    number = _luhn_complete(body)
+    assert number not in mask_text(before + number + after)
