@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     orchestrator_api_key: SecretStr = SecretStr(SANDBOX_API_KEY)
     card_encryption_key: SecretStr = SecretStr(SANDBOX_CARD_KEY)
     card_ttl_seconds: int = Field(default=900, gt=0)
+    #: Plural's documented maximum order amount (₹10 lakh); a merchant with another agreement raises
+    #: it, up to the 64-bit-safe limit every money field has (10_000_000_000 paise)
+    max_order_amount: int = Field(default=100_000_000, gt=0, le=10_000_000_000)
     customer_action_timeout: int = Field(default=900, gt=0)
     public_base_url: str = "http://127.0.0.1:8000"
 

@@ -235,11 +235,19 @@ class CheckoutService:
 
     # --- create -------------------------------------------------------------------------
 
+    def _within_ceiling(self, amount: int) -> None:
+        """Plural refuses an order above its maximum; refused here first, with nothing created."""
+        limit = self.settings.max_order_amount
+        if amount > limit:
+            raise CheckoutError(422, "AMOUNT_LIMIT_EXCEEDED", f"an order is at most {limit} minor units "
+                                "(MAX_ORDER_AMOUNT)", maximum=limit)
+
     def create(self, req: CheckoutIn, keyed: Keyed | None = None) -> tuple[Checkout, bool]:
         """A new checkout (True), or the one its merchant_order_reference already names (False).
         ``keyed``: the request's Idempotency-Key, stored with the new checkout's answer (202, its
         view) in the checkout's own transaction; a key another request committed first is a
         ``CheckoutError`` 409 ``IDEMPOTENCY_KEY_TAKEN`` with nothing written."""
+        self._within_ceiling(req.amount.value)
         sandbox = self.settings.plural_env.value == "sandbox"
         if not luhn_ok(req.card.number) and not (sandbox and req.card.number in SANDBOX_SAMPLE_CARDS):
             raise CheckoutError(400, "INVALID_CARD", "card number fails the Luhn check")
@@ -405,6 +413,7 @@ class CheckoutService:
         """Plural's offer discovery for these terms, passed on exactly as Plural answered."""
         from orchestrator.steps import TRANSIENT, offer_terms
 
+        self._within_ceiling(req.amount.value)
         terms = offer_terms(req.amount.value, req.amount.currency,
                             [(p.product_code, p.product_amount.value) for p in req.product_details or []],
                             req.cart_coupon_discount_amount.value if req.cart_coupon_discount_amount else None)

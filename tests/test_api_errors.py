@@ -52,10 +52,24 @@ def test_an_amount_above_the_limit_is_a_422_with_its_code(api, value):
 
 
 @pytest.mark.parametrize("value", [2**31, MAX_AMOUNT])
-def test_amounts_beyond_32_bits_up_to_the_limit_are_stored_whole(api, harness, value):
+def test_amounts_beyond_32_bits_up_to_the_limit_are_stored_whole(api, harness, value, monkeypatch):
+    monkeypatch.setattr(harness.service.settings, "max_order_amount", MAX_AMOUNT)
     answer = api.post("/v1/checkouts", json=body(amount={"value": value, "currency": "INR"}))
     assert answer.status_code == 202
     assert harness.deps.repo.get(answer.json()["id"]).amount_value == value
+
+
+def test_an_order_above_plurals_ceiling_is_refused_with_nothing_created(api, harness):
+    answer = api.post("/v1/checkouts", json=body(amount={"value": 100_000_001, "currency": "INR"},
+                                                 merchant_order_reference="over-the-ceiling"))
+    assert answer.status_code == 422
+    assert answer.json()["code"] == "AMOUNT_LIMIT_EXCEEDED" and answer.json()["maximum"] == 100_000_000
+    assert harness.deps.repo.by_reference("over-the-ceiling") is None
+
+
+def test_an_order_at_plurals_ceiling_is_accepted(api):
+    answer = api.post("/v1/checkouts", json=body(amount={"value": 100_000_000, "currency": "INR"}))
+    assert answer.status_code == 202
 
 
 def test_validation_errors_never_echo_a_card_number(api):

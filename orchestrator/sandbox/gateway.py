@@ -94,6 +94,8 @@ class SandboxConfig:
     strict: bool = True
     #: a payment not completed in this time expires (PAYMENT_EXPIRED); 0: never
     payment_expiry_seconds: float = 900.0
+    #: Plural's documented maximum order amount, in paise: larger orders answer 422 AMOUNT_LIMIT_EXCEEDED
+    max_order_amount: int = 100_000_000
     #: the EMI offer book (issuers, tenures, rates, fees, discounts, subventions, limits)
     offers: offers.OfferBook = field(default_factory=lambda: offers.DEFAULT_BOOK)
 
@@ -311,6 +313,9 @@ class Gateway:
     def create_order(self, body: dict[str, Any]) -> dict[str, Any]:
         reference = self._reference(body.get("merchant_order_reference"), "merchant_order_reference")
         amount = self._money(body.get("order_amount"), "order_amount")
+        if amount["value"] > self.config.max_order_amount:
+            raise _refused(f"order_amount exceeds the maximum of {self.config.max_order_amount}",
+                           "AMOUNT_LIMIT_EXCEEDED", field="order_amount.value")
         pre_auth = body.get("pre_auth", False)
         if not isinstance(pre_auth, bool):
             raise _bad("pre_auth must be true or false")

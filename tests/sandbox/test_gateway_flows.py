@@ -141,6 +141,13 @@ def test_refund_of_an_unpaid_order_is_refused(client, sandbox):
         client.create_refund(o.order_id, RefundRequest(merchant_order_reference=ref("r")))
 
 
+def test_an_order_above_the_documented_maximum_is_refused(client, sandbox):
+    with pytest.raises(errors.BusinessRuleError) as refused:
+        order(client, amount=100_000_001)
+    assert refused.value.code == "AMOUNT_LIMIT_EXCEEDED"
+    assert order(client, amount=100_000_000).order_amount.value == 100_000_000
+
+
 def test_decline_at_payment_leaves_the_order_attempted(client, sandbox):
     o = order(client)
     reference = ref("p")
