@@ -422,7 +422,12 @@ def generate_otp(d: Deps, run: Run, c: Checkout) -> None:
         return
     answer = got.result
     state_fact(d, run, Fact.OTP_SENT, "OTP sent", otp_resend_at=_s(d, answer.resend_after_seconds or 0),
-               otp_attempts_left=c.otp_attempts_left or d.settings.otp_max_attempts)
+               otp_attempts_left=_attempts_left(d, c))
+
+
+def _attempts_left(d: Deps, c: Checkout) -> int:
+    """Wrong OTPs still allowed, from our own count (OTP_MAX_ATTEMPTS less the refusals we had)."""
+    return d.settings.otp_max_attempts if c.otp_attempts_left is None else c.otp_attempts_left
 
 
 def submit_otp(d: Deps, run: Run, c: Checkout) -> None:
@@ -468,16 +473,16 @@ def _confirm(d: Deps, run: Run, c: Checkout, reason: str) -> None:
 
 
 def _otp_refused(d: Deps, run: Run, c: Checkout, exc: errors.APIError) -> None:
-    left = exc.details.get("attempts_remaining") if isinstance(exc.details, dict) else None
+    # counted from our own record: Plural's error details carry only source, step and reason
+    left = max(_attempts_left(d, c) - 1, 0)
     try:
         order = d.plural.get_order(c.plural_order_id)
     except TRANSIENT:
         order = None
     if order is not None and settle(d, c, order, f"OTP refused ({exc.code})", Source.STEP, run):
         return
-    fields: dict[str, Any] = {"error_code": exc.code[:64], "error_message": text(exc.message)}
-    if isinstance(left, int):
-        fields["otp_attempts_left"] = left
+    fields: dict[str, Any] = {"error_code": exc.code[:64], "error_message": text(exc.message),
+                              "otp_attempts_left": left}
     state_fact(d, run, Fact.OTP_WRONG, f"OTP refused ({exc.code})", **fields)
 
 
@@ -486,10 +491,8 @@ def resend_otp(d: Deps, run: Run, c: Checkout) -> None:
                      lambda a: f"resend_after={a.resend_after_seconds}", idempotent=False)
     if got.refused:
         exc = got.refused
+        # the resend timer stays ours (from the last Generate / Resend answer's meta_data.resend_after)
         fields: dict[str, Any] = {"error_code": exc.code[:64], "error_message": text(exc.message)}
-        wait = exc.details.get("resend_after") if isinstance(exc.details, dict) else None
-        if wait is not None and str(wait).isdigit():
-            fields["otp_resend_at"] = _s(d, int(wait))
         d.repo.note(c.id, states={State.AWAITING_OTP}, claim=run.claim, finish=run.finished, **fields)
         return
     if got.transient:

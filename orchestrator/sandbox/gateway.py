@@ -60,9 +60,15 @@ class GatewayError(Exception):
         self.status, self.code, self.message, self.details = status, code, message, details or {}
 
     def body(self) -> dict[str, Any]:
+        """Plural's error body: ``additional_error_details`` carries ``source``, ``step`` and
+        ``reason`` and nothing else (no attempt counts, no resend timers: a client counts those
+        itself). A ``field`` given to ``_bad`` is the ``source``."""
         out: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details:
-            out["additional_error_details"] = self.details
+            d = self.details
+            out["additional_error_details"] = {"source": str(d.get("source") or d.get("field") or "request"),
+                                               "step": str(d.get("step") or "validation"),
+                                               "reason": str(d.get("reason") or self.message)}
         return out
 
 
@@ -555,8 +561,8 @@ class Gateway:
             if left <= 0:
                 self._fail_payment(state, order, public, "USER_AUTHENTICATION_FAILED", "OTP attempts exhausted")
                 raise _refused("incorrect OTP; no attempts left, the payment has failed", "OTP_ATTEMPTS_EXHAUSTED",
-                               attempts_remaining=0)
-            raise _refused("incorrect OTP", "INVALID_OTP", attempts_remaining=left)
+                               source="otp", step="SUBMIT_OTP", reason="OTP_ATTEMPTS_EXHAUSTED")
+            raise _refused("incorrect OTP", "INVALID_OTP", source="otp", step="SUBMIT_OTP", reason="INCORRECT_OTP")
 
     def resend_otp(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
@@ -566,7 +572,7 @@ class Gateway:
             wait = state.otp_sent_at + self.config.otp_resend_after - self.clock()
             if wait > 0:
                 raise _refused(f"OTP can be resent after {int(wait) + 1} seconds", "OTP_RESEND_NOT_ALLOWED",
-                               resend_after=str(int(wait) + 1))
+                               source="otp", step="RESEND_OTP", reason="RESEND_TOO_EARLY")
             if state.resends >= self.config.otp_resend_limit:
                 raise _refused("OTP resend limit reached", "OTP_RESEND_LIMIT_REACHED")
             state.resends += 1

@@ -217,16 +217,28 @@ def test_three_wrong_otps_fail_the_payment(client, sandbox):
     o = order(client)
     payment_id = pay(client, o).payments[0].id
     client.generate_otp(payment_id)
-    remaining = []
+    codes = []
     for _ in range(3):
         with pytest.raises(errors.OTPRejected) as exc:
             client.submit_otp(payment_id, "000000")
-        remaining.append(exc.value.details.get("attempts_remaining"))
-    assert remaining == [2, 1, 0]
+        codes.append(exc.value.code)
+    assert codes == ["INVALID_OTP", "INVALID_OTP", "OTP_ATTEMPTS_EXHAUSTED"]
     after = client.get_order(o.order_id)
     assert after.payments[0].status == "FAILED" and after.status == "ATTEMPTED"
     with pytest.raises(errors.OTPRejected):
         client.submit_otp(payment_id, "123456")
+
+
+def test_error_details_carry_only_source_step_and_reason_as_plural_documents(client, sandbox):
+    payment_id = pay(client, order(client)).payments[0].id
+    client.generate_otp(payment_id)
+    for call in (lambda: client.submit_otp(payment_id, "000000"), lambda: client.resend_otp(payment_id)):
+        with pytest.raises(errors.OTPRejected) as exc:
+            call()
+        assert set(exc.value.details) == {"source", "step", "reason"}
+    with pytest.raises(errors.InvalidRequest) as bad:
+        client.submit_otp(payment_id, "12")
+    assert set(bad.value.details) == {"source", "step", "reason"} and bad.value.details["source"] == "otp"
 
 
 def test_resend_honours_resend_after_and_the_limit(client, sandbox):
@@ -234,7 +246,7 @@ def test_resend_honours_resend_after_and_the_limit(client, sandbox):
     client.generate_otp(payment_id)
     with pytest.raises(errors.OTPRejected) as exc:
         client.resend_otp(payment_id)
-    assert exc.value.code == "OTP_RESEND_NOT_ALLOWED" and "resend_after" in exc.value.details
+    assert exc.value.code == "OTP_RESEND_NOT_ALLOWED"
     for _ in range(3):
         time.sleep(1.05)
         assert client.resend_otp(payment_id).status == "SUCCESS"
