@@ -91,6 +91,21 @@ def test_too_many_wrong_otps_fail_the_checkout(harness):
     assert c.state == "FAILED" and c.error_code == "USER_AUTHENTICATION_FAILED"
 
 
+def test_an_otp_submitted_after_the_payment_expired_fails_the_checkout_payment_expired(harness):
+    import requests
+
+    h = harness
+    if h.mode == "lenient":
+        pytest.skip("the lenient sandbox lets nothing expire")
+    c = checkout(h)
+    requests.post(f"{h.sandbox_url}/sandbox/clock", json={"advance": 901}, timeout=5).raise_for_status()
+    h.service.submit_otp(c.id, "123456")
+    h.drain()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "FAILED" and c.error_code == "PAYMENT_EXPIRED"
+    assert h.service.view(c)["status"] == "FAILED"
+
+
 def test_declined_card_fails_and_its_data_is_gone(harness):
     h = harness
     c = checkout(h, card=DECLINE_CARD)

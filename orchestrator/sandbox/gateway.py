@@ -6,7 +6,9 @@ JSON-shaped dicts, or raises ``GatewayError`` with Plural's error body and HTTP 
 Statuses follow Plural: an order is ``CREATED``, ``PENDING`` once a payment is made, then
 ``AUTHORIZED`` (pre-auth) or ``PROCESSED``; capture (full → ``PROCESSED``, partial →
 ``PARTIALLY_CAPTURED``) only from ``AUTHORIZED``; cancel; refunds of captured orders; a failed
-payment leaves the order ``ATTEMPTED`` while retries remain, ``FAILED`` after. Every money
+payment leaves the order ``ATTEMPTED`` while retries remain, ``FAILED`` after (and at once when
+the OTP attempts are exhausted); a payment's expiry is checked on every path that could
+authorize it (OTP submit, the bank page), answered ``PAYMENT_EXPIRED``. Every money
 movement is written to the ledger.
 """
 
@@ -468,11 +470,14 @@ class Gateway:
         return f"{self.config.public_url.rstrip('/')}/sandbox/acs/{state.payment_id}?token={state.acs_token}"
 
     def _fail_payment(self, state: PaymentState, order: dict[str, Any], public: dict[str, Any], code: str,
-                      message: str) -> None:
+                      message: str, *, final: bool = False) -> None:
+        """``final``: the order cannot be paid any more (exhausted OTP attempts end it FAILED, as
+        Plural's order life cycle does); otherwise ATTEMPTED while payment retries remain."""
         public["status"] = "FAILED"
         public["error_detail"] = {"code": code, "message": message}
         public["updated_at"] = self.now_iso()
-        order["payment_retries_remaining"] = max(order.get("payment_retries_remaining", 1) - 1, 0)
+        order["payment_retries_remaining"] = (0 if final else
+                                              max(order.get("payment_retries_remaining", 1) - 1, 0))
         self._record("PAYMENT_FAILED", order, public["payment_amount"]["value"], payment_id=state.payment_id,
                      code=code)
         self._touch(order, "ATTEMPTED" if order["payment_retries_remaining"] > 0 else "FAILED")
@@ -524,7 +529,11 @@ class Gateway:
     # --- native OTP ---------------------------------------------------------------------
 
     def _otp_payment(self, body: dict[str, Any]) -> tuple[PaymentState, dict[str, Any], dict[str, Any]]:
+        self._expire_due_payments()  # every path that could authorize checks the expiry first
         state, order, public = self._payment(body.get("payment_id"))
+        if public["status"] == "FAILED" and (public.get("error_detail") or {}).get("code") == "PAYMENT_EXPIRED":
+            raise _refused("the payment has expired", "PAYMENT_EXPIRED", source="payment", step="OTP",
+                           reason="PAYMENT_EXPIRED")
         if public["status"] != "PENDING":
             raise _refused(f"payment is {public['status']}", "INVALID_REQUEST")
         return state, order, public
@@ -559,7 +568,8 @@ class Gateway:
             state.otp_attempts += 1
             left = self.config.otp_max_attempts - state.otp_attempts
             if left <= 0:
-                self._fail_payment(state, order, public, "USER_AUTHENTICATION_FAILED", "OTP attempts exhausted")
+                self._fail_payment(state, order, public, "USER_AUTHENTICATION_FAILED", "OTP attempts exhausted",
+                                   final=True)
                 raise _refused("incorrect OTP; no attempts left, the payment has failed", "OTP_ATTEMPTS_EXHAUSTED",
                                source="otp", step="SUBMIT_OTP", reason="OTP_ATTEMPTS_EXHAUSTED")
             raise _refused("incorrect OTP", "INVALID_OTP", source="otp", step="SUBMIT_OTP", reason="INCORRECT_OTP")
@@ -591,6 +601,7 @@ class Gateway:
     def acs_decide(self, payment_id: str, token: str, approve: bool) -> str:
         """Approve or decline on the ACS page; returns the URL the browser goes to next."""
         with self.lock:
+            self._expire_due_payments()  # a bank page left open past the expiry cannot authorize
             state, order, public = self._payment(payment_id)
             if not secrets.compare_digest(state.acs_token, token or ""):
                 raise GatewayError(403, "UNAUTHORIZED", "invalid challenge token")

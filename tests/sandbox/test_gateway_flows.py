@@ -224,7 +224,7 @@ def test_three_wrong_otps_fail_the_payment(client, sandbox):
         codes.append(exc.value.code)
     assert codes == ["INVALID_OTP", "INVALID_OTP", "OTP_ATTEMPTS_EXHAUSTED"]
     after = client.get_order(o.order_id)
-    assert after.payments[0].status == "FAILED" and after.status == "ATTEMPTED"
+    assert after.payments[0].status == "FAILED" and after.status == "FAILED"
     with pytest.raises(errors.OTPRejected):
         client.submit_otp(payment_id, "123456")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from orchestrator.sandbox.gateway import Gateway, SandboxConfig
+from orchestrator.sandbox.gateway import Gateway, GatewayError, SandboxConfig
 
 OTP_CARD = "4012001037141112"
 
@@ -83,3 +83,49 @@ def test_the_ledger_can_be_read_for_some_orders_only():
     first, second, third = paid(g), order(g), order(g)
     assert {e["order_id"] for e in g.ledger_view([first, third])} == {first, third}
     assert {e["order_id"] for e in g.ledger_view()} == {first, second, third}
+
+
+def _waiting_for_otp(g: Gateway) -> tuple[str, str]:
+    order_id = order(g)
+    payment_id = pay(g, order_id)
+    g.generate_otp({"payment_id": payment_id})
+    return order_id, payment_id
+
+
+def test_an_otp_submitted_after_the_payment_expired_is_refused_payment_expired():
+    clock = Time()
+    g = gateway(clock)
+    order_id, payment_id = _waiting_for_otp(g)
+    clock.now += 901  # nobody asked for the order in between: the expiry is still enforced
+    try:
+        g.submit_otp({"payment_id": payment_id, "otp": "123456"})
+    except GatewayError as exc:
+        assert (exc.status, exc.code) == (422, "PAYMENT_EXPIRED")
+    else:
+        raise AssertionError("an expired payment was authorized")
+    assert payment_status(g, order_id) == "FAILED"
+
+
+def test_the_bank_page_after_the_payment_expired_does_not_authorize():
+    clock = Time()
+    g = gateway(clock)
+    order_id = order(g)
+    payment_id = pay(g, order_id)
+    token = g.payments[payment_id].acs_token
+    clock.now += 901
+    g.acs_decide(payment_id, token, approve=True)
+    data = g.get_order(order_id)["data"]
+    assert data["payments"][-1]["status"] == "FAILED"
+    assert data["payments"][-1]["error_detail"]["code"] == "PAYMENT_EXPIRED"
+    assert data["status"] not in ("AUTHORIZED", "PROCESSED")
+
+
+def test_exhausted_otp_attempts_fail_the_order():
+    g = gateway(Time())
+    order_id, payment_id = _waiting_for_otp(g)
+    for _ in range(3):
+        try:
+            g.submit_otp({"payment_id": payment_id, "otp": "000000"})
+        except GatewayError:
+            pass
+    assert status(g, order_id) == "FAILED"
