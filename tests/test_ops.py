@@ -206,3 +206,17 @@ def test_a_checkout_plural_has_no_order_for_is_resolved_as_failed(harness):
     stuck = h.deps.repo.get(c.id)
     assert stuck.state == "NEEDS_ATTENTION" and stuck.attention_from == "NEW"
     assert h.service.operator(c.id, "resolve", "FAILED", who="asha").state == "FAILED"
+
+
+def test_a_checkout_stuck_with_a_payment_open_at_plural_is_not_failed_but_cancelled_through_cancelling(harness):
+    from orchestrator.core.saga import Fact, Source
+    from orchestrator.service import ResolveRefused
+    from tests.test_webhooks import start
+
+    h = harness
+    c = start(h)  # the customer is on the bank page: our payment is open at Plural
+    h.deps.engine.apply(c.id, Fact.GAVE_UP, Source.TIMER, "poll_order failed 8 times: ServerError")
+    with pytest.raises(ResolveRefused) as refused:
+        h.service.operator(c.id, "resolve", "FAILED", who="asha")
+    assert "still open" in refused.value.message and h.state(c.id) == "NEEDS_ATTENTION"
+    assert h.service.operator(c.id, "resolve", "CANCELLED", who="asha").state == "CANCELLING"
