@@ -108,7 +108,8 @@ def _operator(args: argparse.Namespace) -> int:
     except CheckoutError as exc:
         print(f"orchestrator {args.action}: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
-    print(f"{c.id}: {c.state}")
+    note = "  (cancelling at Plural: the cancel step releases the hold; `orchestrator checkout` shows the outcome)"
+    print(f"{c.id}: {c.state}{note if c.state == 'CANCELLING' else ''}")
     return 0
 
 
@@ -378,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     one.set_defaults(func=_reading(_checkout))
 
     for action in ("retry", "resolve"):
-        op = sub.add_parser(action, help=f"{action} a checkout that NEEDS_ATTENTION (recorded in its history)")
+        op = sub.add_parser(action, help=f"{action} a checkout that NEEDS_ATTENTION (recorded in its history)" + (
+            "; asks Plural's Get Order first and refuses an outcome Plural's view contradicts" if action == "resolve"
+            else ""))
         op.add_argument("checkout_id", help="the checkout (chk_…)")
         if action == "resolve":
             op.add_argument("--as", dest="outcome", required=True, choices=["COMPLETED", "CANCELLED", "FAILED"])

@@ -44,6 +44,14 @@ class CheckoutError(Exception):
         return {"code": self.code, "message": self.message, **self.details}
 
 
+class ResolveRefused(CheckoutError):
+    """An operator's resolve that Plural's view of the order contradicts: nothing of the wish was done
+    (the checkout may have followed Plural's own fact; ``state`` says where it is)."""
+
+    def __init__(self, message: str, **details: Any):
+        super().__init__(409, "RESOLVE_REFUSED", message, **details)
+
+
 MOBILE = r"^[6-9][0-9]{9}$"
 
 
@@ -506,11 +514,70 @@ class CheckoutService:
             wanted = State(outcome) if outcome in {s.value for s in saga.OPERATOR_OUTCOMES} else None
             if wanted is None:
                 raise CheckoutError(400, "INVALID_REQUEST", "resolve as COMPLETED, CANCELLED or FAILED")
-            moved = self.engine.apply(c.id, Fact.OPERATOR_RESOLVE, Source.OPERATOR,
-                                      f"resolved as {wanted.value} by {who}"[:200], wanted=wanted)
+            moved = self._resolve(c, wanted, who)
         if moved is None:
             raise CheckoutError(409, "INVALID_STATE", "the checkout moved on meanwhile")
         return moved
+
+    def _plural_order(self, c: Checkout) -> Any:
+        """Plural's order of a checkout, None when Plural has none; unreachable: refused, never guessed."""
+        try:
+            if self.plural is None:
+                raise plural_errors.ConnectionFailed("no Plural client in this process")
+            if c.plural_order_id:
+                try:
+                    return self.plural.get_order(c.plural_order_id)
+                except plural_errors.NotFound:
+                    raise ResolveRefused(f"not resolved: Plural does not know the order {c.plural_order_id} this "
+                                         "checkout recorded; nothing was changed", plural_status=None,
+                                         state=c.state) from None
+            try:
+                return self.plural.get_order_by_reference(c.merchant_order_reference)
+            except plural_errors.NotFound:
+                return None
+        except plural_errors.PluralError as exc:
+            log.warning("checkout.resolve.plural_unavailable", saga_id=c.id, error=type(exc).__name__)
+            raise CheckoutError(503, "PLURAL_UNAVAILABLE",
+                                f"cannot ask Plural for the order ({type(exc).__name__}); nothing was changed, "
+                                "try again when Plural answers", unavailable="plural") from None
+
+    def _resolve(self, c: Checkout, wanted: State, who: str) -> Checkout | None:
+        """An operator's resolve, decided against Plural's Get Order: the checkout first follows
+        Plural's own fact (a final view, or a hold), then goes where ``saga.operator_resolution``
+        allows; a wish Plural's view contradicts is refused (``ResolveRefused``)."""
+        from orchestrator import steps
+
+        order = self._plural_order(c)
+        fact, fields = None, {}
+        view, payment_open, status = None, False, "no order"
+        if order is not None:
+            fact, fields = steps.order_fact(self._deps(), c, order)
+            payment = steps._our_payment(c, order)
+            view = saga.gateway_view(order.status, payment.status if payment else None)
+            payment_open, status = payment is not None, order.status
+        target = saga.operator_resolution(wanted, view, payment_open)
+        if fact is not None and target is not State.CANCELLING:
+            # what any poll would do: the checkout follows Plural's fact, whatever the operator wishes
+            followed = self.engine.apply(c.id, fact, Source.POLL, f"asked for a resolve by {who}: Plural reports "
+                                         f"{status}"[:200], fields=fields)
+            if followed is not None:
+                if State(followed.state) is wanted:
+                    return followed
+                raise self._refused(c, wanted, status, f"the checkout followed Plural to {followed.state}",
+                                    followed.state)
+        if target is None:
+            raise self._refused(c, wanted, status, _why_not(wanted, view, payment_open), c.state)
+        if target is State.CANCELLING:
+            fields = {"plural_status": order.status if order is not None else None, "cancel_reason": "OPERATOR"}
+        reason = f"resolved as {wanted.value} by {who}" + ("" if target is wanted else f": {target.value} at Plural "
+                                                           f"(order {status})")
+        return self.engine.apply(c.id, Fact.OPERATOR_RESOLVE, Source.OPERATOR, reason[:200], wanted=target,
+                                 fields=fields)
+
+    def _refused(self, c: Checkout, wanted: State, status: str, why: str, state: str) -> ResolveRefused:
+        log.warning("checkout.resolve.refused", saga_id=c.id, wanted=wanted.value, plural_status=status, state=state)
+        return ResolveRefused(f"not resolved as {wanted.value}: Plural reports {status}; {why}",
+                              plural_status=None if status == "no order" else status, state=state)
 
     # --- pre-auth delivery and refunds --------------------------------------------------
 
@@ -569,3 +636,16 @@ def _emi_choice(req: CheckoutIn) -> dict[str, Any] | None:
                                 for p in req.product_details or []]}
 
 
+def _why_not(wanted: State, view: saga.GatewayView | None, payment_open: bool) -> str:
+    """Why Plural's view refuses an operator's outcome, with what to do instead."""
+    if view is saga.GatewayView.PROCESSED:
+        return "Plural took the money: only COMPLETED agrees (refund the checkout if it must be undone)"
+    if wanted is State.COMPLETED:
+        held = "it holds the money but nothing was captured" if view is saga.GatewayView.AUTHORIZED else \
+            "no money was taken"
+        return f"{held}; COMPLETED only when Plural says PROCESSED (retry the checkout, or resolve as CANCELLED)"
+    if view is saga.GatewayView.AUTHORIZED:
+        return "it holds the money; resolve as CANCELLED to release the hold, or retry the checkout"
+    if payment_open:
+        return "a payment of ours is still open there; resolve as CANCELLED to cancel it, or retry the checkout"
+    return "its view does not allow this outcome"

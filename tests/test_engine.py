@@ -382,10 +382,11 @@ def test_an_operator_resolves_a_stuck_checkout_and_the_history_says_who(harness)
     c = stuck_capture(h)
     with pytest.raises(CheckoutError):
         h.service.operator(c.id, "resolve", "CAPTURING", who="asha")
-    done = h.service.operator(c.id, "resolve", "FAILED", who="asha")
-    assert done.state == "FAILED"
+    done = h.service.operator(c.id, "resolve", "CANCELLED", who="asha")
+    assert done.state == "CANCELLING"  # Plural holds the money: the cancel step releases it
     last = h.deps.repo.history(c.id)[-1]
-    assert (last.source, last.reason) == ("operator", "resolved as FAILED by asha")
+    assert (last.source, last.reason) == ("operator", "resolved as CANCELLED by asha: CANCELLING at Plural "
+                                                      "(order AUTHORIZED)")
     with pytest.raises(CheckoutError):
         h.service.operator(c.id, "retry", who="asha")
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from orchestrator import cli, ops
 from tests.test_events import completed
-from tests.test_steps import checkout
+from tests.test_steps import checkout, received
 
 
 def run(monkeypatch, capsys, harness, *argv):
@@ -90,3 +92,131 @@ def test_gateway_endpoints_are_labelled_without_ids():
 
     assert endpoint("POST", "/api/pay/v1/orders/v1-2611-aa-Xy9/payments") == "POST /api/pay/v1/orders/{id}/payments"
     assert endpoint("GET", "/api/pay/v1/orders/reference/b-51d4") == "GET /api/pay/v1/orders/reference/{id}"
+
+
+# --- resolve: Plural's Get Order first, then the engine's moves -----------------------------
+
+def resolve(monkeypatch, capsys, h, checkout_id, outcome):
+    """``orchestrator resolve ID --as OUTCOME`` against the harness's service (and its sandbox)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr("orchestrator.runtime.get_runtime", lambda: SimpleNamespace(service=lambda: h.service))
+    return run(monkeypatch, capsys, h, "resolve", checkout_id, "--as", outcome, "--operator", "asha")
+
+
+def test_resolving_a_stuck_capture_as_cancelled_goes_through_cancelling_and_releases_the_hold(
+        harness, monkeypatch, capsys):
+    from tests.test_capture_refunds import kinds
+    from tests.test_engine import stuck_capture
+
+    h = harness
+    c = stuck_capture(h)
+    code, out, _ = resolve(monkeypatch, capsys, h, c.id, "CANCELLED")
+    assert code == 0 and f"{c.id}: CANCELLING" in out
+    h.drain()
+    assert h.state(c.id) == "CANCELLED"
+    moves = [(t.from_state, t.to_state, t.source) for t in h.deps.repo.history(c.id)][-2:]
+    assert moves == [("NEEDS_ATTENTION", "CANCELLING", "operator"), ("CANCELLING", "CANCELLED", "step")]
+    assert kinds(h, c)[-1] == ("CANCELLED", 5000)  # the hold released at Plural
+
+
+def test_resolving_as_completed_what_plural_only_authorized_is_refused(harness, monkeypatch, capsys):
+    from tests.test_capture_refunds import kinds
+    from tests.test_engine import stuck_capture
+
+    h = harness
+    c = stuck_capture(h)
+    code, _, err = resolve(monkeypatch, capsys, h, c.id, "COMPLETED")
+    assert code != 0
+    assert "RESOLVE_REFUSED" in err and "AUTHORIZED" in err and "Traceback" not in err
+    assert h.state(c.id) == "NEEDS_ATTENTION"
+    assert [k for k, _ in kinds(h, c)].count("CAPTURED") == 0
+
+
+def test_resolving_as_failed_while_plural_holds_the_money_is_refused(harness):
+    from orchestrator.service import ResolveRefused
+    from tests.test_engine import stuck_capture
+
+    h = harness
+    c = stuck_capture(h)
+    with pytest.raises(ResolveRefused) as refused:
+        h.service.operator(c.id, "resolve", "FAILED", who="asha")
+    assert refused.value.status == 409 and refused.value.details["plural_status"] == "AUTHORIZED"
+    assert h.state(c.id) == "NEEDS_ATTENTION"
+
+
+def test_a_capture_plural_made_meanwhile_is_followed_and_a_cancel_is_refused(harness):
+    from orchestrator.plural.models import Amount, CaptureRequest
+    from orchestrator.service import ResolveRefused
+    from tests.test_engine import faults, stuck_capture
+
+    h = harness
+    c = stuck_capture(h)
+    faults(h)
+    c = h.deps.repo.get(c.id)
+    h.service.plural.capture_order(c.plural_order_id, CaptureRequest(
+        merchant_capture_reference=c.merchant_capture_reference, capture_amount=Amount(value=5000, currency="INR")))
+    with pytest.raises(ResolveRefused) as refused:
+        h.service.operator(c.id, "resolve", "CANCELLED", who="asha")
+    assert refused.value.details["state"] == "COMPLETED" and "followed Plural to COMPLETED" in refused.value.message
+    done = h.deps.repo.get(c.id)
+    assert done.state == "COMPLETED" and done.captured_amount == 5000
+    assert h.deps.repo.history(c.id)[-1].source == "poll"  # Plural's fact, not the operator's wish
+
+
+def test_resolving_as_completed_what_plural_processed_is_plurals_fact(harness):
+    from orchestrator.plural.models import Amount, CaptureRequest
+    from tests.test_engine import faults, stuck_capture
+
+    h = harness
+    c = stuck_capture(h)
+    faults(h)
+    c = h.deps.repo.get(c.id)
+    h.service.plural.capture_order(c.plural_order_id, CaptureRequest(
+        merchant_capture_reference=c.merchant_capture_reference, capture_amount=Amount(value=5000, currency="INR")))
+    done = h.service.operator(c.id, "resolve", "COMPLETED", who="asha")
+    assert done.state == "COMPLETED" and done.captured_amount == 5000
+
+
+def test_resolve_refuses_when_plural_cannot_be_reached(harness, monkeypatch, capsys):
+    from orchestrator.plural import PluralClient
+    from tests.test_engine import stuck_capture
+
+    h = harness
+    c = stuck_capture(h)
+    h.service.plural = PluralClient.from_settings(
+        h.deps.settings.model_copy(update={"plural_api_base": "http://127.0.0.1:9"}), max_attempts=1)
+    code, _, err = resolve(monkeypatch, capsys, h, c.id, "CANCELLED")
+    assert code != 0 and "PLURAL_UNAVAILABLE" in err
+    assert h.state(c.id) == "NEEDS_ATTENTION"
+
+
+def test_a_checkout_plural_has_no_order_for_is_resolved_as_failed(harness):
+    from orchestrator.plural import PluralClient
+    from tests.test_engine import faults
+
+    h = harness
+    faults(h, {"kind": "error", "method": "POST", "path": "/orders$", "statuses": [503]})
+    h.deps.plural = PluralClient.from_settings(h.deps.settings, max_attempts=1)
+    c = received(h)
+    for _ in range(h.deps.settings.step_max_attempts + 2):
+        h.drain()
+        h.clock.advance(h.deps.settings.retry_backoff_cap + h.deps.settings.step_lease_seconds)
+        h.run_due()
+    stuck = h.deps.repo.get(c.id)
+    assert stuck.state == "NEEDS_ATTENTION" and stuck.attention_from == "NEW"
+    assert h.service.operator(c.id, "resolve", "FAILED", who="asha").state == "FAILED"
+
+
+def test_a_checkout_stuck_with_a_payment_open_at_plural_is_not_failed_but_cancelled_through_cancelling(harness):
+    from orchestrator.core.saga import Fact, Source
+    from orchestrator.service import ResolveRefused
+    from tests.test_webhooks import start
+
+    h = harness
+    c = start(h)  # the customer is on the bank page: our payment is open at Plural
+    h.deps.engine.apply(c.id, Fact.GAVE_UP, Source.TIMER, "poll_order failed 8 times: ServerError")
+    with pytest.raises(ResolveRefused) as refused:
+        h.service.operator(c.id, "resolve", "FAILED", who="asha")
+    assert "still open" in refused.value.message and h.state(c.id) == "NEEDS_ATTENTION"
+    assert h.service.operator(c.id, "resolve", "CANCELLED", who="asha").state == "CANCELLING"

@@ -215,6 +215,9 @@ def _table() -> dict[tuple[State, Fact], State | str]:
 MOVES = _table()
 #: what an operator may declare a stuck checkout to have ended as
 OPERATOR_OUTCOMES = frozenset({S.COMPLETED, S.CANCELLED, S.FAILED})
+#: where an operator's resolve may move a stuck checkout: an outcome, or CANCELLING when a hold or
+#: an order is open at Plural (the cancel step releases it); which one is ``operator_resolution``'s
+OPERATOR_MOVES = OPERATOR_OUTCOMES | {S.CANCELLING}
 
 
 def _concrete(target: State | str, pre_auth: bool, cancel_reason: str | None) -> State | None:
@@ -242,7 +245,7 @@ def decide(state: State, fact: Fact, source: Source, *, pre_auth: bool = False, 
         if fact is F.OPERATOR_RETRY:
             return attention_from if attention_from in RESUMABLE else None
         if fact is F.OPERATOR_RESOLVE:
-            return wanted if wanted in OPERATOR_OUTCOMES else None
+            return wanted if wanted in OPERATOR_MOVES else None
         if source in _PLURAL and attention_from is not None and attention_from in RESUMABLE:
             target = decide(attention_from, fact, source, pre_auth=pre_auth, cancel_reason=cancel_reason)
             return target if target is not None and (target in FINAL or target is S.AUTHORIZED) else None
@@ -449,6 +452,42 @@ _VIEW_FACT = {
 def fact_of(view: GatewayView) -> Fact | None:
     """The fact Plural's view of an order states, or None while nothing is decided."""
     return _VIEW_FACT.get(view)
+
+
+#: (the operator's outcome, Plural's view of the order; None: Plural has no order) → where the
+#: checkout goes. Missing: refused.
+_OPERATOR_RESOLUTION: dict[tuple[State, GatewayView | None], State] = {
+    # only Plural's own PROCESSED makes a checkout paid
+    (S.COMPLETED, GatewayView.PROCESSED): S.COMPLETED,
+    # nothing open at Plural: cancelled as declared
+    (S.CANCELLED, None): S.CANCELLED,
+    (S.CANCELLED, GatewayView.PAYMENT_FAILED): S.CANCELLED,
+    (S.CANCELLED, GatewayView.FAILED): S.CANCELLED,
+    (S.CANCELLED, GatewayView.CANCELLED): S.CANCELLED,
+    # a hold or a pending order: the cancel step releases it (or watches a payment it cannot stop)
+    (S.CANCELLED, GatewayView.PENDING): S.CANCELLING,
+    (S.CANCELLED, GatewayView.AUTHORIZED): S.CANCELLING,
+    # no money taken or held
+    (S.FAILED, None): S.FAILED,
+    (S.FAILED, GatewayView.PAYMENT_FAILED): S.FAILED,
+    (S.FAILED, GatewayView.FAILED): S.FAILED,
+    (S.FAILED, GatewayView.CANCELLED): S.FAILED,
+}
+
+
+def operator_resolution(wanted: State, view: GatewayView | None, payment_open: bool = False) -> State | None:
+    """Where an operator's ``resolve`` as ``wanted`` takes a stuck checkout, given Plural's view of
+    its order (None: Plural has no order for it), or None when Plural's view refuses it.
+
+    The caller asks Plural first and lets the checkout follow Plural's own fact (a final view, or
+    a hold) as any poll would; this rule is for what is left. COMPLETED only when Plural says
+    PROCESSED; CANCELLED goes through CANCELLING while a hold or an order is open at Plural;
+    FAILED only when Plural shows no money taken or held and no payment of ours still open
+    (``payment_open``: a payment of ours exists on a PENDING order).
+    """
+    if wanted is S.FAILED and view is GatewayView.PENDING and not payment_open:
+        return S.FAILED
+    return _OPERATOR_RESOLUTION.get((wanted, view))
 
 
 def capture_deadline(authorized_at: dt.datetime, hold_days: float, margin_seconds: float) -> dt.datetime:

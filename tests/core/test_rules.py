@@ -119,3 +119,27 @@ def test_plurals_view_never_moves_a_checkout_backwards(state, fact, source, ctx)
         assert order.index(target) >= order.index(state)
     if target is not None and state is not S.NEEDS_ATTENTION:
         assert target not in saga.BEFORE_AUTHORIZATION
+
+
+def test_an_operator_outcome_must_agree_with_plurals_view_of_the_order():
+    from orchestrator.core.saga import GatewayView as V
+
+    resolve = saga.operator_resolution
+    # COMPLETED only when Plural took the money
+    assert resolve(S.COMPLETED, V.PROCESSED) is S.COMPLETED
+    assert all(resolve(S.COMPLETED, v) is None for v in (None, V.PENDING, V.AUTHORIZED, V.FAILED, V.CANCELLED))
+    # CANCELLED releases a hold or closes a pending order through CANCELLING, never over a capture
+    assert resolve(S.CANCELLED, V.AUTHORIZED) is S.CANCELLING
+    assert resolve(S.CANCELLED, V.PENDING) is S.CANCELLING
+    assert resolve(S.CANCELLED, None) is S.CANCELLED and resolve(S.CANCELLED, V.FAILED) is S.CANCELLED
+    assert resolve(S.CANCELLED, V.PROCESSED) is None
+    # FAILED only when no money is taken or held and no payment of ours is open
+    assert resolve(S.FAILED, None) is S.FAILED and resolve(S.FAILED, V.PAYMENT_FAILED) is S.FAILED
+    assert resolve(S.FAILED, V.PENDING) is S.FAILED
+    assert resolve(S.FAILED, V.PENDING, payment_open=True) is None
+    assert resolve(S.FAILED, V.AUTHORIZED) is None and resolve(S.FAILED, V.PROCESSED) is None
+
+
+def test_an_operator_resolve_may_send_a_stuck_checkout_to_cancelling():
+    assert saga.decide(S.NEEDS_ATTENTION, F.OPERATOR_RESOLVE, Source.OPERATOR, wanted=S.CANCELLING) is S.CANCELLING
+    assert saga.decide(S.CAPTURING, F.OPERATOR_RESOLVE, Source.OPERATOR, wanted=S.CANCELLING) is None
