@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     card_ttl_seconds: int = Field(default=900, gt=0)
     customer_action_timeout: int = Field(default=900, gt=0)
     public_base_url: str = "http://127.0.0.1:8000"
+    api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, description=(
+        "the largest request body the API reads (/v1, callbacks, console); larger: 413"))
+    webhook_max_body_bytes: int = Field(default=256 * 1024, ge=1024, description=(
+        "the largest webhook body read from Plural at /webhooks/plural; larger: 413"))
+
 
     # --- events to the merchant's backend -----------------------------------------------
     merchant_webhook_url: str | None = Field(default=None, description=(

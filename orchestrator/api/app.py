@@ -31,7 +31,7 @@ from orchestrator.logs import get_logger, mask_text
 from orchestrator.refunds import RefundRefused
 from orchestrator.service import CheckoutError, CheckoutIn, CheckoutService, DeliveryIn, DiscoveryIn, OTPIn, RefundIn
 from orchestrator.views import refund_view
-from orchestrator.webhooks import WebhookRejected
+from orchestrator.webhooks import WebhookRejected, require_signature_headers
 
 if TYPE_CHECKING:
     from orchestrator.db.repo import IdempotencyStore, Keyed
@@ -44,6 +44,10 @@ REQUIRED = ("database", "redis")
 ISO_TIME = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$"
 #: the longest long poll (below common proxies' idle timeouts)
 MAX_WAIT = 30.0
+#: the largest request bodies read, unless told otherwise (API_MAX_BODY_BYTES, WEBHOOK_MAX_BODY_BYTES)
+MAX_BODY = 64 * 1024
+MAX_WEBHOOK_BODY = 256 * 1024
+WEBHOOK_PATHS = "/webhooks/"
 
 
 class ErrorBody(BaseModel):
@@ -193,6 +197,53 @@ class Guard:
         return start, b"".join(chunks)
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A request body above its cap (answered 413; what is beyond the cap is never read)."""
+
+    def __init__(self, cap: int):
+        super().__init__(413, f"the request body is larger than {cap} bytes")
+
+
+class BodyLimit:
+    """Pure ASGI middleware in front of everything: a body above its cap (``WEBHOOK_PATHS``' or
+    the rest's) is a 413. A ``Content-Length`` above it is answered before anything is read;
+    otherwise (chunked too) the body is counted as it streams in and reading stops at the cap."""
+
+    def __init__(self, app: Any, cap: int, webhook_cap: int):
+        self.app, self.cap, self.webhook_cap = app, cap, webhook_cap
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        cap = self.webhook_cap if scope["path"].startswith(WEBHOOK_PATHS) else self.cap
+        length = Headers(scope=scope).get("content-length", "").strip()
+        if length.isdigit() and int(length) > cap:
+            return await error_answer(BodyTooLarge(cap))(scope, receive, send)
+        seen = 0
+        started = False
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    raise BodyTooLarge(cap)
+            return message
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited, sending)
+        except BodyTooLarge as exc:  # not turned into an answer further in
+            if started:
+                raise
+            await error_answer(exc)(scope, receive, send)
+
+
 def _kept_answer(outcome: str, row: Any) -> Response:
     """What an Idempotency-Key already holds, as the answer: the first answer again, or why not."""
     if outcome == "replay":
@@ -228,7 +279,8 @@ def error_answer(exc: BaseException) -> JSONResponse:
         message = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
         return JSONResponse({"code": "INVALID_REQUEST", "message": message, "errors": errors}, status_code=400)
     if isinstance(exc, StarletteHTTPException):
-        code = {401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "ERROR")
+        code = {401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
+                413: "PAYLOAD_TOO_LARGE"}.get(exc.status_code, "ERROR")
         return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
     down = unavailable(exc)
@@ -270,7 +322,8 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
                inbound: Callable[[], Inbound] | None = None,
                readiness: Callable[[], dict[str, Any]] | None = None,
                idempotency: IdempotencyStore | None = None, listener: Listener | None = None,
-               console: tuple[str, str] | None = None) -> FastAPI:
+               console: tuple[str, str] | None = None, *, max_body: int = MAX_BODY,
+               max_webhook_body: int = MAX_WEBHOOK_BODY) -> FastAPI:
     listener = listener or Listener(None)
 
     @contextlib.asynccontextmanager
@@ -311,6 +364,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         return methods_of(Request(scope))[0]
 
     app.add_middleware(Guard, api_key=api_key, idempotency=idempotency, routed=routed)
+    app.add_middleware(BodyLimit, cap=max_body, webhook_cap=max_webhook_body)  # outside the Guard
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
@@ -469,7 +523,12 @@ def _inbound_routes(app: FastAPI, inbound: Callable[[], Inbound]) -> None:
     @app.post("/webhooks/plural", tags=["from Plural"], responses={
         **_errors(400, 503), 401: {"model": ErrorBody, "description": "missing, stale or wrong signature"}})
     async def plural_webhook(request: Request) -> JSONResponse:
-        """Standard Webhooks from Plural: verified, stored once per webhook-id, applied asynchronously."""
+        """Standard Webhooks from Plural: verified, stored once per webhook-id, applied asynchronously.
+        A delivery without its signature headers is refused before its body is read."""
+        try:
+            require_signature_headers(request.headers)
+        except WebhookRejected as exc:
+            return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status)
         body = await request.body()
         try:
             row = inbound().parse(body, dict(request.headers))  # HMAC and JSON: no I/O, no thread hop
@@ -510,7 +569,9 @@ def app_from_runtime() -> FastAPI:
     rt = get_runtime()
     svc = rt.service()
     handler = rt.inbound()
-    return create_app(lambda: svc, rt.settings.orchestrator_api_key.get_secret_value(), lambda: handler,
-                      readiness=rt.readiness, idempotency=rt.idempotency(), listener=Listener(rt.settings.broker_url),
-                      console=((rt.settings.console_user, rt.settings.console_password.get_secret_value())
-                               if rt.settings.console_password else None))
+    s = rt.settings
+    return create_app(lambda: svc, s.orchestrator_api_key.get_secret_value(), lambda: handler,
+                      readiness=rt.readiness, idempotency=rt.idempotency(), listener=Listener(s.broker_url),
+                      console=((s.console_user, s.console_password.get_secret_value())
+                               if s.console_password else None),
+                      max_body=s.api_max_body_bytes, max_webhook_body=s.webhook_max_body_bytes)
