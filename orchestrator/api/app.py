@@ -1,4 +1,5 @@
-"""The merchant API (FastAPI): checkouts, OTP actions, cancel. OpenAPI at /docs and /openapi.json.
+"""The merchant API (FastAPI): checkouts, OTP actions, cancel. OpenAPI at /docs and /openapi.json
+(in the sandbox, or with ``API_DOCS=true``).
 
 Every ``/v1`` route needs the ``X-API-Key`` header. Errors are ``{code, message}`` with a 4xx
 status; validation errors never echo the submitted values (a card number would be among them).
@@ -279,8 +280,8 @@ def error_answer(exc: BaseException) -> JSONResponse:
         message = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
         return JSONResponse({"code": "INVALID_REQUEST", "message": message, "errors": errors}, status_code=400)
     if isinstance(exc, StarletteHTTPException):
-        code = {401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
-                413: "PAYLOAD_TOO_LARGE"}.get(exc.status_code, "ERROR")
+        code = {401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
+                413: "PAYLOAD_TOO_LARGE", 429: "TOO_MANY_REQUESTS"}.get(exc.status_code, "ERROR")
         return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
     down = unavailable(exc)
@@ -323,7 +324,11 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
                readiness: Callable[[], dict[str, Any]] | None = None,
                idempotency: IdempotencyStore | None = None, listener: Listener | None = None,
                console: tuple[str, str] | None = None, *, max_body: int = MAX_BODY,
-               max_webhook_body: int = MAX_WEBHOOK_BODY) -> FastAPI:
+               max_webhook_body: int = MAX_WEBHOOK_BODY, metrics_token: str | None = None,
+               ops_public: bool = True, docs: bool = True, console_max_failures: int = 10) -> FastAPI:
+    """The API. ``metrics_token``: ``/metrics`` and ``/ready``'s details want it as a bearer token;
+    without one they are open if ``ops_public`` (``/metrics`` is a 404 otherwise, ``/ready`` says
+    only its status). ``docs``: serve ``/docs`` and ``/openapi.json``."""
     listener = listener or Listener(None)
 
     @contextlib.asynccontextmanager
@@ -335,7 +340,9 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
             await listener.stop()
 
     app = FastAPI(title="Plural payment orchestrator", version="1",
-                  description="Checkouts driven through Plural (Pine Labs) to a final state.", lifespan=lifespan)
+                  description="Checkouts driven through Plural (Pine Labs) to a final state.", lifespan=lifespan,
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
 
     def methods_of(request: Request) -> tuple[bool, set[str]]:
         """Does a route take this request (path and method), and which methods does its path allow?"""
@@ -366,28 +373,45 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
     app.add_middleware(Guard, api_key=api_key, idempotency=idempotency, routed=routed)
     app.add_middleware(BodyLimit, cap=max_body, webhook_cap=max_webhook_body)  # outside the Guard
 
+    def ops_allowed(request: Request) -> bool:
+        """May this request see /metrics and /ready's details?"""
+        if metrics_token:
+            given = request.headers.get("authorization", "")
+            return secrets.compare_digest(given.encode(), f"Bearer {metrics_token}".encode())
+        return ops_public
+
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
     @app.get("/metrics", include_in_schema=False)
-    def scrape() -> Response:
-        """Prometheus: every process's counters and the store's gauges (keep it on an internal network)."""
+    def scrape(request: Request) -> Response:
+        """Prometheus: every process's counters and the store's gauges, behind ``METRICS_TOKEN``
+        (or open where ``ops_public``)."""
         from orchestrator import metrics
+
+        if not ops_allowed(request):
+            if metrics_token:
+                return JSONResponse({"code": "UNAUTHORIZED", "message": "/metrics wants the metrics bearer token"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse({"code": "NOT_FOUND", "message": "Not Found"}, status_code=404)
 
         svc = service_factory()
         text, kind = metrics.render(svc.repo, svc.clock)
         return Response(text, media_type=kind)
 
     @app.get("/ready", include_in_schema=False)
-    def ready() -> JSONResponse:
+    def ready(request: Request) -> JSONResponse:
         """Readiness: the database and Redis answer (503 naming what does not); Plural's token, the
-        broker's queue lengths and the event backlog are reported beside them."""
+        broker's queue lengths and the event backlog are reported beside them (the checks only to
+        whom may see /metrics; anyone else gets the status alone)."""
         checks = readiness() if readiness else {}
         failing = {name: result for name, result in checks.items() if name in REQUIRED and result != "ok"}
-        return JSONResponse({"status": "ok" if not failing else "unavailable", "checks": checks},
-                            status_code=503 if failing else 200)
+        answer: dict[str, Any] = {"status": "ok" if not failing else "unavailable"}
+        if ops_allowed(request):
+            answer["checks"] = checks
+        return JSONResponse(answer, status_code=503 if failing else 200)
 
     @app.post("/v1/checkouts", status_code=202, openapi_extra=NEEDS_API_KEY, responses={
         200: {"description": "this merchant_order_reference already names this checkout: it is returned"},
@@ -512,7 +536,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
     if console is not None:  # (user, password): the operator's pages, behind their own credential
         from orchestrator.api.console import mount
 
-        mount(app, service_factory, *console)
+        mount(app, service_factory, *console, max_failures=console_max_failures)
     return app
 
 
@@ -574,4 +598,6 @@ def app_from_runtime() -> FastAPI:
                       readiness=rt.readiness, idempotency=rt.idempotency(), listener=Listener(s.broker_url),
                       console=((s.console_user, s.console_password.get_secret_value())
                                if s.console_password else None),
-                      max_body=s.api_max_body_bytes, max_webhook_body=s.webhook_max_body_bytes)
+                      max_body=s.api_max_body_bytes, max_webhook_body=s.webhook_max_body_bytes,
+                      metrics_token=s.metrics_token.get_secret_value() if s.metrics_token else None,
+                      ops_public=s.ops_public, docs=s.docs_enabled, console_max_failures=s.console_max_failures)
