@@ -101,6 +101,19 @@ class Settings(BaseSettings):
     max_order_amount: int = Field(default=100_000_000, gt=0, le=10_000_000_000)
     customer_action_timeout: int = Field(default=900, gt=0)
     public_base_url: str = "http://127.0.0.1:8000"
+    api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, description=(
+        "the largest request body the API reads (/v1, callbacks, console); larger: 413"))
+    webhook_max_body_bytes: int = Field(default=256 * 1024, ge=1024, description=(
+        "the largest webhook body read from Plural at /webhooks/plural; larger: 413"))
+
+    # --- operations endpoints (/metrics, /ready's details, /docs) -----------------------
+    metrics_token: SecretStr | None = Field(default=None, description=(
+        "bearer token /metrics (and /ready's details) want in Authorization; unset: open in the "
+        "sandbox, off elsewhere (unless METRICS_PUBLIC)"))
+    metrics_public: bool | None = Field(default=None, description=(
+        "serve /metrics and /ready's details without a token; default: only with PLURAL_ENV=sandbox"))
+    api_docs: bool | None = Field(default=None, description=(
+        "serve /docs and /openapi.json; default: only with PLURAL_ENV=sandbox"))
 
     # --- events to the merchant's backend -----------------------------------------------
     merchant_webhook_url: str | None = Field(default=None, description=(
@@ -117,6 +130,8 @@ class Settings(BaseSettings):
     # --- the operator's console ----------------------------------------------------------
     console_user: str = Field(default="operator", description="user name for /console (HTTP Basic)")
     console_password: SecretStr | None = Field(default=None, description="password for /console; unset: no console")
+    console_max_failures: int = Field(default=10, ge=1, description=(
+        "wrong console credentials a client address may send per minute before it gets 429"))
 
     # --- saga timing and workers ------------------------------------------------------
     poll_schedule: str = Field(default="5,10,30,60,120,300", description="seconds between Get Order polls")
@@ -270,6 +285,16 @@ class Settings(BaseSettings):
         """The longest a run may own its checkout: longer than a step's worst case (three calls: a
         look-up, the call, a confirmation). Its process renews its claim up to this (``Leases``)."""
         return 3 * self.call_budget_seconds + 5.0
+
+    @property
+    def ops_public(self) -> bool:
+        """Are /metrics and /ready's details served without a credential (the sandbox's default)?"""
+        return self.metrics_public if self.metrics_public is not None else self.plural_env is PluralEnv.sandbox
+
+    @property
+    def docs_enabled(self) -> bool:
+        """Are /docs and /openapi.json served (the sandbox's default)?"""
+        return self.api_docs if self.api_docs is not None else self.plural_env is PluralEnv.sandbox
 
     @property
     def api_base(self) -> str:

@@ -363,7 +363,9 @@ class CheckoutService:
         try:
             start = int(after) if after else 0
         except ValueError:
-            raise CheckoutError(400, "INVALID_REQUEST", "after must be a cursor this API returned") from None
+            start = -1
+        if not 0 <= start < 2**63:  # an event id is a 64-bit integer: a larger one is no cursor of ours
+            raise CheckoutError(400, "INVALID_REQUEST", "after must be a cursor this API returned")
         q = select(MerchantEvent).where(col(MerchantEvent.id) > start)
         if kind is not None:
             q = q.where(MerchantEvent.type == kind)

@@ -69,6 +69,19 @@ def ingest(d: Deps, key: bytes, body: bytes, headers: dict[str, str], kick: Call
     return Ingested(row.id, not new, row.event_type)
 
 
+#: the Standard Webhooks headers a delivery must carry before its body is read
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+def require_signature_headers(headers: Any) -> None:
+    """``WebhookRejected`` (401) unless the signature headers are there: checked before the body
+    is read, so an unsigned delivery costs no memory."""
+    missing = [name for name in SIGNATURE_HEADERS if not headers.get(name)]
+    if missing:
+        metrics.WEBHOOKS.labels("bad_signature").inc()
+        raise WebhookRejected(401, "INVALID_SIGNATURE", f"missing {', '.join(missing)}")
+
+
 def parse_delivery(key: bytes, body: bytes, headers: dict[str, str], now: dt.datetime) -> WebhookEvent:
     """Verify one delivery and read it into an (unsaved) event; ``WebhookRejected`` otherwise."""
     try:

@@ -273,3 +273,44 @@ def test_a_time_is_shown_as_its_instant_in_utc():
 
     assert iso(dt.datetime(2026, 11, 23, 17, 5, tzinfo=ZoneInfo("Asia/Kolkata"))) == "2026-11-23T11:35:00Z"
     assert iso(dt.datetime(2026, 11, 23, 11, 35)) == "2026-11-23T11:35:00Z"  # SQLite's, naive: UTC
+
+
+# --- issue 22, item 12: operations endpoints behind a credential outside the sandbox --------------
+
+CHECKS = {"database": "ok", "redis": "ok", "token": "ok"}
+
+
+def ops_client(harness, **kwargs):
+    return TestClient(create_app(lambda: harness.service, KEY, readiness=lambda: dict(CHECKS), **kwargs))
+
+
+def test_with_a_metrics_token_metrics_and_readiness_details_want_it(harness):
+    with ops_client(harness, metrics_token="scrape-me", ops_public=False) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": KEY}):
+            answer = client.get("/metrics", headers=headers)
+            assert answer.status_code == 401 and answer.json()["code"] == "UNAUTHORIZED"
+            assert answer.headers["WWW-Authenticate"] == "Bearer"
+            assert client.get("/ready", headers=headers).json() == {"status": "ok"}
+        good = {"Authorization": "Bearer scrape-me"}
+        scraped = client.get("/metrics", headers=good)
+        assert scraped.status_code == 200 and "# TYPE" in scraped.text
+        assert client.get("/ready", headers=good).json()["checks"] == CHECKS
+
+
+def test_without_a_token_outside_the_sandbox_metrics_are_off_and_readiness_says_only_its_status(harness):
+    with ops_client(harness, ops_public=False) as client:
+        assert client.get("/metrics").status_code == 404
+        ready = client.get("/ready")
+        assert ready.status_code == 200 and ready.json() == {"status": "ok"}
+
+
+def test_in_the_sandbox_metrics_and_readiness_stay_open(harness):
+    with ops_client(harness) as client:
+        assert client.get("/metrics").status_code == 200
+        assert client.get("/ready").json()["checks"] == CHECKS
+
+
+def test_docs_and_the_openapi_document_can_be_switched_off(harness):
+    with TestClient(create_app(lambda: harness.service, KEY, docs=False)) as client:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert client.get(path).status_code == 404, path

@@ -235,3 +235,102 @@ def test_a_key_whose_first_request_failed_with_a_5xx_can_be_retried(api, harness
     harness.service.vault = vault
     assert api.post(f"/v1/checkouts/{c.id}/otp", json={"otp": "123456"},
                     headers={"Idempotency-Key": key}).status_code == 202
+
+
+# --- issue 22: bodies are capped as they stream in; integer parameters are bounded ---------------
+
+CHUNK = 1024
+CAP, WEBHOOK_CAP = 4 * CHUNK, 8 * CHUNK
+
+
+def capped_app(harness):
+    return create_app(lambda: harness.service, KEY, lambda: harness.inbound,
+                      idempotency=IdempotencyStore(harness.deps.repo), max_body=CAP, max_webhook_body=WEBHOOK_CAP)
+
+
+def call(app, path, headers, chunks):
+    """One POST straight into the ASGI app, its body from ``chunks`` (chunked: no Content-Length);
+    its status, its JSON and how many chunks the app asked for."""
+    import asyncio
+    import json
+
+    asked = 0
+    sent: list = []
+
+    async def receive():
+        nonlocal asked
+        asked += 1
+        chunk = next(chunks)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "client": ("203.0.113.9", 5000), "server": ("testserver", 80)}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(content), asked
+
+
+def endless(allowed):
+    """Chunks of ``CHUNK`` bytes; asking for one more than ``allowed`` fails the test."""
+    for _ in range(allowed):
+        yield b"x" * CHUNK
+    pytest.fail("the body was read past its cap")
+
+
+SIGNED = {"webhook-id": "msg_1", "webhook-timestamp": "1", "webhook-signature": "v1,AAAA"}
+
+
+@pytest.mark.parametrize("path, headers, cap", [
+    ("/v1/checkouts", {"X-API-Key": KEY, "Content-Type": "application/json"}, CAP),
+    ("/v1/checkouts", {"X-API-Key": KEY, "Content-Type": "application/json", "Idempotency-Key": "idem-big"}, CAP),
+    ("/webhooks/plural", SIGNED, WEBHOOK_CAP)], ids=["v1", "v1-idempotent", "webhook"])
+def test_a_chunked_body_above_its_cap_is_a_413_read_no_further_than_the_cap(harness, path, headers, cap):
+    status, answer, asked = call(capped_app(harness), path, headers, endless(cap // CHUNK + 1))
+    assert (status, answer["code"]) == (413, "PAYLOAD_TOO_LARGE") and answer["message"]
+    assert asked == cap // CHUNK + 1
+    assert keyed_rows(harness, "idem-big") == [] and harness.queue == []
+
+
+@pytest.mark.parametrize("path, headers", [("/v1/checkouts", {"X-API-Key": KEY}), ("/webhooks/plural", SIGNED)])
+def test_a_content_length_above_the_cap_is_a_413_before_any_of_the_body_is_read(harness, path, headers):
+    status, answer, asked = call(capped_app(harness), path, {**headers, "Content-Length": str(400 * 2**20)},
+                                 endless(0))
+    assert (status, answer["code"], asked) == (413, "PAYLOAD_TOO_LARGE", 0)
+
+
+@pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+def test_a_webhook_without_its_signature_headers_is_a_401_before_its_body_is_read(harness, missing):
+    headers = {k: v for k, v in SIGNED.items() if k != missing}
+    status, answer, asked = call(capped_app(harness), "/webhooks/plural", headers, endless(0))
+    assert (status, answer["code"], asked) == (401, "INVALID_SIGNATURE", 0) and missing in answer["message"]
+
+
+def test_a_body_within_the_cap_is_still_read_whole(harness):
+    with TestClient(capped_app(harness)) as client:
+        answer = client.post("/v1/checkouts", json=body(), headers={"X-API-Key": KEY})
+    assert answer.status_code == 202 and len(answer.request.content) < CAP
+
+
+@pytest.mark.parametrize("query", ["after=99999999999999999999999", f"after={2**63}", "after=-1",
+                                   "limit=99999999999999999999999", "limit=-99999999999999999999999"])
+def test_an_integer_beyond_64_bits_in_a_query_is_a_400_not_a_500(api, query):
+    answer = api.get(f"/v1/events?{query}")
+    assert answer.status_code == 400 and answer.json()["code"] == "INVALID_REQUEST"
+
+
+def test_the_largest_64_bit_event_cursor_is_an_empty_page(api):
+    answer = api.get(f"/v1/events?after={2**63 - 1}")
+    assert answer.status_code == 200 and answer.json()["events"] == []
+
+
+@pytest.mark.parametrize("query", ["limit=99999999999999999999999", "wait=1e400", "wait=99999999999999999999999"])
+def test_other_numeric_parameters_beyond_their_bounds_are_400s(api, harness, query):
+    path = "/v1/checkouts?" + query if query.startswith("limit") else f"/v1/checkouts/x?changed_from=PROCESSING&{query}"
+    answer = api.get(path)
+    assert answer.status_code == 400 and answer.json()["code"] == "INVALID_REQUEST"

@@ -136,3 +136,19 @@ def test_the_command_has_a_version_and_shows_its_defaults(capsys):
         build_parser().parse_args(["up", "--help"])
     out = capsys.readouterr().out
     assert "(default: 6390)" in out and ":param" not in out and "``" not in out
+
+
+def _production(**overrides):
+    return Settings(plural_env="production", plural_client_id="cid", plural_client_secret=SecretStr("x" * 20),
+                    plural_webhook_secret=SecretStr("w" * 20), plural_callback_secret=SecretStr("ab12"),
+                    orchestrator_api_key=SecretStr("k" * 20),
+                    card_encryption_key=SecretStr("MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="), **overrides)
+
+
+def test_outside_the_sandbox_metrics_and_docs_are_closed_unless_asked_for():
+    s = _production()
+    assert (s.ops_public, s.docs_enabled, s.metrics_token) == (False, False, None)
+    opened = _production(metrics_public=True, api_docs=True)
+    assert (opened.ops_public, opened.docs_enabled) == (True, True)
+    assert (Settings().ops_public, Settings().docs_enabled) == (True, True)  # the sandbox stays convenient
+    assert _production().api_max_body_bytes == 64 * 1024 and _production().webhook_max_body_bytes == 256 * 1024

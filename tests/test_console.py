@@ -83,3 +83,39 @@ def test_retry_from_the_console_is_recorded_under_the_operator_and_needs_the_for
         assert done.status_code == 303
     assert h.state(c.id) != "NEEDS_ATTENTION"
     assert h.deps.repo.history(c.id)[-1].reason == "retried by operator (console)"
+
+
+# --- issue 22, item 12: not framed, and guessing the password is slowed down ----------------------
+
+
+def test_every_console_answer_forbids_framing_even_a_refusal(harness):
+    with console(harness) as client:
+        for answer in (client.get("/console", auth=AUTH), client.get("/console"),
+                       client.get("/console/checkouts/nope", auth=AUTH)):
+            assert answer.headers["X-Frame-Options"] == "DENY", answer.status_code
+            assert answer.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+        assert "X-Frame-Options" not in client.get("/health").headers  # the API's own answers are left alone
+
+
+def test_too_many_wrong_passwords_from_one_address_are_a_429_even_for_the_right_one(harness):
+    app = create_app(lambda: harness.service, "k", console=AUTH, console_max_failures=3)
+    with TestClient(app, client=("198.51.100.7", 4000)) as guesser, \
+            TestClient(app, client=("198.51.100.8", 4000)) as neighbour:
+        assert [guesser.get("/console", auth=("operator", f"guess-{i}")).status_code for i in range(3)] == [401] * 3
+        refused = guesser.get("/console", auth=AUTH)
+        assert refused.status_code == 429 and refused.json()["code"] == "TOO_MANY_REQUESTS"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert neighbour.get("/console", auth=AUTH).status_code == 200  # counted per client address
+
+
+def test_failed_credentials_are_forgotten_a_minute_after_they_were_sent():
+    from orchestrator.api.console import FailureLimit
+
+    now = [1000.0]
+    limit = FailureLimit(2, clock=lambda: now[0])
+    limit.failed("a")
+    now[0] += 30
+    limit.failed("a")
+    assert limit.retry_after("a") == 30 and limit.retry_after("b") is None
+    now[0] += 30  # the first failure is a minute old
+    assert limit.retry_after("a") is None

@@ -46,3 +46,18 @@ def test_flower_is_there_for_operators_on_loopback_behind_a_password():
     flower = _service(compose, "flower")
     assert 'profiles: ["ops"]' in flower and '"127.0.0.1:5555:5555"' in flower
     assert "FLOWER_BASIC_AUTH: ${FLOWER_BASIC_AUTH:?" in flower
+
+
+def test_only_the_api_is_published_beyond_loopback_and_metrics_want_a_token():
+    """Issue 22, item 12: Redis, PostgreSQL, the migration, workers (their metrics port) and beat
+    publish nothing; operators' tools are on loopback; the api passes METRICS_TOKEN through."""
+    compose = (ROOT / "docker-compose.yml").read_text()
+    for name in ("redis", "postgres", "migrate", "worker", "beat"):
+        assert "ports:" not in _service(compose, name), name
+    published = re.findall(r'^    ports: \[(.*)\]$', compose, re.MULTILINE)
+    beyond_loopback = [p for entry in published for p in re.findall(r'"([^"]+)"', entry)
+                       if not p.startswith("127.0.0.1:")]
+    assert beyond_loopback == ["8000:8000"]
+    assert 'ports: ["8000:8000"]' in _service(compose, "api")
+    assert "METRICS_TOKEN: ${METRICS_TOKEN:-}" in compose
+    assert not re.search(r"METRICS_PUBLIC|API_DOCS", compose)  # production keeps the defaults: closed

@@ -1,4 +1,5 @@
-"""The merchant API (FastAPI): checkouts, OTP actions, cancel. OpenAPI at /docs and /openapi.json.
+"""The merchant API (FastAPI): checkouts, OTP actions, cancel. OpenAPI at /docs and /openapi.json
+(in the sandbox, or with ``API_DOCS=true``).
 
 Every ``/v1`` route needs the ``X-API-Key`` header. Errors are ``{code, message}`` with a 4xx
 status; validation errors never echo the submitted values (a card number would be among them).
@@ -31,7 +32,7 @@ from orchestrator.logs import get_logger, mask_text
 from orchestrator.refunds import RefundRefused
 from orchestrator.service import CheckoutError, CheckoutIn, CheckoutService, DeliveryIn, DiscoveryIn, OTPIn, RefundIn
 from orchestrator.views import refund_view
-from orchestrator.webhooks import WebhookRejected
+from orchestrator.webhooks import WebhookRejected, require_signature_headers
 
 if TYPE_CHECKING:
     from orchestrator.db.repo import IdempotencyStore, Keyed
@@ -44,6 +45,10 @@ REQUIRED = ("database", "redis")
 ISO_TIME = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$"
 #: the longest long poll (below common proxies' idle timeouts)
 MAX_WAIT = 30.0
+#: the largest request bodies read, unless told otherwise (API_MAX_BODY_BYTES, WEBHOOK_MAX_BODY_BYTES)
+MAX_BODY = 64 * 1024
+MAX_WEBHOOK_BODY = 256 * 1024
+WEBHOOK_PATHS = "/webhooks/"
 
 
 class ErrorBody(BaseModel):
@@ -193,6 +198,53 @@ class Guard:
         return start, b"".join(chunks)
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A request body above its cap (answered 413; what is beyond the cap is never read)."""
+
+    def __init__(self, cap: int):
+        super().__init__(413, f"the request body is larger than {cap} bytes")
+
+
+class BodyLimit:
+    """Pure ASGI middleware in front of everything: a body above its cap (``WEBHOOK_PATHS``' or
+    the rest's) is a 413. A ``Content-Length`` above it is answered before anything is read;
+    otherwise (chunked too) the body is counted as it streams in and reading stops at the cap."""
+
+    def __init__(self, app: Any, cap: int, webhook_cap: int):
+        self.app, self.cap, self.webhook_cap = app, cap, webhook_cap
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        cap = self.webhook_cap if scope["path"].startswith(WEBHOOK_PATHS) else self.cap
+        length = Headers(scope=scope).get("content-length", "").strip()
+        if length.isdigit() and int(length) > cap:
+            return await error_answer(BodyTooLarge(cap))(scope, receive, send)
+        seen = 0
+        started = False
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    raise BodyTooLarge(cap)
+            return message
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited, sending)
+        except BodyTooLarge as exc:  # not turned into an answer further in
+            if started:
+                raise
+            await error_answer(exc)(scope, receive, send)
+
+
 def _kept_answer(outcome: str, row: Any) -> Response:
     """What an Idempotency-Key already holds, as the answer: the first answer again, or why not."""
     if outcome == "replay":
@@ -228,7 +280,8 @@ def error_answer(exc: BaseException) -> JSONResponse:
         message = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
         return JSONResponse({"code": "INVALID_REQUEST", "message": message, "errors": errors}, status_code=400)
     if isinstance(exc, StarletteHTTPException):
-        code = {401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "ERROR")
+        code = {401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
+                413: "PAYLOAD_TOO_LARGE", 429: "TOO_MANY_REQUESTS"}.get(exc.status_code, "ERROR")
         return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
     down = unavailable(exc)
@@ -270,7 +323,12 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
                inbound: Callable[[], Inbound] | None = None,
                readiness: Callable[[], dict[str, Any]] | None = None,
                idempotency: IdempotencyStore | None = None, listener: Listener | None = None,
-               console: tuple[str, str] | None = None) -> FastAPI:
+               console: tuple[str, str] | None = None, *, max_body: int = MAX_BODY,
+               max_webhook_body: int = MAX_WEBHOOK_BODY, metrics_token: str | None = None,
+               ops_public: bool = True, docs: bool = True, console_max_failures: int = 10) -> FastAPI:
+    """The API. ``metrics_token``: ``/metrics`` and ``/ready``'s details want it as a bearer token;
+    without one they are open if ``ops_public`` (``/metrics`` is a 404 otherwise, ``/ready`` says
+    only its status). ``docs``: serve ``/docs`` and ``/openapi.json``."""
     listener = listener or Listener(None)
 
     @contextlib.asynccontextmanager
@@ -282,7 +340,9 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
             await listener.stop()
 
     app = FastAPI(title="Plural payment orchestrator", version="1",
-                  description="Checkouts driven through Plural (Pine Labs) to a final state.", lifespan=lifespan)
+                  description="Checkouts driven through Plural (Pine Labs) to a final state.", lifespan=lifespan,
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
 
     def methods_of(request: Request) -> tuple[bool, set[str]]:
         """Does a route take this request (path and method), and which methods does its path allow?"""
@@ -311,6 +371,14 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         return methods_of(Request(scope))[0]
 
     app.add_middleware(Guard, api_key=api_key, idempotency=idempotency, routed=routed)
+    app.add_middleware(BodyLimit, cap=max_body, webhook_cap=max_webhook_body)  # outside the Guard
+
+    def ops_allowed(request: Request) -> bool:
+        """May this request see /metrics and /ready's details?"""
+        if metrics_token:
+            given = request.headers.get("authorization", "")
+            return secrets.compare_digest(given.encode(), f"Bearer {metrics_token}".encode())
+        return ops_public
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
@@ -318,22 +386,32 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         return {"status": "ok"}
 
     @app.get("/metrics", include_in_schema=False)
-    def scrape() -> Response:
-        """Prometheus: every process's counters and the store's gauges (keep it on an internal network)."""
+    def scrape(request: Request) -> Response:
+        """Prometheus: every process's counters and the store's gauges, behind ``METRICS_TOKEN``
+        (or open where ``ops_public``)."""
         from orchestrator import metrics
+
+        if not ops_allowed(request):
+            if metrics_token:
+                return JSONResponse({"code": "UNAUTHORIZED", "message": "/metrics wants the metrics bearer token"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse({"code": "NOT_FOUND", "message": "Not Found"}, status_code=404)
 
         svc = service_factory()
         text, kind = metrics.render(svc.repo, svc.clock)
         return Response(text, media_type=kind)
 
     @app.get("/ready", include_in_schema=False)
-    def ready() -> JSONResponse:
+    def ready(request: Request) -> JSONResponse:
         """Readiness: the database and Redis answer (503 naming what does not); Plural's token, the
-        broker's queue lengths and the event backlog are reported beside them."""
+        broker's queue lengths and the event backlog are reported beside them (the checks only to
+        whom may see /metrics; anyone else gets the status alone)."""
         checks = readiness() if readiness else {}
         failing = {name: result for name, result in checks.items() if name in REQUIRED and result != "ok"}
-        return JSONResponse({"status": "ok" if not failing else "unavailable", "checks": checks},
-                            status_code=503 if failing else 200)
+        answer: dict[str, Any] = {"status": "ok" if not failing else "unavailable"}
+        if ops_allowed(request):
+            answer["checks"] = checks
+        return JSONResponse(answer, status_code=503 if failing else 200)
 
     @app.post("/v1/checkouts", status_code=202, openapi_extra=NEEDS_API_KEY, responses={
         200: {"description": "this merchant_order_reference already names this checkout: it is returned"},
@@ -458,7 +536,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
     if console is not None:  # (user, password): the operator's pages, behind their own credential
         from orchestrator.api.console import mount
 
-        mount(app, service_factory, *console)
+        mount(app, service_factory, *console, max_failures=console_max_failures)
     return app
 
 
@@ -469,7 +547,12 @@ def _inbound_routes(app: FastAPI, inbound: Callable[[], Inbound]) -> None:
     @app.post("/webhooks/plural", tags=["from Plural"], responses={
         **_errors(400, 503), 401: {"model": ErrorBody, "description": "missing, stale or wrong signature"}})
     async def plural_webhook(request: Request) -> JSONResponse:
-        """Standard Webhooks from Plural: verified, stored once per webhook-id, applied asynchronously."""
+        """Standard Webhooks from Plural: verified, stored once per webhook-id, applied asynchronously.
+        A delivery without its signature headers is refused before its body is read."""
+        try:
+            require_signature_headers(request.headers)
+        except WebhookRejected as exc:
+            return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status)
         body = await request.body()
         try:
             row = inbound().parse(body, dict(request.headers))  # HMAC and JSON: no I/O, no thread hop
@@ -510,7 +593,11 @@ def app_from_runtime() -> FastAPI:
     rt = get_runtime()
     svc = rt.service()
     handler = rt.inbound()
-    return create_app(lambda: svc, rt.settings.orchestrator_api_key.get_secret_value(), lambda: handler,
-                      readiness=rt.readiness, idempotency=rt.idempotency(), listener=Listener(rt.settings.broker_url),
-                      console=((rt.settings.console_user, rt.settings.console_password.get_secret_value())
-                               if rt.settings.console_password else None))
+    s = rt.settings
+    return create_app(lambda: svc, s.orchestrator_api_key.get_secret_value(), lambda: handler,
+                      readiness=rt.readiness, idempotency=rt.idempotency(), listener=Listener(s.broker_url),
+                      console=((s.console_user, s.console_password.get_secret_value())
+                               if s.console_password else None),
+                      max_body=s.api_max_body_bytes, max_webhook_body=s.webhook_max_body_bytes,
+                      metrics_token=s.metrics_token.get_secret_value() if s.metrics_token else None,
+                      ops_public=s.ops_public, docs=s.docs_enabled, console_max_failures=s.console_max_failures)

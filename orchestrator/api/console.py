@@ -5,7 +5,10 @@ the console does not exist). The list with filters and what is stuck; one checko
 (transitions, gateway calls with outcome and latency, Plural's webhooks, events delivered to the
 merchant); and the operator's retry of a checkout that ``NEEDS_ATTENTION``, recorded in its
 history under the operator's name. The retry form carries a token bound to the checkout and the
-credential, so another site cannot post it with the browser's saved password.
+credential, so another site cannot post it with the browser's saved password. Its pages may not be
+framed (``X-Frame-Options``, CSP ``frame-ancestors``), and a client address that sends wrong
+credentials ``max_failures`` times in a minute gets 429 (with ``Retry-After``) until the oldest
+of them is a minute old.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections import OrderedDict, deque
 from typing import Any, Callable
 
 from urllib.parse import parse_qs
@@ -28,6 +34,67 @@ from orchestrator.core import saga
 from orchestrator.service import CheckoutError, CheckoutService
 
 STATUSES = sorted(set(saga.PUBLIC_STATUS.values()))
+PREFIX = "/console"
+#: on every console answer: no other site may frame it (clickjacking the retry button)
+FRAME_HEADERS = ((b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"))
+#: the window failed credentials are counted in, and how many addresses are remembered at most
+FAILURE_WINDOW = 60.0
+MAX_ADDRESSES = 10_000
+
+
+class FailureLimit:
+    """Wrong credentials per client address: ``limit`` in ``window`` seconds, then refused until the
+    oldest of them leaves the window. Per process; the oldest address is forgotten beyond ``MAX_ADDRESSES``."""
+
+    def __init__(self, limit: int, window: float = FAILURE_WINDOW, clock: Callable[[], float] = time.monotonic):
+        self.limit, self.window, self.clock = limit, window, clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        failures = self._failures.get(address, deque())
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        return failures
+
+    def retry_after(self, address: str) -> int | None:
+        """Seconds until this address may try again, or None if it may now."""
+        with self._lock:
+            now = self.clock()
+            failures = self._recent(address, now)
+            if not failures:
+                self._failures.pop(address, None)
+            if len(failures) < self.limit:
+                return None
+            return max(1, int(failures[0] + self.window - now + 0.999))
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            now = self.clock()
+            failures = self._recent(address, now)
+            failures.append(now)
+            self._failures[address] = failures
+            self._failures.move_to_end(address)
+            while len(self._failures) > MAX_ADDRESSES:
+                self._failures.popitem(last=False)
+
+
+class FrameGuard:
+    """Pure ASGI: the anti-framing headers on every answer under ``/console`` (errors too)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not (scope["path"] == PREFIX or scope["path"].startswith(PREFIX + "/")):
+            return await self.app(scope, receive, send)
+
+        async def framed(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *FRAME_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, framed)
 
 BASE = """<!doctype html><html><head><meta charset="utf-8"><title>{% block title %}{% endblock %} · orchestrator</title>
 <style>
@@ -109,21 +176,29 @@ def timeline(d: dict[str, Any]) -> list[dict[str, Any]]:
     return items
 
 
-def mount(app: FastAPI, service: Callable[[], CheckoutService], user: str, password: str) -> None:
+def mount(app: FastAPI, service: Callable[[], CheckoutService], user: str, password: str,
+          max_failures: int = 10, limit: FailureLimit | None = None) -> None:
     basic = HTTPBasic(realm="orchestrator console")
     key = hashlib.sha256(f"console:{user}:{password}".encode()).digest()
+    limit = limit or FailureLimit(max_failures)
 
-    def operator(credentials: HTTPBasicCredentials = Depends(basic)) -> str:
+    def operator(request: Request, credentials: HTTPBasicCredentials = Depends(basic)) -> str:
+        address = request.client.host if request.client else "unknown"
+        wait = limit.retry_after(address)
+        if wait is not None:  # even the right credentials: guessing must stop
+            raise HTTPException(429, "too many wrong console credentials; retry later",
+                                headers={"Retry-After": str(wait)})
         right_user = secrets.compare_digest(credentials.username.encode(), user.encode())
         right_password = secrets.compare_digest(credentials.password.encode(), password.encode())
         if not (right_user and right_password):
+            limit.failed(address)
             raise HTTPException(401, "wrong console credentials", headers={"WWW-Authenticate": "Basic"})
         return credentials.username
 
     def token_for(checkout_id: str) -> str:
         return hmac.new(key, checkout_id.encode(), hashlib.sha256).hexdigest()
 
-    router = APIRouter(prefix="/console", include_in_schema=False, dependencies=[Depends(operator)])
+    router = APIRouter(prefix=PREFIX, include_in_schema=False, dependencies=[Depends(operator)])
 
     @router.get("", response_class=HTMLResponse)
     def listing(status: str | None = Query(default=None), cursor: str | None = Query(default=None)) -> HTMLResponse:
@@ -154,3 +229,4 @@ def mount(app: FastAPI, service: Callable[[], CheckoutService], user: str, passw
         return RedirectResponse(f"/console/checkouts/{checkout_id}", status_code=303)
 
     app.include_router(router)
+    app.add_middleware(FrameGuard)
