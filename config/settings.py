@@ -11,7 +11,7 @@ import re
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -165,6 +165,13 @@ class Settings(BaseSettings):
 
     # --- sandbox gateway ----------------------------------------------------------------
     sandbox_webhook_url: str | None = None
+    sandbox_webhook_schedule: Literal["plural", "three"] = Field(
+        default="plural", description="webhook retries: plural (0 s, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h) "
+                                      "or three (up to three retries), as Plural's two documents say")
+    sandbox_webhook_time_scale: float = Field(default=1 / 600, ge=0,
+                                              description="the retry schedule runs this much faster (1: real time)")
+    sandbox_webhook_timestamps: Literal["original", "fresh"] = Field(
+        default="original", description="a retry's webhook-timestamp: the event's (original) or the attempt's")
     sandbox_otp_resend_after: int = Field(default=180, ge=0)
     sandbox_otp_resend_limit: int = Field(default=3, ge=0)
     sandbox_otp_max_attempts: int = Field(default=3, ge=1)

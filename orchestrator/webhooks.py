@@ -33,7 +33,7 @@ from orchestrator.db.models import Checkout, Refund, WebhookEvent, detached
 from orchestrator.db.repo import insert_skipping
 from orchestrator.logs import get_logger
 from orchestrator.plural.models import Order
-from orchestrator.plural.signatures import SignatureError, verify_webhook
+from orchestrator.plural.signatures import WEBHOOK_TOLERANCE, SignatureError, verify_webhook_signature
 from orchestrator.plural import errors
 from orchestrator.steps import TRANSIENT, Deps, order_fact, settle
 
@@ -42,6 +42,8 @@ log = get_logger("orchestrator.webhooks")
 ORDER_EVENTS = frozenset({"ORDER_AUTHORIZED", "ORDER_PROCESSED", "ORDER_CANCELLED", "ORDER_FAILED", "PAYMENT_FAILED"})
 REFUND_EVENTS = frozenset({"REFUND_PROCESSED", "REFUND_FAILED"})
 KICK_KEY = "webhooks:kick"
+#: the note of an event whose timestamp was outside the tolerance: applied only through Get Order
+LATE = "late delivery"
 DEFER_FOR = dt.timedelta(days=7)
 #: a claim taken before claims had an end (claim_until) lapses this long after it was taken
 STALE_CLAIM = dt.timedelta(minutes=5)
@@ -85,10 +87,16 @@ def require_signature_headers(headers: Any) -> None:
 def parse_delivery(key: bytes, body: bytes, headers: dict[str, str], now: dt.datetime) -> WebhookEvent:
     """Verify one delivery and read it into an (unsaved) event; ``WebhookRejected`` otherwise."""
     try:
-        verify_webhook(key, body, headers)
+        stamp = verify_webhook_signature(key, body, headers)
     except SignatureError as exc:
         metrics.WEBHOOKS.labels("bad_signature").inc()
         raise WebhookRejected(401, "INVALID_SIGNATURE", str(exc)) from None
+    # Plural retries for hours and may keep the event's first timestamp: a late delivery signed by
+    # Plural is kept (and deduplicated), but not believed: applying it asks Get Order first
+    age = int(now.timestamp()) - stamp
+    late = None if abs(age) <= WEBHOOK_TOLERANCE else f"{LATE}: webhook-timestamp {age} s from receipt"
+    if late:
+        metrics.WEBHOOKS.labels("late").inc()
     try:
         payload = json.loads(body)
     except ValueError:
@@ -104,7 +112,7 @@ def parse_delivery(key: bytes, body: bytes, headers: dict[str, str], now: dt.dat
         "webhook_id": webhook_id[:128], "event_type": payload["event_type"][:64],
         "order_id": _short(data.get("order_id")),
         "merchant_order_reference": _short(data.get("merchant_order_reference")),
-        "order_status": _short(data.get("status"), 32), "body": body.decode(), "received_at": now})
+        "order_status": _short(data.get("status"), 32), "body": body.decode(), "received_at": now, "note": late})
 
 
 def store(d: Deps, rows: list[WebhookEvent]) -> list[bool]:
@@ -115,7 +123,7 @@ def store(d: Deps, rows: list[WebhookEvent]) -> list[bool]:
         return []
     table = WebhookEvent.__table__  # type: ignore[attr-defined]
     values = [{c: getattr(r, c) for c in ("webhook_id", "event_type", "order_id", "merchant_order_reference",
-                                          "order_status", "body", "status", "attempts", "received_at")}
+                                          "order_status", "body", "status", "attempts", "received_at", "note")}
               for r in rows]
     statement = insert_skipping(d.repo.engine, table, ["webhook_id"]).returning(table.c.id, table.c.webhook_id)
     with d.repo.session() as s:
@@ -226,6 +234,14 @@ def apply(d: Deps, event: WebhookEvent) -> tuple[str, str]:
         return "ignored", "data is not an order"
     if event.event_type in REFUND_EVENTS:
         from orchestrator.refunds import apply_refund_event
+
+        if event.note is not None:
+            try:  # a late (or kept waiting) refund event is not believed: what Plural says of that refund order now is
+                order = d.plural.get_order(order.order_id)
+            except TRANSIENT as exc:
+                return "deferred", f"Get Order failed, retried by the sweep: {type(exc).__name__}"
+            except errors.APIError as exc:
+                return "ignored", f"Get Order refused: {exc.code}"
 
         note = apply_refund_event(d, order)
         return "applied" if note else "deferred", note or "refund not recorded yet"

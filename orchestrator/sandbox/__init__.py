@@ -35,4 +35,7 @@ def app_from_settings(settings: Any, *, port: int, host: str = "127.0.0.1", faul
     )
     return create_app(config, faults=faults, webhook_url=webhook_url or settings.sandbox_webhook_url,
                       webhook_key=settings.webhook_key(), admin_key=settings.sandbox_admin_key.get_secret_value(),
+                      webhook_schedule=settings.sandbox_webhook_schedule,
+                      webhook_time_scale=settings.sandbox_webhook_time_scale,
+                      webhook_timestamps=settings.sandbox_webhook_timestamps,
                       state_file=state_file)

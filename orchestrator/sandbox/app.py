@@ -23,7 +23,7 @@ from orchestrator.logs import get_logger
 from orchestrator.sandbox import offers
 from orchestrator.sandbox.faults import Faults
 from orchestrator.sandbox.gateway import Gateway, GatewayError, SandboxConfig
-from orchestrator.sandbox.webhooks import WebhookSender
+from orchestrator.sandbox.webhooks import SCHEDULES, TIMESTAMPS, WebhookSender
 
 log = get_logger(__name__)
 
@@ -130,13 +130,16 @@ class StateKeeper:
 
 
 def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = None, webhook_url: str | None = None,
-               webhook_key: bytes = b"sandbox-webhook-secret", webhook_retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0),
+               webhook_key: bytes = b"sandbox-webhook-secret", webhook_schedule: str = "plural",
+               webhook_time_scale: float = 1 / 600, webhook_timestamps: str = "original",
                admin_key: str = "sandbox-admin-key", state_file: Path | None = None) -> FastAPI:
     """``state_file``: where the sandbox keeps its orders, payments and ledger across restarts
-    (saved within a second of a change, and at shutdown; restored at start)."""
+    (saved within a second of a change, and at shutdown; restored at start). ``webhook_*``: the
+    retry schedule, its compression and the timestamps of retries (``sandbox.webhooks``)."""
     config = config or SandboxConfig()
     faults = faults or Faults()
-    sender = WebhookSender(webhook_url, webhook_key, faults, retry_delays=webhook_retry_delays)
+    sender = WebhookSender(webhook_url, webhook_key, faults, schedule=webhook_schedule,
+                           time_scale=webhook_time_scale, timestamps=webhook_timestamps)
     gateway = Gateway(config, emit=sender.send)
     keeper = StateKeeper(gateway, state_file) if state_file is not None else None
 
@@ -340,13 +343,22 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
     @app.get("/sandbox/config")
     async def get_config() -> Any:
         data = {k: v for k, v in asdict(config).items() if k not in ("callback_key", "client_secret", "offers")}
-        return {**data, "webhook_url": sender.url}
+        return {**data, "webhook_url": sender.url, "webhook_schedule": sender.schedule,
+                "webhook_time_scale": sender.time_scale, "webhook_timestamps": sender.timestamps}
 
     @app.put("/sandbox/config")
     async def put_config(request: Request) -> Any:
         body = await _body(request)
         if "webhook_url" in body:
             sender.url = body.pop("webhook_url") or None
+        scale = body.get("webhook_time_scale", 1.0)
+        if body.get("webhook_schedule", "plural") not in SCHEDULES or body.get("webhook_timestamps", "fresh") \
+                not in TIMESTAMPS or isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
+            raise GatewayError(400, "INVALID_REQUEST", f"webhook_schedule is one of {sorted(SCHEDULES)}, "
+                               f"webhook_timestamps one of {list(TIMESTAMPS)}, webhook_time_scale a number >= 0")
+        for key in ("webhook_schedule", "webhook_timestamps", "webhook_time_scale"):
+            if key in body:
+                setattr(sender, key.removeprefix("webhook_"), body.pop(key))
         for key, value in body.items():
             if key in ("callback_key", "client_id", "client_secret", "offers") or not hasattr(config, key):
                 raise GatewayError(400, "INVALID_REQUEST", f"{key} cannot be set")

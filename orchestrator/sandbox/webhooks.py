@@ -1,8 +1,15 @@
 """The sandbox's webhook sender: ``{"event_type", "data"}`` with Standard Webhooks headers.
 
-Each event gets one ``webhook-id``; a failed delivery (no answer or a non-2xx) is retried up to
-three times with the same id, signed again with the attempt's timestamp. Faults may drop,
-duplicate or delay (reorder) deliveries. Every delivery is logged for ``/sandbox/webhooks``.
+Each event gets one ``webhook-id``; a failed delivery (no answer or a non-2xx) is retried with
+the same id on Plural's schedule. Plural's documents disagree on it, so both are here
+(``SANDBOX_WEBHOOK_SCHEDULE``): ``plural`` retries after 0 s, 5 s, 5 min, 30 min, 2 h, 5 h,
+10 h and 10 h; ``three`` retries up to three times (0 s, 5 s, 5 min). The schedule runs
+compressed by ``time_scale`` (``SANDBOX_WEBHOOK_TIME_SCALE``, 1.0 = real time) so tests stay
+fast. ``webhook-timestamp`` is when the event was triggered (``original``, Plural's description):
+a retry keeps it, shifted back by the time the compression skipped, so a retry that Plural would
+send hours later carries an hours-old timestamp here too; ``fresh`` signs each attempt with its
+own time. Faults may drop, duplicate or delay (reorder) deliveries. Every delivery is logged for
+``/sandbox/webhooks``.
 """
 
 from __future__ import annotations
@@ -23,13 +30,25 @@ from orchestrator.sandbox.faults import Faults
 log = get_logger(__name__)
 
 
+#: Plural's retry schedules, in seconds after the previous attempt (the documents disagree)
+SCHEDULES: dict[str, tuple[float, ...]] = {
+    "plural": (0, 5, 300, 1800, 7200, 18000, 36000, 36000),
+    "three": (0, 5, 300),
+}
+TIMESTAMPS = ("original", "fresh")
+
+
 class WebhookSender:
-    def __init__(self, url: str | None, key: bytes, faults: Faults, *, retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0),
-                 timeout: float = 5.0, threads: int = 4, log_limit: int = 20000):
+    def __init__(self, url: str | None, key: bytes, faults: Faults, *, schedule: str = "plural",
+                 time_scale: float = 1.0, timestamps: str = "original", timeout: float = 5.0, threads: int = 4,
+                 log_limit: int = 20000):
+        if schedule not in SCHEDULES or timestamps not in TIMESTAMPS or time_scale < 0:
+            raise ValueError(f"schedule is one of {sorted(SCHEDULES)}, timestamps one of {TIMESTAMPS}, "
+                             "time_scale >= 0")
         self.url = url
         self.key = key
         self.faults = faults
-        self.retry_delays = retry_delays
+        self.schedule, self.time_scale, self.timestamps = schedule, time_scale, timestamps
         self.timeout = timeout
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._session = requests.Session()
@@ -45,7 +64,7 @@ class WebhookSender:
         body = json.dumps({"event_type": event_type, "data": data}, separators=(",", ":"))
         record = {"webhook_id": "msg_" + secrets.token_urlsafe(18), "event_type": event_type,
                   "order_id": data.get("order_id"), "status": data.get("status"), "attempts": 0,
-                  "outcome": "queued", "body": body}
+                  "outcome": "queued", "body": body, "triggered_at": time.time()}
         with self._lock:
             self.deliveries.append(record)
             del self.deliveries[: max(len(self.deliveries) - self._log_limit, 0)]
@@ -77,22 +96,43 @@ class WebhookSender:
             except Exception:  # pragma: no cover - a sender thread must never die
                 log.exception("sandbox.webhook.crashed", webhook_id=record["webhook_id"])
 
+    @property
+    def retry_delays(self) -> tuple[float, ...]:
+        """The schedule's waits as this sender sleeps them (compressed by ``time_scale``)."""
+        return tuple(d * self.time_scale for d in SCHEDULES[self.schedule])
+
+    def _timestamp(self, record: dict[str, Any], attempt: int) -> int:
+        """The attempt's ``webhook-timestamp``: its own time (``fresh``), or the event's, moved back
+        by the part of the schedule the compression skipped (``original``)."""
+        if self.timestamps == "fresh":
+            return int(time.time())
+        skipped = sum(SCHEDULES[self.schedule][:attempt]) * (1 - self.time_scale)
+        return int(record["triggered_at"] - skipped)
+
     def _deliver(self, record: dict[str, Any]) -> None:
-        url = self.url
-        for attempt in range(len(self.retry_delays) + 1):
-            record["attempts"] += 1
-            headers = {"content-type": "application/json",
-                       **webhook_headers(self.key, record["webhook_id"], int(time.time()), record["body"])}
-            try:
-                answer = self._session.post(url, data=record["body"].encode(), headers=headers, timeout=self.timeout)
-                record["last_status"] = answer.status_code
-                if 200 <= answer.status_code < 300:
-                    record["outcome"] = "delivered"
-                    return
-            except requests.RequestException as exc:
-                record["last_status"] = type(exc).__name__
-            if attempt < len(self.retry_delays):
-                time.sleep(self.retry_delays[attempt])
+        """One attempt; a failed one is queued again when the schedule says (a timer, so a
+        receiver that is down holds no sender thread for hours)."""
+        attempt = record["attempts"]
+        record["attempts"] += 1
+        stamp = self._timestamp(record, attempt)
+        record["last_timestamp"] = stamp
+        headers = {"content-type": "application/json",
+                   **webhook_headers(self.key, record["webhook_id"], stamp, record["body"])}
+        try:
+            answer = self._session.post(self.url, data=record["body"].encode(), headers=headers, timeout=self.timeout)
+            record["last_status"] = answer.status_code
+            if 200 <= answer.status_code < 300:
+                record["outcome"] = "delivered"
+                return
+        except requests.RequestException as exc:
+            record["last_status"] = type(exc).__name__
+        delays = self.retry_delays
+        if attempt < len(delays):
+            record["outcome"] = "retrying"
+            timer = threading.Timer(delays[attempt], self._queue.put, args=(record,))
+            timer.daemon = True
+            timer.start()
+            return
         record["outcome"] = "failed"
         log.warning("sandbox.webhook.failed", webhook_id=record["webhook_id"], event_type=record["event_type"])
 

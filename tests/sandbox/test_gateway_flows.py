@@ -340,7 +340,7 @@ def test_failed_webhook_delivery_is_retried_with_the_same_id(client, sandbox, we
                                     len([x for x in webhook_catcher.received
                                          if x.json()["data"]["order_id"] == o.order_id]) >= 4)
     ids = {h.headers["webhook-id"] for h in hits}
-    assert len(hits) == 4 and len(ids) == 1
+    assert len(hits) >= 4 and len(ids) == 1
     assert hits[0].json()["event_type"] == "PAYMENT_FAILED"
 
 
@@ -463,3 +463,39 @@ def test_the_sandbox_remembers_its_orders_across_a_restart(tmp_path):
         assert again.status_code == 200 and again.json()["data"]["merchant_order_reference"] == "remember-me"
     with TestClient(app_from_settings(settings, port=8700)) as client:  # without a state file: nothing kept
         assert client.get(f"/api/pay/v1/orders/{order_id}", headers=token(client)).status_code == 404
+
+
+def _retried(sandbox, webhook_catcher, client, schedule, timestamps, status=500):
+    requests.put(sandbox.url + "/sandbox/config", json={"webhook_schedule": schedule,
+                                                        "webhook_timestamps": timestamps}, timeout=5)
+    webhook_catcher.status = status
+    try:
+        o = order(client)
+        with pytest.raises(errors.PaymentDeclined):
+            pay(client, o, DECLINE_CARD)
+        mine = lambda: [x for x in webhook_catcher.received if x.json()["data"]["order_id"] == o.order_id]  # noqa: E731
+        expected = {"plural": 9, "three": 4}[schedule]
+        webhook_catcher.wait_for(lambda c: len(mine()) >= expected, timeout=60)
+        return mine()
+    finally:
+        requests.put(sandbox.url + "/sandbox/config", json={"webhook_schedule": "plural",
+                                                            "webhook_timestamps": "original"}, timeout=5)
+
+
+def test_a_failing_receiver_gets_plurals_eight_retries_with_one_id_and_the_events_timestamp(
+        client, sandbox, webhook_catcher):
+    hits = _retried(sandbox, webhook_catcher, client, "plural", "original")
+    assert len(hits) == 9 and len({h.headers["webhook-id"] for h in hits}) == 1
+    stamps = [int(h.headers["webhook-timestamp"]) for h in hits]
+    # the schedule's time passes for the timestamp: the last retry looks over a day old
+    ages = [stamps[0] - s for s in stamps]
+    schedule = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert ages[1] <= 1 and abs(ages[3] - 305) <= 2 and abs(ages[-1] - sum(schedule)) <= sum(schedule) * 0.001
+
+
+def test_the_other_documented_schedule_retries_three_times_with_fresh_timestamps(client, sandbox, webhook_catcher):
+    hits = _retried(sandbox, webhook_catcher, client, "three", "fresh")
+    time.sleep(0.5)  # nothing more comes
+    assert len(hits) == 4
+    stamps = [int(h.headers["webhook-timestamp"]) for h in hits]
+    assert max(stamps) - min(stamps) <= 2 and abs(time.time() - max(stamps)) <= 2
