@@ -109,6 +109,72 @@ def _our_payment(c: Checkout, order: Order) -> Any:
     return None
 
 
+#: the checkout's error code when Plural's answer is not about its order as we made it
+MISMATCH = "GATEWAY_MISMATCH"
+
+
+class Mismatch(Exception):
+    """Plural's order, looked up for a step, disagrees with the checkout (``mismatch``)."""
+
+
+def expected_payment(c: Checkout) -> int:
+    """What the card pays: the order amount, or for EMI the offer's payment amount (after instant
+    discounts; the order itself keeps the full amount)."""
+    return c.payment_amount or c.amount_value
+
+
+def mismatch(d: Deps, c: Checkout, order: Order, *, found: bool = False) -> str | None:
+    """What in Plural's order disagrees with the checkout, naming both values; None when it agrees.
+
+    Checked: the reference, the order id once recorded, the type, the order amount and currency
+    (the full amount, also for EMI), ``pre_auth``, our payment's amount and currency, what was
+    captured and, for an order ``found`` by our reference (after an unknown outcome or a lost
+    record), that no other checkout holds it already. A missing value disagrees too: it cannot be
+    checked.
+    """
+    problems: list[str] = []
+
+    def differ(what: str, ours: Any, theirs: Any) -> None:
+        if ours != theirs:
+            problems.append(f"{what} is {theirs!r} at Plural, {ours!r} here")
+
+    differ("merchant_order_reference", c.merchant_order_reference, order.merchant_order_reference)
+    if c.plural_order_id:
+        differ("order_id", c.plural_order_id, order.order_id)
+    if order.type is not None:
+        differ("type", "CHARGE", order.type.upper())
+    amount = order.order_amount
+    differ("order_amount", c.amount_value, amount.value if amount else None)
+    differ("currency", c.currency, amount.currency if amount else None)
+    differ("pre_auth", c.pre_auth, order.pre_auth)
+    expected = expected_payment(c)
+    payment = _our_payment(c, order)
+    if payment is not None and payment.payment_amount is not None:
+        differ("payment_amount", expected, payment.payment_amount.value)
+        differ("payment currency", c.currency, payment.payment_amount.currency)
+    view = saga.gateway_view(order.status, payment.status if payment else None)
+    if payment is None and view in (saga.GatewayView.AUTHORIZED, saga.GatewayView.PROCESSED):
+        problems.append(f"order is {order.status} at Plural with no payment {c.merchant_payment_reference}")
+    captured = order.captured_amount()
+    if captured > expected or (captured and not c.pre_auth and captured != expected):
+        problems.append(f"captured is {captured} at Plural, {expected} here")
+    if found:
+        other = d.repo.by_plural_order(order.order_id)
+        if other is not None and other.id != c.id:
+            problems.append(f"order {order.order_id} belongs to checkout {other.id}")
+    return text("; ".join(problems)) if problems else None
+
+
+def flag(d: Deps, c: Checkout, problem: str, reason: str, source: Source, run: Run | None = None) -> bool:
+    """Plural's answer disagrees with the checkout: the engine moves it to NEEDS_ATTENTION, with
+    nothing of the answer adopted. True when it moved (one already there stays)."""
+    log.error("saga.gateway_mismatch", source=source.value, problem=problem)
+    moved = d.engine.apply(c.id, Fact.GATEWAY_MISMATCH, source, f"{reason}: Plural disagrees: {problem}", run=run,
+                           fields={"error_code": MISMATCH, "error_message": text(problem)},
+                           seen=c if run is None else None)
+    return moved is not None
+
+
 def order_fact(d: Deps, c: Checkout, order: Order) -> tuple[Fact | None, dict[str, Any]]:
     """What Plural's order states about this checkout, and the fields that go with it."""
     payment = _our_payment(c, order)
@@ -137,7 +203,11 @@ def order_fact(d: Deps, c: Checkout, order: Order) -> tuple[Fact | None, dict[st
 
 def settle(d: Deps, c: Checkout, order: Order, reason: str, source: Source = Source.POLL,
            run: Run | None = None) -> bool:
-    """Hand Plural's view of the order to the engine; True when the checkout moved."""
+    """Hand Plural's view of the order to the engine, once checked against the checkout; True when
+    the checkout moved."""
+    problem = mismatch(d, c, order)
+    if problem is not None:
+        return flag(d, c, problem, reason, source, run)
     fact, fields = order_fact(d, c, order)
     if fact is None:
         return False
@@ -294,7 +364,11 @@ def create_order(d: Deps, run: Run, c: Checkout) -> None:
         except TRANSIENT as exc:
             return retry_later(d, run, c, Step.CREATE_ORDER, exc)
         else:
-            _resolve(d, run, Step.CREATE_ORDER, "succeeded", order.order_id)
+            problem = mismatch(d, c, order, found=True)
+            _resolve(d, run, Step.CREATE_ORDER, "failed" if problem else "succeeded", problem or order.order_id)
+            if problem is not None:
+                flag(d, c, problem, "order found by reference", Source.STEP, run)
+                return
             state_fact(d, run, Fact.ORDER_CREATED, "order found by reference", plural_order_id=order.order_id,
                        plural_status=order.status)
             return
@@ -321,6 +395,12 @@ def create_order(d: Deps, run: Run, c: Checkout) -> None:
                    error_message=text(exc.message))
         return
     order = got.result
+    # Plural answers a repeated reference with the order it already has: it may not be ours. (No
+    # other checkout can hold an order with our reference: references are unique here.)
+    problem = mismatch(d, c, order)
+    if problem is not None:
+        flag(d, c, problem, "order created", Source.STEP, run)
+        return
     state_fact(d, run, Fact.ORDER_CREATED, "order created", plural_order_id=order.order_id,
                plural_status=order.status)
 
@@ -399,6 +479,10 @@ def create_payment(d: Deps, run: Run, c: Checkout) -> None:
 
 
 def _after_payment(d: Deps, run: Run, c: Checkout, order: Order, reason: str) -> None:
+    problem = mismatch(d, c, order)
+    if problem is not None:
+        flag(d, c, problem, reason, Source.STEP, run)
+        return
     payment = _our_payment(c, order)
     fields: dict[str, Any] = {"plural_payment_id": payment.id if payment else None,
                               "challenge_url": order.challenge_url, "plural_status": order.status}
@@ -509,9 +593,13 @@ def _order_id(d: Deps, run: Run, c: Checkout) -> str | None:
     if c.plural_order_id:
         return c.plural_order_id
     try:
-        order_id = d.plural.get_order_by_reference(c.merchant_order_reference).order_id
+        order = d.plural.get_order_by_reference(c.merchant_order_reference)
     except errors.NotFound:
         return None
+    problem = mismatch(d, c, order, found=True)
+    if problem is not None:
+        raise Mismatch(problem)
+    order_id = order.order_id
     d.repo.note(c.id, claim=run.claim, finish=run.finished, plural_order_id=order_id)
     c.plural_order_id = order_id
     return order_id
@@ -564,6 +652,9 @@ def cancel_order(d: Deps, run: Run, c: Checkout) -> None:
         order = d.plural.get_order(order_id)
     except TRANSIENT as exc:
         return retry_later(d, run, c, Step.CANCEL_ORDER, exc)
+    problem = mismatch(d, c, order)
+    if problem is not None:
+        raise Mismatch(problem)
     fact, _fields = order_fact(d, c, order)
     # an earlier cancel whose answer was lost took effect exactly when Plural now says CANCELLED
     _resolve(d, run, Step.CANCEL_ORDER, "succeeded" if fact is Fact.PLURAL_CANCELLED else "failed",
@@ -618,8 +709,14 @@ def captured_with(order: Order, reference: str) -> int | None:
 
 
 def _follow_capture(d: Deps, run: Run, c: Checkout, order: Order, reason: str, source: Source) -> bool:
-    """Settle a capturing checkout from Plural's order; True when it moved."""
+    """Settle a capturing checkout from Plural's order, once checked; True when it moved."""
     amount = captured_with(order, c.merchant_capture_reference)
+    asked = c.capture_amount or c.authorized_amount
+    problem = mismatch(d, c, order)
+    if problem is None and amount is not None and amount != asked:
+        problem = f"capture {c.merchant_capture_reference} is {amount} at Plural, {asked} here"
+    if problem is not None:
+        return flag(d, c, problem, reason, source, run)
     if amount is not None:
         moved = d.engine.apply(c.id, Fact.PLURAL_PROCESSED, source, f"{reason}: captured", run=run,
                                fields={"captured_amount": amount, "plural_status": order.status})
@@ -753,6 +850,16 @@ def _run_claimed(d: Deps, step: Step, owned: Run, c: Checkout) -> None:
         STEPS[step](d, owned, c)
     except errors.NotFound as exc:
         _order_unknown(d, owned, c, step, exc)
+    except Mismatch as exc:
+        _mismatched(d, owned, c, step, str(exc))
+
+
+def _mismatched(d: Deps, run: Run, c: Checkout, step: Step, problem: str) -> None:
+    """The order a step looked up is not this checkout's: a person looks; nothing is adopted."""
+    if flag(d, c, problem, f"{step.value}: order looked up", Source.POLL, run):
+        return
+    d.repo.note(c.id, states={State(c.state)}, claim=run.claim, finish=run.finished,
+                next_due_at=d.engine.due_for(c, State(c.state), {}))
 
 
 def _order_unknown(d: Deps, run: Run, c: Checkout, step: Step, exc: errors.NotFound) -> None:

@@ -35,7 +35,7 @@ from orchestrator.logs import get_logger
 from orchestrator.plural.models import Order
 from orchestrator.plural.signatures import WEBHOOK_TOLERANCE, SignatureError, verify_webhook_signature
 from orchestrator.plural import errors
-from orchestrator.steps import TRANSIENT, Deps, order_fact, settle
+from orchestrator.steps import TRANSIENT, Deps, mismatch, order_fact, settle
 
 log = get_logger("orchestrator.webhooks")
 
@@ -262,7 +262,7 @@ def apply(d: Deps, event: WebhookEvent) -> tuple[str, str]:
             return "ignored", f"Get Order refused: {exc.code}"
         source = Source.POLL
     fact, _fields = order_fact(d, checkout, order)
-    if fact is None:
+    if fact is None and mismatch(d, checkout, order) is None:
         return "applied", f"nothing decided yet ({order.status})"
     moved = settle(d, checkout, order, f"webhook {event.event_type}", source)
     note = f"{before} → {(d.repo.get(checkout.id) or checkout).state}" if moved else f"no move from {before}"

@@ -481,3 +481,144 @@ def test_an_order_plural_does_not_know_is_resolved_not_looped(harness, monkeypat
     assert "does not know order" in row.attention_reason
     dispatch.run(h.deps, Step.POLL_ORDER, c.id, "t2")  # the attention poll: no exception, still visible
     assert h.state(c.id) == "NEEDS_ATTENTION"
+
+
+# --- Plural's answers are checked against the checkout before they move it (issue 22, item 2) ---
+
+
+def foreign_order(h, reference, amount=100, pre_auth=True):
+    """An order at Plural under our reference that is not the one our checkout would make."""
+    from orchestrator.plural.models import Amount, CreateOrderRequest
+
+    return h.deps.plural.create_order(CreateOrderRequest(merchant_order_reference=reference,
+                                                         order_amount=Amount(value=amount), pre_auth=pre_auth))
+
+
+def altered(order, change):
+    from orchestrator.plural.models import Order
+
+    data = order.model_dump(mode="json", exclude_none=True)
+    change(data)
+    return Order.model_validate(data)
+
+
+def mismatched(h, c):
+    c = h.deps.repo.get(c.id)
+    assert c.state == "NEEDS_ATTENTION" and c.error_code == "GATEWAY_MISMATCH", (c.state, c.error_code)
+    assert "COMPLETED" not in path(h, c)
+    return c
+
+
+def test_a_foreign_order_returned_for_our_reference_is_never_adopted(harness):
+    """Plural answers a create with our reference by the order it already has: a 100-paise
+    pre-auth order is not a 500000-paise checkout's order."""
+    h = harness
+    reference = f"ord-{uuid.uuid4().hex[:12]}"
+    foreign = foreign_order(h, reference)
+    c = mismatched(h, checkout(h, amount=500000, reference=reference))
+    assert c.plural_order_id is None
+    assert "order_amount is 100 at Plural, 500000 here" in c.error_message
+    assert "pre_auth is True at Plural, False here" in c.error_message
+    assert [e["kind"] for e in ledger(h.sandbox_url, foreign.order_id)] == ["ORDER_CREATED"]
+
+
+def test_a_foreign_order_found_by_reference_after_an_unknown_outcome_is_not_adopted_even_when_polled(harness):
+    from orchestrator import dispatch
+
+    h = harness
+    row = received(h, amount=1500)
+    h.queue.clear()
+    h.deps.repo.begin_attempt(row.id, Step.CREATE_ORDER.value, row.merchant_order_reference, "dead-task")
+    foreign = foreign_order(h, row.merchant_order_reference, amount=1500, pre_auth=True)
+    steps.run(h.deps, Step.CREATE_ORDER, row.id)
+    c = mismatched(h, row)
+    assert c.plural_order_id is None and c.attention_from == "NEW"
+    assert "pre_auth is True at Plural, False here" in c.error_message
+    h.clock.advance(h.deps.settings.attention_poll_seconds + 1)
+    dispatch.run(h.deps, Step.POLL_ORDER, c.id, "attention-poll")  # looks the order up again
+    c = mismatched(h, c)
+    assert c.plural_order_id is None
+    assert [e["kind"] for e in ledger(h.sandbox_url, foreign.order_id)] == ["ORDER_CREATED"]
+
+
+def test_an_order_found_by_reference_that_another_checkout_holds_is_not_adopted(harness, monkeypatch):
+    h = harness
+    other = checkout(h, amount=1500)
+    row = received(h, amount=1500)
+    h.queue.clear()
+    h.deps.repo.begin_attempt(row.id, Step.CREATE_ORDER.value, row.merchant_order_reference, "dead-task")
+    theirs = altered(h.deps.plural.get_order(other.plural_order_id),
+                     lambda o: o.update(merchant_order_reference=row.merchant_order_reference))
+    monkeypatch.setattr(h.deps.plural, "get_order_by_reference", lambda _ref: theirs)
+    steps.run(h.deps, Step.CREATE_ORDER, row.id)
+    c = mismatched(h, row)
+    assert c.plural_order_id is None
+    assert f"order {other.plural_order_id} belongs to checkout {other.id}" in c.error_message
+    assert h.deps.repo.get(other.id).state == other.state
+
+
+def test_a_payment_answer_for_another_amount_needs_attention(harness, monkeypatch):
+    h = harness
+    row = received(h, amount=1500)
+    h.queue.clear()
+    steps.run(h.deps, Step.CREATE_ORDER, row.id)
+    steps.run(h.deps, Step.CARD_DETAILS, row.id)
+    make = h.deps.plural.create_payment
+
+    def cheaper(order_id, request):
+        return altered(make(order_id, request), lambda o: o["payments"][0]["payment_amount"].update(value=15))
+
+    monkeypatch.setattr(h.deps.plural, "create_payment", cheaper)
+    steps.run(h.deps, Step.CREATE_PAYMENT, row.id)
+    c = mismatched(h, row)
+    assert "payment_amount is 15 at Plural, 1500 here" in c.error_message
+    assert "AWAITING_OTP" not in path(h, c) and "PAYMENT_CREATED" not in path(h, c)
+
+
+def test_a_poll_reporting_another_payment_amount_never_completes_the_checkout(harness, monkeypatch):
+    h = harness
+    c = checkout(h, card=ACS_CARD, amount=500000)
+    assert c.state == "AWAITING_REDIRECT"
+    token = parse_qs(urlparse(c.challenge_url).query)["token"][0]
+    requests.post(f"{h.sandbox_url}/sandbox/acs/{c.plural_payment_id}/approve", data={"token": token},
+                  allow_redirects=False, timeout=5)
+    real = h.deps.plural.get_order
+
+    def paid_less(order_id):
+        def change(o):
+            o["payments"][0]["payment_amount"]["value"] = 100
+            for capture in o["payments"][0].get("capture_data") or []:
+                capture["capture_amount"]["value"] = 100
+        return altered(real(order_id), change)
+
+    monkeypatch.setattr(h.deps.plural, "get_order", paid_less)
+    h.clock.advance(1)
+    h.run_due()
+    c = mismatched(h, c)
+    assert c.captured_amount == 0 and c.authorized_amount == 0
+    assert "payment_amount is 100 at Plural, 500000 here" in c.error_message
+    h.clock.advance(h.deps.settings.attention_poll_seconds + 1)
+    h.run_due()  # the attention poll sees the same answer: still not completed
+    mismatched(h, c)
+
+
+def test_a_capture_answer_for_another_amount_needs_attention(harness, monkeypatch):
+    h = harness
+    c = checkout(h, pre_auth=True, amount=5000)
+    h.service.submit_otp(c.id, "123456")
+    h.drain()
+    assert h.state(c.id) == "AUTHORIZED"
+    capture = h.deps.plural.capture_order
+
+    def captured_more(order_id, request):
+        def change(o):
+            for data in o["payments"][0].get("capture_data") or []:
+                data["capture_amount"]["value"] = 4000
+        return altered(capture(order_id, request), change)
+
+    monkeypatch.setattr(h.deps.plural, "capture_order", captured_more)
+    h.service.deliver(c.id, 3000)
+    h.drain()
+    c = mismatched(h, c)
+    assert c.captured_amount == 0 and c.attention_from == "CAPTURING"
+    assert "at Plural, 3000 here" in c.error_message

@@ -404,3 +404,23 @@ def test_a_group_commit_answers_each_request_after_its_batch_and_fails_a_failed_
     assert answers == [i * 10 for i in range(20)]
     assert sum(len(b) for b in batches[:-1]) == 20 and len(batches) < 21  # batched, not one by one
     assert all(isinstance(f, RuntimeError) for f in failed)
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("order_amount", {"value": 300, "currency": "INR"}, "order_amount is 300 at Plural, 3000 here"),
+    ("pre_auth", True, "pre_auth is True at Plural, False here"),
+    ("merchant_order_reference", "someone-else", "merchant_order_reference is 'someone-else' at Plural"),
+])
+def test_a_signed_snapshot_that_disagrees_with_the_checkout_never_completes_it(harness, field, value, named):
+    h = harness
+    c = start(h)
+    approve(h, c)
+    snapshot = order_json(h, c.plural_order_id)
+    assert snapshot["status"] == "PROCESSED"
+    snapshot[field] = value
+    h.inbound.webhook(*signed(h, "ORDER_PROCESSED", snapshot))
+    h.process_webhooks()
+    c = h.deps.repo.get(c.id)
+    assert c.state == "NEEDS_ATTENTION" and c.error_code == "GATEWAY_MISMATCH"
+    assert named in c.error_message and c.captured_amount == 0
+    assert [t.to_state for t in h.deps.repo.history(c.id)][-1] == "NEEDS_ATTENTION"

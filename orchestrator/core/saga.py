@@ -21,6 +21,7 @@ the step each state asks for. No Celery, HTTP or database code here.
     declines, OTP attempts exhausted, payment failed ──▶ FAILED
     CANCELLING ──Plural refuses while a payment is open──▶ WATCHING (public CANCELLED) ──▶ CANCELLED
     any active state ──retry budget spent──▶ NEEDS_ATTENTION ──operator retry / Plural final──▶ …
+    any active state ──Plural's answer is not about our order as we made it──▶ NEEDS_ATTENTION
 
 Every input is a ``Fact`` from a ``Source``; ``decide`` is the one rule that maps (state, fact,
 source) to a move, from the ``MOVES`` table and the ``SOURCES`` table (which source may state
@@ -112,6 +113,9 @@ class Fact(str, Enum):
     PLURAL_PAYMENT_FAILED = "plural_payment_failed"
     PLURAL_FAILED = "plural_failed"
     PLURAL_CANCELLED = "plural_cancelled"
+    #: Plural's answer disagrees with the checkout (amount, currency, pre_auth, type, reference, or
+    #: an order bound to another checkout): never adopted, never followed; a person must look
+    GATEWAY_MISMATCH = "gateway_mismatch"
     # the merchant
     OTP_SUBMITTED = "otp_submitted"
     CANCEL_REQUESTED = "cancel_requested"
@@ -135,7 +139,7 @@ SOURCES: dict[Fact, frozenset[Source]] = {
                           F.OTP_UNAVAILABLE, F.OTP_WRONG, F.OTP_NOT_USED, F.OTP_ACCEPTED, F.CAPTURE_REFUSED,
                           F.CANCEL_CONFIRMED, F.CANCEL_REFUSED, F.NOTHING_TO_CANCEL)},
     **{f: _PLURAL for f in (F.PLURAL_AUTHORIZED, F.PLURAL_PROCESSED, F.PLURAL_PAYMENT_FAILED, F.PLURAL_FAILED,
-                            F.PLURAL_CANCELLED)},
+                            F.PLURAL_CANCELLED, F.GATEWAY_MISMATCH)},
     F.OTP_SUBMITTED: frozenset({Source.MERCHANT}),
     F.CANCEL_REQUESTED: frozenset({Source.MERCHANT}),
     F.DELIVERED: frozenset({Source.MERCHANT}),
@@ -208,6 +212,7 @@ def _table() -> dict[tuple[State, Fact], State | str]:
         t[(s, F.CANCEL_REQUESTED)] = S.CANCELLING
     for s in RESUMABLE:
         t.setdefault((s, F.GAVE_UP), S.NEEDS_ATTENTION)
+        t[(s, F.GATEWAY_MISMATCH)] = S.NEEDS_ATTENTION
     return t
 
 
@@ -242,6 +247,8 @@ def decide(state: State, fact: Fact, source: Source, *, pre_auth: bool = False, 
     if source not in SOURCES[fact]:
         return None
     if state is S.NEEDS_ATTENTION:
+        if fact is F.GATEWAY_MISMATCH:  # already in front of a person: nothing to follow
+            return None
         if fact is F.OPERATOR_RETRY:
             return attention_from if attention_from in RESUMABLE else None
         if fact is F.OPERATOR_RESOLVE:

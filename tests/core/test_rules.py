@@ -78,6 +78,26 @@ def test_a_stuck_capture_follows_plural_to_completed_but_not_back_to_authorized(
     assert saga.decide(S.NEEDS_ATTENTION, F.PLURAL_AUTHORIZED, Source.POLL, **stuck) is None
 
 
+@pytest.mark.parametrize("source", [Source.STEP, Source.WEBHOOK, Source.POLL])
+def test_a_gateway_answer_that_disagrees_with_the_checkout_needs_attention_from_any_unfinished_state(source):
+    for state in saga.RESUMABLE:
+        for pre_auth in (False, True):
+            assert saga.decide(state, F.GATEWAY_MISMATCH, source, pre_auth=pre_auth) is S.NEEDS_ATTENTION, state
+
+
+@pytest.mark.parametrize("source", [Source.STEP, Source.WEBHOOK, Source.POLL])
+def test_a_mismatch_moves_no_final_checkout_and_none_already_in_front_of_a_person(source):
+    for state in FINAL:
+        assert saga.decide(state, F.GATEWAY_MISMATCH, source) is None
+    for stuck in saga.RESUMABLE:
+        assert saga.decide(S.NEEDS_ATTENTION, F.GATEWAY_MISMATCH, source, attention_from=stuck) is None
+
+
+@pytest.mark.parametrize("source", [Source.MERCHANT, Source.TIMER, Source.OPERATOR])
+def test_only_plurals_answers_state_a_mismatch(source):
+    assert saga.decide(S.AWAITING_OTP, F.GATEWAY_MISMATCH, source) is None
+
+
 def test_the_capture_deadline_runs_from_plurals_authorization_time():
     at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     assert saga.capture_deadline(at, hold_days=7, margin_seconds=3600) == at + dt.timedelta(days=7, hours=-1)
