@@ -129,14 +129,26 @@ def move(d: Deps, r: Refund, target: RefundState, claim: str | None = None, **fi
     return moved
 
 
+def _sent_as(r: Refund) -> tuple[str, ...]:
+    """The references ``r`` may have been sent to Plural with: ours; and the merchant's, for a
+    refund written before references were ours (never one that names another refund of ours)."""
+    ours = plural_refund_reference(r.id)
+    legacy = r.merchant_refund_reference
+    return (ours,) if legacy == ours or refund_id_of(legacy) is not None else (ours, legacy)
+
+
 def _mismatch(d: Deps, r: Refund, order: Order) -> str | None:
-    """Why ``order`` is not ``r`` at Plural (not a REFUND of the checkout's order, of its amount), or None."""
+    """Why ``order`` is not ``r`` at Plural (not a REFUND of the checkout's order, of its amount,
+    under a reference it was sent with), or None."""
     c = d.repo.get(r.checkout_id)
     amount = order.order_amount
-    return refund_mismatch(order_type=order.type, parent_order_id=order.parent_order_id,
-                           amount=amount.value if amount else None, currency=amount.currency if amount else None,
-                           want_parent=c.plural_order_id if c else None, want_amount=r.amount_value,
-                           want_currency=r.currency)
+    why = refund_mismatch(order_type=order.type, parent_order_id=order.parent_order_id,
+                          amount=amount.value if amount else None, currency=amount.currency if amount else None,
+                          want_parent=c.plural_order_id if c else None, want_amount=r.amount_value,
+                          want_currency=r.currency)
+    if order.merchant_order_reference is not None and order.merchant_order_reference not in _sent_as(r):
+        why = "; ".join(filter(None, [why, f"reference {order.merchant_order_reference}, not {_sent_as(r)[0]}"]))
+    return why
 
 
 def _stop_mismatched(d: Deps, r: Refund, order: Order, why: str, reason: str, claim: str | None) -> None:
@@ -225,9 +237,8 @@ def _run_refund(d: Deps, refund_id: str, token: str, task_id: str | None) -> Non
     run = Run(c.id, None, task_id, State(c.state), attempts=d.repo.attempts(c.id, Step.REFUND.value))
     ours = plural_refund_reference(r.id)
     # a submit whose outcome is unknown is resolved by looking its reference up, never by sending
-    # it again (Plural answers a repeated refund reference DUPLICATE_REQUEST); a refund written
-    # before references were ours was sent with the merchant's
-    for reference in (ours, r.merchant_refund_reference):
+    # it again (Plural answers a repeated refund reference DUPLICATE_REQUEST)
+    for reference in _sent_as(r):
         mine = [a for a in run.unresolved(Step.REFUND) if a.reference == reference]
         if not mine:
             continue

@@ -382,6 +382,30 @@ def test_a_refund_webhook_naming_another_parent_or_amount_is_never_adopted(harne
     assert a.plural_order_id in r.error_message and h.deps.repo.get(c.id).refunded_amount == 0
 
 
+def test_a_merchant_reference_naming_another_refund_of_ours_never_adopts_that_refund(harness):
+    from orchestrator.core.saga import plural_refund_reference
+
+    h = harness
+    c = completed(h)
+    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "hang_after", "path": "/refunds/", "seconds": 0.8, "count": 1}]}, timeout=5).raise_for_status()
+    patient, h.deps.plural = h.deps.plural, PluralClient.from_settings(h.deps.settings, read_timeout=0.3,
+                                                                        max_attempts=1)
+    try:
+        y, _ = refund(h, c, 3000)  # refunded at Plural, the answer lost
+    finally:
+        h.deps.plural = patient
+    assert y.state == "REQUESTED"
+    time.sleep(0.9)
+    x, _ = refund(h, c, 3000, reference=plural_refund_reference(y.id))
+    h.clock.advance(60)
+    h.run_due()
+    x, y = get_refund(h.deps, x.id), get_refund(h.deps, y.id)
+    assert (x.state, y.state) == ("PROCESSED", "PROCESSED") and x.plural_refund_order_id != y.plural_refund_order_id
+    assert [k for k in kinds(h, c) if k[0] == "REFUNDED"] == [("REFUNDED", 3000), ("REFUNDED", 3000)]
+    assert h.deps.repo.get(c.id).refunded_amount == 6000
+
+
 # --- issue 22: a failed automatic refund of a late payment is not stranded ----------------------
 
 @pytest.fixture
