@@ -14,7 +14,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from orchestrator.core import saga
-from orchestrator.core.saga import State
+from orchestrator.core.saga import RefundState, State
 from orchestrator.db.models import (Checkout, aware, MerchantEvent, MerchantEventAttempt, Refund, StepAttempt, Transition,
                                     WebhookEvent)
 from orchestrator.db.repo import Repo
@@ -35,6 +35,10 @@ def overview(repo: Repo, now: dt.datetime, limit: int = 20) -> dict[str, Any]:
         attention = s.exec(select(Checkout.id, Checkout.attention_from, Checkout.attention_reason, Checkout.updated_at)
                            .where(Checkout.state == State.NEEDS_ATTENTION.value)
                            .order_by(col(Checkout.updated_at)).limit(limit)).all()
+        # a refund stopped for an operator is listed with its checkout (whatever the checkout's state)
+        attention_refunds = s.exec(select(Refund.checkout_id, Refund.id, Refund.error_message, Refund.updated_at)
+                                   .where(Refund.state == RefundState.NEEDS_ATTENTION.value)
+                                   .order_by(col(Refund.updated_at)).limit(limit)).all()
         since = now - dt.timedelta(hours=24)
         failures = s.exec(select(Checkout.error_code, func.count()).where(
             Checkout.state == State.FAILED.value, col(Checkout.updated_at) >= since).group_by(Checkout.error_code)
@@ -59,7 +63,8 @@ def overview(repo: Repo, now: dt.datetime, limit: int = 20) -> dict[str, Any]:
         "overdue": {"count": overdue_count, "oldest": [
             {"id": i, "state": st, "late_seconds": round((now - aware(due)).total_seconds())}  # type: ignore[operator]
             for i, st, due in overdue]},
-        "needs_attention": [{"id": i, "stuck_in": f, "reason": r, "since": aware(u)} for i, f, r, u in attention],
+        "needs_attention": [{"id": i, "stuck_in": f, "reason": r, "since": aware(u)} for i, f, r, u in attention]
+        + [{"id": i, "stuck_in": f"refund {rid}", "reason": r, "since": aware(u)} for i, rid, r, u in attention_refunds],
         "failures_24h": [{"code": code or "-", "count": n} for code, n in failures],
         "events": {"pending": events.get("pending", 0), "delivered": events.get("delivered", 0),
                    "failed": events.get("failed", 0),

@@ -6,7 +6,8 @@ An event: ``evt_…`` id, type, creation time, and the checkout (or refund) exac
 ``GET`` showed it in that transaction. Types: ``checkout.<status>`` for every change of a
 checkout's public status (``checkout.awaiting_otp``, ``checkout.authorized``,
 ``checkout.completed``, ``checkout.failed``, ``checkout.cancelled``, ``checkout.expired``,
-``checkout.needs_attention``…), ``refund.processed`` and ``refund.failed``.
+``checkout.needs_attention``…), ``refund.processed``, ``refund.failed`` and
+``refund.needs_attention`` (stopped for an operator: its ``error`` says why).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from orchestrator.db.repo import ADD_EVENT, Trail
 from orchestrator.views import checkout_view, iso, refund_view
 
 CHECKOUT_EVENT_TYPES = frozenset(f"checkout.{status.lower()}" for status in saga.PUBLIC_STATUS.values())
-REFUND_EVENT_TYPES = frozenset({"refund.processed", "refund.failed"})
+REFUND_EVENT_TYPES = frozenset({"refund.processed", "refund.failed", "refund.needs_attention"})
 EVENT_TYPES = CHECKOUT_EVENT_TYPES | REFUND_EVENT_TYPES
 
 
@@ -46,8 +47,9 @@ def checkout_change(before: Checkout, after: Checkout, trail: Callable[[], Trail
 
 
 def record_refund_change(s: Session, refund: Refund, now: dt.datetime) -> str | None:
-    """In the refund's transaction: an event if it became PROCESSED or FAILED."""
-    kind = {"PROCESSED": "refund.processed", "FAILED": "refund.failed"}.get(refund.state)
+    """In the refund's transaction: an event if it became PROCESSED, FAILED or NEEDS_ATTENTION."""
+    kind = {"PROCESSED": "refund.processed", "FAILED": "refund.failed",
+            "NEEDS_ATTENTION": "refund.needs_attention"}.get(refund.state)
     if kind is not None:
         s.connection().execute(ADD_EVENT, _row(kind, refund.checkout_id, refund.id, refund_view(refund), now))
     return kind

@@ -1,6 +1,12 @@
 """Refunds of completed checkouts: written ahead with a deterministic reference, submitted to
 Plural, tracked to PROCESSED or FAILED by webhook or by polling.
 
+Plural knows a refund by a reference of ours derived from its id (``saga.plural_refund_reference``),
+never by the merchant's ``merchant_refund_reference``: Plural finds any order by its reference, a
+checkout's order too. Whatever Plural answers about a refund (the submit, a look-up by reference, a
+poll, a webhook) is adopted only if it is a REFUND order of the checkout's order for the refund's
+amount; anything else stops the refund in NEEDS_ATTENTION (REFUND_MISMATCH), naming both sides.
+
 Never above what was captured minus what was refunded (failed refunds excepted): the check and
 the insert run in one transaction that holds the checkout's row (``BEGIN IMMEDIATE`` on SQLite,
 ``FOR UPDATE`` on PostgreSQL), so two concurrent requests cannot both spend the same paise.
@@ -15,9 +21,11 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from orchestrator.core.saga import (REFUND_FINAL, REFUND_TRANSITIONS, RefundState, State, Step, refund_state_of,
-                                    refundable, retry_delay)
+from orchestrator.core.saga import (LATE_REFUND_FAILED, REFUND_FINAL, REFUND_MISMATCH, REFUND_TRANSITIONS,
+                                    RefundState, State, Step, plural_refund_reference, refund_id_of,
+                                    refund_mismatch, refund_reserves, refund_state_of, refundable, retry_delay)
 from orchestrator.db.models import Checkout, Refund
+from orchestrator.db.repo import may_have_refunds
 from orchestrator.logs import get_logger
 from orchestrator.plural import errors
 from orchestrator.plural.models import Amount, Order, RefundRequest
@@ -48,10 +56,14 @@ def request_refund(d: Deps, checkout_id: str, amount: int | None, reference: str
                     raise RefundRefused(409, "REFERENCE_CONFLICT", "merchant_refund_reference names another refund",
                                         refund_id=existing.id)
                 return existing, False
-        if State(c.state) is not State.COMPLETED:
-            raise RefundRefused(409, "INVALID_STATE", "only a COMPLETED checkout can be refunded", status=c.state)
+        # a COMPLETED checkout, or one cancelled whose late payment was refunded automatically
+        # (what that refund did not give back, if it failed, may be refunded again)
+        if not may_have_refunds(c):
+            raise RefundRefused(409, "INVALID_STATE",
+                                "only a COMPLETED checkout (or one whose late payment was refunded) can be refunded",
+                                status=c.state)
         mine = list(s.exec(select(Refund).where(Refund.checkout_id == c.id)))
-        spent = sum(r.amount_value for r in mine if r.state != RefundState.FAILED.value)
+        spent = sum(r.amount_value for r in mine if refund_reserves(RefundState(r.state), r.error_code))
         available = refundable(c.captured_amount, spent)
         value = available if amount is None else amount
         if value <= 0 or value > available:
@@ -69,6 +81,10 @@ def request_refund(d: Deps, checkout_id: str, amount: int | None, reference: str
             s.rollback()
             raise RefundRefused(409, "REFERENCE_CONFLICT", "merchant_refund_reference is already used") from None
     log.info("refund.requested", saga_id=checkout_id, refund_id=row.id, amount=value)
+    for old in mine:  # a failed late refund that waited for this one is closed by it
+        if old.state == RefundState.NEEDS_ATTENTION.value and old.error_code == LATE_REFUND_FAILED:
+            move(d, old, RefundState.FAILED, error_code=LATE_REFUND_FAILED,
+                 error_message=text(f"{old.error_message or ''} (refunded again as {row.id})"))
     d.engine.send(Step.REFUND, row.id)
     return row, True
 
@@ -108,13 +124,62 @@ def move(d: Deps, r: Refund, target: RefundState, claim: str | None = None, **fi
         moved = result.rowcount == 1
     if moved:
         log.info("refund.transition", refund_id=r.id, from_state=r.state, to_state=target.value)
-        if target in REFUND_FINAL:
+        if target in REFUND_FINAL or target is RefundState.NEEDS_ATTENTION:
             d.kick_events()
     return moved
 
 
+def _sent_as(r: Refund) -> tuple[str, ...]:
+    """The references ``r`` may have been sent to Plural with: ours; and the merchant's, for a
+    refund written before references were ours (never one that names another refund of ours)."""
+    ours = plural_refund_reference(r.id)
+    legacy = r.merchant_refund_reference
+    return (ours,) if legacy == ours or refund_id_of(legacy) is not None else (ours, legacy)
+
+
+def _mismatch(d: Deps, r: Refund, order: Order) -> str | None:
+    """Why ``order`` is not ``r`` at Plural (not a REFUND of the checkout's order, of its amount,
+    under a reference it was sent with), or None."""
+    c = d.repo.get(r.checkout_id)
+    amount = order.order_amount
+    why = refund_mismatch(order_type=order.type, parent_order_id=order.parent_order_id,
+                          amount=amount.value if amount else None, currency=amount.currency if amount else None,
+                          want_parent=c.plural_order_id if c else None, want_amount=r.amount_value,
+                          want_currency=r.currency)
+    if order.merchant_order_reference is not None and order.merchant_order_reference not in _sent_as(r):
+        why = "; ".join(filter(None, [why, f"reference {order.merchant_order_reference}, not {_sent_as(r)[0]}"]))
+    return why
+
+
+def _stop_mismatched(d: Deps, r: Refund, order: Order, why: str, reason: str, claim: str | None) -> None:
+    """Plural's ``order`` is not this refund: never adopted; the refund waits for an operator."""
+    message = (f"{reason}: Plural's order {order.order_id} (reference {order.merchant_order_reference or '-'}) "
+               f"is not refund {r.id} (reference {plural_refund_reference(r.id)}): {why}")
+    log.error("refund.mismatch", refund_id=r.id, plural_order_id=order.order_id, error=text(message))
+    move(d, r, RefundState.NEEDS_ATTENTION, claim, error_code=REFUND_MISMATCH, error_message=text(message),
+         next_due_at=None)
+
+
+def _failed(d: Deps, r: Refund, claim: str | None, code: str, message: str, **fields: Any) -> None:
+    """A refund Plural failed or refused. A late payment's automatic refund that fails leaves the
+    customer charged: it NEEDS_ATTENTION (its amount free to be refunded again) instead."""
+    fields["next_due_at"] = None
+    if r.origin == "LATE_PAYMENT":
+        move(d, r, RefundState.NEEDS_ATTENTION, claim, error_code=LATE_REFUND_FAILED,
+             error_message=text(f"the automatic refund of a late payment failed ({code}: {message}); "
+                                "the customer is still charged: refund the checkout again"), **fields)
+        log.error("refund.late_refund_failed", refund_id=r.id, saga_id=r.checkout_id, error=text(message))
+        return
+    move(d, r, RefundState.FAILED, claim, error_code=code[:64], error_message=text(message), **fields)
+
+
 def follow(d: Deps, r: Refund, order: Order, reason: str, claim: str | None = None) -> None:
-    """Move a refund to what Plural's refund order says."""
+    """Move a refund to what Plural's refund order says, if it is this refund's order."""
+    if r.state == RefundState.NEEDS_ATTENTION.value and r.error_code == LATE_REFUND_FAILED:
+        return  # Plural failed it for good; its amount is free to be refunded again
+    why = _mismatch(d, r, order)
+    if why is not None:
+        return _stop_mismatched(d, r, order, why, reason, claim)
     target = refund_state_of(order.status)
     fields: dict[str, Any] = {"plural_refund_order_id": order.order_id, "plural_status": order.status}
     if target is RefundState.PENDING:
@@ -123,7 +188,7 @@ def follow(d: Deps, r: Refund, order: Order, reason: str, claim: str | None = No
     else:
         fields["next_due_at"] = None
     if target is RefundState.FAILED:
-        fields.update(error_code="REFUND_FAILED", error_message=text(reason))
+        return _failed(d, r, claim, "REFUND_FAILED", reason, **fields)
     move(d, r, target, claim, **fields)
 
 
@@ -159,7 +224,7 @@ def run_refund(d: Deps, refund_id: str, task_id: str | None = None) -> None:
 
 def _run_refund(d: Deps, refund_id: str, token: str, task_id: str | None) -> None:
     r = get_refund(d, refund_id)
-    if r is None or RefundState(r.state) in REFUND_FINAL:
+    if r is None or RefundState(r.state) in REFUND_FINAL | {RefundState.NEEDS_ATTENTION}:
         return
     c = d.repo.get(r.checkout_id)
     assert c is not None
@@ -170,35 +235,39 @@ def _run_refund(d: Deps, refund_id: str, token: str, task_id: str | None) -> Non
             return _backoff(d, r, exc, token)
     # the refund's own claim fences its writes; the run carries the checkout's refund attempts
     run = Run(c.id, None, task_id, State(c.state), attempts=d.repo.attempts(c.id, Step.REFUND.value))
-    mine = [a for a in run.unresolved(Step.REFUND) if a.reference == r.merchant_refund_reference]
-    if mine:
+    ours = plural_refund_reference(r.id)
+    # a submit whose outcome is unknown is resolved by looking its reference up, never by sending
+    # it again (Plural answers a repeated refund reference DUPLICATE_REQUEST)
+    for reference in _sent_as(r):
+        mine = [a for a in run.unresolved(Step.REFUND) if a.reference == reference]
+        if not mine:
+            continue
         try:
-            found = d.plural.get_order_by_reference(r.merchant_refund_reference)
+            found = d.plural.get_order_by_reference(reference)
         except errors.NotFound:
             d.repo.resolve_attempts([a.id for a in mine if a.id], "failed", "no refund at Plural")
+            continue
         except TRANSIENT as exc:
             return _backoff(d, r, exc, token)
-        else:
+        if _mismatch(d, r, found) is None:  # else left unresolved: the refund stops for an operator
             d.repo.resolve_attempts([a.id for a in mine if a.id], "succeeded", found.order_id)
-            return follow(d, r, found, "refund found by reference", token)
-    request = RefundRequest(merchant_order_reference=r.merchant_refund_reference,
+        return follow(d, r, found, "refund found by reference", token)
+    request = RefundRequest(merchant_order_reference=ours,
                             order_amount=Amount(value=r.amount_value, currency=r.currency))
-    got = call_ahead(d, run, Step.REFUND, r.merchant_refund_reference,
+    got = call_ahead(d, run, Step.REFUND, ours,
                      lambda: d.plural.create_refund(c.plural_order_id, request), lambda o: o.order_id)
     if got.transient:
         return _backoff(d, r, got.transient, token)
     if got.refused:
-        move(d, r, RefundState.FAILED, token, error_code=got.refused.code[:64], error_message=text(got.refused.message),
-             next_due_at=None)
-        return
+        return _failed(d, r, token, got.refused.code, got.refused.message)
     follow(d, r, got.result, "submitted", token)
 
 
 def apply_refund_event(d: Deps, order: Order) -> str | None:
     """A REFUND_* webhook: move the refund it names. Returns a note, or None if no refund is known."""
+    named = refund_id_of(order.merchant_order_reference)
     with d.repo.session() as s:
-        q = select(Refund).where((Refund.plural_refund_order_id == order.order_id)
-                                 | (Refund.merchant_refund_reference == (order.merchant_order_reference or "")))
+        q = select(Refund).where((Refund.plural_refund_order_id == order.order_id) | (Refund.id == (named or "")))
         r = s.exec(q).first()
     if r is None:
         return None

@@ -30,7 +30,8 @@ def refund_view(r: Refund) -> dict[str, Any]:
         "amount": {"value": r.amount_value, "currency": r.currency},
         "status": r.state,
         "plural_refund_order_id": r.plural_refund_order_id,
-        "error": {"code": r.error_code, "message": r.error_message} if r.state == "FAILED" else None,
+        "error": ({"code": r.error_code, "message": r.error_message}
+                  if r.state in ("FAILED", "NEEDS_ATTENTION") else None),
         "origin": r.origin,
         "created_at": r.created_at.isoformat() if r.created_at else None,
     }

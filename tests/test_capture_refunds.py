@@ -317,3 +317,150 @@ def test_a_capture_reported_by_webhook_days_later_is_not_late(harness):
     h.process_webhooks()
     done = h.deps.repo.get(c.id)
     assert done.state == "COMPLETED" and done.captured_amount == 5000 and not done.finished_late
+
+
+# --- issue 22: a refund is only ever what Plural says of its own refund order -----------------
+
+def one_503_on_the_refund(h, c, amount, reference=None):
+    """Request a refund whose submit gets one 503 (unhandled at Plural): its outcome unknown."""
+    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "error", "path": "/refunds/", "statuses": [503], "count": 1}]}, timeout=5).raise_for_status()
+    patient, h.deps.plural = h.deps.plural, PluralClient.from_settings(h.deps.settings, max_attempts=1)
+    try:
+        r, _ = refund(h, c, amount, reference)
+    finally:
+        h.deps.plural = patient
+    assert r.state == "REQUESTED" and r.failures == 1
+    return r
+
+
+def test_a_refund_named_like_another_checkouts_order_refunds_its_own_checkout(harness):
+    h = harness
+    a, b = completed(h, 7000), completed(h, 7000)
+    r = one_503_on_the_refund(h, b, 7000, reference=a.merchant_order_reference)
+    h.clock.advance(60)
+    h.run_due()
+    r = get_refund(h.deps, r.id)
+    assert r.state == "PROCESSED" and r.merchant_refund_reference == a.merchant_order_reference
+    assert h.deps.plural.get_order(r.plural_refund_order_id).parent_order_id == b.plural_order_id
+    assert [k for k in kinds(h, b) if k[0] == "REFUNDED"] == [("REFUNDED", 7000)]
+    assert [k for k in kinds(h, a) if k[0] == "REFUNDED"] == []
+
+
+def test_an_order_found_by_the_refunds_reference_that_is_not_its_refund_is_never_adopted(harness):
+    from orchestrator.plural.models import Amount, CreateOrderRequest
+
+    h = harness
+    c = completed(h, 7000)
+    r = one_503_on_the_refund(h, c, 7000)
+    (sent,) = [a.reference for a in h.deps.repo.attempts(c.id, Step.REFUND.value)]
+    # another order at Plural holds the reference our refund was sent with
+    other = h.deps.plural.create_order(CreateOrderRequest(merchant_order_reference=sent,
+                                                          order_amount=Amount(value=7000)))
+    h.clock.advance(60)
+    h.run_due()
+    r = get_refund(h.deps, r.id)
+    assert (r.state, r.error_code, r.next_due_at) == ("NEEDS_ATTENTION", "REFUND_MISMATCH", None)
+    assert other.order_id in r.error_message and r.id in r.error_message and c.plural_order_id in r.error_message
+    assert r.plural_refund_order_id is None and h.deps.repo.get(c.id).refunded_amount == 0
+    with pytest.raises(RefundRefused):  # its amount stays reserved: it may still exist at Plural
+        h.service.refund(c.id, 1, None)
+
+
+def test_a_refund_webhook_naming_another_parent_or_amount_is_never_adopted(harness, sandbox_config):
+    h = harness
+    a, c = completed(h), completed(h)
+    sandbox_config(refund_settle_seconds=30.0)
+    r, _ = refund(h, c, 3000)
+    assert r.state == "PENDING"
+    data = h.deps.plural.get_order(r.plural_refund_order_id).model_dump(mode="json", exclude_none=True)
+    data.update(status="PROCESSED", parent_order_id=a.plural_order_id, order_amount={"value": 10000, "currency": "INR"})
+    h.inbound.webhook(*signed(h, "REFUND_PROCESSED", data))
+    h.process_webhooks()
+    r = get_refund(h.deps, r.id)
+    assert (r.state, r.error_code) == ("NEEDS_ATTENTION", "REFUND_MISMATCH")
+    assert a.plural_order_id in r.error_message and h.deps.repo.get(c.id).refunded_amount == 0
+
+
+def test_a_merchant_reference_naming_another_refund_of_ours_never_adopts_that_refund(harness):
+    from orchestrator.core.saga import plural_refund_reference
+
+    h = harness
+    c = completed(h)
+    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "hang_after", "path": "/refunds/", "seconds": 0.8, "count": 1}]}, timeout=5).raise_for_status()
+    patient, h.deps.plural = h.deps.plural, PluralClient.from_settings(h.deps.settings, read_timeout=0.3,
+                                                                        max_attempts=1)
+    try:
+        y, _ = refund(h, c, 3000)  # refunded at Plural, the answer lost
+    finally:
+        h.deps.plural = patient
+    assert y.state == "REQUESTED"
+    time.sleep(0.9)
+    x, _ = refund(h, c, 3000, reference=plural_refund_reference(y.id))
+    h.clock.advance(60)
+    h.run_due()
+    x, y = get_refund(h.deps, x.id), get_refund(h.deps, y.id)
+    assert (x.state, y.state) == ("PROCESSED", "PROCESSED") and x.plural_refund_order_id != y.plural_refund_order_id
+    assert [k for k in kinds(h, c) if k[0] == "REFUNDED"] == [("REFUNDED", 3000), ("REFUNDED", 3000)]
+    assert h.deps.repo.get(c.id).refunded_amount == 6000
+
+
+# --- issue 22: a failed automatic refund of a late payment is not stranded ----------------------
+
+@pytest.fixture
+def api(harness):
+    from fastapi.testclient import TestClient
+
+    from orchestrator.api.app import create_app
+
+    with TestClient(create_app(lambda: harness.service, "test-api-key")) as client:
+        client.headers["X-API-Key"] = "test-api-key"
+        yield client
+
+
+def paid_after_the_cancel_and_refund_failed(h, sandbox_config):
+    from tests.test_webhooks import approve, start
+
+    if h.mode != "strict":
+        pytest.skip("the lenient sandbox cancels the open payment")
+    c = start(h)
+    h.service.cancel(c.id)
+    h.drain()
+    assert h.state(c.id) == "WATCHING"
+    sandbox_config(fail_refunds=True)
+    approve(h, c)  # the customer pays anyway; its automatic refund fails at Plural
+    h.clock.advance(10)
+    h.run_due()
+    sandbox_config(fail_refunds=False)
+    return c
+
+
+def test_a_failed_refund_of_a_late_payment_needs_attention(harness, sandbox_config, api):
+    c = paid_after_the_cancel_and_refund_failed(harness, sandbox_config)
+    view = api.get(f"/v1/checkouts/{c.id}").json()
+    assert (view["status"], view["late_undo"], view["captured_amount"]["value"]) == ("CANCELLED", "REFUNDED", 3000)
+    (late,) = view["refunds"]
+    assert (late["origin"], late["status"], late["error"]["code"]) == ("LATE_PAYMENT", "NEEDS_ATTENTION",
+                                                                       "LATE_REFUND_FAILED")
+    told = api.get("/v1/events", params={"type": "refund.needs_attention"}).json()["events"]
+    assert [e["data"]["id"] for e in told] == [late["id"]]
+    from orchestrator import ops
+
+    stuck = ops.overview(harness.deps.repo, harness.clock())["needs_attention"]
+    assert [(a["id"], a["stuck_in"]) for a in stuck] == [(c.id, f"refund {late['id']}")]
+
+
+def test_a_checkout_whose_late_refund_failed_can_be_refunded_again(harness, sandbox_config, api):
+    h = harness
+    c = paid_after_the_cancel_and_refund_failed(h, sandbox_config)
+    answer = api.post(f"/v1/checkouts/{c.id}/refunds", json={})
+    assert answer.status_code == 202 and answer.json()["amount"]["value"] == 3000
+    h.drain()
+    view = api.get(f"/v1/checkouts/{c.id}").json()
+    assert view["refunded_amount"]["value"] == 3000
+    assert [(r["origin"], r["status"]) for r in view["refunds"]] == [("LATE_PAYMENT", "FAILED"),
+                                                                     ("MERCHANT", "PROCESSED")]
+    assert [k for k in kinds(h, c) if k[0] == "REFUNDED"] == [("REFUNDED", 3000)]
+    again = api.post(f"/v1/checkouts/{c.id}/refunds", json={})
+    assert again.status_code == 422 and again.json()["code"] == "REFUND_EXCEEDS_CAPTURED"

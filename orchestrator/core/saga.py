@@ -522,15 +522,64 @@ class RefundState(str, Enum):
     PENDING = "PENDING"      # Plural has the refund order, not settled yet
     PROCESSED = "PROCESSED"
     FAILED = "FAILED"
+    #: stopped for an operator, its error saying why: Plural answered with an order that is not
+    #: this refund (REFUND_MISMATCH), or the automatic refund of a late payment failed
+    #: (LATE_REFUND_FAILED: the customer is still charged, the checkout may be refunded again)
+    NEEDS_ATTENTION = "NEEDS_ATTENTION"
 
+
+#: why a refund NEEDS_ATTENTION
+REFUND_MISMATCH = "REFUND_MISMATCH"
+LATE_REFUND_FAILED = "LATE_REFUND_FAILED"
+#: the reference a refund is known by at Plural: ours, derived from the refund's id, never the
+#: merchant's (Plural finds any order by its reference, checkouts' orders included)
+PLURAL_REFUND_PREFIX = "orch-refund-"
 
 REFUND_FINAL = frozenset({RefundState.PROCESSED, RefundState.FAILED})
 REFUND_TRANSITIONS: dict[RefundState, frozenset[RefundState]] = {
-    RefundState.REQUESTED: frozenset({RefundState.PENDING, RefundState.PROCESSED, RefundState.FAILED}),
-    RefundState.PENDING: frozenset({RefundState.PROCESSED, RefundState.FAILED}),
+    RefundState.REQUESTED: frozenset({RefundState.PENDING, RefundState.PROCESSED, RefundState.FAILED,
+                                      RefundState.NEEDS_ATTENTION}),
+    RefundState.PENDING: frozenset({RefundState.PROCESSED, RefundState.FAILED, RefundState.NEEDS_ATTENTION}),
+    # closed when the checkout is refunded again (a failed late refund), or by an operator
+    RefundState.NEEDS_ATTENTION: frozenset({RefundState.PROCESSED, RefundState.FAILED}),
     RefundState.PROCESSED: frozenset(),
     RefundState.FAILED: frozenset(),
 }
+
+
+def plural_refund_reference(refund_id: str) -> str:
+    """The ``merchant_order_reference`` a refund is sent to Plural with (44 characters)."""
+    return PLURAL_REFUND_PREFIX + refund_id.removeprefix("rfd_")
+
+
+def refund_id_of(plural_reference: str | None) -> str | None:
+    """The refund a reference of ours names, or None for any other reference."""
+    if not plural_reference or not plural_reference.startswith(PLURAL_REFUND_PREFIX):
+        return None
+    return "rfd_" + plural_reference.removeprefix(PLURAL_REFUND_PREFIX)
+
+
+def refund_mismatch(*, order_type: str | None, parent_order_id: str | None, amount: int | None,
+                    currency: str | None, want_parent: str | None, want_amount: int, want_currency: str) -> str | None:
+    """Why Plural's order is not the refund we expect (a REFUND of our checkout's order, of our
+    amount), or None if it is."""
+    wrong = []
+    if (order_type or "").upper() != "REFUND":
+        wrong.append(f"type {order_type or '-'}, not REFUND")
+    if not want_parent or parent_order_id != want_parent:
+        wrong.append(f"parent order {parent_order_id or '-'}, not {want_parent or '-'}")
+    if amount != want_amount or (currency or "").upper() != want_currency.upper():
+        wrong.append(f"amount {amount if amount is not None else '-'} {currency or '-'}, "
+                     f"not {want_amount} {want_currency}")
+    return "; ".join(wrong) or None
+
+
+def refund_reserves(state: RefundState, error_code: str | None) -> bool:
+    """Does a refund keep its amount from being refunded again? Not once it failed, nor a late
+    refund that failed at Plural; a refund whose outcome is in doubt does."""
+    if state is RefundState.FAILED:
+        return False
+    return not (state is RefundState.NEEDS_ATTENTION and error_code == LATE_REFUND_FAILED)
 
 
 def refund_state_of(plural_status: str) -> RefundState:

@@ -363,7 +363,8 @@ class Gateway:
 
     def get_order_by_reference(self, reference: str) -> dict[str, Any]:
         with self.lock:
-            order_id = self.by_reference.get(reference)
+            # any order: a checkout's, or a refund's (one namespace of references, as at Plural)
+            order_id = self.by_reference.get(reference) or self.refund_refs.get(reference)
             if order_id is None:
                 raise GatewayError(404, "ORDER_NOT_FOUND", f"no order with merchant_order_reference {reference}")
             return self.get_order(order_id)
@@ -684,10 +685,11 @@ class Gateway:
         reference = self._reference(body.get("merchant_order_reference"), "merchant_order_reference")
         with self.lock:
             parent = self._order(order_id)
-            if reference in self.refund_refs:
-                return {"data": copy.deepcopy(self.orders[self.refund_refs[reference]])}
-            if reference in self.by_reference:
-                raise GatewayError(409, "DUPLICATE_REQUEST", "merchant_order_reference already used by an order")
+            # a repeated refund reference is refused, not answered with the first refund: a caller
+            # that lost the answer finds its refund by reference (Get Order by reference)
+            if reference in self.refund_refs or reference in self.by_reference:
+                raise _refused("merchant_order_reference already used by an order", "DUPLICATE_REQUEST",
+                               field="merchant_order_reference")
             if parent.get("type") != "CHARGE" or parent["status"] not in (
                     "PROCESSED", "PARTIALLY_CAPTURED", "PARTIALLY_REFUNDED"):
                 raise _refused(f"order is {parent['status']}: only processed orders can be refunded")

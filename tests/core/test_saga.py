@@ -116,3 +116,24 @@ def test_a_public_change_is_named_only_when_the_merchant_sees_one():
     assert public_change(State.PAYMENT_CREATED, State.AWAITING_OTP) == "AWAITING_OTP"
     assert public_change(State.NEW, State.ORDER_CREATED) is None  # PROCESSING both
     assert public_change(State.WATCHING, State.CANCELLED) is None  # CANCELLED both
+
+
+def test_a_refund_is_known_at_plural_by_our_reference_and_only_its_own_refund_order_matches():
+    ref = saga.plural_refund_reference("rfd_" + "a" * 32)
+    assert len(ref) <= 50 and saga.refund_id_of(ref) == "rfd_" + "a" * 32 and saga.refund_id_of("ord-1") is None
+    ok = dict(order_type="REFUND", parent_order_id="v1-p", amount=700, currency="INR", want_parent="v1-p",
+              want_amount=700, want_currency="INR")
+    assert saga.refund_mismatch(**ok) is None
+    assert "type CHARGE" in saga.refund_mismatch(**{**ok, "order_type": "CHARGE"})
+    assert "parent order v1-x, not v1-p" in saga.refund_mismatch(**{**ok, "parent_order_id": "v1-x"})
+    assert "amount 900 INR, not 700 INR" in saga.refund_mismatch(**{**ok, "amount": 900})
+    assert saga.refund_mismatch(**{**ok, "want_parent": None}) is not None  # no order of ours: nothing matches
+
+
+def test_a_refund_in_doubt_keeps_its_amount_and_a_failed_late_refund_frees_it():
+    R = saga.RefundState
+    assert saga.refund_reserves(R.NEEDS_ATTENTION, saga.REFUND_MISMATCH)
+    assert not saga.refund_reserves(R.NEEDS_ATTENTION, saga.LATE_REFUND_FAILED)
+    assert not saga.refund_reserves(R.FAILED, None) and saga.refund_reserves(R.PENDING, None)
+    assert R.NEEDS_ATTENTION in saga.REFUND_TRANSITIONS[R.PENDING]
+    assert saga.REFUND_TRANSITIONS[R.NEEDS_ATTENTION] == {R.PROCESSED, R.FAILED}

@@ -129,7 +129,11 @@ def test_refunds_full_partial_and_never_above_captured(client, sandbox):
     rest_ref = ref("r")
     rest = client.create_refund(o.order_id, RefundRequest(merchant_order_reference=rest_ref))
     assert rest.order_amount.value == 6000
-    assert client.create_refund(o.order_id, RefundRequest(merchant_order_reference=rest_ref)).order_id == rest.order_id
+    with pytest.raises(errors.BusinessRuleError) as repeated:  # a repeated reference is refused, as Plural does
+        client.create_refund(o.order_id, RefundRequest(merchant_order_reference=rest_ref))
+    assert repeated.value.code == "DUPLICATE_REQUEST"
+    found = client.get_order_by_reference(rest_ref)  # a refund order is found by its reference
+    assert (found.order_id, found.type, found.parent_order_id) == (rest.order_id, "REFUND", o.order_id)
     assert client.get_order(o.order_id).status == "FULLY_REFUNDED"
     refunds = [e["amount"]["value"] for e in ledger(sandbox.url, o.order_id) if e["kind"] == "REFUNDED"]
     assert refunds == [4000, 6000]
