@@ -61,6 +61,65 @@ DEFAULT_API_BASES = {
 PLURAL_HOSTS = frozenset({"pluraluat.v2.pinepg.in", "api.pluralpay.in"})
 
 
+def merchant_webhook_key(secret: str) -> bytes:
+    """The raw key of a Standard Webhooks secret (``whsec_`` + base64), decoded as the
+    ``standardwebhooks`` library decodes it (so as the merchant's receiver does): padded or not.
+    The one decoder of ``MERCHANT_WEBHOOK_SECRET``, for the settings' check and for the signer."""
+    import base64
+    import binascii
+
+    try:  # the library pads, then decodes leniently (extra padding is skipped)
+        key = base64.b64decode(secret.removeprefix("whsec_") + "==")
+    except (binascii.Error, ValueError):
+        raise ValueError("must be a Standard Webhooks secret: whsec_ followed by base64") from None
+    if not key:
+        raise ValueError("must be a Standard Webhooks secret: whsec_ followed by base64 (not empty)")
+    return key
+
+
+def resolve_host(host: str, port: int) -> set[str]:
+    """The addresses ``host`` resolves to (an address is itself); ``OSError`` if it does not."""
+    import socket
+
+    return {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+
+
+def _public(address: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def merchant_url_problem(url: str, allow_private: bool, unresolved_ok: bool) -> str | None:
+    """Why events may not be pushed to ``url`` outside the sandbox (None: they may): it must be
+    https, and its host must not resolve to a loopback, link-local, private or otherwise
+    non-public address unless ``allow_private``. A host that does not resolve is let through if
+    ``unresolved_ok`` (at settings load: the check at send time refuses it)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or 443
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme != "https" or not host:
+        return "must be an https URL outside the sandbox"
+    if allow_private:
+        return None
+    try:
+        addresses = resolve_host(host, port)
+    except (OSError, UnicodeError):
+        return None if unresolved_ok else f"host {host} does not resolve"
+    refused = sorted(a for a in addresses if not _public(a))
+    if refused:
+        return (f"host {host} resolves to a non-public address ({', '.join(refused)}); "
+                "set MERCHANT_WEBHOOK_ALLOW_PRIVATE=true if that is meant")
+    return None
+
+
 class ConfigurationError(RuntimeError):
     """Settings that cannot be used; the message says which variable and why."""
 
@@ -119,6 +178,8 @@ class Settings(BaseSettings):
     merchant_webhook_url: str | None = Field(default=None, description=(
         "where events are POSTed, signed with Standard Webhooks; unset: events are only pulled"))
     merchant_webhook_secret: SecretStr = SecretStr(SANDBOX_MERCHANT_WEBHOOK_SECRET)
+    merchant_webhook_allow_private: bool = Field(default=False, description=(
+        "outside the sandbox, allow MERCHANT_WEBHOOK_URL on a loopback, link-local or private address"))
     merchant_events_task: str | None = Field(default=None, description=(
         "a Celery task name on this broker that also receives each event (myshop.tasks.on_payment_event)"))
     merchant_event_retry_seconds: float = Field(default=3 * 86400.0, gt=0, description=(
@@ -197,12 +258,7 @@ class Settings(BaseSettings):
     @field_validator("merchant_webhook_secret")
     @classmethod
     def _standard_webhooks_secret(cls, value: SecretStr) -> SecretStr:
-        from standardwebhooks import Webhook
-
-        try:
-            Webhook(value.get_secret_value())
-        except Exception:
-            raise ValueError("must be a Standard Webhooks secret: whsec_ followed by base64") from None
+        merchant_webhook_key(value.get_secret_value())  # the signer's decoder: what passes here signs
         return value
 
     @field_validator("plural_callback_secret")
@@ -238,6 +294,11 @@ class Settings(BaseSettings):
                 f"{', '.join(offending)}: set real values in the environment"
             )
         self._only_plurals_hosts()
+        if self.merchant_webhook_url:
+            problem = merchant_url_problem(self.merchant_webhook_url, self.merchant_webhook_allow_private,
+                                           unresolved_ok=True)
+            if problem:
+                raise ValueError(f"PLURAL_ENV={self.plural_env.value} refuses MERCHANT_WEBHOOK_URL: {problem}")
         return self
 
     def _only_plurals_hosts(self) -> None:
@@ -332,6 +393,18 @@ class Settings(BaseSettings):
 
     def webhook_key(self) -> bytes:
         return self.plural_webhook_secret.get_secret_value().encode()
+
+    def merchant_webhook_key(self) -> bytes:
+        """The key events to the merchant are signed with (``MERCHANT_WEBHOOK_SECRET`` decoded)."""
+        return merchant_webhook_key(self.merchant_webhook_secret.get_secret_value())
+
+    def merchant_url_problem(self) -> str | None:
+        """Why events may not be sent to ``MERCHANT_WEBHOOK_URL`` now (None in the sandbox, or when
+        they may): checked again at every send, the host resolved afresh."""
+        if self.plural_env is PluralEnv.sandbox or not self.merchant_webhook_url:
+            return None
+        return merchant_url_problem(self.merchant_webhook_url, self.merchant_webhook_allow_private,
+                                    unresolved_ok=False)
 
 
 def load_settings(**overrides: Any) -> Settings:

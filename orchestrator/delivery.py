@@ -10,9 +10,14 @@ Every attempt is recorded (outcome, status code, latency).
 
 Events of one checkout (its refunds' too) are delivered in order: only the oldest pending event of
 each checkout is ever due, so a checkout whose endpoint answers 500 waits, and the others do not.
-Deliveries are claimed like webhooks (a claim and its time; a stale claim is taken over), run a
-few at a time on the ``events`` queue with a bounded timeout, so an endpoint that keeps failing
-costs a backoff row, not a worker.
+Each event is claimed just before its send (a claim token and its time; a claim older than
+``claim_seconds``, past one attempt's worst case, is taken over), and its outcome is recorded only
+while that claim holds: a sender whose claim was taken over records nothing. Sends run a few at a
+time on the ``events`` queue with a bounded timeout and never follow a redirect (a 3xx is a
+failed attempt), so an endpoint that keeps failing costs a backoff row, not a worker. Outside the
+sandbox the URL must be https and its host is resolved again before every send: a loopback,
+link-local or private address is refused (a failed attempt) unless
+``MERCHANT_WEBHOOK_ALLOW_PRIVATE``. Whatever an attempt raises is recorded as a failed attempt.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from sqlalchemy import and_, exists, insert, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
+from config.settings import merchant_webhook_key
 from orchestrator import metrics
 from orchestrator.changes import kick_once
 from orchestrator.db.models import MerchantEvent, MerchantEventAttempt, aware
@@ -57,10 +63,9 @@ def backoff_of(settings: Any) -> tuple[float, ...]:
 
 
 def key_of(secret: str) -> bytes:
-    """The raw key of a Standard Webhooks secret (``whsec_`` + base64)."""
-    import base64
-
-    return base64.b64decode(secret.removeprefix("whsec_"))
+    """The raw key of a Standard Webhooks secret (``whsec_`` + base64, padded or not): the
+    settings' decoder, so a secret that passed them signs."""
+    return merchant_webhook_key(secret)
 
 
 @dataclass
@@ -76,49 +81,72 @@ def claim_seconds(settings: Any) -> float:
     return 2 * settings.merchant_webhook_timeout + 5
 
 
-def claim_due(repo: Repo, now: dt.datetime, limit: int, lease: float) -> list[MerchantEvent]:
-    """Take up to ``limit`` due events, the oldest pending one of each checkout only; a claim
-    older than ``lease`` seconds (its deliverer died) is taken over."""
+def _free(now: dt.datetime, lease: float) -> Any:
+    return or_(col(MerchantEvent.claim).is_(None), col(MerchantEvent.claimed_at) < now - dt.timedelta(seconds=lease))
+
+
+def _unblocked() -> Any:
+    """No earlier event of the same checkout is pending: events of a checkout go in order."""
     earlier = aliased(MerchantEvent)
-    blocked = exists().where(and_(col(earlier.subject_id) == col(MerchantEvent.subject_id),
-                                  col(earlier.id) < col(MerchantEvent.id), col(earlier.status) == "pending"))
-    free = or_(col(MerchantEvent.claim).is_(None),
-               col(MerchantEvent.claimed_at) < now - dt.timedelta(seconds=lease))
-    due = (select(MerchantEvent.id).where(col(MerchantEvent.status) == "pending",
-                                          col(MerchantEvent.next_attempt_at) <= now, free, ~blocked)
-           .order_by(col(MerchantEvent.id)).limit(limit))
+    return ~exists().where(and_(col(earlier.subject_id) == col(MerchantEvent.subject_id),
+                                col(earlier.id) < col(MerchantEvent.id), col(earlier.status) == "pending"))
+
+
+def due(repo: Repo, now: dt.datetime, limit: int, lease: float) -> list[int]:
+    """Up to ``limit`` due events (a look, no claim): the oldest pending one of each checkout, not
+    claimed, or claimed more than ``lease`` seconds ago (its deliverer died)."""
+    query = (select(MerchantEvent.id).where(col(MerchantEvent.status) == "pending",
+                                            col(MerchantEvent.next_attempt_at) <= now, _free(now, lease), _unblocked())
+             .order_by(col(MerchantEvent.id)).limit(limit))
     with repo.read_session() as s:  # nothing due (mostly): no write
-        ids = list(s.exec(due))
-    if not ids:
-        return []
+        return list(s.exec(query))
+
+
+def claim(repo: Repo, event_id: int, now: dt.datetime, lease: float) -> MerchantEvent | None:
+    """Claim one due event for one send (compare-and-set: still pending, due, free and the oldest
+    pending of its checkout); the event with its new ``claim`` token, or None if another sender
+    has it. The claim covers one attempt only, so it never lapses while a batch waits its turn."""
     token = uuid.uuid4().hex
     with repo.session() as s:
-        s.connection().execute(update(MerchantEvent).where(col(MerchantEvent.id).in_(ids), free,
-                                                           col(MerchantEvent.status) == "pending")
-                               .values(claim=token, claimed_at=now))
+        took = s.connection().execute(
+            update(MerchantEvent).where(col(MerchantEvent.id) == event_id, col(MerchantEvent.status) == "pending",
+                                        col(MerchantEvent.next_attempt_at) <= now, _free(now, lease), _unblocked())
+            .values(claim=token, claimed_at=now))
         s.commit()
-        return list(s.exec(select(MerchantEvent).where(MerchantEvent.claim == token).order_by(col(MerchantEvent.id))))
+        if took.rowcount != 1:
+            return None
+    with repo.read_session() as s:
+        return s.exec(select(MerchantEvent).where(MerchantEvent.id == event_id, MerchantEvent.claim == token)).first()
 
 
-def post(settings: Any, http: requests.Session, event: MerchantEvent) -> Result:
+def post(settings: Any, http: requests.Session, event: MerchantEvent, problem: str | None = None) -> Result:
+    """One signed POST; never a redirect followed (a 3xx is a failed attempt with its status).
+    ``problem``: why the destination is refused (``Settings.merchant_url_problem``, its host
+    resolved afresh by the caller before the claim, so a slow look-up does not eat into it)."""
+    if problem:  # e.g. a host that moved to a private address since the settings' check
+        return Result("failed", None, 0, mask_text(f"refused: {problem}"))
     body = json.dumps(envelope(event), separators=(",", ":"))
     headers = {**webhook_headers(key_of(settings.merchant_webhook_secret.get_secret_value()), event.event_id,
                                  int(time.time()), body), "content-type": "application/json"}
     started = time.perf_counter()
     try:
-        answer = http.post(settings.merchant_webhook_url, data=body.encode(), headers=headers,
+        answer = http.post(settings.merchant_webhook_url, data=body.encode(), headers=headers, allow_redirects=False,
                            timeout=(min(3.0, settings.merchant_webhook_timeout), settings.merchant_webhook_timeout))
     except requests.RequestException as exc:
         return Result("failed", None, int((time.perf_counter() - started) * 1000), mask_text(type(exc).__name__))
     latency = int((time.perf_counter() - started) * 1000)
     if 200 <= answer.status_code < 300:
         return Result("delivered", answer.status_code, latency, None)
+    if 300 <= answer.status_code < 400:
+        return Result("failed", answer.status_code, latency, "redirect not followed")
     return Result("failed", answer.status_code, latency, mask_text(answer.text[:200]))
 
 
 def record(repo: Repo, event: MerchantEvent, result: Result, now: dt.datetime, retry_for: float,
-           backoff: tuple[float, ...] = BACKOFF) -> str:
-    """Record one attempt and what follows from it: delivered, retried later, or failed."""
+           backoff: tuple[float, ...] = BACKOFF) -> str | None:
+    """Record one attempt and what follows from it: delivered, retried later, or failed; fenced on
+    the event's claim (``event.claim``): if another sender took the claim over meanwhile, nothing
+    is recorded and None is returned (the taker's attempt is the one that counts)."""
     attempts = event.attempts + 1
     values: dict[str, Any] = {"attempts": attempts, "claim": None, "last_error": result.error}
     if result.outcome == "delivered":
@@ -131,11 +159,17 @@ def record(repo: Repo, event: MerchantEvent, result: Result, now: dt.datetime, r
         else:
             values.update(next_attempt_at=later)
     with repo.session() as s:
+        moved = s.connection().execute(update(MerchantEvent).where(col(MerchantEvent.id) == event.id,
+                                                                   col(MerchantEvent.claim) == event.claim)
+                                       .values(**values))
+        if moved.rowcount != 1:
+            s.rollback()
+            log.warning("event.claim_lost", event_id=event.event_id, type=event.type, outcome=result.outcome,
+                        status_code=result.status_code)
+            return None
         s.connection().execute(insert(MerchantEventAttempt.__table__).values(  # type: ignore[attr-defined]
             event_id=event.id, attempted_at=now, outcome=result.outcome, status_code=result.status_code,
             latency_ms=result.latency_ms, error=result.error))
-        s.connection().execute(update(MerchantEvent).where(col(MerchantEvent.id) == event.id)
-                               .values(**values))
         s.commit()
     status = values.get("status", "pending")
     metrics.EVENT_ATTEMPTS.labels(result.outcome).inc()
@@ -147,46 +181,72 @@ def record(repo: Repo, event: MerchantEvent, result: Result, now: dt.datetime, r
 def deliver_due(repo: Repo, settings: Any, send_task: Callable[[str, dict[str, Any]], None] | None = None,
                 http: requests.Session | None = None, clock: Callable[[], dt.datetime] | None = None,
                 batch: int = 100, parallel: int = 8, before_last_look: Callable[[], None] | None = None) -> int:
-    """Deliver what is due, batch after batch; the number of attempts made. ``before_last_look``
-    (clearing the kick flag) runs before the final look, so an event committed meanwhile is either
-    seen by that look or kicks a new deliverer."""
+    """Deliver what is due, batch after batch, each event claimed just before its send; the
+    number of attempts recorded. ``before_last_look`` (clearing the kick flag) runs before the
+    final look, so an event committed meanwhile is either seen by that look or kicks a new
+    deliverer."""
     if not pushes(settings, sends_tasks=send_task is not None):
         return 0
     from orchestrator.db.models import utcnow
 
     now_of = clock or utcnow
     http = http or requests.Session()
+    lease = claim_seconds(settings)
     made = 0
     with cf.ThreadPoolExecutor(parallel) as pool:
         while True:
-            events = claim_due(repo, now_of(), batch, claim_seconds(settings))
-            if not events and before_last_look is not None:
+            ids = due(repo, now_of(), batch, lease)
+            if not ids and before_last_look is not None:
                 before_last_look()
-                events = claim_due(repo, now_of(), batch, claim_seconds(settings))
-            if not events:
+                ids = due(repo, now_of(), batch, lease)
+            if not ids:
                 return made
-            list(pool.map(lambda e: _deliver(repo, settings, send_task, http, e, now_of), events))
-            made += len(events)
+            made += sum(pool.map(lambda i: _claim_and_deliver(repo, settings, send_task, http, i, now_of, lease), ids))
 
 
-def _deliver(repo: Repo, settings: Any, send_task: Callable[[str, dict[str, Any]], None] | None,
-             http: requests.Session, event: MerchantEvent, now_of: Callable[[], dt.datetime]) -> None:
+def _claim_and_deliver(repo: Repo, settings: Any, send_task: Callable[[str, dict[str, Any]], None] | None,
+                       http: requests.Session, event_id: int, now_of: Callable[[], dt.datetime], lease: float) -> bool:
+    """Claim one event, make one attempt, record it (fenced on the claim); whether it was recorded.
+    Whatever the attempt raises is a failed attempt, never an event left claimed with nothing."""
+    try:  # before the claim: a slow DNS look-up does not eat into it
+        problem = settings.merchant_url_problem() if settings.merchant_webhook_url else None
+    except Exception as exc:
+        problem = f"destination check raised {type(exc).__name__}"
+    event = claim(repo, event_id, now_of(), lease)
+    if event is None:
+        return False
+    try:
+        result = _attempt(repo, settings, send_task, http, event, now_of, problem)
+    except Exception as exc:
+        log.warning("event.delivery_error", event_id=event.event_id, type=event.type, error=type(exc).__name__)
+        result = Result("failed", None, 0, f"delivery raised {type(exc).__name__}")
+    if result is None:
+        return False
+    status = record(repo, event, result, now_of(), settings.merchant_event_retry_seconds, backoff_of(settings))
+    return status is not None
+
+
+def _attempt(repo: Repo, settings: Any, send_task: Callable[[str, dict[str, Any]], None] | None,
+             http: requests.Session, event: MerchantEvent, now_of: Callable[[], dt.datetime],
+             problem: str | None) -> Result | None:
+    """One attempt: the task once, then the POST; None if the claim was lost meanwhile."""
     if settings.merchant_events_task and send_task and event.task_sent_at is None:
         try:
             send_task(settings.merchant_events_task, envelope(event))
-            with repo.session() as s:
-                s.connection().execute(update(MerchantEvent).where(col(MerchantEvent.id) == event.id)
-                                       .values(task_sent_at=now_of()))
-                s.commit()
         except Exception as exc:  # the broker is down: the next attempt sends it
-            record(repo, event, Result("failed", None, 0, f"task not sent: {type(exc).__name__}"), now_of(),
-                   settings.merchant_event_retry_seconds, backoff_of(settings))
-            return
+            return Result("failed", None, 0, f"task not sent: {type(exc).__name__}")
+        with repo.session() as s:
+            sent = s.connection().execute(update(MerchantEvent).where(col(MerchantEvent.id) == event.id,
+                                                                      col(MerchantEvent.claim) == event.claim)
+                                          .values(task_sent_at=now_of()))
+            s.commit()
+        if sent.rowcount != 1:
+            log.warning("event.claim_lost", event_id=event.event_id, type=event.type, outcome="task_sent",
+                        status_code=None)
+            return None
     if settings.merchant_webhook_url:
-        record(repo, event, post(settings, http, event), now_of(), settings.merchant_event_retry_seconds,
-               backoff_of(settings))
-    else:
-        record(repo, event, Result("delivered", None, 0, None), now_of(), settings.merchant_event_retry_seconds)
+        return post(settings, http, event, problem)
+    return Result("delivered", None, 0, None)
 
 
 def any_due(repo: Repo, now: dt.datetime) -> bool:

@@ -152,3 +152,60 @@ def test_outside_the_sandbox_metrics_and_docs_are_closed_unless_asked_for():
     assert (opened.ops_public, opened.docs_enabled) == (True, True)
     assert (Settings().ops_public, Settings().docs_enabled) == (True, True)  # the sandbox stays convenient
     assert _production().api_max_body_bytes == 64 * 1024 and _production().webhook_max_body_bytes == 256 * 1024
+
+
+def test_an_unpadded_merchant_webhook_secret_is_accepted_and_decoded_as_standardwebhooks_does():
+    from standardwebhooks import Webhook
+
+    from config.settings import merchant_webhook_key
+
+    for secret in ("whsec_cmVhbC1zaG9wLXNlY3JldC0xMjM0NQ", "whsec_cmVhbC1zaG9wLXNlY3JldC0xMjM0NQ=="):
+        s = load_settings(merchant_webhook_secret=secret)
+        assert s.merchant_webhook_key() == merchant_webhook_key(secret) == Webhook(secret)._whsecret
+
+
+def test_an_empty_merchant_webhook_secret_is_refused():
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(merchant_webhook_secret="whsec_")
+    assert "MERCHANT_WEBHOOK_SECRET" in str(err.value)
+
+
+EVENTS_SECRET = SecretStr("whsec_" + "cmVhbC1zaG9wLXNlY3JldC0xMjM0NQ==")
+
+
+@pytest.mark.parametrize("url", ["http://shop.example/events", "https://127.0.0.1/events",
+                                 "https://169.254.169.254/latest", "https://10.0.0.5/events",
+                                 "https://192.168.1.20/events", "https://[::1]/events",
+                                 "https://[::ffff:127.0.0.1]/events", "https://localhost/events"])
+def test_outside_the_sandbox_the_merchant_webhook_url_must_be_https_and_public(url):
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(plural_env="production", merchant_webhook_url=url, merchant_webhook_secret=EVENTS_SECRET,
+                      **REAL)
+    assert "MERCHANT_WEBHOOK_URL" in str(err.value)
+
+
+def test_a_merchant_host_that_resolves_to_a_private_address_is_refused(monkeypatch):
+    import config.settings as cfg
+
+    monkeypatch.setattr(cfg, "resolve_host", lambda host, port: {"93.184.216.34", "172.16.4.2"})
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(plural_env="uat", merchant_webhook_url="https://shop.example/events",
+                      merchant_webhook_secret=EVENTS_SECRET, **REAL)
+    assert "MERCHANT_WEBHOOK_URL" in str(err.value) and "172.16.4.2" in str(err.value)
+    monkeypatch.setattr(cfg, "resolve_host", lambda host, port: {"93.184.216.34"})
+    load_settings(plural_env="uat", merchant_webhook_url="https://shop.example/events",
+                  merchant_webhook_secret=EVENTS_SECRET, **REAL)
+
+
+def test_a_private_merchant_url_is_accepted_when_allowed_but_still_only_over_https():
+    s = load_settings(plural_env="production", merchant_webhook_url="https://10.0.0.5/events",
+                      merchant_webhook_allow_private=True, merchant_webhook_secret=EVENTS_SECRET, **REAL)
+    assert s.merchant_url_problem() is None
+    with pytest.raises(ConfigurationError):
+        load_settings(plural_env="production", merchant_webhook_url="http://10.0.0.5/events",
+                      merchant_webhook_allow_private=True, merchant_webhook_secret=EVENTS_SECRET, **REAL)
+
+
+def test_the_sandbox_pushes_events_to_a_local_http_receiver():
+    s = load_settings(merchant_webhook_url="http://127.0.0.1:9000/events")
+    assert s.merchant_url_problem() is None

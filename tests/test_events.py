@@ -250,3 +250,240 @@ def test_the_deliverer_is_kicked_only_when_there_is_somewhere_to_push(url, task,
     kick()  # a second kick while the first message is due publishes nothing more
     assert len(published) == kicks
     assert bool(redis.exists(delivery.KICK_KEY)) == bool(kicks)
+
+
+# --- redirects, secrets, failures, claims, destinations (issue 22) ----------------------------
+
+
+@pytest.mark.parametrize("code", [302, 307])
+def test_a_redirect_is_not_followed_and_counts_as_a_failed_attempt_with_its_status(harness, code):
+    h = harness
+    c = completed(h)
+    with Receiver() as elsewhere, Receiver(answers=[code], location=elsewhere.url) as rx:
+        settings = pushing(h, rx.url)
+        delivery.deliver_due(h.deps.repo, settings, clock=h.clock)
+        first = events_of(h, c.id)[0]
+        assert elsewhere.hits == []  # neither a GET of a login page nor the signed body re-posted
+    assert [(a.outcome, a.status_code) for a in attempts_of(h, first)] == [("failed", code)]
+    assert first.status == "pending" and first.attempts == 1
+
+
+UNPADDED = "whsec_cmVhbC1zaG9wLXNlY3JldC0xMjM0NQ"  # "real-shop-secret-12345", its "==" left off
+
+
+def test_an_unpadded_secret_that_passes_the_settings_signs_events_the_receiver_verifies(harness):
+    from pydantic import SecretStr
+
+    from config import load_settings
+
+    load_settings(merchant_webhook_secret=UNPADDED)  # accepted, as standardwebhooks accepts it
+    h = harness
+    c = completed(h)
+    with Receiver() as rx:
+        settings = pushing(h, rx.url, merchant_webhook_secret=SecretStr(UNPADDED))
+        assert delivery.deliver_due(h.deps.repo, settings, clock=h.clock) == 3
+    for hit in rx.hits:
+        OrchestratorClient.verify_event(UNPADDED, hit["headers"], hit["body"])
+    assert all(e.status == "delivered" for e in events_of(h, c.id))
+
+
+def test_a_delivery_that_raises_records_a_failed_attempt_and_frees_the_event(harness, monkeypatch):
+    h = harness
+    c = completed(h)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("signer broke")
+
+    monkeypatch.setattr(delivery, "webhook_headers", broken)
+    with Receiver() as rx:
+        settings = pushing(h, rx.url)
+        assert delivery.deliver_due(h.deps.repo, settings, clock=h.clock) == 1
+        assert rx.hits == []
+    first = events_of(h, c.id)[0]
+    assert first.status == "pending" and first.attempts == 1 and first.claim is None
+    assert [(a.outcome, a.status_code) for a in attempts_of(h, first)] == [("failed", None)]
+    assert "RuntimeError" in first.last_error and "signer broke" not in first.last_error
+
+
+def test_two_senders_and_a_slow_receiver_deliver_each_event_once_in_order_per_checkout(harness):
+    """Each send holds its own claim: however long the others take, no claim lapses while its
+    event waits, so no second sender takes it over and sends it again."""
+    import datetime as dt
+    import threading
+    import time
+    from collections import Counter
+
+    h = harness
+    checkouts = [completed(h) for _ in range(12)]
+    events = {e.event_id: e for c in checkouts for e in events_of(h, c.id)}
+    start, t0 = h.clock(), time.monotonic()
+
+    def fast():  # 10 seconds a second: a claim lapses after 0.7 s, a send takes 0.1 s
+        return start + dt.timedelta(seconds=(time.monotonic() - t0) * 10)
+
+    stop, errors = threading.Event(), []
+    with Receiver(delay=0.1) as rx:
+        settings = pushing(h, rx.url, merchant_webhook_timeout=1.0)
+        assert delivery.claim_seconds(settings) == 7.0
+
+        def sender():
+            try:
+                while not stop.is_set():
+                    delivery.deliver_due(h.deps.repo, settings, clock=fast, parallel=1)
+                    stop.wait(0.02)
+            except Exception as exc:  # pragma: no cover - shown by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=sender) for _ in range(2)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(e.status == "delivered" for e in events_of(h)):
+            time.sleep(0.05)
+        time.sleep(0.3)  # a late duplicate would land meanwhile
+        stop.set()
+        for t in threads:
+            t.join()
+        sent = [json.loads(hit["body"])["id"] for hit in rx.hits]
+    assert errors == []
+    assert Counter(sent) == Counter(events.keys())  # every event, each once
+    for c in checkouts:
+        mine = [e.event_id for e in events_of(h, c.id)]
+        assert [i for i in sent if i in mine] == mine
+        assert all(len(attempts_of(h, e)) == 1 for e in events_of(h, c.id))
+
+
+def _one_event(h, now):
+    import uuid
+
+    with h.deps.repo.session() as s:
+        row = MerchantEvent(event_id="evt_" + uuid.uuid4().hex, type="checkout.completed",
+                            subject_id="chk_" + uuid.uuid4().hex[:12], payload="{}", created_at=now,
+                            status="pending", attempts=0, next_attempt_at=now)
+        s.add(row)
+        s.commit()
+        s.refresh(row)
+        return row.id
+
+
+def test_a_sender_whose_claim_was_taken_over_records_nothing(harness):
+    import datetime as dt
+
+    h = harness
+    now = h.clock()
+    eid = _one_event(h, now)
+    a = delivery.claim(h.deps.repo, eid, now, 7.0)
+    assert a is not None and delivery.claim(h.deps.repo, eid, now, 7.0) is None  # held: not twice
+    later = now + dt.timedelta(seconds=8)
+    b = delivery.claim(h.deps.repo, eid, later, 7.0)  # A's claim lapsed: B takes it over
+    assert b is not None and b.claim != a.claim
+    ok = delivery.Result("delivered", 200, 1, None)
+    assert delivery.record(h.deps.repo, a, ok, later, 1e9) is None
+    assert delivery.record(h.deps.repo, b, ok, later, 1e9) == "delivered"
+    with h.deps.repo.read_session() as s:
+        row = s.get(MerchantEvent, eid)
+    assert row.attempts == 1 and len(attempts_of(h, row)) == 1
+
+
+def test_claim_fencing_holds_whatever_the_interleaving(harness):
+    """Three senders claim, record and wait in any order: a claim is won only when the event is
+    pending, due and free (or its claim lapsed); a record counts only while its claim holds."""
+    import datetime as dt
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    h = harness
+    lease = 7.0
+    backoff = (1.0,) * 100
+    ops = st.lists(st.tuples(st.sampled_from(["claim", "ok", "fail", "lapse", "wait"]), st.integers(0, 2)),
+                   max_size=30)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(ops)
+    def run(steps):
+        now = h.clock()
+        eid = _one_event(h, now)
+        model = {"status": "pending", "claim": None, "claimed_at": None, "next_at": now, "attempts": 0}
+        held: dict[int, MerchantEvent] = {}
+        for op, who in steps:
+            if op == "claim" and who not in held:
+                free = model["claim"] is None or model["claimed_at"] < now - dt.timedelta(seconds=lease)
+                expect = model["status"] == "pending" and model["next_at"] <= now and free
+                got = delivery.claim(h.deps.repo, eid, now, lease)
+                assert (got is not None) == expect
+                if got is not None:
+                    held[who] = got
+                    model.update(claim=got.claim, claimed_at=now)
+            elif op in ("ok", "fail") and who in held:
+                mine = held.pop(who)
+                result = delivery.Result("delivered", 200, 1, None) if op == "ok" else \
+                    delivery.Result("failed", 500, 1, "no")
+                status = delivery.record(h.deps.repo, mine, result, now, 1e9, backoff)
+                holds = mine.claim == model["claim"]
+                assert (status is not None) == holds
+                if holds:
+                    model["attempts"] += 1
+                    model["claim"] = None
+                    if op == "ok":
+                        model.update(status="delivered", next_at=None)
+                    else:
+                        model["next_at"] = now + dt.timedelta(seconds=1)
+            elif op == "lapse":
+                now += dt.timedelta(seconds=lease + 1)
+            elif op == "wait":
+                now += dt.timedelta(seconds=0.5)
+            with h.deps.repo.read_session() as s:
+                row = s.get(MerchantEvent, eid)
+            assert (row.status, row.claim, row.attempts) == (model["status"], model["claim"], model["attempts"])
+            assert len(attempts_of(h, row)) == model["attempts"]
+
+    run()
+
+
+class _Answer:
+    status_code = 200
+    text = ""
+
+
+class _Http:
+    """A session that records what would have been sent, and sends nothing."""
+
+    def __init__(self):
+        self.posts = []
+
+    def post(self, url, **kwargs):
+        self.posts.append((url, kwargs))
+        return _Answer()
+
+
+def test_outside_the_sandbox_a_host_resolving_to_a_private_address_at_send_time_is_refused(harness, monkeypatch):
+    import config.settings as cfg
+
+    h = harness
+    c = completed(h)
+    monkeypatch.setattr(cfg, "resolve_host", lambda host, port: {"93.184.216.34"})
+    settings = pushing(h, "https://shop.example/events", plural_env=cfg.PluralEnv.production)
+    assert settings.merchant_url_problem() is None  # what the settings' check saw
+    monkeypatch.setattr(cfg, "resolve_host", lambda host, port: {"169.254.169.254"})  # rebound since
+    http = _Http()
+    delivery.deliver_due(h.deps.repo, settings, http=http, clock=h.clock)
+    assert http.posts == []
+    first = events_of(h, c.id)[0]
+    assert [(a.outcome, a.status_code) for a in attempts_of(h, first)] == [("failed", None)]
+    assert "non-public" in first.last_error and first.status == "pending"
+
+
+def test_a_private_destination_is_sent_to_when_the_setting_allows_it_and_never_with_redirects(harness, monkeypatch):
+    import config.settings as cfg
+
+    h = harness
+    c = completed(h)
+    monkeypatch.setattr(cfg, "resolve_host", lambda host, port: {"10.0.0.7"})
+    settings = pushing(h, "https://shop.internal/events", plural_env=cfg.PluralEnv.production,
+                       merchant_webhook_allow_private=True)
+    http = _Http()
+    assert delivery.deliver_due(h.deps.repo, settings, http=http, clock=h.clock) == 3
+    assert [url for url, _ in http.posts] == ["https://shop.internal/events"] * 3
+    assert all(kwargs["allow_redirects"] is False for _, kwargs in http.posts)
+    assert all(e.status == "delivered" for e in events_of(h, c.id))
