@@ -226,6 +226,9 @@ class Settings(BaseSettings):
 
     # --- sandbox gateway ----------------------------------------------------------------
     sandbox_webhook_url: str | None = None
+    sandbox_duplicates: Literal["refuse", "replay"] = Field(
+        default="refuse", description="a repeated order, payment, capture or refund reference: 422 "
+                                      "DUPLICATE_REQUEST (Plural's error list) or the object already made")
     sandbox_webhook_schedule: Literal["plural", "three"] = Field(
         default="plural", description="webhook retries: plural (0 s, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h) "
                                       "or three (up to three retries), as Plural's two documents say")

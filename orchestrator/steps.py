@@ -248,9 +248,10 @@ def call_ahead(d: Deps, run: Run, step: Step, reference: str | None, call: Calla
     """Commit a step attempt (``in_flight``) with its reference, make the call, record the outcome:
     ``unknown`` for a transient failure (Plural may have acted), ``failed`` for a refusal.
 
-    A refusal of an idempotent call that repeats a reference used before is not final on its own
-    (Plural may be answering "in progress" or "already done"): it is recorded ``unknown`` and
-    resolved by looking the object up on the next run.
+    A refusal of an idempotent call that repeats a reference used before, or any
+    ``DUPLICATE_REQUEST``, is not final on its own (Plural may be answering "in progress" or
+    "already done"): it is recorded ``unknown`` and resolved by looking the object up on the next
+    run, where it is checked against the checkout before anything is adopted.
     """
     repeated = idempotent and run.tried(step, reference)
     attempt = d.repo.begin_attempt(run.checkout_id, step.value, reference, run.task_id, claim=run.claim,
@@ -274,7 +275,9 @@ def call_ahead(d: Deps, run: Run, step: Step, reference: str | None, call: Calla
         finished("unknown", text(exc))
         return Called(transient=exc)
     except errors.APIError as exc:
-        if repeated:
+        if repeated or (idempotent and exc.code == "DUPLICATE_REQUEST"):
+            # Plural knows this reference (an answer we lost, or a record we no longer have): what
+            # it holds is looked up on the next run and adopted only if it matches the checkout
             finished("unknown", text(f"refused a repeated reference: {exc.code}: {exc.message}"))
             return Called(transient=exc)
         finished("failed", text(f"{exc.code}: {exc.message}"))

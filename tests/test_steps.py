@@ -515,11 +515,32 @@ def test_a_foreign_order_returned_for_our_reference_is_never_adopted(harness):
     h = harness
     reference = f"ord-{uuid.uuid4().hex[:12]}"
     foreign = foreign_order(h, reference)
-    c = mismatched(h, checkout(h, amount=500000, reference=reference))
+    c = checkout(h, amount=500000, reference=reference)
+    if h.mode == "strict":  # 422 DUPLICATE_REQUEST: the order Plural holds is looked up on the next run
+        assert c.state == "NEW"
+        h.clock.advance(5)
+        h.run_due()
+    c = mismatched(h, c)
     assert c.plural_order_id is None
     assert "order_amount is 100 at Plural, 500000 here" in c.error_message
     assert "pre_auth is True at Plural, False here" in c.error_message
     assert [e["kind"] for e in ledger(h.sandbox_url, foreign.order_id)] == ["ORDER_CREATED"]
+
+
+def test_an_order_plural_already_holds_for_our_reference_is_adopted_when_it_matches(harness):
+    """A restored database, or an answer lost before its attempt was written: Plural refuses the
+    repeated reference (strict) or replays it (lenient); either way the matching order is ours."""
+    h = harness
+    reference = f"ord-{uuid.uuid4().hex[:12]}"
+    held = foreign_order(h, reference, amount=1100, pre_auth=False)
+    c = checkout(h, amount=1100, reference=reference)
+    h.clock.advance(5)
+    h.run_due()
+    c = h.deps.repo.get(c.id)
+    assert c.plural_order_id == held.order_id and c.state == "AWAITING_OTP"
+    h.service.submit_otp(c.id, "123456")
+    h.drain()
+    assert h.state(c.id) == "COMPLETED"
 
 
 def test_a_foreign_order_found_by_reference_after_an_unknown_outcome_is_not_adopted_even_when_polled(harness):

@@ -100,6 +100,10 @@ class SandboxConfig:
     #: as strict as Plural documents: cancel only an AUTHORIZED order; a repeated reference while
     #: the first request is still in progress answers 409 DUPLICATE_REQUEST
     strict: bool = True
+    #: a repeated merchant reference (order, payment, capture, refund): ``refuse`` answers 422
+    #: DUPLICATE_REQUEST as Plural's error list says; ``replay`` returns the object already made (the
+    #: SDK's reading of idempotency)
+    duplicates: str = "refuse"
     #: a payment not completed in this time expires (PAYMENT_EXPIRED); 0: never
     payment_expiry_seconds: float = 900.0
     #: Plural's documented maximum order amount, in paise: larger orders answer 422 AMOUNT_LIMIT_EXCEEDED
@@ -246,6 +250,12 @@ class Gateway:
         public = next(p for p in order["payments"] if p["id"] == state.payment_id)
         return state, order, public
 
+    def _duplicate(self, name: str) -> None:
+        """A reference already used: refused as Plural's error list says, unless ``replay``."""
+        if self.config.duplicates != "replay":
+            raise _refused(f"{name} was already used", "DUPLICATE_REQUEST", source=name, step="idempotency",
+                           reason="DUPLICATE_REQUEST")
+
     @staticmethod
     def _reference(value: Any, name: str) -> str:
         if isinstance(value, bool) or value is None or value == "":
@@ -333,6 +343,7 @@ class Gateway:
         with self.lock:
             existing = self.by_reference.get(reference)
             if existing is not None:
+                self._duplicate("merchant_order_reference")
                 return {"data": copy.deepcopy(self.orders[existing])}
             now = self.now_iso()
             order: dict[str, Any] = {
@@ -408,6 +419,7 @@ class Gateway:
             order = self._order(order_id)
             key = (order_id, reference)
             if key in self.payment_refs:
+                self._duplicate("merchant_payment_reference")
                 if key in self.payment_errors:
                     raise self.payment_errors[key]
                 return {"data": copy.deepcopy(order)}
@@ -637,6 +649,7 @@ class Gateway:
             if reference in self.capture_refs:
                 if self.capture_refs[reference] != order_id:
                     raise GatewayError(409, "DUPLICATE_REQUEST", "merchant_capture_reference used on another order")
+                self._duplicate("merchant_capture_reference")
                 return {"data": copy.deepcopy(order)}
             if order["status"] != "AUTHORIZED":
                 raise _refused(f"order is {order['status']}: only AUTHORIZED orders can be captured")
@@ -685,8 +698,12 @@ class Gateway:
         reference = self._reference(body.get("merchant_order_reference"), "merchant_order_reference")
         with self.lock:
             parent = self._order(order_id)
-            # a repeated refund reference is refused, not answered with the first refund: a caller
-            # that lost the answer finds its refund by reference (Get Order by reference)
+            # a repeated refund reference is refused (``replay``: the first refund, if it is of this
+            # order): a caller that lost the answer finds its refund by reference (Get Order by reference)
+            first = self.refund_refs.get(reference)
+            if (self.config.duplicates == "replay" and first is not None and first in self.orders
+                    and self.orders[first].get("parent_order_id") == order_id):
+                return {"data": self._public(self.orders[first])}
             if reference in self.refund_refs or reference in self.by_reference:
                 raise _refused("merchant_order_reference already used by an order", "DUPLICATE_REQUEST",
                                field="merchant_order_reference")

@@ -27,6 +27,25 @@ def ref(prefix="t"):
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(params=["refuse", "replay"])
+def duplicates(request, sandbox):
+    """Plural's documents disagree on a repeated reference: 422 DUPLICATE_REQUEST, or the object
+    already made (the SDK's reading). The sandbox offers both."""
+    requests.put(sandbox.url + "/sandbox/config", json={"duplicates": request.param}, timeout=5).raise_for_status()
+    yield request.param
+    requests.put(sandbox.url + "/sandbox/config", json={"duplicates": "refuse"}, timeout=5).raise_for_status()
+
+
+def _repeat(duplicates, call):
+    """The repeated call's answer (``replay``), or None once it was refused as a duplicate."""
+    if duplicates == "replay":
+        return call()
+    with pytest.raises(errors.BusinessRuleError) as refused:
+        call()
+    assert refused.value.status == 422 and refused.value.code == "DUPLICATE_REQUEST"
+    return None
+
+
 def order(client, amount=1100, pre_auth=False, callback=True):
     kwargs = {"callback_url": "https://shop.test/ok", "failure_callback_url": "https://shop.test/fail"} if callback else {}
     return client.create_order(CreateOrderRequest(merchant_order_reference=ref("o"), order_amount=Amount(value=amount),
@@ -75,7 +94,7 @@ def test_pre_auth_payment_stops_at_authorized_and_captures_in_full(client, sandb
     assert captured.status == "PROCESSED" and captured.captured_amount() == 5000
 
 
-def test_partial_capture_never_above_the_authorized_amount_and_only_once(client, sandbox):
+def test_partial_capture_never_above_the_authorized_amount_and_only_once(client, sandbox, duplicates):
     o = order(client, amount=5000, pre_auth=True)
     authorize_with_otp(client, o)
     with pytest.raises(errors.InvalidRequest):
@@ -84,9 +103,9 @@ def test_partial_capture_never_above_the_authorized_amount_and_only_once(client,
     cap_ref = ref("c")
     first = client.capture_order(o.order_id, CaptureRequest(merchant_capture_reference=cap_ref,
                                                             capture_amount=Amount(value=3000)))
-    again = client.capture_order(o.order_id, CaptureRequest(merchant_capture_reference=cap_ref,
-                                                            capture_amount=Amount(value=3000)))
-    assert first.status == again.status == "PARTIALLY_CAPTURED"
+    again = _repeat(duplicates, lambda: client.capture_order(o.order_id, CaptureRequest(
+        merchant_capture_reference=cap_ref, capture_amount=Amount(value=3000))))
+    assert first.status == "PARTIALLY_CAPTURED" and (again is None or again.status == "PARTIALLY_CAPTURED")
     with pytest.raises(errors.BusinessRuleError):
         client.capture_order(o.order_id, CaptureRequest(merchant_capture_reference=ref("c")))
     captures = [e for e in ledger(sandbox.url, o.order_id) if e["kind"] == "CAPTURED"]
@@ -152,7 +171,7 @@ def test_an_order_above_the_documented_maximum_is_refused(client, sandbox):
     assert order(client, amount=100_000_000).order_amount.value == 100_000_000
 
 
-def test_decline_at_payment_leaves_the_order_attempted(client, sandbox):
+def test_decline_at_payment_leaves_the_order_attempted(client, sandbox, duplicates):
     o = order(client)
     reference = ref("p")
     with pytest.raises(errors.PaymentDeclined) as exc:
@@ -161,9 +180,12 @@ def test_decline_at_payment_leaves_the_order_attempted(client, sandbox):
     after = client.get_order(o.order_id)
     assert after.status == "ATTEMPTED" and after.payments[0].status == "FAILED"
     assert after.payment_retries_remaining == 8
-    # the same payment reference again answers the same decline, no second payment
-    with pytest.raises(errors.PaymentDeclined):
-        pay(client, o, DECLINE_CARD, reference=reference)
+    # the same payment reference again: refused as a duplicate, or the same decline; no second payment
+    if duplicates == "replay":
+        with pytest.raises(errors.PaymentDeclined):
+            pay(client, o, DECLINE_CARD, reference=reference)
+    else:
+        _repeat(duplicates, lambda: pay(client, o, DECLINE_CARD, reference=reference))
     assert len(client.get_order(o.order_id).payments) == 1
 
 
@@ -260,21 +282,22 @@ def test_resend_honours_resend_after_and_the_limit(client, sandbox):
     assert exc.value.code == "OTP_RESEND_LIMIT_REACHED"
 
 
-def test_order_reference_is_idempotent_and_findable(client, sandbox):
+def test_order_reference_is_idempotent_and_findable(client, sandbox, duplicates):
     reference = ref("o")
     first = client.create_order(CreateOrderRequest(merchant_order_reference=reference, order_amount=Amount(value=900)))
-    second = client.create_order(CreateOrderRequest(merchant_order_reference=reference, order_amount=Amount(value=900)))
-    assert first.order_id == second.order_id
+    second = _repeat(duplicates, lambda: client.create_order(
+        CreateOrderRequest(merchant_order_reference=reference, order_amount=Amount(value=900))))
+    assert second is None or first.order_id == second.order_id
     assert client.get_order_by_reference(reference).order_id == first.order_id
     assert kinds(sandbox.url, first.order_id) == ["ORDER_CREATED"]
 
 
-def test_payment_reference_is_idempotent(client, sandbox):
+def test_payment_reference_is_idempotent(client, sandbox, duplicates):
     o = order(client)
     reference = ref("p")
     pay(client, o, reference=reference)
-    again = pay(client, o, reference=reference)
-    assert len(again.payments) == 1
+    again = _repeat(duplicates, lambda: pay(client, o, reference=reference))
+    assert again is None or len(again.payments) == 1
     assert kinds(sandbox.url, o.order_id).count("PAYMENT_CREATED") == 1
 
 
