@@ -3,6 +3,10 @@
 Values are Fernet-encrypted with ``CARD_ENCRYPTION_KEY`` and stored with a TTL; the payment step
 reads the card and deletes it once the payment exists. A message on the queue carries only the
 checkout id.
+
+While Redis is away a new checkout's card is sealed instead (``seal_card``: the same encryption,
+the same key) and held in its checkout row; the checkout's first step, which runs once Redis is
+back, moves it into the vault and clears the row (``steps.unseal_card``).
 """
 
 from __future__ import annotations
@@ -60,6 +64,16 @@ class Vault:
 
     def put_card(self, checkout_id: str, card: CardData, ttl: int) -> bool:
         return self._put("card", checkout_id, asdict(card), ttl, only_new=True)
+
+    def seal_card(self, card: CardData) -> str:
+        """The card encrypted with the vault's key, for a checkout row to hold while Redis is away."""
+        return self._fernet.encrypt(json.dumps(asdict(card)).encode()).decode()
+
+    def unseal_card(self, sealed: str) -> CardData:
+        try:
+            return CardData(**json.loads(self._fernet.decrypt(sealed.encode())))
+        except InvalidToken:
+            raise VaultError("a sealed card does not decrypt with the configured key") from None
 
     def card(self, checkout_id: str) -> CardData | None:
         data = self._get("card", checkout_id)
