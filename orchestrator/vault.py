@@ -1,4 +1,4 @@
-"""Short-lived secrets (card data, OTPs) held encrypted in Redis, never in the database or a queue.
+"""Short-lived secrets (card data, OTPs) held encrypted in Redis, never in a queue, never in clear.
 
 Values are Fernet-encrypted with ``CARD_ENCRYPTION_KEY`` and stored with a TTL; the payment step
 reads the card and deletes it once the payment exists. A message on the queue carries only the

@@ -255,3 +255,17 @@ def test_a_checkout_is_accepted_while_redis_is_down_and_the_sweep_drives_it_once
     harness.run_due()
     assert harness.status(row.id) == "AWAITING_OTP"
     assert harness.deps.repo.get(row.id).sealed_card is None
+
+
+def test_a_sealed_card_past_its_time_is_cleared_and_never_reaches_the_vault(api, harness):
+    harness.service.vault = Vault(Down(), harness.deps.settings.card_encryption_key.get_secret_value())
+    answer = api.post("/v1/checkouts", json=body())
+    assert answer.status_code == 202
+    checkout_id = answer.json()["id"]
+    assert harness.deps.repo.get(checkout_id).sealed_card
+    harness.queue.clear()  # the enqueue was lost with the broker
+    harness.clock.advance(harness.deps.settings.card_ttl_seconds + 1)
+    harness.run_due()
+    assert harness.deps.repo.get(checkout_id).sealed_card is None
+    assert harness.deps.vault.card(checkout_id) is None
+    assert harness.status(checkout_id) in ("FAILED", "EXPIRED", "CANCELLED")  # never paid
