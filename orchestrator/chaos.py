@@ -3,18 +3,20 @@
 It starts the whole system as processes (embedded Redis with AOF, two workers, beat, the API and
 the strict sandbox), drives mixed checkouts through the merchant API as shops and customers would
 (native OTP, bank page approved and declined, declined cards, pre-auth delivered in full or in
-part, cancels, refunds), and meanwhile SIGKILLs workers, restarts beat and Redis, turns sandbox
-faults on (5xx, 429, answers that come too late) and drops, duplicates and reorders webhooks.
-Then it lets the system settle with the faults off and checks:
+part, cancels, refunds), and meanwhile SIGKILLs workers, restarts beat and Redis (every third
+fault at least), turns sandbox faults on (5xx, 429, answers that come too late) and drops,
+duplicates and reorders webhooks. Then it lets the system settle with the faults off and checks:
 
 - final or waiting: every checkout is final, or rests where it legitimately may (an undelivered
   hold); anything else is ``stuck``;
 - it agrees with Get Order at Plural (the sandbox), else a ``mismatch``;
 - the sandbox's ledger shows no order, payment, authorization, capture or refund made twice
-  (``double``), captured ≤ authorized, refunded ≤ captured.
+  (``double``), captured ≤ authorized, refunded ≤ captured;
+- no worker exited of its own accord (``worker_exits``: a Redis restart must not end one; the
+  workers chaos SIGKILLs are not counted).
 
-It prints ``checkouts, faults, final, stuck, mismatches, double`` and exits non-zero unless the
-last three are 0.
+It prints ``checkouts, faults, redis_restarts, final, stuck, mismatches, double, worker_exits``
+and exits non-zero unless the last four are 0.
 """
 
 from __future__ import annotations
@@ -59,15 +61,18 @@ class Report:
     stuck: int = 0
     mismatches: int = 0
     double: int = 0
+    redis_restarts: int = 0
+    worker_exits: int = 0
     details: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        return (f"checkouts={self.checkouts} faults={self.faults} final={self.final} stuck={self.stuck} "
-                f"mismatches={self.mismatches} double={self.double}")
+        return (f"checkouts={self.checkouts} faults={self.faults} redis_restarts={self.redis_restarts} "
+                f"final={self.final} stuck={self.stuck} mismatches={self.mismatches} double={self.double} "
+                f"worker_exits={self.worker_exits}")
 
     @property
     def ok(self) -> bool:
-        return self.stuck == 0 and self.mismatches == 0 and self.double == 0
+        return self.stuck == 0 and self.mismatches == 0 and self.double == 0 and self.worker_exits == 0
 
 
 def _shop(api: OrchestratorClient, kind: str, rng: random.Random) -> str:
@@ -115,9 +120,17 @@ class Chaos:
         self.stop = threading.Event()
         self.restarts: dict[str, list[float]] = {}
         self.lock = threading.Lock()
+        self.redis_restarts = 0
+        self.killed: set[int] = set()  # the pids of the workers chaos SIGKILLed
+        self.exits: list[str] = []  # workers that exited of their own accord
 
     def supervise(self) -> None:
         with self.lock:
+            for name, proc in self.stack.processes.items():
+                if (self.stack.commands.get(name, (name, None))[0] == "worker" and proc.poll() is not None
+                        and proc.pid not in self.killed):
+                    self.killed.add(proc.pid)  # counted once; the supervisor starts another
+                    self.exits.append(f"{name} (pid {proc.pid}) exited with {proc.returncode}")
             why = self.stack.supervise(self.restarts, budget=100)
             if why:
                 raise RuntimeError(why)
@@ -126,13 +139,18 @@ class Chaos:
         stack, rng = self.stack, self.rng
         what = rng.choice(["kill_worker", "kill_worker", "restart_beat", "restart_redis", "faults", "faults",
                            "webhooks"])
+        if self.count % 3 == 2:
+            what = "restart_redis"
         with self.lock:
             if what == "kill_worker":
-                stack.kill(rng.choice(["worker", "worker2"]), signal.SIGKILL)
+                name = rng.choice(["worker", "worker2"])
+                self.killed.add(stack.processes[name].pid)
+                stack.kill(name, signal.SIGKILL)
             elif what == "restart_beat":
                 stack.restart("beat")
             elif what == "restart_redis":
                 stack.restart_redis(down_seconds=rng.uniform(0.2, 1.5))
+                self.redis_restarts += 1
             elif what == "faults":
                 rules = [{"kind": "error", "path": "^/api/(pay|affordability)", "statuses": [500, 503, 429],
                           "probability": 0.1},
@@ -190,7 +208,7 @@ def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0,
                     report.details.append(f"shop failed: {type(exc).__name__}: {exc}")
         chaos.stop.set()
         chaotic.join()
-        report.faults = chaos.count
+        report.faults, report.redis_restarts = chaos.count, chaos.redis_restarts
         requests.delete(f"{stack.sandbox_url}/sandbox/faults", headers=_admin(), timeout=5)
         progress(f"chaos: {chaos.count} faults injected; settling")
         deadline = time.monotonic() + settle_seconds
@@ -203,6 +221,9 @@ def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0,
                    for v in views.values()):
                 break
             time.sleep(1.0)
+        chaos.supervise()
+        report.worker_exits = len(chaos.exits)
+        report.details += [f"worker exit: {e}" for e in chaos.exits]
         from orchestrator.plural import PluralClient
 
         settings = load_settings(plural_api_base=stack.sandbox_url, plural_token_url=None)

@@ -32,9 +32,14 @@ def redis_client(settings: Settings) -> Any:
     return redis.Redis(connection_pool=pool)
 
 
+#: an enqueue after a commit tries once more, at once, then gives up: the row's due time has the
+#: sweep send the step when the broker is back, so a request never waits long on a broker that is down
+ENQUEUE_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1}
+
+
 def celery_enqueue(app: Any) -> Callable[[Step, str], None]:
     def enqueue(step: Step, checkout_id: str) -> None:
-        app.send_task(f"tasks.{step.value}", args=[checkout_id])
+        app.send_task(f"tasks.{step.value}", args=[checkout_id], retry_policy=ENQUEUE_RETRY)
 
     return enqueue
 

@@ -291,21 +291,28 @@ class CheckoutService:
         try:
             self.vault.put_card(checkout_id, card, self.settings.card_ttl_seconds)
         except Exception as exc:
-            log.error("checkout.vault_unavailable", error=type(exc).__name__)
-            raise CheckoutError(503, "UNAVAILABLE", "the card vault is unavailable; nothing was stored") from None
+            # Redis is away: the database is the source of truth, so the row holds the card sealed
+            # with the vault's key, and its first step (once Redis is back) moves it into the vault
+            log.warning("checkout.card_sealed", error=type(exc).__name__)
+            row.sealed_card = self.vault.seal_card(card)
+
+        def drop_card() -> None:
+            if row.sealed_card is None:
+                self.vault.drop_card(checkout_id)
+
         if keyed is not None:
             keyed.answer = (202, json.dumps(self.view(row), ensure_ascii=False, separators=(",", ":")))
         try:
             saved, created = self.repo.insert(row, keyed)
         except KeyTaken:
-            self.vault.drop_card(checkout_id)
+            drop_card()
             raise CheckoutError(409, "IDEMPOTENCY_KEY_TAKEN", "another request with this Idempotency-Key "
                                 "was answered first") from None
         except Exception:
-            self.vault.drop_card(checkout_id)
+            drop_card()
             raise
         if not created:  # a concurrent request with the same reference won the race
-            self.vault.drop_card(checkout_id)
+            drop_card()
             return self._same_or_conflict(saved, req), False
         metrics.CHECKOUTS_CREATED.labels(saved.payment_method).inc()
         log.info("checkout.created", saga_id=saved.id, amount=saved.amount_value, currency=saved.currency,

@@ -37,7 +37,7 @@ from orchestrator.plural import errors
 from orchestrator.plural.models import (
     Amount, CaptureRequest, CardDetails, CardDetailsRequest, CardIdentifier, CreateOrderRequest, CreatePaymentRequest,
     OfferDiscoveryRequest, OfferValidationRequest, Order, PaymentOption, PaymentRequest, ProductDetail, PurchaseDetails)
-from orchestrator.vault import Vault
+from orchestrator.vault import Vault, VaultError
 
 log = get_logger("orchestrator.steps")
 
@@ -790,6 +790,8 @@ def run(d: Deps, step: Step, checkout_id: str, task_id: str | None = None) -> No
     c, entered_at, attempts = d.repo.load(checkout_id)
     if c is None:
         return
+    if c.sealed_card is not None:
+        unseal_card(d, c)
     chain = d.settings.step_chain
     while True:
         owned = _run_once(d, step, c, entered_at, attempts, task_id, chained=chain > 0)
@@ -799,6 +801,22 @@ def run(d: Deps, step: Step, checkout_id: str, task_id: str | None = None) -> No
         # move wrote (its due time re-drives it if this process dies before)
         step, c, entered_at, attempts, chain = owned.then, owned.after, d.clock(), owned.attempts, chain - 1
         log.info("saga.step.chained", step=step.value)
+
+
+def unseal_card(d: Deps, c: Checkout) -> None:
+    """A checkout accepted while Redis was away holds its card sealed in its row: move it into the
+    vault for what is left of its time (none left, or a key that no longer opens it: the card is
+    gone, as an expired one), then clear the row."""
+    created = c.created_at if c.created_at.tzinfo else c.created_at.replace(tzinfo=dt.timezone.utc)
+    left = int(d.settings.card_ttl_seconds - (d.clock() - created).total_seconds())
+    if left >= 1:
+        try:
+            d.vault.put_card(c.id, d.vault.unseal_card(c.sealed_card or ""), left)
+        except VaultError:
+            log.error("saga.sealed_card_unreadable")
+    d.repo.clear_sealed_card(c.id)
+    c.sealed_card = None
+    log.info("saga.card_unsealed", into_vault=left >= 1)
 
 
 def _run_once(d: Deps, step: Step, c: Checkout, entered_at: dt.datetime | None, attempts: list[StepAttempt],

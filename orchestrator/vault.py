@@ -1,4 +1,4 @@
-"""Short-lived secrets (card data, OTPs) held encrypted in Redis, never in the database or a queue.
+"""Short-lived secrets (card data, OTPs) held encrypted in Redis, never in a queue, never in clear.
 
 Values are Fernet-encrypted with ``CARD_ENCRYPTION_KEY`` and stored with a TTL; the payment step
 reads the card and deletes it once the payment exists. A message on the queue carries only the
@@ -8,6 +8,10 @@ An OTP is kept per submission: each submission writes its own entry (under a fre
 the checkout's hash of OTPs) before it tries the AWAITING_OTP → VERIFYING_OTP move, and the move
 it wins carries that ``ref`` (``Checkout.otp_ref``), so the submit step reads exactly the OTP that
 won. A submission that lost the move deletes only its own entry; none can overwrite another's.
+
+While Redis is away a new checkout's card is sealed instead (``seal_card``: the same encryption,
+the same key) and held in its checkout row; the checkout's first step, which runs once Redis is
+back, moves it into the vault and clears the row (``steps.unseal_card``).
 """
 
 from __future__ import annotations
@@ -66,6 +70,16 @@ class Vault:
 
     def put_card(self, checkout_id: str, card: CardData, ttl: int) -> bool:
         return self._put("card", checkout_id, asdict(card), ttl, only_new=True)
+
+    def seal_card(self, card: CardData) -> str:
+        """The card encrypted with the vault's key, for a checkout row to hold while Redis is away."""
+        return self._fernet.encrypt(json.dumps(asdict(card)).encode()).decode()
+
+    def unseal_card(self, sealed: str) -> CardData:
+        try:
+            return CardData(**json.loads(self._fernet.decrypt(sealed.encode())))
+        except InvalidToken:
+            raise VaultError("a sealed card does not decrypt with the configured key") from None
 
     def card(self, checkout_id: str) -> CardData | None:
         data = self._get("card", checkout_id)

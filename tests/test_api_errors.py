@@ -334,3 +334,51 @@ def test_other_numeric_parameters_beyond_their_bounds_are_400s(api, harness, que
     path = "/v1/checkouts?" + query if query.startswith("limit") else f"/v1/checkouts/x?changed_from=PROCESSING&{query}"
     answer = api.get(path)
     assert answer.status_code == 400 and answer.json()["code"] == "INVALID_REQUEST"
+
+
+def test_a_checkout_is_accepted_while_redis_is_down_and_the_sweep_drives_it_once_redis_is_back(harness, real_redis):
+    """Issue 22, finding 15: the database is the source of truth. With Redis (vault and broker)
+    stopped, a checkout is accepted at once (202) and stored, its card sealed in its row (never in
+    clear), with a due time; once Redis is back the sweep sends its first step, which moves the
+    card into the vault, and the checkout goes on to wait for its OTP."""
+    import time
+
+    from orchestrator.runtime import celery_enqueue, redis_client
+    from orchestrator.service import CheckoutService
+    from workers.celery_app import make_celery
+
+    settings = harness.deps.settings.model_copy(update={"redis_url": real_redis.url})
+    vault = Vault(redis_client(settings), settings.card_encryption_key.get_secret_value())
+    svc = CheckoutService(settings, harness.deps.repo, vault, celery_enqueue(make_celery(settings)),
+                          clock=harness.clock, plural=harness.deps.plural)
+    real_redis.stop()
+    with TestClient(create_app(lambda: svc, KEY), raise_server_exceptions=False) as client:
+        started = time.monotonic()
+        answer = client.post("/v1/checkouts", json=body(), headers={"X-API-Key": KEY})
+        took = time.monotonic() - started
+    assert answer.status_code == 202, answer.text
+    assert took < 3.0  # the enqueue after the commit gave up quickly
+    row = harness.deps.repo.get(answer.json()["id"])
+    assert row.state == answer.json()["state"] and row.next_due_at is not None
+    assert row.sealed_card and "4012001037141112" not in row.sealed_card and "Kevin" not in row.sealed_card
+
+    real_redis.start()
+    harness.deps.vault = vault  # the steps' vault: the Redis that is back
+    harness.clock.advance(settings.step_lease_seconds + 1)
+    harness.run_due()
+    assert harness.status(row.id) == "AWAITING_OTP"
+    assert harness.deps.repo.get(row.id).sealed_card is None
+
+
+def test_a_sealed_card_past_its_time_is_cleared_and_never_reaches_the_vault(api, harness):
+    harness.service.vault = Vault(Down(), harness.deps.settings.card_encryption_key.get_secret_value())
+    answer = api.post("/v1/checkouts", json=body())
+    assert answer.status_code == 202
+    checkout_id = answer.json()["id"]
+    assert harness.deps.repo.get(checkout_id).sealed_card
+    harness.queue.clear()  # the enqueue was lost with the broker
+    harness.clock.advance(harness.deps.settings.card_ttl_seconds + 1)
+    harness.run_due()
+    assert harness.deps.repo.get(checkout_id).sealed_card is None
+    assert harness.deps.vault.card(checkout_id) is None
+    assert harness.status(checkout_id) in ("FAILED", "EXPIRED", "CANCELLED")  # never paid

@@ -53,3 +53,68 @@ def test_the_runtimes_redis_client_makes_threads_beyond_its_pool_wait_not_fail(r
     # more threads than connections, each holding one for a moment (a blocking pop on nothing)
     got = at_once(lambda: client.blpop(["nothing"], timeout=0.3), bound + 16)
     assert got == [None] * (bound + 16)
+
+
+def test_a_worker_survives_redis_restarts_and_keeps_running_tasks(tmp_path):
+    """Issue 22, finding 14: kombu rebuilds a closing channel's pool to give back its
+    unacknowledged messages after the connection has dropped its client; that crashed the worker
+    (``'NoneType' object has no attribute 'hostname'``). Redis restarted under a real worker with
+    tasks in flight, ten times: the worker lives, and runs the task sent after each restart."""
+    import subprocess
+    import sys
+    import time
+
+    from orchestrator.redis_server import EmbeddedRedis, env_with, free_port
+    from tests.broker_worker import probe
+
+    redis_server = EmbeddedRedis(free_port(), tmp_path / "redis", persistent=True)
+    redis_server.start()
+    out, log = tmp_path / "ran", tmp_path / "worker.log"
+    env = env_with(REDIS_URL=redis_server.url, DATA_DIR=str(tmp_path))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.broker_worker", "worker", "--pool=threads", "--concurrency=4",
+         "-Q", "probe", "--without-gossip", "--without-mingle", "--loglevel=INFO"],
+        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    sender = probe.app.connection_for_write(redis_server.url)
+
+    def ran(tag: str, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and worker.poll() is None:
+            if out.exists() and tag in out.read_text().split():
+                return True
+            time.sleep(0.1)
+        return False
+
+    def send(tag: str, seconds: float = 0.0) -> None:
+        for _ in range(100):  # the sender's own connection may meet the restart too
+            try:
+                probe.apply_async((str(out), tag, seconds), queue="probe", connection=sender, retry=False)
+                return
+            except Exception:
+                sender.collect()
+                time.sleep(0.1)
+        raise AssertionError(f"could not send {tag}")
+
+    try:
+        send("ready")
+        assert ran("ready", 60), log.read_text()[-3000:]
+        for n in range(10):
+            for k in range(3):  # in flight, unacknowledged, when Redis goes away
+                send(f"slow-{n}-{k}", 1.5)
+            time.sleep(0.5)
+            redis_server.stop()
+            time.sleep(0.5)
+            redis_server.start()
+            send(f"after-{n}")
+            assert ran(f"after-{n}"), f"restart {n}: worker exit code {worker.poll()}\n" + log.read_text()[-3000:]
+        assert worker.poll() is None
+        assert "Unrecoverable error" not in log.read_text()
+    finally:
+        sender.release()
+        worker.terminate()
+        try:
+            worker.wait(15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(5)
+        redis_server.stop()

@@ -7,6 +7,16 @@ of a busy worker's CPU, for an object that only wraps the channel's connection p
 pool), so the channel keeps one, and builds a fresh one whenever kombu replaces its pool (after
 a connection error). Everything else is kombu's.
 
+A channel also remembers how to reach Redis. When the connection to Redis drops, Celery closes the
+broken kombu connection, which detaches it from its transport (``transport.client = None``), and
+only then does the channel close for good: it gives back its unacknowledged messages and, for a
+task still running, acknowledges late, each through a pool rebuilt from ``transport.client``.
+Kombu's own ``_connparams`` then fails with ``AttributeError: 'NoneType' object has no attribute
+'hostname'``, which is no connection error: Celery calls it unrecoverable and the worker exits on
+every Redis restart. This channel builds such a pool from the parameters it used before; with
+none known, the failure is a ``redis.ConnectionError``, which Celery expects and rides out
+(unacknowledged messages come back after the visibility timeout).
+
 Used for ``redis://`` and ``rediss://`` brokers (``workers.celery_app``).
 """
 
@@ -14,11 +24,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis as redis_py
 from kombu.transport import redis
 
 
 class Channel(redis.Channel):
     _shared: Any = None
+    #: the connection parameters last built, by ``asynchronous``
+    _known_params: dict[bool, dict[str, Any]] | None = None
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if getattr(self.connection, "client", None) is None:  # the connection has let go of the transport
+            known = (self._known_params or {}).get(asynchronous)
+            if known is None:
+                raise redis_py.ConnectionError("the broker connection is closed")
+            return dict(known)
+        params = super()._connparams(asynchronous=asynchronous)
+        self._known_params = {**(self._known_params or {}), asynchronous: dict(params)}
+        return params
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:  # kombu keeps the one it builds (``Channel.client``)

@@ -35,7 +35,10 @@ def make_celery(settings: Any) -> Celery:
         # events to the merchant wait on their own queue: a slow endpoint never holds up a saga
         task_routes={"tasks.deliver_events": {"queue": "events"}},
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        # a Redis that does not answer a connect is given 2 s, not the OS's minutes (an enqueue
+        # after a commit is bounded by it: ``runtime.ENQUEUE_RETRY``)
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout,
+                                  "socket_connect_timeout": 2.0},
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_concurrency=settings.worker_concurrency,

@@ -87,6 +87,9 @@ class Checkout(SQLModel, table=True):
     cart_coupon_discount: Optional[int] = money(nullable=True)
 
     card_last4: Optional[str] = Field(default=None, max_length=4)
+    #: the card, encrypted with the vault's key, for a checkout accepted while Redis was away; the
+    #: first step moves it into the vault and clears it (never in clear)
+    sealed_card: Optional[str] = Field(default=None, repr=False)
     card_network: Optional[str] = Field(default=None, max_length=20)
     card_issuer: Optional[str] = Field(default=None, max_length=64)
     native_otp: Optional[bool] = None

@@ -695,6 +695,14 @@ class Repo:
 
     # --- due rows -----------------------------------------------------------------------
 
+    def clear_sealed_card(self, checkout_id: str) -> None:
+        """Forget the sealed card a checkout accepted while Redis was away held (now in the vault).
+        Nothing else changes (not the state, not the version)."""
+        with self.session() as s:
+            s.connection().execute(update(Checkout).where(col(Checkout.id) == checkout_id)
+                                   .values(sealed_card=None))
+            s.commit()
+
     def claim_due(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[tuple[str, str]]:
         """Take up to ``limit`` sagas whose next step is due, oldest first, moving their due time to
         ``lease_until`` in the same transaction.

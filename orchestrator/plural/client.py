@@ -59,7 +59,8 @@ class PluralClient:
     @classmethod
     def from_settings(cls, settings: Any, *, redis: Any = None, transport: Transport | None = None,
                       **overrides: Any) -> "PluralClient":
-        store = RedisTokenStore(redis, settings.plural_client_id) if redis is not None else MemoryTokenStore()
+        store = (RedisTokenStore(redis, settings.plural_client_id, settings.card_encryption_key.get_secret_value())
+                 if redis is not None else MemoryTokenStore())
         options: dict[str, Any] = dict(
             api_base=settings.api_base,
             token_url=settings.token_url,

@@ -5,6 +5,8 @@
     PluralError
     ├── TransportError              no HTTP answer was read
     │   ├── ConnectionFailed        never reached Plural (refused, DNS, connect timeout): safe to retry
+    │   │   └── TokenLockTimeout    the token refresh lock was not taken in time (another process
+    │   │                           holds it): nothing was sent
     │   └── OutcomeUnknown          sent, no answer (read timeout, reset): Plural may have acted;
     │                               resolve by asking Plural (Get Order / order by reference).
     │                               Also: a retry refused with a 4xx after such an attempt
@@ -48,6 +50,10 @@ class TransportError(PluralError):
 
 class ConnectionFailed(TransportError):
     may_have_reached_plural = False
+
+
+class TokenLockTimeout(ConnectionFailed):
+    """The access token's refresh lock (Redis) was not taken in time: try again later."""
 
 
 class OutcomeUnknown(TransportError):

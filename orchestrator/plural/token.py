@@ -7,6 +7,10 @@ expired, a process that finds the lock taken does not wait for it: it uses the t
 leaves the refresh to the holder (so a holder that died, or a slow token call, stalls nobody until
 the token really expires). ``invalidate(value)`` drops a token that Plural refused with 401,
 unless another process has already replaced it.
+
+In Redis the token is held encrypted, like the vault's card data (Fernet, ``CARD_ENCRYPTION_KEY``);
+an entry that does not decrypt (another key, an old clear one) counts as no token. A refresh lock
+that cannot be taken in time raises ``errors.TokenLockTimeout``, a transient error.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator, Protocol
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from orchestrator.plural.errors import TokenLockTimeout
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ class TokenStore(Protocol):
 
     def lock(self, wait: bool = True) -> ContextManager[bool]:
         """The refresh lock, held for the block; it yields whether it was taken (always, when
-        ``wait``: a lock never taken raises ``TimeoutError``)."""
+        ``wait``: a lock never taken raises ``TokenLockTimeout``)."""
         ...
 
 
@@ -82,29 +90,39 @@ class MemoryTokenStore:
 
 
 class RedisTokenStore:
-    """Token shared through Redis by every worker, API and beat process of one client id."""
+    """Token shared through Redis by every worker, API and beat process of one client id, encrypted
+    with ``key`` (a Fernet key: ``CARD_ENCRYPTION_KEY``)."""
 
-    def __init__(self, redis: Any, client_id: str, *, lock_timeout: float = 30.0, prefix: str = "plural:token"):
+    def __init__(self, redis: Any, client_id: str, key: str | bytes, *, lock_timeout: float = 30.0,
+                 prefix: str = "plural:token"):
         suffix = hashlib.sha256(client_id.encode()).hexdigest()[:16]
+        self._fernet = Fernet(key.encode() if isinstance(key, str) else key)
         self._redis = redis
         self._key = f"{prefix}:{suffix}"
         self._lock_key = f"{prefix}:{suffix}:lock"
         self._lock_timeout = lock_timeout
 
+    def _decode(self, raw: bytes | str | None) -> AccessToken | None:
+        if not raw:
+            return None
+        try:
+            return AccessToken.from_json(self._fernet.decrypt(raw))
+        except InvalidToken:  # another key, or a clear entry from before: fetch a new one
+            return None
+
     def load(self) -> AccessToken | None:
-        raw = self._redis.get(self._key)
-        return AccessToken.from_json(raw) if raw else None
+        return self._decode(self._redis.get(self._key))
 
     def save(self, token: AccessToken) -> None:
         ttl = max(int(token.expires_at - time.time()), 1)
-        self._redis.set(self._key, token.to_json(), ex=ttl)
+        self._redis.set(self._key, self._fernet.encrypt(token.to_json().encode()), ex=ttl)
 
     def discard(self, value: str) -> None:
         with self._redis.pipeline() as pipe:
             try:
                 pipe.watch(self._key)
-                raw = pipe.get(self._key)
-                if raw and AccessToken.from_json(raw).value == value:
+                held = self._decode(pipe.get(self._key))
+                if held is not None and held.value == value:
                     pipe.multi()
                     pipe.delete(self._key)
                     pipe.execute()
@@ -120,7 +138,7 @@ class RedisTokenStore:
         lock = self._redis.lock(self._lock_key, timeout=self._lock_timeout, blocking_timeout=self._lock_timeout + 1)
         took = bool(lock.acquire(blocking=wait))
         if not took and wait:
-            raise TimeoutError("could not take the token refresh lock")
+            raise TokenLockTimeout("could not take the token refresh lock")
         try:
             yield took
         finally:

@@ -2,8 +2,12 @@ import time
 
 import fakeredis
 
+import pytest
+
 from orchestrator.plural.token import AccessToken, MemoryTokenStore, RedisTokenStore, TokenManager
 from tests.conftest import at_once
+
+KEY = "c2FuZGJveC1jYXJkLWtleS1ub3QtZm9yLXByb2QhISE="  # the sandbox's CARD_ENCRYPTION_KEY
 
 
 def counting_fetch(lifetime=3600.0, delay=0.0):
@@ -46,8 +50,8 @@ def test_token_near_expiry_is_refreshed():
 def test_token_is_shared_between_processes_through_redis():
     server = fakeredis.FakeServer()
     fetch, calls = counting_fetch()
-    a = TokenManager(RedisTokenStore(fakeredis.FakeRedis(server=server), "cid"), fetch)
-    b = TokenManager(RedisTokenStore(fakeredis.FakeRedis(server=server), "cid"), fetch)
+    a = TokenManager(RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", KEY), fetch)
+    b = TokenManager(RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", KEY), fetch)
     assert a.get() == b.get() == "t1"
     assert len(calls) == 1
 
@@ -55,13 +59,13 @@ def test_token_is_shared_between_processes_through_redis():
 def test_concurrent_refreshers_fetch_only_once():
     server = fakeredis.FakeServer()
     fetch, calls = counting_fetch(delay=0.05)
-    results = at_once(lambda: TokenManager(RedisTokenStore(fakeredis.FakeRedis(server=server), "cid"), fetch).get(), 8)
+    results = at_once(lambda: TokenManager(RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", KEY), fetch).get(), 8)
     assert len(calls) == 1 and results == ["t1"] * 8
 
 
 def test_invalidate_drops_only_the_refused_token():
     server = fakeredis.FakeServer()
-    store = RedisTokenStore(fakeredis.FakeRedis(server=server), "cid")
+    store = RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", KEY)
     store.save(AccessToken("new", time.time() + 100, time.time()))
     store.discard("old")
     assert store.load().value == "new"
@@ -71,7 +75,7 @@ def test_invalidate_drops_only_the_refused_token():
 
 def test_redis_entry_expires_with_the_token():
     r = fakeredis.FakeRedis()
-    RedisTokenStore(r, "cid").save(AccessToken("t", time.time() + 120, time.time()))
+    RedisTokenStore(r, "cid", KEY).save(AccessToken("t", time.time() + 120, time.time()))
     key = next(iter(r.keys("plural:token:*")))
     assert 100 < r.ttl(key) <= 120
 
@@ -119,9 +123,9 @@ def test_a_token_within_its_margin_is_used_while_another_process_holds_the_refre
     so nobody waits for it."""
     server = fakeredis.FakeServer()
     fetch, calls = counting_fetch()
-    store = RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", lock_timeout=30)
+    store = RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", KEY, lock_timeout=30)
     store.save(AccessToken("old", time.time() + 100, time.time() - 3500))  # within the 300 s margin
-    holder = RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", lock_timeout=30)
+    holder = RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", KEY, lock_timeout=30)
     with holder.lock() as took:
         assert took
         started = time.monotonic()
@@ -133,7 +137,7 @@ def test_a_token_within_its_margin_is_used_while_another_process_holds_the_refre
 def test_an_expired_token_waits_for_the_refresh_lock_of_a_holder_that_died():
     server = fakeredis.FakeServer()
     fetch, calls = counting_fetch()
-    store = RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", lock_timeout=1)
+    store = RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", KEY, lock_timeout=1)
     store.save(AccessToken("old", time.time() - 1, time.time() - 3600))
     dead = fakeredis.FakeRedis(server=server).lock(store._lock_key, timeout=1)
     assert dead.acquire(blocking=False)  # and never released: it lapses after 1 s
@@ -146,3 +150,38 @@ def test_a_memory_store_lock_taken_elsewhere_is_not_waited_for_when_asked_not_to
     store = MemoryTokenStore()
     with store.lock() as took, store.lock(wait=False) as second:
         assert took and not second
+
+
+def test_the_token_is_held_in_redis_encrypted_and_read_back():
+    r = fakeredis.FakeRedis()
+    store = RedisTokenStore(r, "cid", KEY)
+    store.save(AccessToken("secret-token-value", time.time() + 120, time.time()))
+    raw = r.get(next(iter(r.keys("plural:token:*"))))
+    assert b"secret-token-value" not in raw and b"access_token" not in raw
+    assert store.load().value == "secret-token-value"
+
+
+def test_a_clear_or_foreign_entry_counts_as_no_token():
+    from cryptography.fernet import Fernet
+
+    r = fakeredis.FakeRedis()
+    store = RedisTokenStore(r, "cid", KEY)
+    r.set(store._key, AccessToken("clear", time.time() + 120, time.time()).to_json())  # from before
+    assert store.load() is None
+    RedisTokenStore(r, "cid", Fernet.generate_key()).save(AccessToken("other", time.time() + 120, time.time()))
+    assert store.load() is None
+
+
+def test_a_refresh_lock_not_taken_in_time_is_a_transient_error_steps_back_off_from():
+    from orchestrator.plural import errors
+    from orchestrator.steps import TRANSIENT
+
+    server = fakeredis.FakeServer()
+    fetch, calls = counting_fetch()
+    store = RedisTokenStore(fakeredis.FakeRedis(server=server), "cid", KEY, lock_timeout=0.3)
+    held = fakeredis.FakeRedis(server=server).lock(store._lock_key, timeout=30)
+    assert held.acquire(blocking=False)  # a slow holder: longer than this store waits
+    with pytest.raises(TRANSIENT) as raised:
+        TokenManager(store, fetch).get()  # no token at all: it must wait for the lock
+    assert isinstance(raised.value, errors.TokenLockTimeout) and not raised.value.may_have_reached_plural
+    assert calls == []
