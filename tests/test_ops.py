@@ -145,17 +145,24 @@ def test_resolving_as_failed_while_plural_holds_the_money_is_refused(harness):
     assert h.state(c.id) == "NEEDS_ATTENTION"
 
 
-def test_a_capture_plural_made_meanwhile_is_followed_and_a_cancel_is_refused(harness):
+def captured_meanwhile(h):
+    """A checkout stuck in CAPTURING whose capture Plural made after all."""
     from orchestrator.plural.models import Amount, CaptureRequest
-    from orchestrator.service import ResolveRefused
     from tests.test_engine import faults, stuck_capture
 
-    h = harness
     c = stuck_capture(h)
     faults(h)
     c = h.deps.repo.get(c.id)
     h.service.plural.capture_order(c.plural_order_id, CaptureRequest(
         merchant_capture_reference=c.merchant_capture_reference, capture_amount=Amount(value=5000, currency="INR")))
+    return c
+
+
+def test_a_capture_plural_made_meanwhile_is_followed_and_a_cancel_is_refused(harness):
+    from orchestrator.service import ResolveRefused
+
+    h = harness
+    c = captured_meanwhile(h)
     with pytest.raises(ResolveRefused) as refused:
         h.service.operator(c.id, "resolve", "CANCELLED", who="asha")
     assert refused.value.details["state"] == "COMPLETED" and "followed Plural to COMPLETED" in refused.value.message
@@ -165,15 +172,8 @@ def test_a_capture_plural_made_meanwhile_is_followed_and_a_cancel_is_refused(har
 
 
 def test_resolving_as_completed_what_plural_processed_is_plurals_fact(harness):
-    from orchestrator.plural.models import Amount, CaptureRequest
-    from tests.test_engine import faults, stuck_capture
-
     h = harness
-    c = stuck_capture(h)
-    faults(h)
-    c = h.deps.repo.get(c.id)
-    h.service.plural.capture_order(c.plural_order_id, CaptureRequest(
-        merchant_capture_reference=c.merchant_capture_reference, capture_amount=Amount(value=5000, currency="INR")))
+    c = captured_meanwhile(h)
     done = h.service.operator(c.id, "resolve", "COMPLETED", who="asha")
     assert done.state == "COMPLETED" and done.captured_amount == 5000
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 import threading
 
 import pytest
-from fastapi.testclient import TestClient
 
-from orchestrator.api.app import create_app
 from orchestrator.service import CheckoutError
+from tests.test_api import api  # noqa: F401  (the API over the harness, its key set)
 from tests.test_steps import checkout
 
-KEY = "test-api-key"
 RIGHT, WRONG = "123456", "654321"
 WAIT = 10.0
 
@@ -78,12 +76,6 @@ def test_a_second_submission_written_before_the_first_moves_neither_replaces_nor
     assert h.deps.repo.get(c.id).state == "COMPLETED" and no_expired_otp(h, c.id)
 
 
-@pytest.fixture
-def api(harness):
-    app = create_app(lambda: harness.service, KEY)
-    with TestClient(app) as client:
-        client.headers["X-API-Key"] = KEY
-        yield client
 
 
 def test_two_otps_posted_at_once_are_one_202_and_the_accepted_otp_is_the_one_sent(api, harness, monkeypatch):
