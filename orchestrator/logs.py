@@ -2,14 +2,16 @@
 
 JSON lines when stderr is not a terminal, a readable console otherwise. Every event, ours or a
 library's (uvicorn, celery, requests through the stdlib bridge), passes ``redact_card_data``:
-any run of 12 to 19 digits (spaces, dots or dashes allowed between them, glued to anything) is
-masked to its last four, a CVV in free text and a validation error's ``input_value`` are hidden,
+any run of 12 or more digits (spaces, dots or dashes allowed between them, glued to anything) is
+masked whole to its last four, a CVV in free text and a validation error's ``input_value`` are hidden,
 and any field whose key mentions ``cvv`` is dropped, at any depth. ``mask_text`` is the same rule
 for text that is stored or returned (Plural's error messages, validation errors).
 
-Plural's own identifiers (``v1-250129053005-aa-imFYK2-de-a``) and UUIDs (request ids, ours and
-Plural's: ``17d41f45-5eea-4953-8712-0825c11b36c1``) carry long digit runs but cannot be card
-numbers; they are left readable, so a support ticket can still quote them.
+Identifiers carry long digit runs but are not card numbers: Plural's own
+(``v1-250129053005-aa-imFYK2-de-a``), UUIDs (request ids, ours and Plural's:
+``17d41f45-5eea-4953-8712-0825c11b36c1``) and our ids ending in 32 hex digits
+(``rfd_3879d4602a45493680918349215366b9``) stay readable, so a support ticket can quote them,
+unless a whole digit run inside one is a Luhn-valid 13-19 digit number (a card glued to hex).
 """
 
 from __future__ import annotations
@@ -23,22 +25,43 @@ import structlog
 
 _PLURAL_ID = r"v1-\d{6,}-[a-z]{2}-[A-Za-z0-9]+(?:-[a-z]{2}-[A-Za-z0-9]+)?"
 # no word boundaries: a card number glued to letters, underscores or URL escapes is still one
-_CARD_RUN = r"\d(?:[ .-]?\d){11,18}"
+_CARD_RUN = r"\d(?:[ .-]?\d){11,}"  # a longer run is masked whole: no tail left in clear
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}(?![0-9A-Fa-f])"
-_PATTERN = re.compile(f"({_PLURAL_ID}|{_UUID})|({_CARD_RUN})")
+# our own ids (chk_…, rfd_…, orch-refund-…) end in 32 hex digits, at least one a letter
+_HEX_ID = r"(?<![0-9A-Fa-f])(?=[0-9]*[a-fA-F])[0-9A-Fa-f]{32}(?![0-9A-Fa-f])"
+_PATTERN = re.compile(f"({_PLURAL_ID}|{_UUID}|{_HEX_ID})|({_CARD_RUN})")
+_DIGITS = re.compile(r"\d{13,}")
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def _holds_card(run: str) -> bool:
+    """Whether a whole digit run inside an identifier could be a card number (13-19 digits, Luhn)."""
+    return 13 <= len(run) <= 19 and _luhn(run)
+
+
+def _identifier(text: str) -> str:
+    """An identifier stays readable, except a digit run in it that could be a real card number."""
+    return _DIGITS.sub(lambda m: "****" + m.group(0)[-4:] if _holds_card(m.group(0)) else m.group(0), text)
 _CVV_TEXT = re.compile(r"(?i)(cvv2?|cvc2?|cvn|card.?verification|security.?code)(\W{0,6})\d{3,4}")
 _INPUT_VALUE = re.compile(r"input_value=('[^']*'|\"[^\"]*\"|[^,\]\s]+)")
 _SENSITIVE_KEY = re.compile(r"cvv|cvc|card_?number|^pan$", re.IGNORECASE)
 
 
 def mask_text(text: str) -> str:
-    """Mask every 12-19 digit run (spaces, dots or dashes between digits allowed, whatever stands
+    """Mask every run of 12 or more digits (spaces, dots or dashes between digits allowed, whatever stands
     around it) to ``****`` + its last four digits; hide a CVV written in free text and the
     ``input_value`` a validation error quotes. Plural's own identifiers and UUIDs stay readable."""
 
     def repl(match: re.Match[str]) -> str:
         if match.group(1):
-            return match.group(1)
+            return _identifier(match.group(1))
         digits = re.sub(r"\D", "", match.group(2))
         return "****" + digits[-4:]
 
@@ -86,6 +109,22 @@ def redact_card_data(_logger: Any, _method: str, event_dict: dict[str, Any]) -> 
 _configured = False
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is logged, not the stream it was when
+    logging was configured (a replaced or closed stderr must not turn every line into an error)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto", *, force: bool = False) -> None:
     """Configure structlog and the stdlib root logger. Safe to call more than once."""
     global _configured
@@ -113,7 +152,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, force: bool = F
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

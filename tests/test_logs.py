@@ -124,6 +124,7 @@ def test_plural_error_text_is_masked_before_it_is_stored(harness):
 
 
 # --- identifiers survive, card numbers do not (issue 23: a request id must stay matchable) ---
+import re  # noqa: E402
 import uuid  # noqa: E402
 
 from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
@@ -157,3 +158,40 @@ def test_any_uuid_survives_masking(value: uuid.UUID, before: str, after: str):
 def test_any_luhn_valid_card_number_inside_any_text_is_masked(body: str, before: str, after: str):
     number = _luhn_complete(body)
     assert number not in mask_text(before + number + after)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.uuids())
+def test_our_ids_and_references_stay_readable(value: uuid.UUID):
+    for text in (f"rfd_{value.hex}", f"orch-refund-{value.hex}", f"chk_{value.hex}"):
+        runs = re.findall(r"\d+", value.hex)
+        if any(c in "abcdef" for c in value.hex) and not any(13 <= len(r) <= 19 and _luhn_valid(r) for r in runs):
+            assert mask_text(f"refund {text} failed") == f"refund {text} failed"
+
+
+def _luhn_valid(digits: str) -> bool:
+    return _luhn_complete(digits[:-1]) == digits
+
+
+def test_a_refund_id_with_a_long_digit_run_stays_readable():
+    rid = "rfd_3879d4602a45493680918349215366b9"
+    assert mask_text(f"{rid} (reference orch-refund-3879d4602a45493680918349215366b9)") == \
+        f"{rid} (reference orch-refund-3879d4602a45493680918349215366b9)"
+
+
+def test_a_card_number_glued_into_hex_is_still_masked():
+    assert "4111111111111111" not in mask_text("id abcdef4111111111111111abcdefabcd end")
+
+
+def test_log_lines_go_to_the_stderr_of_the_moment_not_a_closed_one(monkeypatch):
+    import io
+    import sys
+
+    configure_logging(force=True)
+    gone = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", gone)
+    gone.close()  # the stream logging was configured with is closed (a finished capture)
+    now = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", now)
+    logging.getLogger("test").warning("after.swap")
+    assert "after.swap" in now.getvalue()

@@ -67,8 +67,16 @@ def test_compare_and_set_refuses_a_backward_move_on_postgres(pg):
     assert pg.deps.engine.apply(c.id, Fact.PLURAL_PAYMENT_FAILED, Source.WEBHOOK, "late") is None
 
 
-def test_money_columns_hold_amounts_beyond_32_bits_on_postgres(pg):
-    c = checkout(pg, amount=2**31 + 7)
+def test_money_columns_hold_amounts_beyond_32_bits_on_postgres(pg, monkeypatch):
+    import requests
+
+    # above Plural's usual ceiling: a merchant with another agreement, on both sides
+    monkeypatch.setattr(pg.service.settings, "max_order_amount", 2**31 + 7)
+    requests.put(f"{pg.sandbox_url}/sandbox/config", json={"max_order_amount": 2**31 + 7}, timeout=5).raise_for_status()
+    try:
+        c = checkout(pg, amount=2**31 + 7)
+    finally:
+        requests.put(f"{pg.sandbox_url}/sandbox/config", json={"max_order_amount": 100_000_000}, timeout=5)
     assert c.state == "COMPLETED" and c.amount_value == 2**31 + 7 and c.captured_amount == 2**31 + 7
 
 

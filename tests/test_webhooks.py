@@ -206,6 +206,8 @@ def test_an_event_before_the_saga_knows_its_order_is_kept_and_applied_later(harn
         "card": {"number": ACS_CARD, "name": "Kevin", "cvv": "123", "expiry_month": "12", "expiry_year": "2030"}})
     row, _ = h.service.create(body)
     h.drain()
+    h.clock.advance(5)  # strict: the repeated reference is refused, and the order looked up next run
+    h.run_due()
     c = h.deps.repo.get(row.id)
     assert c.plural_order_id == made.order_id and c.state == "AWAITING_REDIRECT"
     assert retry_deferred(h.deps) == 1
