@@ -131,6 +131,29 @@ def test_refused_otp_generation_falls_back_to_the_bank_page(harness):
     assert "bank page" in harness.deps.repo.history(c.id)[-1].reason
 
 
+def test_a_generate_otp_whose_answer_was_lost_is_resolved_as_sent(harness):
+    """A worker died after Plural generated the OTP but before the saga recorded it: the rerun's
+    second Generate OTP (refused as already generated, or answered with a fresh OTP) leaves the
+    checkout waiting for the OTP, never on the bank page, and the OTP completes it."""
+    h = harness
+    row = received(h)
+    for _ in range(3):  # create order, card details, create payment: up to the Generate OTP step
+        step, checkout_id = h.queue.pop(0)
+        steps.run(h.deps, step, checkout_id, "t")
+    (pending,) = h.queue
+    c = h.deps.repo.get(row.id)
+    assert pending[0] == Step.GENERATE_OTP and c.state == "PAYMENT_CREATED"
+    h.deps.repo.begin_attempt(c.id, Step.GENERATE_OTP.value, c.plural_payment_id, "dead-task")
+    h.deps.plural.generate_otp(c.plural_payment_id)  # reached Plural; the answer died with the worker
+    h.drain()
+    c = h.deps.repo.get(row.id)
+    assert c.state == "AWAITING_OTP" and c.otp_attempts_left == 3 and c.otp_resend_at is not None
+    assert all(a.outcome in ("succeeded", "failed") for a in h.deps.repo.attempts(c.id, Step.GENERATE_OTP.value))
+    h.service.submit_otp(c.id, "123456")
+    h.drain()
+    assert h.state(c.id) == "COMPLETED"
+
+
 def test_customer_who_never_finishes_is_cancelled_at_the_deadline(harness):
     h = harness
     c = checkout(h, card=ACS_CARD)

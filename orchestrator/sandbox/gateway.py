@@ -108,6 +108,10 @@ class SandboxConfig:
     payment_expiry_seconds: float = 900.0
     #: Plural's documented maximum order amount, in paise: larger orders answer 422 AMOUNT_LIMIT_EXCEEDED
     max_order_amount: int = 100_000_000
+    #: a second Generate OTP for a payment: Plural's documents are silent (its reference lists 422
+    #: for a payment not eligible for OTP generation). ``refuse`` answers 422 OTP_ALREADY_GENERATED
+    #: (use Resend OTP); ``resend`` sends a fresh OTP and answers 200 as the first call did
+    second_generate_otp: str = "refuse"
     #: the EMI offer book (issuers, tenures, rates, fees, discounts, subventions, limits)
     offers: offers.OfferBook = field(default_factory=lambda: offers.DEFAULT_BOOK)
 
@@ -563,8 +567,11 @@ class Gateway:
             if (card is None or not card.native_otp or card.behaviour == cards.OTP_REFUSED
                     or state.method == "DEBIT_EMI"):  # Debit EMI has no native OTP in Plural's document
                 raise _refused("card is not eligible for native OTP; use the challenge_url", "CARD_NOT_ELIGIBLE")
-            if state.otp_sent_at is None:
-                state.otp_sent_at = self.clock()
+            if state.otp_sent_at is not None and self.config.second_generate_otp != "resend":
+                raise _refused("an OTP was already generated for this payment; use Resend OTP",
+                               "OTP_ALREADY_GENERATED", source="otp", step="GENERATE_OTP",
+                               reason="OTP_ALREADY_GENERATED")
+            state.otp_sent_at = self.clock()  # ``resend``: a fresh OTP, its resend timer restarted
             return self._otp_answer(state, status=False)
 
     def submit_otp(self, body: dict[str, Any]) -> dict[str, Any]:
