@@ -185,6 +185,7 @@ def test_the_checkout_shows_the_chosen_offer(harness):
     ("DEBIT_EMI", debit(ICICI_DC), "7", "1", 1200000, None, "CARD_ISSUER_MISMATCH"),
     ("CREDIT_EMI", credit(HDFC_CC), "6", "1", 1000000, None, "ISSUER_NOT_OFFERED"),  # below HDFC CC's minimum
     ("DEBIT_EMI", debit(HDFC_DC), "7", "1", 100000, None, "ISSUER_NOT_OFFERED"),     # below HDFC DC's minimum
+    ("CREDIT_EMI", credit(INDUSIND_CC), "23", "1", 100, None, "ISSUER_NOT_OFFERED"),  # Rs 1: below every minimum
 ])
 def test_an_offer_that_cannot_go_on_fails_with_its_code_and_makes_no_order(harness, method, card, issuer, tenure,
                                                                           amount, expected, code):
