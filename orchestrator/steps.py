@@ -36,7 +36,7 @@ from orchestrator.logs import get_logger, mask_text
 from orchestrator.plural import errors
 from orchestrator.plural.models import (
     Amount, CaptureRequest, CardDetails, CardDetailsRequest, CardIdentifier, CreateOrderRequest, CreatePaymentRequest,
-    OfferDiscoveryRequest, OfferValidationRequest, Order, PaymentOption, PaymentRequest, ProductDetail, PurchaseDetails)
+    DeviceInfo, OfferDiscoveryRequest, OfferValidationRequest, Order, PaymentOption, PaymentRequest, ProductDetail, PurchaseDetails)
 from orchestrator.vault import Vault, VaultError
 
 log = get_logger("orchestrator.steps")
@@ -467,6 +467,7 @@ def create_payment(d: Deps, run: Run, c: Checkout) -> None:
             name=card.name, card_number=card.number, cvv=card.cvv, expiry_month=card.expiry_month,
             expiry_year=card.expiry_year, registered_mobile_number=card.registered_mobile_number)),
         offer_data={"offer_details": c.offer} if c.offer else None,
+        device_info=DeviceInfo.model_validate(c.device_info) if c.device_info else None,
     )])
     got = call_ahead(d, run, Step.CREATE_PAYMENT, c.merchant_payment_reference,
                      lambda: d.plural.create_payment(c.plural_order_id, request), lambda o: o.order_id)

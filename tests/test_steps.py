@@ -154,6 +154,32 @@ def test_a_generate_otp_whose_answer_was_lost_is_resolved_as_sent(harness):
     assert h.state(c.id) == "COMPLETED"
 
 
+def _seed_device_info():
+    from tests.seeds import find
+
+    return find(lambda s: "payments" in s and s["payments"][0]["payment_method"] == "CARD")[0]["payments"][0][
+        "device_info"]
+
+
+def test_the_merchants_device_info_is_sent_with_the_payment(harness):
+    h = harness
+    device = _seed_device_info()
+    row, _ = h.service.create(CheckoutIn.model_validate({
+        "amount": {"value": 1500, "currency": "INR"}, "device_info": device,
+        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}}))
+    assert h.deps.repo.get(row.id).device_info == device
+    h.drain()
+    c = h.deps.repo.get(row.id)
+    (made,) = [e for e in ledger(h.sandbox_url, c.plural_order_id) if e["kind"] == "PAYMENT_CREATED"]
+    assert made["device_info"] == device
+
+
+def test_no_device_info_is_sent_when_the_merchant_gave_none(harness):
+    c = checkout(harness)
+    (made,) = [e for e in ledger(harness.sandbox_url, c.plural_order_id) if e["kind"] == "PAYMENT_CREATED"]
+    assert c.device_info is None and "device_info" not in made
+
+
 def test_customer_who_never_finishes_is_cancelled_at_the_deadline(harness):
     h = harness
     c = checkout(h, card=ACS_CARD)

@@ -175,3 +175,24 @@ def test_an_emi_payment_below_the_issuers_minimum_is_refused_amount_limit_exceed
         assert got["payments"] == []
     finally:
         requests.put(sandbox.url + "/sandbox/offers", json={}, timeout=5).raise_for_status()
+
+
+def test_the_card_payment_samples_device_info_is_kept_with_the_payment(sandbox):
+    sample = find(lambda s: "payments" in s and s["payments"][0]["payment_method"] == "CARD")[0]
+    order = new_order(sandbox.url, sample["payments"][0]["payment_amount"]["value"])
+    answer = post(sandbox.url, f"/api/pay/v1/orders/{order['order_id']}/payments", sample)
+    assert answer.status_code == 200, answer.text
+    entries = requests.get(sandbox.url + "/sandbox/ledger", params={"order_id": order["order_id"]},
+                           timeout=5).json()["entries"]
+    (made,) = [e for e in entries if e["kind"] == "PAYMENT_CREATED"]
+    assert made["device_info"] == sample["payments"][0]["device_info"]
+
+
+@pytest.mark.parametrize("device_info", ["browser", {}, {"browser_screen_height": 768}, {"device_channel": ""}])
+def test_a_malformed_device_info_is_refused_invalid_request(sandbox, device_info):
+    sample = copy.deepcopy(find(lambda s: "payments" in s and s["payments"][0]["payment_method"] == "CARD")[0])
+    sample["payments"][0]["device_info"] = device_info
+    order = new_order(sandbox.url, sample["payments"][0]["payment_amount"]["value"])
+    answer = post(sandbox.url, f"/api/pay/v1/orders/{order['order_id']}/payments", sample)
+    assert answer.status_code == 400 and answer.json()["code"] == "INVALID_REQUEST", answer.text
+    assert answer.json()["additional_error_details"]["source"].startswith("device_info")
