@@ -236,6 +236,9 @@ class Settings(BaseSettings):
                                               description="the retry schedule runs this much faster (1: real time)")
     sandbox_webhook_timestamps: Literal["original", "fresh"] = Field(
         default="original", description="a retry's webhook-timestamp: the event's (original) or the attempt's")
+    sandbox_second_generate_otp: Literal["refuse", "resend"] = Field(
+        default="refuse", description="a second Generate OTP for a payment: 422 OTP_ALREADY_GENERATED, or a "
+                                      "fresh OTP sent and 200 (Plural's documents are silent)")
     sandbox_otp_resend_after: int = Field(default=180, ge=0)
     sandbox_otp_resend_limit: int = Field(default=3, ge=0)
     sandbox_otp_max_attempts: int = Field(default=3, ge=1)

@@ -132,6 +132,28 @@ class CustomerIn(BaseModel):
     shipping_address: AddressIn | None = None
 
 
+class DeviceInfoIn(BaseModel):
+    """The customer's browser or device, as the merchant's page read it: Plural's create-payment
+    sample sends it with the card (for the issuer's 3-D Secure risk checks). Every value is a
+    string, as in the sample; sent to Plural as given."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    browser_accept_header: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    browser_user_agent: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    browser_language: Annotated[str, Field(pattern=r"^[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*$")] | None = None
+    browser_screen_height: Annotated[str, Field(pattern=r"^[0-9]{1,6}$")] | None = None
+    browser_screen_width: Annotated[str, Field(pattern=r"^[0-9]{1,6}$")] | None = None
+    browser_timezone: Annotated[str, Field(pattern=r"^[+-]?[0-9]{1,4}$",
+                                           description="minutes from UTC, as the browser gives it")] | None = None
+    browser_window_size: Annotated[str, Field(pattern=r"^[0-9]{1,6}x[0-9]{1,6}$")] | None = None
+    browser_screen_color_depth: Annotated[str, Field(pattern=r"^[0-9]{1,3}$")] | None = None
+    browser_java_enabled_val: Literal["true", "false"] | None = None
+    browser_javascript_enabled_val: Literal["true", "false"] | None = None
+    device_channel: Annotated[str, Field(pattern=r"^[a-z_]{1,20}$",
+                                         description="browser in Plural's sample")] | None = None
+
+
 class ProductIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -199,6 +221,8 @@ class CheckoutIn(EmiTerms):
     customer: CustomerIn | None = None
     callback_url: Annotated[str, Field(pattern=r"^https?://", max_length=500)] | None = None
     failure_callback_url: Annotated[str, Field(pattern=r"^https?://", max_length=500)] | None = None
+    device_info: DeviceInfoIn | None = Field(default=None, description="the customer's browser, sent to Plural "
+                                                                       "with the payment")
 
     @model_validator(mode="after")
     def _method(self) -> "CheckoutIn":
@@ -276,6 +300,7 @@ class CheckoutService:
             customer=req.customer.model_dump(mode="json", exclude_none=True) if req.customer else None,
             callback_url=req.callback_url,
             failure_callback_url=req.failure_callback_url,
+            device_info=req.device_info.model_dump(mode="json", exclude_none=True) if req.device_info else None,
             emi_choice=_emi_choice(req),
             cart_coupon_discount=req.cart_coupon_discount_amount.value if req.cart_coupon_discount_amount else None,
             card_last4=req.card.number[-4:],

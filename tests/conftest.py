@@ -253,12 +253,14 @@ class Harness:
 
 def sandbox_mode(url: str, mode: str) -> None:
     """``strict``: cancel only AUTHORIZED orders, unpaid payments expire, a repeated reference in
-    progress answers 409 and once done 422 DUPLICATE_REQUEST, as Plural documents. ``lenient``:
-    cancels anything, nothing expires, a repeated reference is answered with what it made (the
-    SDK's reading): the saga is tested against both."""
+    progress answers 409 and once done 422 DUPLICATE_REQUEST, as Plural documents, a second
+    Generate OTP answers 422 OTP_ALREADY_GENERATED. ``lenient``: cancels anything, nothing
+    expires, a repeated reference is answered with what it made (the SDK's reading), a second
+    Generate OTP sends a fresh OTP: the saga is tested against both."""
     strict = mode == "strict"
     requests.put(url + "/sandbox/config", json={"strict": strict, "payment_expiry_seconds": 900.0 if strict else 0.0,
-                                                "duplicates": "refuse" if strict else "replay"},
+                                                "duplicates": "refuse" if strict else "replay",
+                                                "second_generate_otp": "refuse" if strict else "resend"},
                  timeout=5).raise_for_status()
 
 

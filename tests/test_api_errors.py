@@ -382,3 +382,27 @@ def test_a_sealed_card_past_its_time_is_cleared_and_never_reaches_the_vault(api,
     assert harness.deps.repo.get(checkout_id).sealed_card is None
     assert harness.deps.vault.card(checkout_id) is None
     assert harness.status(checkout_id) in ("FAILED", "EXPIRED", "CANCELLED")  # never paid
+
+
+@pytest.mark.parametrize("device_info", [
+    {"browser_screen_height": 768},                 # a number: the sample sends every value as a string
+    {"browser_java_enabled_val": "yes"},
+    {"browser_window_size": "wide"},
+    {"browser_fingerprint": "abc"},                 # not a device_info field
+    "browser",
+])
+def test_a_malformed_device_info_is_a_4xx_with_its_code_and_creates_nothing(api, harness, device_info):
+    reference = f"dev-{uuid.uuid4().hex[:12]}"
+    answer = api.post("/v1/checkouts", json=body(merchant_order_reference=reference, device_info=device_info))
+    assert answer.status_code in (400, 422) and set(answer.json()) >= {"code", "message"}
+    assert harness.deps.repo.by_reference(reference) is None
+
+
+def test_the_seeds_device_info_is_taken_with_the_checkout(api, harness):
+    from tests.seeds import find
+
+    device = find(lambda s: "payments" in s and s["payments"][0]["payment_method"] == "CARD")[0]["payments"][0][
+        "device_info"]
+    answer = api.post("/v1/checkouts", json=body(device_info=device))
+    assert answer.status_code == 202, answer.text
+    assert harness.deps.repo.get(answer.json()["id"]).device_info == device

@@ -106,6 +106,32 @@ def test_debit_emi_declined_at_the_payment_fails(harness):
     assert c.state == "FAILED" and c.error_code == "PAYMENT_DECLINED"
 
 
+def test_an_issuer_minimum_raised_after_validation_fails_the_payment_amount_limit_exceeded(harness):
+    """The offer validated, then the bank's minimum went above the order before the payment: Plural
+    refuses the payment and the checkout fails cleanly with the code, the card data gone."""
+    from orchestrator import dispatch
+    from orchestrator.core.saga import Step
+
+    h = harness
+    row, _ = h.service.create(CheckoutIn.model_validate(body("DEBIT_EMI", debit(), "7", "1", 1200000)))
+    while h.queue and h.queue[0][0] != Step.CREATE_PAYMENT:  # the offer validated, the order made
+        step, checkout_id = h.queue.pop(0)
+        dispatch.run(h.deps, step, checkout_id, "t")
+    assert h.queue and h.deps.repo.get(row.id).offer is not None
+    book = requests.get(h.sandbox_url + "/sandbox/offers", timeout=5).json()
+    for issuer in book["issuers"]:
+        if issuer["name"] == "HDFC DC":
+            issuer["min_amount"] = 1200001
+    requests.put(h.sandbox_url + "/sandbox/offers", json=book, timeout=5).raise_for_status()
+    try:
+        h.drain()
+    finally:
+        requests.put(h.sandbox_url + "/sandbox/offers", json={}, timeout=5).raise_for_status()
+    c = h.deps.repo.get(row.id)
+    assert c.state == "FAILED" and c.error_code == "AMOUNT_LIMIT_EXCEEDED", (c.state, c.error_code)
+    assert h.deps.vault.card(c.id) is None and h.deps.plural.get_order(c.plural_order_id).payments == []
+
+
 def test_debit_emi_never_uses_native_otp_even_when_the_card_has_it(harness):
     c = start(harness, body("DEBIT_EMI", debit(HDFC_DC), "7", "1", 1200000))
     assert c.state == "AWAITING_REDIRECT" and not c.native_otp
@@ -185,6 +211,7 @@ def test_the_checkout_shows_the_chosen_offer(harness):
     ("DEBIT_EMI", debit(ICICI_DC), "7", "1", 1200000, None, "CARD_ISSUER_MISMATCH"),
     ("CREDIT_EMI", credit(HDFC_CC), "6", "1", 1000000, None, "ISSUER_NOT_OFFERED"),  # below HDFC CC's minimum
     ("DEBIT_EMI", debit(HDFC_DC), "7", "1", 100000, None, "ISSUER_NOT_OFFERED"),     # below HDFC DC's minimum
+    ("CREDIT_EMI", credit(INDUSIND_CC), "23", "1", 100, None, "ISSUER_NOT_OFFERED"),  # Rs 1: below every minimum
 ])
 def test_an_offer_that_cannot_go_on_fails_with_its_code_and_makes_no_order(harness, method, card, issuer, tenure,
                                                                           amount, expected, code):

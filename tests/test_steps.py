@@ -131,6 +131,55 @@ def test_refused_otp_generation_falls_back_to_the_bank_page(harness):
     assert "bank page" in harness.deps.repo.history(c.id)[-1].reason
 
 
+def test_a_generate_otp_whose_answer_was_lost_is_resolved_as_sent(harness):
+    """A worker died after Plural generated the OTP but before the saga recorded it: the rerun's
+    second Generate OTP (refused as already generated, or answered with a fresh OTP) leaves the
+    checkout waiting for the OTP, never on the bank page, and the OTP completes it."""
+    h = harness
+    row = received(h)
+    for _ in range(3):  # create order, card details, create payment: up to the Generate OTP step
+        step, checkout_id = h.queue.pop(0)
+        steps.run(h.deps, step, checkout_id, "t")
+    (pending,) = h.queue
+    c = h.deps.repo.get(row.id)
+    assert pending[0] == Step.GENERATE_OTP and c.state == "PAYMENT_CREATED"
+    h.deps.repo.begin_attempt(c.id, Step.GENERATE_OTP.value, c.plural_payment_id, "dead-task")
+    h.deps.plural.generate_otp(c.plural_payment_id)  # reached Plural; the answer died with the worker
+    h.drain()
+    c = h.deps.repo.get(row.id)
+    assert c.state == "AWAITING_OTP" and c.otp_attempts_left == 3 and c.otp_resend_at is not None
+    assert all(a.outcome in ("succeeded", "failed") for a in h.deps.repo.attempts(c.id, Step.GENERATE_OTP.value))
+    h.service.submit_otp(c.id, "123456")
+    h.drain()
+    assert h.state(c.id) == "COMPLETED"
+
+
+def _seed_device_info():
+    from tests.seeds import find
+
+    return find(lambda s: "payments" in s and s["payments"][0]["payment_method"] == "CARD")[0]["payments"][0][
+        "device_info"]
+
+
+def test_the_merchants_device_info_is_sent_with_the_payment(harness):
+    h = harness
+    device = _seed_device_info()
+    row, _ = h.service.create(CheckoutIn.model_validate({
+        "amount": {"value": 1500, "currency": "INR"}, "device_info": device,
+        "card": {"number": OTP_CARD, "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "30"}}))
+    assert h.deps.repo.get(row.id).device_info == device
+    h.drain()
+    c = h.deps.repo.get(row.id)
+    (made,) = [e for e in ledger(h.sandbox_url, c.plural_order_id) if e["kind"] == "PAYMENT_CREATED"]
+    assert made["device_info"] == device
+
+
+def test_no_device_info_is_sent_when_the_merchant_gave_none(harness):
+    c = checkout(harness)
+    (made,) = [e for e in ledger(harness.sandbox_url, c.plural_order_id) if e["kind"] == "PAYMENT_CREATED"]
+    assert c.device_info is None and "device_info" not in made
+
+
 def test_customer_who_never_finishes_is_cancelled_at_the_deadline(harness):
     h = harness
     c = checkout(h, card=ACS_CARD)

@@ -78,6 +78,8 @@ class Checkout(SQLModel, table=True):
     customer: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
     callback_url: Optional[str] = None
     failure_callback_url: Optional[str] = None
+    #: the customer's browser (Plural's create-payment ``device_info``), when the merchant gave it
+    device_info: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
 
     # EMI: the customer's choice (issuer_id, tenure_id, expected_monthly_emi, product_details), the
     # offer exactly as Plural discovered it, and what the card pays (the loan after instant discounts)

@@ -140,7 +140,7 @@ DECLINE_CODES = frozenset(
     {"PAYMENT_DECLINED", "CARD_EXPIRED", "AMOUNT_LIMIT_EXCEEDED", "USER_AUTHENTICATION_FAILED", "PAYMENT_EXPIRED"}
 )
 OTP_CODES = frozenset({"INVALID_OTP", "OTP_RESEND_NOT_ALLOWED", "OTP_RESEND_LIMIT_REACHED", "CARD_NOT_ELIGIBLE",
-                       "OTP_ATTEMPTS_EXHAUSTED", "OTP_NOT_GENERATED"})
+                       "OTP_ATTEMPTS_EXHAUSTED", "OTP_NOT_GENERATED", "OTP_ALREADY_GENERATED"})
 
 
 def error_class(status: int, code: str | None, *, otp_call: bool = False) -> type[APIError]:

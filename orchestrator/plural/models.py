@@ -181,12 +181,28 @@ class PaymentOption(PluralModel):
     card_details: CardDetails | None = None
 
 
+class DeviceInfo(PluralModel):
+    """The customer's browser, as Plural's create-payment sample sends it (every value a string)."""
+
+    browser_accept_header: Str | None = None
+    browser_user_agent: Str | None = None
+    browser_language: Str | None = None
+    browser_screen_height: Str | None = None
+    browser_screen_width: Str | None = None
+    browser_timezone: Str | None = None
+    browser_window_size: Str | None = None
+    browser_screen_color_depth: Str | None = None
+    browser_java_enabled_val: Str | None = None
+    browser_javascript_enabled_val: Str | None = None
+    device_channel: Str | None = None
+
+
 class PaymentRequest(PluralModel):
     merchant_payment_reference: Str
     payment_method: str
     payment_amount: Amount
     payment_option: PaymentOption
-    device_info: dict[str, Any] | None = None
+    device_info: DeviceInfo | None = None
     offer_data: dict[str, Any] | None = None
 
 

@@ -108,6 +108,10 @@ class SandboxConfig:
     payment_expiry_seconds: float = 900.0
     #: Plural's documented maximum order amount, in paise: larger orders answer 422 AMOUNT_LIMIT_EXCEEDED
     max_order_amount: int = 100_000_000
+    #: a second Generate OTP for a payment: Plural's documents are silent (its reference lists 422
+    #: for a payment not eligible for OTP generation). ``refuse`` answers 422 OTP_ALREADY_GENERATED
+    #: (use Resend OTP); ``resend`` sends a fresh OTP and answers 200 as the first call did
+    second_generate_otp: str = "refuse"
     #: the EMI offer book (issuers, tenures, rates, fees, discounts, subventions, limits)
     offers: offers.OfferBook = field(default_factory=lambda: offers.DEFAULT_BOOK)
 
@@ -406,6 +410,20 @@ class Gateway:
                 raise _refused("card has expired", "CARD_EXPIRED")
         return cards.profile(number)
 
+    @staticmethod
+    def _device_info(info: Any) -> dict[str, str] | None:
+        """``device_info`` as the create-payment sample sends it: an object of strings (the browser's
+        headers, screen, time zone, ``device_channel``). Not echoed in the answer (the sample's
+        response has none); the ledger keeps it with the payment."""
+        if info is None:
+            return None
+        if not isinstance(info, dict) or not info:
+            raise _bad("device_info must be an object", field="device_info")
+        for key, value in info.items():
+            if not isinstance(value, str) or not value or len(value) > 2048:
+                raise _bad(f"device_info.{key} must be a non-empty string", field=f"device_info.{key}")
+        return dict(info)
+
     def create_payment(self, order_id: str, body: dict[str, Any]) -> dict[str, Any]:
         items = body.get("payments")
         if not isinstance(items, list) or len(items) != 1 or not isinstance(items[0], dict):
@@ -434,6 +452,7 @@ class Gateway:
             if amount["value"] > order["order_amount"]["value"]:
                 raise _bad("payment_amount exceeds the order amount", field="payment_amount")
             card = self._validate_card((item.get("payment_option") or {}).get("card_details"), method)
+            device = self._device_info(item.get("device_info"))
             if method == "DEBIT_EMI":
                 mobile = ((item.get("payment_option") or {}).get("card_details") or {}).get("registered_mobile_number")
                 if not isinstance(mobile, str) or not MOBILE.fullmatch(mobile):
@@ -469,7 +488,7 @@ class Gateway:
             self.open_payments[payment_id] = state
             self.payment_refs[key] = payment_id
             self._record("PAYMENT_CREATED", order, amount["value"], payment_id=payment_id,
-                         merchant_payment_reference=reference)
+                         merchant_payment_reference=reference, **({"device_info": device} if device else {}))
             if card.behaviour == cards.DECLINED:
                 error = _refused("payment declined by the issuer", "PAYMENT_DECLINED")
                 self._fail_payment(state, order, public, error.code, error.message)
@@ -563,8 +582,11 @@ class Gateway:
             if (card is None or not card.native_otp or card.behaviour == cards.OTP_REFUSED
                     or state.method == "DEBIT_EMI"):  # Debit EMI has no native OTP in Plural's document
                 raise _refused("card is not eligible for native OTP; use the challenge_url", "CARD_NOT_ELIGIBLE")
-            if state.otp_sent_at is None:
-                state.otp_sent_at = self.clock()
+            if state.otp_sent_at is not None and self.config.second_generate_otp != "resend":
+                raise _refused("an OTP was already generated for this payment; use Resend OTP",
+                               "OTP_ALREADY_GENERATED", source="otp", step="GENERATE_OTP",
+                               reason="OTP_ALREADY_GENERATED")
+            state.otp_sent_at = self.clock()  # ``resend``: a fresh OTP, its resend timer restarted
             return self._otp_answer(state, status=False)
 
     def submit_otp(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The sandbox's EMI offer engine: a configurable offer book, discovery and exact validation.
 
 The book (``OfferBook``; JSON through ``SANDBOX_OFFERS_FILE`` or ``PUT /sandbox/offers``) holds
-issuers (credit or debit bank, minimum and maximum order amount), their tenures (months, rate,
+issuers (credit or debit bank, a minimum order amount every issuer must have, and a maximum), their tenures (months, rate,
 processing fee, program and offer ids), a flat merchant-bank discount per tenure, and brand
 offers per product (discount with its merchant share, INSTANT or POST subvention). The figures
 follow ``orchestrator.core.emi``.
@@ -21,7 +21,14 @@ exception is named (``SAMPLE_EXCEPTIONS``): the document's create-payment sample
 3-month tenure on 1,200,000 paise a paisa a month above the formula its discovery samples follow.
 
 Refusals: ``NotEligible`` carries a code (``OFFER_NOT_FOUND``, ``OFFER_MISMATCH``,
-``CARD_ISSUER_MISMATCH``, ``AMOUNT_OUT_OF_RANGE``); ``BadRequest`` is malformed input (a 400).
+``CARD_ISSUER_MISMATCH``, ``AMOUNT_LIMIT_EXCEEDED``: Plural's documented code for an amount
+outside the allowed limits); ``BadRequest`` is malformed input (a 400).
+
+Minimum order amounts: banks offer EMI only above a minimum, and Plural's documents publish
+none. The default book's minimums are the sandbox's assumption: Rs 3,000 for INDUSIND CC and
+the debit issuers, Rs 15,000 for PNB CC and HDFC CC (each below the amounts of the document's
+samples). An issuer below its minimum is not listed by discovery, and an offer of it is refused
+by validation and by Create Payment.
 """
 
 from __future__ import annotations
@@ -70,7 +77,8 @@ class IssuerOffer(_Model):
     bank: str  # the card issuer's name, as the card profile gives it
     priority: int = 1
     tenures: tuple[TenureOffer, ...]
-    min_amount: int = Field(default=0, ge=0)
+    #: the smallest order (paise) this issuer offers EMI on: required, banks have minimums
+    min_amount: int = Field(gt=0)
     max_amount: int | None = Field(default=None, gt=0)
 
     @property
@@ -112,7 +120,8 @@ _HDFC_CC_OFFER = dict(bank_discount=50000, bank_discount_offer=("1523", "63566")
 
 DEFAULT_BOOK = OfferBook(issuers=(
     IssuerOffer(id="23", name="INDUSIND CC", issuer_type="CC_BANK", bank="INDUSIND", tenures=tuple(
-        _t(str(i + 1), m, 16, _B1563) for i, m in enumerate((3, 6, 9, 12, 18, 24))), max_amount=50_000_000),
+        _t(str(i + 1), m, 16, _B1563) for i, m in enumerate((3, 6, 9, 12, 18, 24))), min_amount=300_000,
+        max_amount=50_000_000),
     IssuerOffer(id="25", name="PNB CC", issuer_type="CC_BANK", bank="PNB", tenures=(
         _t("1", 3, 16, ("309", "20"), program_type="BRAND_EMI", brands=(_redmi("INSTANT"),)),
         _t("12", 36, 16, _B1562),
@@ -352,7 +361,7 @@ def validate(request: dict[str, Any], *, payment_method: str | None = None,
         raise NotEligible(f"{issuer.name} has no tenure {tenure_in.get('tenure_id')}", "OFFER_NOT_FOUND")
     if not issuer.takes(amount):
         raise NotEligible(f"{issuer.name} offers EMI only on orders between {issuer.min_amount} and "
-                          f"{issuer.max_amount or 'any'} paise", "AMOUNT_OUT_OF_RANGE")
+                          f"{issuer.max_amount or 'any'} paise", "AMOUNT_LIMIT_EXCEEDED")
     ours = price_tenure(tenure, amount, products, coupon, currency)
     if ours is None:
         raise NotEligible(f"{issuer.name}'s tenure {tenure.tenure_id} does not apply to this order", "OFFER_NOT_FOUND")

@@ -267,6 +267,34 @@ def test_error_details_carry_only_source_step_and_reason_as_plural_documents(cli
     assert set(bad.value.details) == {"source", "step", "reason"} and bad.value.details["source"] == "otp"
 
 
+def test_a_second_generate_otp_is_refused_as_already_generated(client, sandbox):
+    """Plural's documents are silent on a second Generate OTP; its reference lists 422 for a
+    payment not eligible for OTP generation: the sandbox's default refuses it, and the first OTP
+    still works."""
+    payment_id = pay(client, order(client)).payments[0].id
+    client.generate_otp(payment_id)
+    with pytest.raises(errors.OTPRejected) as exc:
+        client.generate_otp(payment_id)
+    assert exc.value.status == 422 and exc.value.code == "OTP_ALREADY_GENERATED"
+    assert exc.value.details == {"source": "otp", "step": "GENERATE_OTP", "reason": "OTP_ALREADY_GENERATED"}
+    assert client.submit_otp(payment_id, "123456").status == "SUCCESS"
+
+
+def test_a_second_generate_otp_sends_a_fresh_otp_when_set_to_resend(client, sandbox):
+    requests.put(sandbox.url + "/sandbox/config", json={"second_generate_otp": "resend"}, timeout=5).raise_for_status()
+    try:
+        payment_id = pay(client, order(client)).payments[0].id
+        client.generate_otp(payment_id)
+        time.sleep(1.05)  # past resend_after (1 s in the tests' settings)
+        again = client.generate_otp(payment_id)
+        assert again.next == ["SUBMIT_OTP", "RESEND_OTP"]
+        with pytest.raises(errors.OTPRejected) as exc:  # a fresh OTP: its resend timer starts again
+            client.resend_otp(payment_id)
+        assert exc.value.code == "OTP_RESEND_NOT_ALLOWED"
+    finally:
+        requests.put(sandbox.url + "/sandbox/config", json={"second_generate_otp": "refuse"}, timeout=5)
+
+
 def test_resend_honours_resend_after_and_the_limit(client, sandbox):
     payment_id = pay(client, order(client)).payments[0].id
     client.generate_otp(payment_id)

@@ -146,7 +146,7 @@ def test_an_offer_for_an_amount_outside_the_issuers_limits_is_refused():
     request["order_amount"]["value"] = 1_000_000  # HDFC CC starts at 1,500,000
     with pytest.raises(offers.NotEligible) as refused:
         offers.validate(request)
-    assert refused.value.code == "AMOUNT_OUT_OF_RANGE"
+    assert refused.value.code == "AMOUNT_LIMIT_EXCEEDED"  # Plural's documented code for an amount out of limits
 
 
 def test_amounts_outside_an_issuers_limits_get_none_of_its_tenures():
@@ -157,9 +157,24 @@ def test_amounts_outside_an_issuers_limits_get_none_of_its_tenures():
     assert above["issuers"] == []
 
 
+def test_every_issuer_of_the_default_book_has_a_minimum_and_rs_1_gets_no_emi():
+    assert all(issuer.min_amount > 0 for issuer in offers.DEFAULT_BOOK.issuers)
+    for amount in (100, 299_999):  # Rs 1, and a paisa below the lowest minimum
+        assert offers.discover({"order_amount": {"value": amount, "currency": "INR"}})["issuers"] == []
+        card = {"payment_option": {"card_details": {"card_number": "4690478199123123"}}}  # HDFC DC
+        assert offers.discover({"order_amount": {"value": amount, "currency": "INR"}, **card})["issuers"] == []
+    assert "INDUSIND CC" in [i["name"] for i in offers.discover(
+        {"order_amount": {"value": 300_000, "currency": "INR"}})["issuers"]]
+
+
+def test_an_issuer_without_a_minimum_is_refused_by_the_book():
+    with pytest.raises(ValueError):
+        offers.IssuerOffer(id="1", name="NO MIN CC", issuer_type="CC_BANK", bank="HDFC", tenures=())
+
+
 def test_tiny_amounts_get_no_zero_monthly_emi_and_no_negative_interest():
     book = offers.OfferBook(issuers=(offers.IssuerOffer(
-        id="1", name="TINY CC", issuer_type="CC_BANK", bank="HDFC",
+        id="1", name="TINY CC", issuer_type="CC_BANK", bank="HDFC", min_amount=1,
         tenures=(offers.TenureOffer(tenure_id="1", months=36, rate=Decimal("0.5"), offer_id="1",
                                     offer_parameter_id="1"),)),))
     for amount in (1, 30, 1201, 36001):
@@ -170,7 +185,7 @@ def test_tiny_amounts_get_no_zero_monthly_emi_and_no_negative_interest():
 
 def test_a_discount_that_swallows_the_order_leaves_no_tenure():
     book = offers.OfferBook(issuers=(offers.IssuerOffer(
-        id="1", name="FLAT CC", issuer_type="CC_BANK", bank="HDFC",
+        id="1", name="FLAT CC", issuer_type="CC_BANK", bank="HDFC", min_amount=1,
         tenures=(offers.TenureOffer(tenure_id="1", months=3, rate=Decimal(16), offer_id="1", offer_parameter_id="1",
                                     bank_discount=50000, bank_discount_offer=("2", "3")),)),))
     assert offers.discover({"order_amount": {"value": 50000, "currency": "INR"}}, book.issuers) == {"issuers": []}

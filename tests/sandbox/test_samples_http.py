@@ -155,3 +155,44 @@ def figures(discovery: dict) -> list:
                         tuple((t.get(k) or {}).get("value") for k in FIGURES),
                         tuple(sorted((p["program_type"], p["offer_id"]) for p in t["issuer_offer_parameters"]))))
     return out
+
+
+def test_an_emi_payment_below_the_issuers_minimum_is_refused_amount_limit_exceeded(sandbox):
+    """Create Payment checks the offer again: an issuer whose minimum is above the order refuses it
+    with Plural's documented code for an amount out of limits, and no payment is made."""
+    sample = find(lambda s: "payments" in s and s["payments"][0]["payment_method"] == "DEBIT_EMI")[0]
+    amount = sample["payments"][0]["payment_amount"]["value"]
+    book = requests.get(sandbox.url + "/sandbox/offers", timeout=5).json()
+    for issuer in book["issuers"]:
+        if issuer["name"] == "HDFC DC":
+            issuer["min_amount"] = amount + 1
+    requests.put(sandbox.url + "/sandbox/offers", json=book, timeout=5).raise_for_status()
+    try:
+        order = new_order(sandbox.url, amount)
+        answer = post(sandbox.url, f"/api/pay/v1/orders/{order['order_id']}/payments", sample)
+        assert answer.status_code == 422 and answer.json()["code"] == "AMOUNT_LIMIT_EXCEEDED", answer.text
+        got = post(sandbox.url, f"/api/pay/v1/orders/{order['order_id']}", None, method="GET").json()["data"]
+        assert got["payments"] == []
+    finally:
+        requests.put(sandbox.url + "/sandbox/offers", json={}, timeout=5).raise_for_status()
+
+
+def test_the_card_payment_samples_device_info_is_kept_with_the_payment(sandbox):
+    sample = find(lambda s: "payments" in s and s["payments"][0]["payment_method"] == "CARD")[0]
+    order = new_order(sandbox.url, sample["payments"][0]["payment_amount"]["value"])
+    answer = post(sandbox.url, f"/api/pay/v1/orders/{order['order_id']}/payments", sample)
+    assert answer.status_code == 200, answer.text
+    entries = requests.get(sandbox.url + "/sandbox/ledger", params={"order_id": order["order_id"]},
+                           timeout=5).json()["entries"]
+    (made,) = [e for e in entries if e["kind"] == "PAYMENT_CREATED"]
+    assert made["device_info"] == sample["payments"][0]["device_info"]
+
+
+@pytest.mark.parametrize("device_info", ["browser", {}, {"browser_screen_height": 768}, {"device_channel": ""}])
+def test_a_malformed_device_info_is_refused_invalid_request(sandbox, device_info):
+    sample = copy.deepcopy(find(lambda s: "payments" in s and s["payments"][0]["payment_method"] == "CARD")[0])
+    sample["payments"][0]["device_info"] = device_info
+    order = new_order(sandbox.url, sample["payments"][0]["payment_amount"]["value"])
+    answer = post(sandbox.url, f"/api/pay/v1/orders/{order['order_id']}/payments", sample)
+    assert answer.status_code == 400 and answer.json()["code"] == "INVALID_REQUEST", answer.text
+    assert answer.json()["additional_error_details"]["source"].startswith("device_info")
