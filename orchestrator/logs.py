@@ -10,8 +10,9 @@ for text that is stored or returned (Plural's error messages, validation errors)
 Identifiers carry long digit runs but are not card numbers: Plural's own
 (``v1-250129053005-aa-imFYK2-de-a``), UUIDs (request ids, ours and Plural's:
 ``17d41f45-5eea-4953-8712-0825c11b36c1``) and our ids ending in 32 hex digits
-(``rfd_3879d4602a45493680918349215366b9``) stay readable, so a support ticket can quote them,
-unless a whole digit run inside one is a Luhn-valid 13-19 digit number (a card glued to hex).
+(``rfd_3879d4602a4549368091b349215366b9``, minted by ``core.ids.new_id`` with no long digit run) stay readable, so a support ticket can quote them,
+unless a digit run inside one could hold a card: a Luhn-valid stretch of 13-19 digits, or a run
+longer than 19 (a card glued to hex).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import structlog
 _PLURAL_ID = r"v1-\d{6,}-[a-z]{2}-[A-Za-z0-9]+(?:-[a-z]{2}-[A-Za-z0-9]+)?"
 # no word boundaries: a card number glued to letters, underscores or URL escapes is still one
 _CARD_RUN = r"\d(?:[ .-]?\d){11,}"  # a longer run is masked whole: no tail left in clear
-_UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}(?![0-9A-Fa-f])"
+_UUID = r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}(?![0-9A-Fa-f])"
 # our own ids (chk_…, rfd_…, orch-refund-…) end in 32 hex digits, at least one a letter
 _HEX_ID = r"(?<![0-9A-Fa-f])(?=[0-9]*[a-fA-F])[0-9A-Fa-f]{32}(?![0-9A-Fa-f])"
-_PATTERN = re.compile(f"({_PLURAL_ID}|{_UUID}|{_HEX_ID})|({_CARD_RUN})")
+_IDENTIFIERS = re.compile(f"{_PLURAL_ID}|{_UUID}|{_HEX_ID}")
+_CARD = re.compile(_CARD_RUN)
 _DIGITS = re.compile(r"\d{13,}")
 
 
@@ -42,8 +44,11 @@ def _luhn(digits: str) -> bool:
 
 
 def _holds_card(run: str) -> bool:
-    """Whether a whole digit run inside an identifier could be a card number (13-19 digits, Luhn)."""
-    return 13 <= len(run) <= 19 and _luhn(run)
+    """Whether a digit run inside an identifier could hold a card number: longer than any card, or
+    with a Luhn-valid stretch of 13-19 digits anywhere in it (a card glued to a digit is still one)."""
+    if len(run) > 19:
+        return True
+    return any(_luhn(run[i : i + n]) for n in range(13, len(run) + 1) for i in range(len(run) - n + 1))
 
 
 def _identifier(text: str) -> str:
@@ -59,15 +64,21 @@ def mask_text(text: str) -> str:
     around it) to ``****`` + its last four digits; hide a CVV written in free text and the
     ``input_value`` a validation error quotes. Plural's own identifiers and UUIDs stay readable."""
 
-    def repl(match: re.Match[str]) -> str:
-        if match.group(1):
-            return _identifier(match.group(1))
-        digits = re.sub(r"\D", "", match.group(2))
-        return "****" + digits[-4:]
-
     text = _INPUT_VALUE.sub("input_value=***", text)
     text = _CVV_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
-    return _PATTERN.sub(repl, text)
+    # identifiers are found first, so a digit run next to one never eats into it
+    out: list[str] = []
+    end = 0
+    for ident in _IDENTIFIERS.finditer(text):
+        out.append(_mask_runs(text[end : ident.start()]))
+        out.append(_identifier(ident.group(0)))
+        end = ident.end()
+    out.append(_mask_runs(text[end:]))
+    return "".join(out)
+
+
+def _mask_runs(text: str) -> str:
+    return _CARD.sub(lambda m: "****" + re.sub(r"\D", "", m.group(0))[-4:], text)
 
 
 #: the older name

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
 from typing import Any, Callable
 
 from sqlmodel import Session
 
 from orchestrator.core import saga
+from orchestrator.core.ids import new_id
 from orchestrator.core.saga import State
 from orchestrator.db.models import Checkout, MerchantEvent, Refund
 from orchestrator.db.repo import ADD_EVENT, Trail
@@ -56,7 +56,7 @@ def record_refund_change(s: Session, refund: Refund, now: dt.datetime) -> str | 
 
 
 def _row(kind: str, subject_id: str, refund_id: str | None, data: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
-    return {"event_id": "evt_" + uuid.uuid4().hex, "type": kind, "subject_id": subject_id, "refund_id": refund_id,
+    return {"event_id": new_id("evt_"), "type": kind, "subject_id": subject_id, "refund_id": refund_id,
             "payload": json.dumps(data, separators=(",", ":")), "created_at": now, "status": "pending",
             "attempts": 0, "next_attempt_at": now}
 

@@ -3,6 +3,7 @@ import logging
 
 import structlog
 
+from orchestrator.core.ids import new_id
 from orchestrator.logs import configure_logging, mask_card_numbers, redact_card_data
 
 
@@ -145,6 +146,17 @@ def test_the_request_id_of_a_plural_error_stays_readable():
     assert mask_text(f"request_id={rid} failed") == f"request_id={rid} failed"
 
 
+def test_a_digit_before_a_uuid_does_not_eat_into_it():
+    rid = "38536863-8495-f1c2-7b7f-2e21649501c5"  # "0 38536863-8495" once read as a 13-digit run
+    assert mask_text(f"0 {rid}") == f"0 {rid}"
+
+
+def test_a_card_number_glued_to_a_uuid_is_masked_whole():
+    text = "4111111111111111-8495-f1c2-7b7f-2e21649501c5"
+    assert "41111111" not in mask_text(text)
+    assert "411111111111111138536863" not in mask_text("4111111111111111" + "38536863-8495-f1c2-7b7f-2e21649501c5")
+
+
 @hsettings(max_examples=300, deadline=None)
 @given(st.uuids(), st.text(max_size=20), st.text(max_size=20))
 def test_any_uuid_survives_masking(value: uuid.UUID, before: str, after: str):
@@ -165,18 +177,29 @@ def test_any_luhn_valid_card_number_inside_any_text_is_masked(body: str, before:
 def test_our_ids_and_references_stay_readable(value: uuid.UUID):
     for text in (f"rfd_{value.hex}", f"orch-refund-{value.hex}", f"chk_{value.hex}"):
         runs = re.findall(r"\d+", value.hex)
-        if any(c in "abcdef" for c in value.hex) and not any(13 <= len(r) <= 19 and _luhn_valid(r) for r in runs):
+        if any(c in "abcdef" for c in value.hex) and not any(_could_hold_a_card(r) for r in runs):
             assert mask_text(f"refund {text} failed") == f"refund {text} failed"
+
+
+def _could_hold_a_card(run: str) -> bool:
+    stretches = (run[i : i + n] for n in range(13, 20) for i in range(len(run) - n + 1))
+    return len(run) > 19 or any(_luhn_valid(s) for s in stretches)
 
 
 def _luhn_valid(digits: str) -> bool:
     return _luhn_complete(digits[:-1]) == digits
 
 
-def test_a_refund_id_with_a_long_digit_run_stays_readable():
-    rid = "rfd_3879d4602a45493680918349215366b9"
-    assert mask_text(f"{rid} (reference orch-refund-3879d4602a45493680918349215366b9)") == \
-        f"{rid} (reference orch-refund-3879d4602a45493680918349215366b9)"
+def test_an_id_we_mint_stays_readable():
+    for prefix in ("chk_", "rfd_", "evt_"):
+        for _ in range(500):
+            value = new_id(prefix)
+            assert mask_text(f"{value} (reference orch-refund-{value[4:]})") == \
+                f"{value} (reference orch-refund-{value[4:]})"
+
+
+def test_a_card_number_glued_to_a_digit_inside_hex_is_masked():
+    assert "4111111111111111" not in mask_text("id a54111111111111111bcdefabcdefabc end")
 
 
 def test_a_card_number_glued_into_hex_is_still_masked():

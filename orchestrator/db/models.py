@@ -7,13 +7,14 @@ minor units with the currency beside them.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Any, Optional
 
 from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, UniqueConstraint
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlmodel import Field, SQLModel
+
+from orchestrator.core.ids import new_id
 
 
 def utcnow() -> dt.datetime:
@@ -44,7 +45,7 @@ def detached(model: Any, row: Any) -> Any:
 
 
 def new_checkout_id() -> str:
-    return "chk_" + uuid.uuid4().hex
+    return new_id("chk_")
 
 
 def money(nullable: bool = False, default: int | None = None) -> Any:
@@ -212,7 +213,7 @@ class Refund(SQLModel, table=True):
         Index("ix_refund_plural_order_id", "plural_refund_order_id"),
     )
 
-    id: str = Field(default_factory=lambda: "rfd_" + uuid.uuid4().hex, primary_key=True, max_length=40)
+    id: str = Field(default_factory=lambda: new_id("rfd_"), primary_key=True, max_length=40)
     checkout_id: str = Field(foreign_key="checkout.id", max_length=40)
     merchant_refund_reference: str = Field(max_length=50)
     amount_value: int = money()
