@@ -585,6 +585,11 @@ class CheckoutService:
         fact, fields = None, {}
         view, payment_open, status = None, False, "no order"
         if order is not None:
+            problem = steps.mismatch(self._deps(), c, order, found=c.plural_order_id is None)
+            if problem:
+                # Plural's order disagrees with the checkout: nothing is adopted, a person reconciles it
+                raise self._refused(c, wanted, order.status, f"Plural's order disagrees with the checkout ({problem}); "
+                                    "reconcile it at Plural, nothing was changed", c.state)
             fact, fields = steps.order_fact(self._deps(), c, order)
             payment = steps._our_payment(c, order)
             view = saga.gateway_view(order.status, payment.status if payment else None)
