@@ -25,7 +25,7 @@ from sqlmodel import col, func, select
 from orchestrator.core import saga
 from orchestrator import outbox
 from orchestrator.changes import Announce, silent
-from orchestrator.core.saga import Fact, Source, State, Step
+from orchestrator.core.saga import Fact, Source, State, Step, automatic_refund_reference
 from orchestrator.db.models import Checkout, Refund, StepAttempt, utcnow
 from orchestrator.db.repo import Claim, Effect, Repo, Trail
 from orchestrator.logs import get_logger
@@ -145,7 +145,7 @@ class Engine:
             count = conn.execute(select(func.count()).select_from(Refund).where(col(Refund.checkout_id) == row.id)
                                  ).scalar_one()
             now = self.clock()
-            refund = Refund(checkout_id=row.id, merchant_refund_reference=f"{row.id}-r{int(count) + 1}",
+            refund = Refund(checkout_id=row.id, merchant_refund_reference=automatic_refund_reference(row.id, int(count) + 1),
                             amount_value=amount, currency=row.currency, origin="LATE_PAYMENT",
                             next_due_at=self._at(self.settings.step_lease_seconds), created_at=now, updated_at=now)
             conn.execute(insert(Refund.__table__).values(**refund.model_dump()))  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from orchestrator.core.saga import (LATE_REFUND_FAILED, REFUND_FINAL, REFUND_MISMATCH, REFUND_TRANSITIONS,
-                                    RefundState, State, Step, plural_refund_reference, refund_id_of,
+                                    RefundState, automatic_refund_reference, State, Step, plural_refund_reference, refund_id_of,
                                     refund_mismatch, refund_reserves, refund_state_of, refundable, retry_delay)
 from orchestrator.db.models import Checkout, Refund
 from orchestrator.db.repo import may_have_refunds
@@ -70,7 +70,7 @@ def request_refund(d: Deps, checkout_id: str, amount: int | None, reference: str
             raise RefundRefused(422, "REFUND_EXCEEDS_CAPTURED",
                                 f"at most {available} {c.currency} (minor units) can still be refunded",
                                 refundable={"value": available, "currency": c.currency})
-        row = Refund(checkout_id=c.id, merchant_refund_reference=reference or f"{c.id}-r{len(mine) + 1}",
+        row = Refund(checkout_id=c.id, merchant_refund_reference=reference or automatic_refund_reference(c.id, len(mine) + 1),
                      amount_value=value, currency=c.currency,
                      next_due_at=now + dt.timedelta(seconds=d.settings.step_lease_seconds),
                      created_at=now, updated_at=now)

@@ -11,7 +11,7 @@ import requests
 
 from orchestrator.core.saga import Step
 from orchestrator.plural import PluralClient
-from orchestrator.refunds import RefundRefused, get_refund
+from orchestrator.refunds import RefundRefused, get_refund, refunds_of
 from orchestrator.service import CheckoutError, CheckoutIn
 from orchestrator.sweeps import sweep_due
 from tests.conftest import at_once, ledger
@@ -464,3 +464,31 @@ def test_a_checkout_whose_late_refund_failed_can_be_refunded_again(harness, sand
     assert [k for k in kinds(h, c) if k[0] == "REFUNDED"] == [("REFUNDED", 3000)]
     again = api.post(f"/v1/checkouts/{c.id}/refunds", json={})
     assert again.status_code == 422 and again.json()["code"] == "REFUND_EXCEEDS_CAPTURED"
+
+
+def test_a_merchant_reference_shaped_like_our_automatic_name_cannot_strand_a_late_refund(harness):
+    """A merchant who names a refund of another checkout as we would name this one's late refund
+    (``chk_….r1`` is outside their alphabet; the old ``chk_…-r1`` was not) cannot make it unwritable."""
+    from tests.test_events import completed
+    from tests.test_webhooks import approve, start
+
+    h = harness
+    if h.mode != "strict":
+        pytest.skip("the lenient sandbox cancels the open payment")
+    c = start(h)
+    h.service.cancel(c.id)
+    h.drain()
+    other = completed(h)
+    h.service.refund(other.id, 100, f"{c.id}-r1")
+    from pydantic import ValidationError
+
+    from orchestrator.service import RefundIn
+
+    with pytest.raises(ValidationError):  # our automatic name is outside the merchant's alphabet
+        RefundIn(merchant_refund_reference=f"{c.id}.r1")
+    approve(h, c)  # the customer pays anyway
+    h.clock.advance(10)
+    h.run_due()
+    row = h.deps.repo.get(c.id)
+    assert (row.state, row.late_undo) == ("CANCELLED", "REFUNDED")
+    assert [r.origin for r in refunds_of(h.deps, c.id)] == ["LATE_PAYMENT"]

@@ -552,6 +552,13 @@ def plural_refund_reference(refund_id: str) -> str:
     return PLURAL_REFUND_PREFIX + refund_id.removeprefix("rfd_")
 
 
+def automatic_refund_reference(checkout_id: str, n: int) -> str:
+    """The local name of a refund the merchant did not name (a late payment's, or one asked without a
+    reference): ``chk_….rN``. The dot is outside the merchant's reference alphabet, so a merchant's
+    reference can never take the name first and make our refund fail to be written."""
+    return f"{checkout_id}.r{n}"
+
+
 def refund_id_of(plural_reference: str | None) -> str | None:
     """The refund a reference of ours names, or None for any other reference."""
     if not plural_reference or not plural_reference.startswith(PLURAL_REFUND_PREFIX):
