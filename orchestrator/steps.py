@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import redis
+import sqlalchemy.exc
 import structlog
 
 from orchestrator import metrics
@@ -869,6 +871,11 @@ def _run_once(d: Deps, step: Step, c: Checkout, entered_at: dt.datetime | None, 
     return owned
 
 
+#: failures of our own infrastructure, not of a step: they end the run uncounted
+_OUTAGES = (LostClaim, redis.RedisError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+            sqlalchemy.exc.TimeoutError)
+
+
 def _run_claimed(d: Deps, step: Step, owned: Run, c: Checkout) -> None:
     state = State(c.state)
     if state not in saga.STEP_STATES[step]:
@@ -891,6 +898,11 @@ def _run_claimed(d: Deps, step: Step, owned: Run, c: Checkout) -> None:
         _order_unknown(d, owned, c, step, exc)
     except Mismatch as exc:
         _mismatched(d, owned, c, step, str(exc))
+    except _OUTAGES:
+        raise  # the store or Redis is away: nothing to count, the run is tried again when it is back
+    except Exception as exc:  # noqa: BLE001 - a defect or a poison answer: counted, so it ends visible
+        log.exception("saga.step.crashed", step=step.value, error=type(exc).__name__)
+        retry_later(d, owned, c, step, exc)
 
 
 def _mismatched(d: Deps, run: Run, c: Checkout, step: Step, problem: str) -> None:

@@ -692,3 +692,25 @@ def test_a_capture_answer_for_another_amount_needs_attention(harness, monkeypatc
     c = mismatched(h, c)
     assert c.captured_amount == 0 and c.attention_from == "CAPTURING"
     assert "at Plural, 3000 here" in c.error_message
+
+
+def test_a_step_that_crashes_in_a_waiting_state_is_counted_and_ends_visible_not_looped(harness, monkeypatch):
+    """A defect or a poison answer in a step of a waiting state (no stall bound there) is a failure:
+    after STEP_MAX_ATTEMPTS the checkout needs attention, naming the error."""
+    from orchestrator import steps
+    from orchestrator.core.saga import Step
+
+    h = harness
+    c = checkout(h, card=ACS_CARD)  # waits on the bank page: polls run
+    waiting = h.state(c.id)
+
+    def crash(d, run, c):
+        raise ValueError("an answer no step expected")
+
+    monkeypatch.setitem(steps.STEPS, Step.POLL_ORDER, crash)
+    for _ in range(h.deps.settings.step_max_attempts + 2):
+        h.clock.advance(h.deps.settings.retry_backoff_cap + h.deps.settings.step_lease_seconds)
+        h.run_due()
+        h.drain()
+    stuck = h.deps.repo.get(c.id)
+    assert (stuck.state, stuck.attention_from, stuck.error_code) == ("NEEDS_ATTENTION", waiting, "ValueError")
