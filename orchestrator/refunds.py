@@ -252,9 +252,13 @@ def _run_refund(d: Deps, refund_id: str, token: str, task_id: str | None) -> Non
         if _mismatch(d, r, found) is None:  # else left unresolved: the refund stops for an operator
             d.repo.resolve_attempts([a.id for a in mine if a.id], "succeeded", found.order_id)
         return follow(d, r, found, "refund found by reference", token)
-    request = RefundRequest(merchant_order_reference=ours,
+    # a refund first sent under the merchant's reference (before references were ours) is sent again
+    # only under that one: Plural's duplicate check then still guards it, should Plural be lagging
+    legacy = [ref for ref in _sent_as(r)[1:] if any(a.reference == ref for a in run.attempts)]
+    reference = legacy[0] if legacy else ours
+    request = RefundRequest(merchant_order_reference=reference,
                             order_amount=Amount(value=r.amount_value, currency=r.currency))
-    got = call_ahead(d, run, Step.REFUND, ours,
+    got = call_ahead(d, run, Step.REFUND, reference,
                      lambda: d.plural.create_refund(c.plural_order_id, request), lambda o: o.order_id)
     if got.transient:
         return _backoff(d, r, got.transient, token)

@@ -492,3 +492,28 @@ def test_a_merchant_reference_shaped_like_our_automatic_name_cannot_strand_a_lat
     row = h.deps.repo.get(c.id)
     assert (row.state, row.late_undo) == ("CANCELLED", "REFUNDED")
     assert [r.origin for r in refunds_of(h.deps, c.id)] == ["LATE_PAYMENT"]
+
+
+def test_a_refund_first_sent_under_the_merchants_reference_is_sent_again_only_under_it(harness):
+    """A refund from before references were ours, whose outcome was unknown, that Plural does not
+    find yet (lagging): it is sent again under the reference it was first sent with, so Plural's
+    duplicate check still guards it, never under ours as a second refund."""
+    from orchestrator.plural.models import Amount, RefundRequest
+
+    h = harness
+    c = completed(h)
+    legacy = f"legacy-{uuid.uuid4().hex[:12]}"
+    r, _ = h.service.refund(c.id, 4000, legacy)
+    h.queue.clear()
+    h.deps.plural.create_refund(c.plural_order_id, RefundRequest(merchant_order_reference=legacy,
+                                                                 order_amount=Amount(value=4000, currency="INR")))
+    h.deps.repo.begin_attempt(c.id, Step.REFUND.value, legacy, None)  # sent; its answer lost
+    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "error", "method": "GET", "path": f"/orders/reference/{legacy}", "statuses": [404],
+         "count": 1}]}, timeout=5).raise_for_status()
+    for _ in range(4):
+        h.clock.advance(h.deps.settings.retry_backoff_cap + h.deps.settings.step_lease_seconds)
+        h.run_due()
+        h.drain()
+    assert [k for k in kinds(h, c) if k[0] == "REFUNDED"] == [("REFUNDED", 4000)]
+    assert get_refund(h.deps, r.id).state == "PROCESSED"
