@@ -113,6 +113,19 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_refund(args: argparse.Namespace) -> int:
+    from orchestrator.refunds import RefundRefused
+    from orchestrator.runtime import get_runtime
+
+    try:
+        r = get_runtime().service().resolve_refund(args.refund_id, args.operator)
+    except RefundRefused as exc:
+        print(f"orchestrator resolve-refund: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"{r.id}: {r.state}" + (f" ({r.error_code})" if r.error_code else ""))
+    return 0
+
+
 def _repo() -> object:
     from orchestrator.db.engine import make_engine
     from orchestrator.db.repo import Repo
@@ -387,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
             op.add_argument("--as", dest="outcome", required=True, choices=["COMPLETED", "CANCELLED", "FAILED"])
         op.add_argument("--operator", default=os.environ.get("USER", "operator"), help="who decides (for the history)")
         op.set_defaults(func=_operator, action=action)
+
+    rr = sub.add_parser("resolve-refund", help="resolve a refund that NEEDS_ATTENTION: asks Plural for its refund "
+                                              "order and follows it (PROCESSED, FAILED); refuses what it cannot check")
+    rr.add_argument("refund_id", help="the refund (rfd_…)")
+    rr.add_argument("--operator", default=os.environ.get("USER", "operator"), help="who decides (for the record)")
+    rr.set_defaults(func=_resolve_refund)
 
     chaos = sub.add_parser("chaos", help="real processes under faults, then the invariants")
     chaos.add_argument("--checkouts", type=int, default=200, help="checkouts to drive")

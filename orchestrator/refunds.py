@@ -279,3 +279,69 @@ def apply_refund_event(d: Deps, order: Order) -> str | None:
     follow(d, r, order, "webhook")
     after = get_refund(d, r.id)
     return f"refund {before} → {after.state if after else '?'}"
+
+
+def resolve_refund(d: Deps, refund_id: str, who: str) -> Refund:
+    """An operator's resolve of a refund that NEEDS_ATTENTION, decided by Plural, never by a wish:
+    Plural's refund order, found by the refund's recorded order id or a reference it was sent with
+    and checked as every look-up is, settles it (PROCESSED, or FAILED, its amount then free); no
+    order under any of its references fails it. An order that disagrees, a refund still pending at
+    Plural, or Plural unreachable: refused, nothing changed."""
+    r = get_refund(d, refund_id)
+    if r is None:
+        raise RefundRefused(404, "NOT_FOUND", f"no refund {refund_id}")
+    if r.state != RefundState.NEEDS_ATTENTION.value:
+        raise RefundRefused(409, "INVALID_STATE", f"only a NEEDS_ATTENTION refund can be resolved; it is {r.state}")
+    try:
+        orders = _plural_orders_of(d, r)
+    except TRANSIENT as exc:
+        raise RefundRefused(503, "PLURAL_UNAVAILABLE", f"cannot ask Plural ({type(exc).__name__}); nothing was "
+                            "changed, try again when Plural answers") from None
+    disagreements = [why for why in (_mismatch(d, r, o) for o in orders) if why]
+    ours = [o for o in orders if _mismatch(d, r, o) is None]
+    by = f"resolved by {who}"
+    if ours:
+        order = ours[0]
+        target = refund_state_of(order.status)
+        if target is RefundState.PENDING:
+            raise RefundRefused(409, "RESOLVE_REFUSED", f"refund order {order.order_id} is still {order.status} at "
+                                "Plural; nothing was changed, resolve it once Plural settles it")
+        fields: dict[str, Any] = {"plural_refund_order_id": order.order_id, "plural_status": order.status,
+                                  "next_due_at": None}
+        if target is RefundState.PROCESSED:
+            fields.update(error_code=None, error_message=text(f"{by}: Plural processed {order.order_id}"))
+        else:
+            fields.update(error_code="REFUND_FAILED", error_message=text(f"{by}: Plural failed {order.order_id}"))
+    elif disagreements:
+        raise RefundRefused(409, "RESOLVE_REFUSED", text(f"Plural's order under this refund's reference is not this "
+                                                         f"refund ({'; '.join(disagreements)}); reconcile it at "
+                                                         "Plural, nothing was changed"))
+    elif r.plural_refund_order_id:
+        raise RefundRefused(409, "RESOLVE_REFUSED", f"Plural does not know the refund order "
+                            f"{r.plural_refund_order_id} this refund recorded; nothing was changed")
+    else:
+        target = RefundState.FAILED
+        fields = {"next_due_at": None, "error_code": "REFUND_NOT_AT_PLURAL",
+                  "error_message": text(f"{by}: Plural has no refund under {', '.join(_sent_as(r))}")}
+    if not move(d, r, target, **fields):
+        raise RefundRefused(409, "INVALID_STATE", "the refund moved on meanwhile")
+    log.warning("refund.resolved", refund_id=r.id, saga_id=r.checkout_id, state=target.value, operator=who)
+    resolved = get_refund(d, r.id)
+    assert resolved is not None
+    return resolved
+
+
+def _plural_orders_of(d: Deps, r: Refund) -> list[Order]:
+    """Plural's orders that may be this refund: its recorded order, else any under its references."""
+    if r.plural_refund_order_id:
+        try:
+            return [d.plural.get_order(r.plural_refund_order_id)]
+        except errors.NotFound:
+            return []
+    found = []
+    for reference in _sent_as(r):
+        try:
+            found.append(d.plural.get_order_by_reference(reference))
+        except errors.NotFound:
+            continue
+    return found

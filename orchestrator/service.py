@@ -660,6 +660,16 @@ class CheckoutService:
         self.get(checkout_id)
         return request_refund(self._deps(), checkout_id, amount, reference)
 
+    def resolve_refund(self, refund_id: str, who: str) -> Any:
+        """An operator's resolve of a refund that NEEDS_ATTENTION, decided by Plural's refund order."""
+        import dataclasses
+
+        from orchestrator.refunds import RefundRefused, resolve_refund
+
+        if self.plural is None:
+            raise RefundRefused(503, "PLURAL_UNAVAILABLE", "no Plural client in this process; nothing was changed")
+        return resolve_refund(dataclasses.replace(self._deps(), plural=self.plural), refund_id, who)
+
     def refunds(self, checkout_id: str) -> list[Any]:
         from orchestrator.refunds import refunds_of
 

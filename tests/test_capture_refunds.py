@@ -517,3 +517,69 @@ def test_a_refund_first_sent_under_the_merchants_reference_is_sent_again_only_un
         h.drain()
     assert [k for k in kinds(h, c) if k[0] == "REFUNDED"] == [("REFUNDED", 4000)]
     assert get_refund(h.deps, r.id).state == "PROCESSED"
+
+
+# --- an operator's resolve of a refund that needs attention ----------------------------------
+
+def needing_attention(h, r):
+    from orchestrator.core.saga import RefundState
+    from orchestrator.refunds import move
+
+    assert move(h.deps, get_refund(h.deps, r.id), RefundState.NEEDS_ATTENTION, error_code="REFUND_MISMATCH",
+                next_due_at=None)
+    return get_refund(h.deps, r.id)
+
+
+def test_a_refund_resolved_by_an_operator_follows_the_refund_plural_processed(harness):
+    h = harness
+    c = completed(h, 7000)
+    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "hang_after", "path": "/refunds/", "seconds": 0.8, "count": 1}]}, timeout=5).raise_for_status()
+    patient, h.deps.plural = h.deps.plural, PluralClient.from_settings(h.deps.settings, read_timeout=0.3,
+                                                                        max_attempts=1)
+    try:
+        r, _ = refund(h, c, 3000)  # refunded at Plural, the answer lost
+    finally:
+        h.deps.plural = patient
+    time.sleep(0.9)
+    r = needing_attention(h, r)
+    done = h.service.resolve_refund(r.id, "asha")
+    assert (done.state, done.error_code) == ("PROCESSED", None) and "asha" in done.error_message
+    assert h.deps.repo.get(c.id).refunded_amount == 3000
+    assert [k for k in kinds(h, c) if k[0] == "REFUNDED"] == [("REFUNDED", 3000)]
+
+
+def test_a_refund_plural_has_no_order_for_is_resolved_failed_and_its_amount_freed(harness):
+    h = harness
+    c = completed(h, 7000)
+    r = needing_attention(h, one_503_on_the_refund(h, c, 7000))
+    done = h.service.resolve_refund(r.id, "asha")
+    assert (done.state, done.error_code) == ("FAILED", "REFUND_NOT_AT_PLURAL")
+    again, created = h.service.refund(c.id, 7000, None)
+    assert created and again.amount_value == 7000
+
+
+def test_an_operator_cannot_resolve_a_refund_whose_reference_names_another_order(harness):
+    from orchestrator.plural.models import Amount, CreateOrderRequest
+
+    h = harness
+    c = completed(h, 7000)
+    r = one_503_on_the_refund(h, c, 7000)
+    (sent,) = [a.reference for a in h.deps.repo.attempts(c.id, Step.REFUND.value)]
+    h.deps.plural.create_order(CreateOrderRequest(merchant_order_reference=sent, order_amount=Amount(value=7000)))
+    h.clock.advance(60)
+    h.run_due()
+    assert get_refund(h.deps, r.id).state == "NEEDS_ATTENTION"
+    with pytest.raises(RefundRefused) as refused:
+        h.service.resolve_refund(r.id, "asha")
+    assert refused.value.code == "RESOLVE_REFUSED" and "CHARGE" in refused.value.message
+    assert get_refund(h.deps, r.id).state == "NEEDS_ATTENTION"
+
+
+def test_only_a_refund_that_needs_attention_can_be_resolved(harness):
+    h = harness
+    c = completed(h)
+    r, _ = refund(h, c, 3000)
+    with pytest.raises(RefundRefused) as refused:
+        h.service.resolve_refund(r.id, "asha")
+    assert refused.value.code == "INVALID_STATE"

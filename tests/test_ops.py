@@ -260,3 +260,18 @@ def test_resolve_refuses_an_order_that_disagrees_with_the_checkout_and_adopts_no
         h.service.operator(c.id, "resolve", wanted, who="eve")
     after = h.deps.repo.get(c.id)
     assert after.state == "NEEDS_ATTENTION" and not after.captured_amount and not after.authorized_amount
+
+
+def test_resolve_refund_on_the_command_line_prints_where_the_refund_ended(harness, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from tests.test_capture_refunds import needing_attention, one_503_on_the_refund
+
+    h = harness
+    c = completed(h)
+    r = needing_attention(h, one_503_on_the_refund(h, c, 1000))
+    monkeypatch.setattr("orchestrator.runtime.get_runtime", lambda: SimpleNamespace(service=lambda: h.service))
+    code, out, _ = run(monkeypatch, capsys, h, "resolve-refund", r.id, "--operator", "asha")
+    assert code == 0 and out.strip() == f"{r.id}: FAILED (REFUND_NOT_AT_PLURAL)"
+    code, _, err = run(monkeypatch, capsys, h, "resolve-refund", r.id)
+    assert code == 1 and "INVALID_STATE" in err

@@ -540,7 +540,8 @@ REFUND_TRANSITIONS: dict[RefundState, frozenset[RefundState]] = {
     RefundState.REQUESTED: frozenset({RefundState.PENDING, RefundState.PROCESSED, RefundState.FAILED,
                                       RefundState.NEEDS_ATTENTION}),
     RefundState.PENDING: frozenset({RefundState.PROCESSED, RefundState.FAILED, RefundState.NEEDS_ATTENTION}),
-    # closed when the checkout is refunded again (a failed late refund), or by an operator
+    # closed when the checkout is refunded again (a failed late refund), or by an operator's
+    # resolve-refund, from Plural's refund order
     RefundState.NEEDS_ATTENTION: frozenset({RefundState.PROCESSED, RefundState.FAILED}),
     RefundState.PROCESSED: frozenset(),
     RefundState.FAILED: frozenset(),
