@@ -25,6 +25,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime as dt
 import json
+import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -119,27 +121,104 @@ def claim(repo: Repo, event_id: int, now: dt.datetime, lease: float) -> Merchant
         return s.exec(select(MerchantEvent).where(MerchantEvent.id == event_id, MerchantEvent.claim == token)).first()
 
 
+#: the most of a merchant's answer that is read (an error text is kept to 200 characters)
+ANSWER_LIMIT = 4096
+
+
+class _Watched:
+    """Connections of a delivery session name their socket to the thread sending, before waiting
+    for the answer, so a deadline can cut a merchant endpoint that answers one byte at a time."""
+
+    current = threading.local()
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        watch = getattr(_Watched.current, "sockets", None)
+        if watch is not None and getattr(self, "sock", None) is not None:
+            watch.append(self.sock)
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+
+
+def delivery_session() -> requests.Session:
+    """A session for merchant deliveries whose every attempt is held to one overall deadline."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class Conn(_Watched, HTTPConnection):
+        pass
+
+    class SConn(_Watched, HTTPSConnection):
+        pass
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = Conn
+
+    class SPool(HTTPSConnectionPool):
+        ConnectionCls = SConn
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": SPool}
+
+    session = requests.Session()
+    session.mount("http://", Adapter())
+    session.mount("https://", Adapter())
+    return session
+
+
 def post(settings: Any, http: requests.Session, event: MerchantEvent, problem: str | None = None) -> Result:
     """One signed POST; never a redirect followed (a 3xx is a failed attempt with its status).
     ``problem``: why the destination is refused (``Settings.merchant_url_problem``, its host
-    resolved afresh by the caller before the claim, so a slow look-up does not eat into it)."""
+    resolved afresh by the caller before the claim, so a slow look-up does not eat into it).
+
+    The whole attempt, the answer included, ends within ``MERCHANT_WEBHOOK_TIMEOUT`` (an endpoint
+    that answers byte by byte is cut off there, so the attempt always ends inside its claim), and
+    at most ``ANSWER_LIMIT`` bytes of the answer are read."""
     if problem:  # e.g. a host that moved to a private address since the settings' check
         return Result("failed", None, 0, mask_text(f"refused: {problem}"))
     body = json.dumps(envelope(event), separators=(",", ":"))
     headers = {**webhook_headers(key_of(settings.merchant_webhook_secret.get_secret_value()), event.event_id,
                                  int(time.time()), body), "content-type": "application/json"}
+    limit = settings.merchant_webhook_timeout
     started = time.perf_counter()
+    sockets: list[Any] = []
+    _Watched.current.sockets = sockets
+    cut = threading.Timer(limit, _cut, (sockets,))
+    cut.daemon = True
+    cut.start()
     try:
-        answer = http.post(settings.merchant_webhook_url, data=body.encode(), headers=headers, allow_redirects=False,
-                           timeout=(min(3.0, settings.merchant_webhook_timeout), settings.merchant_webhook_timeout))
+        with http.post(settings.merchant_webhook_url, data=body.encode(), headers=headers, allow_redirects=False,
+                       timeout=(min(3.0, limit), limit), stream=True) as answer:
+            status = answer.status_code
+            text_of = b""
+            if not 200 <= status < 400:
+                for chunk in answer.iter_content(1024):
+                    text_of += chunk
+                    if len(text_of) >= ANSWER_LIMIT or time.perf_counter() - started > limit:
+                        break
     except requests.RequestException as exc:
-        return Result("failed", None, int((time.perf_counter() - started) * 1000), mask_text(type(exc).__name__))
+        timed_out = time.perf_counter() - started >= limit
+        return Result("failed", None, int((time.perf_counter() - started) * 1000),
+                      "deadline passed" if timed_out else mask_text(type(exc).__name__))
+    finally:
+        cut.cancel()
+        _Watched.current.sockets = None
     latency = int((time.perf_counter() - started) * 1000)
-    if 200 <= answer.status_code < 300:
-        return Result("delivered", answer.status_code, latency, None)
-    if 300 <= answer.status_code < 400:
-        return Result("failed", answer.status_code, latency, "redirect not followed")
-    return Result("failed", answer.status_code, latency, mask_text(answer.text[:200]))
+    if 200 <= status < 300:
+        return Result("delivered", status, latency, None)
+    if 300 <= status < 400:
+        return Result("failed", status, latency, "redirect not followed")
+    return Result("failed", status, latency, mask_text(text_of[:ANSWER_LIMIT].decode("utf-8", "replace")[:200]))
+
+
+def _cut(sockets: list[Any]) -> None:
+    """The deadline: shut the attempt's sockets, which ends a read blocked on them."""
+    for sock in list(sockets):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def record(repo: Repo, event: MerchantEvent, result: Result, now: dt.datetime, retry_for: float,
@@ -190,7 +269,7 @@ def deliver_due(repo: Repo, settings: Any, send_task: Callable[[str, dict[str, A
     from orchestrator.db.models import utcnow
 
     now_of = clock or utcnow
-    http = http or requests.Session()
+    http = http or delivery_session()
     lease = claim_seconds(settings)
     made = 0
     with cf.ThreadPoolExecutor(parallel) as pool:

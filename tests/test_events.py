@@ -4,6 +4,7 @@ delivery (signed, in order per checkout, retried with backoff, every attempt rec
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from sqlmodel import col, select
@@ -445,6 +446,12 @@ class _Answer:
     status_code = 200
     text = ""
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
 
 class _Http:
     """A session that records what would have been sent, and sends nothing."""
@@ -487,3 +494,66 @@ def test_a_private_destination_is_sent_to_when_the_setting_allows_it_and_never_w
     assert [url for url, _ in http.posts] == ["https://shop.internal/events"] * 3
     assert all(kwargs["allow_redirects"] is False for _, kwargs in http.posts)
     assert all(e.status == "delivered" for e in events_of(h, c.id))
+
+
+class _Trickle:
+    """A raw endpoint that answers one byte every ``pause`` seconds (``body``: bytes after the head)."""
+
+    def __init__(self, head: bytes, body: bytes = b"", pause: float = 0.2):
+        import socket
+        import threading
+
+        self.head, self.body, self.pause = head, body, pause
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/events"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                conn.recv(65536)
+                conn.sendall(self.head)
+                for b in self.body:
+                    conn.sendall(bytes([b]))
+                    time.sleep(self.pause)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def close(self):
+        self.server.close()
+
+
+def test_an_endpoint_answering_byte_by_byte_is_cut_off_at_the_attempts_deadline(harness):
+    h = harness
+    completed(h)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: "
+    slow = _Trickle(b"", head + b"a" * 60 + b"\r\n\r\nok", pause=0.1)  # about 9 s to answer
+    try:
+        settings = pushing(h, slow.url, merchant_webhook_timeout=1.0)
+        started = time.monotonic()
+        result = delivery.post(settings, delivery.delivery_session(), events_of(h, None)[0])
+        took = time.monotonic() - started
+    finally:
+        slow.close()
+    assert (result.outcome, result.error) == ("failed", "deadline passed")
+    assert took < delivery.claim_seconds(settings) / 2
+
+
+def test_only_the_first_kilobytes_of_an_endless_error_answer_are_read(harness):
+    h = harness
+    completed(h)
+    endless = _Trickle(b"HTTP/1.1 500 Oops\r\nContent-Length: 100000000\r\n\r\n" + b"x" * 65536, pause=0)
+    try:
+        settings = pushing(h, endless.url, merchant_webhook_timeout=5.0)
+        result = delivery.post(settings, delivery.delivery_session(), events_of(h, None)[0])
+    finally:
+        endless.close()
+    assert (result.outcome, result.status_code) == ("failed", 500) and result.error == "x" * 200
