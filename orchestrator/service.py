@@ -437,7 +437,10 @@ class CheckoutService:
             try:
                 at_text, last_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
                 at = dt.datetime.fromisoformat(at_text)
-            except ValueError:
+                if at.tzinfo is None:
+                    raise ValueError("a cursor's time has its zone")
+                at = at.astimezone(dt.timezone.utc)
+            except (ValueError, OverflowError):
                 raise CheckoutError(400, "INVALID_REQUEST", "cursor must be one this API returned") from None
             q = q.where(or_(col(Checkout.created_at) < at,
                             (col(Checkout.created_at) == at) & (col(Checkout.id) < last_id)))

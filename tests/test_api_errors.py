@@ -406,3 +406,13 @@ def test_the_seeds_device_info_is_taken_with_the_checkout(api, harness):
     answer = api.post("/v1/checkouts", json=body(device_info=device))
     assert answer.status_code == 202, answer.text
     assert harness.deps.repo.get(answer.json()["id"]).device_info == device
+
+
+@pytest.mark.parametrize("query", [
+    "cursor=" + __import__("base64").urlsafe_b64encode(b"2026-01-01T00:00:00|x").decode(),  # no zone
+    "cursor=" + __import__("base64").urlsafe_b64encode(b"9999-12-31T23:59:59-23:59|x").decode(),
+    "cursor=" + __import__("base64").urlsafe_b64encode(b"\xff\xfe|x").decode(),
+    "created_after=9999-12-31T23:59:59-23:59", "created_after=0001-01-01T00:00:00%2B23:59"])
+def test_a_list_cursor_or_time_we_cannot_use_is_a_400_not_a_500(api, query):
+    answer = api.get(f"/v1/checkouts?{query}")
+    assert answer.status_code == 400 and answer.json()["code"] == "INVALID_REQUEST", answer.text

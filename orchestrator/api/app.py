@@ -443,10 +443,10 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         svc = service_factory()
         try:
             after = dt.datetime.fromisoformat(created_after) if created_after else None
-        except ValueError:
+            if after is not None:
+                after = (after if after.tzinfo else after.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
+        except (ValueError, OverflowError):
             raise CheckoutError(400, "INVALID_REQUEST", "created_after is not a date and time") from None
-        if after is not None and after.tzinfo is None:
-            after = after.replace(tzinfo=dt.timezone.utc)
         return svc.list_checkouts(status, after, cursor, limit)
 
     @app.get("/v1/events", openapi_extra=NEEDS_API_KEY, responses=MERCHANT_ERRORS)
