@@ -88,8 +88,15 @@ def _public(address: str) -> bool:
     import ipaddress
 
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # an IPv4 address inside an IPv6 one is judged as itself: mapped (::ffff:a.b.c.d), 6to4
+        # (2002:…), NAT64 (64:ff9b::/96) and the old compatible form (::a.b.c.d)
+        packed = ip.packed
+        inner = (ip.ipv4_mapped or ip.sixtofour
+                 or (ipaddress.IPv4Address(packed[12:]) if ip in ipaddress.ip_network("64:ff9b::/96") else None)
+                 or (ipaddress.IPv4Address(packed[12:]) if packed[:12] == bytes(12) and int(ip) > 1 else None))
+        if inner is not None:
+            ip = inner
     return ip.is_global and not ip.is_multicast
 
 

@@ -197,6 +197,25 @@ def test_a_merchant_host_that_resolves_to_a_private_address_is_refused(monkeypat
                   merchant_webhook_secret=EVENTS_SECRET, **REAL)
 
 
+@pytest.mark.parametrize("address", ["64:ff9b::a00:1", "::127.0.0.1", "2002:7f00:1::", "::ffff:169.254.169.254"])
+def test_an_ipv6_address_wrapping_a_private_ipv4_one_is_refused(monkeypatch, address):
+    import config.settings as cfg
+
+    monkeypatch.setattr(cfg, "resolve_host", lambda host, port: {address})
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(plural_env="uat", merchant_webhook_url="https://shop.example/events",
+                      merchant_webhook_secret=EVENTS_SECRET, **REAL)
+    assert address in str(err.value)
+
+
+def test_an_ipv6_address_wrapping_a_public_ipv4_one_is_accepted(monkeypatch):
+    import config.settings as cfg
+
+    monkeypatch.setattr(cfg, "resolve_host", lambda host, port: {"64:ff9b::808:808"})
+    load_settings(plural_env="uat", merchant_webhook_url="https://shop.example/events",
+                  merchant_webhook_secret=EVENTS_SECRET, **REAL)
+
+
 def test_a_private_merchant_url_is_accepted_when_allowed_but_still_only_over_https():
     s = load_settings(plural_env="production", merchant_webhook_url="https://10.0.0.5/events",
                       merchant_webhook_allow_private=True, merchant_webhook_secret=EVENTS_SECRET, **REAL)
