@@ -60,9 +60,10 @@ class Runtime:
     #: what readiness fails on: this process cannot take work without them. The rest is reported.
     REQUIRED = ("database", "redis")
 
-    def readiness(self) -> dict[str, Any]:
+    def readiness(self, full: bool = True) -> dict[str, Any]:
         """Can this process reach its database and Redis right now (``REQUIRED``)? Also reported,
-        without failing readiness: Plural's access token, the broker's queues, the event backlog."""
+        without failing readiness (``full``: for whom may see them): Plural's access token, the
+        broker's queues, the event backlog."""
         from sqlalchemy import text
 
         checks: dict[str, str] = {}
@@ -75,9 +76,12 @@ class Runtime:
         try:
             self.redis.ping()
             checks["redis"] = "ok"
-            checks["broker"] = {queue: int(self.redis.llen(queue)) for queue in ("saga", "events")}
+            if full:
+                checks["broker"] = {queue: int(self.redis.llen(queue)) for queue in ("saga", "events")}
         except Exception as exc:
             checks["redis"] = type(exc).__name__
+        if not full:  # an anonymous probe costs two pings, never the backlog's queries
+            return checks
         try:
             checks["token"] = self.plural.requestor.tokens.status()
         except Exception as exc:

@@ -212,7 +212,8 @@ def test_delivery_and_refund_endpoints(api, harness):
 
 
 def test_readiness_is_503_naming_what_is_down(harness):
-    app = create_app(lambda: harness.service, KEY, readiness=lambda: {"database": "ok", "redis": "ConnectionError"})
+    app = create_app(lambda: harness.service, KEY,
+                     readiness=lambda full=True: {"database": "ok", "redis": "ConnectionError"})
     with TestClient(app) as client:
         answer = client.get("/ready")
     assert answer.status_code == 503 and answer.json()["checks"]["redis"] == "ConnectionError"
@@ -258,7 +259,7 @@ def test_a_debit_emi_without_the_registered_mobile_is_400_and_creates_nothing(ap
 
 
 def test_readiness_reports_but_does_not_fail_on_the_token_or_the_backlog(harness):
-    app = create_app(lambda: harness.service, KEY, readiness=lambda: {
+    app = create_app(lambda: harness.service, KEY, readiness=lambda full=True: {
         "database": "ok", "redis": "ok", "token": "expired", "outbox": {"pending": 9000}})
     with TestClient(app) as client:
         answer = client.get("/ready")
@@ -281,7 +282,7 @@ CHECKS = {"database": "ok", "redis": "ok", "token": "ok"}
 
 
 def ops_client(harness, **kwargs):
-    return TestClient(create_app(lambda: harness.service, KEY, readiness=lambda: dict(CHECKS), **kwargs))
+    return TestClient(create_app(lambda: harness.service, KEY, readiness=lambda full=True: dict(CHECKS), **kwargs))
 
 
 def test_with_a_metrics_token_metrics_and_readiness_details_want_it(harness):
@@ -314,3 +315,26 @@ def test_docs_and_the_openapi_document_can_be_switched_off(harness):
     with TestClient(create_app(lambda: harness.service, KEY, docs=False)) as client:
         for path in ("/docs", "/redoc", "/openapi.json"):
             assert client.get(path).status_code == 404, path
+
+
+def test_an_anonymous_readiness_probe_asks_for_the_two_pings_only(harness):
+    asked = []
+
+    def readiness(full=True):
+        asked.append(full)
+        return {"database": "ok", "redis": "ok"}
+
+    with TestClient(create_app(lambda: harness.service, KEY, readiness=readiness, ops_public=False)) as client:
+        assert client.get("/ready").json() == {"status": "ok"}
+    assert asked == [False]
+
+
+def test_the_runtimes_short_readiness_pings_the_database_and_redis_and_nothing_else(monkeypatch):
+    from orchestrator import ops
+    from orchestrator.runtime import Runtime
+
+    monkeypatch.setattr(ops, "overview", lambda *a, **k: pytest.fail("the backlog was queried"))
+    rt = Runtime.__new__(Runtime)
+    rt.repo = type("R", (), {"read_engine": __import__("sqlalchemy").create_engine("sqlite://")})()
+    rt.redis = type("Redis", (), {"ping": lambda self: True, "llen": lambda self, q: pytest.fail("queues read")})()
+    assert rt.readiness(full=False) == {"database": "ok", "redis": "ok"}

@@ -406,10 +406,11 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         """Readiness: the database and Redis answer (503 naming what does not); Plural's token, the
         broker's queue lengths and the event backlog are reported beside them (the checks only to
         whom may see /metrics; anyone else gets the status alone)."""
-        checks = readiness() if readiness else {}
+        shown = ops_allowed(request)
+        checks = readiness(full=shown) if readiness else {}
         failing = {name: result for name, result in checks.items() if name in REQUIRED and result != "ok"}
         answer: dict[str, Any] = {"status": "ok" if not failing else "unavailable"}
-        if ops_allowed(request):
+        if shown:
             answer["checks"] = checks
         return JSONResponse(answer, status_code=503 if failing else 200)
 
