@@ -37,7 +37,7 @@ from orchestrator.demo import (ACS_CARD, CARD, CREDIT_EMI_OTP_CARD, DEBIT_EMI_CA
                                 approve_on_bank_page)
 from orchestrator.merchant_client import OrchestratorClient, OrchestratorError
 from orchestrator.redis_server import free_port
-from orchestrator.sandbox.audit import agrees_with_plural, ledger_problems
+from orchestrator.audit import agrees_with_plural, ledger_problems
 from orchestrator.stack import Stack
 
 #: timings short enough for a run of minutes, the same shape as production's

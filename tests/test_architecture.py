@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,4 +16,12 @@ def test_the_import_contracts_hold():
     done = subprocess.run([str(linter), "--no-cache"], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "4 kept, 0 broken" in done.stdout
+    assert "5 kept, 0 broken" in done.stdout
+
+
+def test_the_sandbox_contract_forbids_every_other_module_of_the_orchestrator():
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    sandbox = next(c for c in contracts if c.get("source_modules") == ["orchestrator.sandbox"])
+    ours = {f"orchestrator.{p.stem}" for p in (ROOT / "orchestrator").iterdir()
+            if (p.suffix == ".py" or (p / "__init__.py").exists()) and p.stem not in ("__init__", "sandbox")}
+    assert set(sandbox["forbidden_modules"]) == ours

@@ -218,3 +218,20 @@ def test_log_lines_go_to_the_stderr_of_the_moment_not_a_closed_one(monkeypatch):
     monkeypatch.setattr(sys, "stderr", now)
     logging.getLogger("test").warning("after.swap")
     assert "after.swap" in now.getvalue() and "Logging error" not in now.getvalue()
+
+
+@pytest.mark.parametrize("module", ["orchestrator.sandbox.app", "orchestrator.sandbox.webhooks"])
+def test_the_sandboxs_own_loggers_are_masked_by_the_process_configuration(module, capsys):
+    """The sandbox logs through structlog directly (it imports nothing of the orchestrator): the
+    masking is the process's configuration, done by whoever starts it."""
+    import importlib
+
+    configure_logging("INFO", "json", force=True)
+    try:
+        importlib.import_module(module).log.warning("sandbox.event", detail="card 4012001037141112", cvv="321")
+        err = capsys.readouterr().err
+        (line,) = [json.loads(line) for line in err.splitlines() if "sandbox.event" in line]
+        assert "4012001037141112" not in err and "****1112" in line["detail"]
+        assert "cvv" not in line
+    finally:
+        configure_logging("WARNING", "console", force=True)

@@ -13,6 +13,7 @@ def app_from_settings(settings: Any, *, port: int, host: str = "127.0.0.1", faul
     """The sandbox app wired from ``config.Settings`` (credentials, secrets, OTP rules)."""
     from orchestrator.sandbox.app import create_app
     from orchestrator.sandbox.gateway import SandboxConfig
+    from orchestrator.sandbox.signing import secret_from_hex
 
     from orchestrator.sandbox import offers
 
@@ -24,7 +25,7 @@ def app_from_settings(settings: Any, *, port: int, host: str = "127.0.0.1", faul
     config = SandboxConfig(
         client_id=settings.plural_client_id,
         client_secret=settings.plural_client_secret.get_secret_value(),
-        callback_key=settings.callback_key(),
+        callback_key=secret_from_hex(settings.plural_callback_secret.get_secret_value()),
         public_url=public,
         otp_resend_after=settings.sandbox_otp_resend_after,
         otp_resend_limit=settings.sandbox_otp_resend_limit,

@@ -18,14 +18,14 @@ from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+import structlog
 
-from orchestrator.logs import get_logger
 from orchestrator.sandbox import offers
 from orchestrator.sandbox.faults import Faults
 from orchestrator.sandbox.gateway import Gateway, GatewayError, SandboxConfig
 from orchestrator.sandbox.webhooks import SCHEDULES, TIMESTAMPS, WebhookSender
 
-log = get_logger(__name__)
+log = structlog.get_logger(__name__)
 
 PLURAL_PREFIXES = ("/api/",)
 ADMIN_PREFIXES = ("/sandbox/config", "/sandbox/offers", "/sandbox/faults", "/sandbox/reset", "/sandbox/clock", "/sandbox/tokens")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.core.cards import digits_only, network_of
+from orchestrator.sandbox import rules
 
 #: (issuer, card type) → networks with native OTP, from "Supported Issuer Banks and Card Networks"
 NATIVE_OTP_SUPPORT: dict[tuple[str, str], frozenset[str]] = {
@@ -108,14 +108,14 @@ def native_otp_supported(issuer: str, card_type: str, network: str) -> bool:
 
 
 def profile(number: str) -> CardProfile:
-    digits = digits_only(number)
+    digits = number.replace(" ", "").replace("-", "")
     card = _BY_NUMBER.get(digits)
     if card is not None:
         native = card.native_otp if card.native_otp is not None else native_otp_supported(
             card.issuer, card.card_type, card.network)
         return CardProfile(card.network, card.issuer, card.card_type, digits[-4:], card.behaviour, native,
                            card.seed_sample)
-    network = network_of(digits)
+    network = rules.network(digits)
     issuer, card_type = "UNKNOWN", "CREDIT"
     for prefix, bank, kind in ISSUER_BINS:
         if digits.startswith(prefix):
@@ -126,5 +126,5 @@ def profile(number: str) -> CardProfile:
 
 
 def is_seed_sample(number: str) -> bool:
-    card = _BY_NUMBER.get(digits_only(number))
+    card = _BY_NUMBER.get(number.replace(" ", "").replace("-", ""))
     return bool(card and card.seed_sample)

@@ -25,10 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
 
-from orchestrator.core.cards import expiry_in_future, luhn_ok, valid_shape
-from orchestrator.core.money import SUPPORTED_CURRENCIES
-from orchestrator.plural.signatures import sign_callback
-from orchestrator.sandbox import cards, offers
+from orchestrator.sandbox import cards, offers, rules
+from orchestrator.sandbox.signing import callback_signature
 
 REFERENCE = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
 #: a reference in Plural's own samples that breaks the documented charset; accepted as the sample is
@@ -279,7 +277,7 @@ class Gateway:
         amount, cur = value.get("value"), value.get("currency")
         if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
             raise _bad(f"{name}.value must be a positive integer in paise", field=f"{name}.value")
-        if not isinstance(cur, str) or cur not in SUPPORTED_CURRENCIES:
+        if not isinstance(cur, str) or cur not in rules.CURRENCIES:
             raise _bad(f"{name}.currency must be a supported ISO 4217 code", field=f"{name}.currency")
         if currency is not None and cur != currency:
             raise _bad(f"{name}.currency must be {currency}", field=f"{name}.currency")
@@ -390,9 +388,9 @@ class Gateway:
         if not isinstance(details, dict):
             raise _bad("payment_option.card_details is required")
         number = details.get("card_number")
-        if not isinstance(number, str) or not valid_shape(number):
+        if not isinstance(number, str) or not rules.well_formed(number):
             raise _bad("card_number must be 12 to 19 digits", field="card_number")
-        if not (luhn_ok(number) or cards.is_seed_sample(number)):
+        if not (rules.passes_luhn(number) or cards.is_seed_sample(number)):
             raise _bad("card_number fails the Luhn check", field="card_number")
         needs_full = method != "DEBIT_EMI"
         cvv, month, year = details.get("cvv"), details.get("expiry_month"), details.get("expiry_year")
@@ -406,7 +404,7 @@ class Gateway:
             if not 1 <= int(month) <= 12:
                 raise _bad("expiry_month must be 01 to 12", field="expiry_month")
             today = dt.datetime.fromtimestamp(self.clock(), tz=dt.timezone.utc).date()
-            if not expiry_in_future(month, year, today):
+            if rules.expired(month, year, today):
                 raise _refused("card has expired", "CARD_EXPIRED")
         return cards.profile(number)
 
@@ -540,9 +538,9 @@ class Gateway:
         out = []
         for item in items:
             number = item.get("payment_identifier") if isinstance(item, dict) else None
-            if not isinstance(number, str) or not valid_shape(number):
+            if not isinstance(number, str) or not rules.well_formed(number):
                 raise _bad("payment_identifier must be a card number", field="payment_identifier")
-            if not (luhn_ok(number) or cards.is_seed_sample(number)):
+            if not (rules.passes_luhn(number) or cards.is_seed_sample(number)):
                 raise _bad("payment_identifier fails the Luhn check", field="payment_identifier")
             prof = cards.profile(number)
             out.append({
@@ -657,7 +655,7 @@ class Gateway:
             if state.method != "CARD":
                 # the Debit EMI document returns (and signs) ``payment_status``; the card one ``status``
                 fields["payment_status"] = fields.pop("status")
-            fields["signature"] = sign_callback(fields, self.config.callback_key)
+            fields["signature"] = callback_signature(fields, self.config.callback_key)
             if not target:
                 return ""
             return f"{target}{'&' if '?' in target else '?'}{urlencode(fields)}"

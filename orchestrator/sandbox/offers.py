@@ -4,7 +4,7 @@ The book (``OfferBook``; JSON through ``SANDBOX_OFFERS_FILE`` or ``PUT /sandbox/
 issuers (credit or debit bank, a minimum order amount every issuer must have, and a maximum), their tenures (months, rate,
 processing fee, program and offer ids), a flat merchant-bank discount per tenure, and brand
 offers per product (discount with its merchant share, INSTANT or POST subvention). The figures
-follow ``orchestrator.core.emi``.
+are the sandbox's own arithmetic (``orchestrator.sandbox.emi``).
 
 The default book reproduces Plural's Debit EMI document:
 
@@ -38,8 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.core import emi
-from orchestrator.sandbox import cards
+from orchestrator.sandbox import cards, emi
 
 
 class _Model(BaseModel):
@@ -193,15 +192,15 @@ def price_tenure(t: TenureOffer, amount: int, products: dict[str, int], coupon: 
             product_amount = products.get(b.product_code)
             if product_amount is None:
                 continue
-            d = emi.percent_of(product_amount, b.discount_pct)
-            m = emi.percent_of(d, b.merchant_share_pct)
+            d = emi.share(product_amount, b.discount_pct)
+            m = emi.share(d, b.merchant_share_pct)
             share = product_amount - d
             sub = 0
             if b.subvention_type == "INSTANT":
-                _loan, sub = emi.instant_subvention(share, b.subvention_pct)
+                sub = share - emi.instant_loan(share, b.subvention_pct)
                 instant += sub
             elif b.subvention_type == "POST":
-                sub = emi.post_subvention(share, b.subvention_pct)
+                sub = emi.share(share, b.subvention_pct)
                 post += sub
             discount, merchant_part, brand_part = discount + d, merchant_part + m, brand_part + d - m
             detail: dict[str, Any] = {
@@ -223,8 +222,8 @@ def price_tenure(t: TenureOffer, amount: int, products: dict[str, int], coupon: 
     base = amount - coupon - discount
     if base <= 0 or instant >= base:
         return None
-    q = emi.figures(base, t.months, t.rate, instant=instant, post=post)
-    if not q.sensible:
+    q = emi.tenure_figures(base, t.months, t.rate, instant_subvention=instant, post_subvention=post)
+    if not q.offered:
         return None
     params = [{"program_type": t.program_type, "offer_id": t.offer_id, "offer_parameter_id": t.offer_parameter_id}]
     out: dict[str, Any] = {"tenure_id": t.tenure_id, "name": f"{t.months} Months", "tenure_type": "MONTH",
@@ -241,7 +240,7 @@ def price_tenure(t: TenureOffer, amount: int, products: dict[str, int], coupon: 
     out["loan_amount"] = _amt(q.loan, currency)
     if discount:
         out["total_discount_amount"] = _amt(discount, currency)
-    out["net_payment_amount"] = _amt(q.net_payment, currency)
+    out["net_payment_amount"] = _amt(q.total, currency)
     out["monthly_emi_amount"] = _amt(q.monthly, currency)
     out["total_emi_amount"] = _amt(q.total, currency)
     out["interest_amount"] = _amt(q.interest, currency)
@@ -251,6 +250,14 @@ def price_tenure(t: TenureOffer, amount: int, products: dict[str, int], coupon: 
     out["processing_fee_details"] = {"amount": _amt(t.processing_fee, currency)}
     out["emi_type"] = q.emi_type
     return out
+
+
+def customer_pays(tenure: dict[str, Any]) -> int:
+    """What the customer's card pays for an offer this book priced: the loan plus the INSTANT
+    subventions (the brand's share is paid to the lender up front, out of the price)."""
+    instant = sum(d["subvention"]["amount"]["value"] for d in tenure["details"]
+                  if (d.get("subvention") or {}).get("subvention_type") == "INSTANT")
+    return tenure["loan_amount"]["value"] + instant
 
 
 def _brand_discount(pct: Decimal | None, amount: int, merchant: int, currency: str) -> dict[str, Any]:
@@ -371,7 +378,7 @@ def validate(request: dict[str, Any], *, payment_method: str | None = None,
         raise NotEligible(f"the card is not issued by {issuer.name}", "CARD_ISSUER_MISMATCH")
     payment = request.get("payment_amount")
     if payment is not None:
-        expected = emi.payment_amount(ours)
+        expected = customer_pays(ours)
         if _int_value(payment, "payment_amount") != expected:
             raise NotEligible(f"payment_amount must be what the offer says the customer pays ({expected})",
                               "OFFER_MISMATCH")

@@ -22,12 +22,12 @@ import time
 from typing import Any
 
 import requests
+import structlog
 
-from orchestrator.logs import get_logger
-from orchestrator.plural.signatures import webhook_headers
 from orchestrator.sandbox.faults import Faults
+from orchestrator.sandbox.signing import webhook_headers
 
-log = get_logger(__name__)
+log = structlog.get_logger(__name__)
 
 
 #: Plural's retry schedules, in seconds after the previous attempt (the documents disagree)

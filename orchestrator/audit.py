@@ -1,9 +1,13 @@
-"""The sandbox's ledger audited: what no correct orchestrator may ever make Plural do."""
+"""The chaos run's audit of the sandbox's ledger and of our checkouts against it: what no correct
+orchestrator may ever make Plural do. A tool of the chaos run (it reads our saga), not part of
+the sandbox's imitation of Plural."""
 
 from __future__ import annotations
 
 import collections
 from typing import Any
+
+from orchestrator.core.saga import GatewayView, gateway_view
 
 #: what happens at most once per order
 ONCE = ("ORDER_CREATED", "PAYMENT_CREATED", "AUTHORIZED", "CAPTURED")
@@ -33,8 +37,6 @@ def ledger_problems(entries: list[dict[str, Any]]) -> list[str]:
 def agrees_with_plural(checkout: dict[str, Any], order: dict[str, Any]) -> bool:
     """Does a checkout that has come to rest (its JSON, as ``GET /v1/checkouts/{id}`` shows it)
     agree with its order at Plural (Get Order's JSON)?"""
-    from orchestrator.core.saga import GatewayView, gateway_view
-
     payments = order.get("payments") or []
     view = gateway_view(order["status"], payments[0]["status"] if payments else None)
     captured = sum(c["capture_amount"]["value"] for p in payments for c in p.get("capture_data") or [])
