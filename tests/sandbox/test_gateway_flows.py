@@ -600,3 +600,32 @@ def test_a_webhook_outage_outlasts_faults_that_replace_it_until_they_are_deleted
     kept = requests.put(sandbox.url + "/sandbox/faults", json={"rules": []}, timeout=5).json()
     assert kept["outage_left"] > 50
     assert requests.delete(sandbox.url + "/sandbox/faults", timeout=5).json()["outage_left"] == 0
+
+
+def test_strict_cancel_refuses_an_unpaid_order_with_a_payment_still_pending(client, sandbox):
+    o = order(client)
+    pay(client, o)
+    with pytest.raises(errors.BusinessRuleError) as refused:
+        client.cancel_order(o.order_id)
+    assert refused.value.status == 422 and "only an AUTHORIZED" in refused.value.message
+    assert client.get_order(o.order_id).status == "PENDING"
+
+
+def test_a_reference_repeated_while_its_first_request_is_in_progress_gets_409_duplicate_request(client, sandbox):
+    import concurrent.futures as cf
+
+    requests.put(sandbox.url + "/sandbox/faults", json={"rules": [
+        {"kind": "hang_after", "path": "^/api/pay/v1/orders$", "seconds": 1.0, "count": 1}]}, timeout=5)
+    body = {"merchant_order_reference": ref("o"), "order_amount": {"value": 1100, "currency": "INR"}}
+    headers = {"Authorization": f"Bearer {client.requestor.tokens.get()}"}
+    post = lambda: requests.post(sandbox.url + "/api/pay/v1/orders", json=body, headers=headers, timeout=5)  # noqa: E731
+    with cf.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post)
+        deadline = time.time() + 5
+        while time.time() < deadline:  # the first is in progress once the sandbox holds its order
+            if requests.get(sandbox.url + "/sandbox/faults", timeout=5).json()["rules"][0]["count"] == 0:
+                break
+            time.sleep(0.01)
+        second = post()
+        assert first.result().status_code == 200
+    assert second.status_code == 409 and second.json()["code"] == "DUPLICATE_REQUEST"
