@@ -13,14 +13,19 @@ duplicates and reorders webhooks. Then it lets the system settle with the faults
 - the sandbox's ledger shows no order, payment, authorization, capture or refund made twice
   (``double``), captured ≤ authorized, refunded ≤ captured;
 - no worker exited of its own accord (``worker_exits``: a Redis restart must not end one; the
-  workers chaos SIGKILLs are not counted).
+  workers chaos SIGKILLs are not counted);
+- a checkout whose customer walked away ended ``FAILED`` with ``PAYMENT_EXPIRED`` or was
+  cancelled by our deadline, else a ``mismatch``.
 
 It prints ``checkouts, faults, redis_restarts, final, stuck, mismatches, double, worker_exits``
-and exits non-zero unless the last four are 0.
+and what the new faults did (``lost_answers`` and the sandbox's ``duplicates_refused``,
+``outages`` and ``late_webhooks``, ``left_to_expire`` with how they ended), and exits non-zero
+unless stuck, mismatches, double and worker_exits are 0.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import random
 import signal
@@ -47,10 +52,17 @@ CHAOS_ENV = {
     "RETRY_BACKOFF_CAP": "2", "WORKER_CONCURRENCY": "16", "LOG_FORMAT": "json", "HTTP_CONNECT_TIMEOUT": "1",
     "HTTP_READ_TIMEOUT": "2", "HTTP_MAX_ATTEMPTS": "2", "HTTP_BACKOFF_CAP": "0.2", "STEP_MAX_ATTEMPTS": "30",
     "SANDBOX_PAYMENT_EXPIRY_SECONDS": "60", "CLAIM_LEASE_SECONDS": "3",
+    # Plural's eight retries over a day, compressed 600 times, each signed with the event's time
+    "SANDBOX_WEBHOOK_SCHEDULE": "plural", "SANDBOX_WEBHOOK_TIMESTAMPS": "original",
+    "SANDBOX_WEBHOOK_TIME_SCALE": str(1 / 600), "SANDBOX_DUPLICATES": "refuse",
 }
 FINAL = {"COMPLETED", "CANCELLED", "FAILED", "EXPIRED"}
 KINDS = ("otp", "otp_wrong_first", "pre_auth_full", "pre_auth_partial", "acs_approve", "acs_decline", "decline",
-         "cancel", "refund", "debit_emi", "pre_auth_credit_emi")
+         "cancel", "refund", "debit_emi", "pre_auth_credit_emi", "abandon_otp", "abandon_bank_page")
+#: the faults every run starts with, so that even a short run has each of them
+FIRST_FAULTS = ("duplicates", "late_webhooks")
+#: customers who never finish: their payment is left to expire
+ABANDONED = frozenset({"abandon_otp", "abandon_bank_page"})
 
 
 @dataclass
@@ -63,12 +75,26 @@ class Report:
     double: int = 0
     redis_restarts: int = 0
     worker_exits: int = 0
+    #: answers Plural (the sandbox) acted on and then lost, and its DUPLICATE_REQUEST answers
+    lost_answers: int = 0
+    duplicates_refused: int = 0
+    #: webhook outages, and deliveries that came signed more than 300 s before they were sent
+    outages: int = 0
+    late_webhooks: int = 0
+    #: checkouts whose customer walked away, and how they ended
+    left_to_expire: int = 0
+    expired: int = 0  # FAILED with PAYMENT_EXPIRED
+    expiry_cancelled: int = 0  # cancelled by our deadline first
+    injected: dict[str, int] = field(default_factory=dict)  # the faults, by kind
     details: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (f"checkouts={self.checkouts} faults={self.faults} redis_restarts={self.redis_restarts} "
                 f"final={self.final} stuck={self.stuck} mismatches={self.mismatches} double={self.double} "
-                f"worker_exits={self.worker_exits}")
+                f"worker_exits={self.worker_exits} lost_answers={self.lost_answers} "
+                f"duplicates_refused={self.duplicates_refused} outages={self.outages} "
+                f"late_webhooks={self.late_webhooks} left_to_expire={self.left_to_expire} "
+                f"expired={self.expired} expiry_cancelled={self.expiry_cancelled}")
 
     @property
     def ok(self) -> bool:
@@ -77,7 +103,8 @@ class Report:
 
 def _shop(api: OrchestratorClient, kind: str, rng: random.Random) -> str:
     """One shop and its customer, doing what ``kind`` says; returns the checkout id."""
-    number = {"acs_approve": ACS_CARD, "acs_decline": ACS_CARD, "decline": DECLINE_CARD}.get(kind, OTP_CARD)
+    number = {"acs_approve": ACS_CARD, "acs_decline": ACS_CARD, "decline": DECLINE_CARD,
+              "abandon_bank_page": ACS_CARD}.get(kind, OTP_CARD)
     pre_auth = kind.startswith("pre_auth")
     if kind == "debit_emi":  # HDFC DC, 6 months: the bank page
         c = api.create_checkout(amount=rng.randint(300000, 5000000), card=DEBIT_EMI_CARD, payment_method="DEBIT_EMI",
@@ -92,6 +119,8 @@ def _shop(api: OrchestratorClient, kind: str, rng: random.Random) -> str:
         c = api.wait(c["id"], waiting, timeout=120, interval=0.3)
         if kind == "cancel":
             api.cancel(c["id"])
+            return c["id"]
+        if kind in ABANDONED:  # the customer never enters the OTP nor opens the bank page
             return c["id"]
         if c["status"] == "AWAITING_REDIRECT":
             approve_on_bank_page(c["next_action"]["url"], kind != "acs_decline")
@@ -123,6 +152,7 @@ class Chaos:
         self.redis_restarts = 0
         self.killed: set[int] = set()  # the pids of the workers chaos SIGKILLed
         self.exits: list[str] = []  # workers that exited of their own accord
+        self.injected: collections.Counter[str] = collections.Counter()  # faults by kind
 
     def supervise(self) -> None:
         with self.lock:
@@ -138,8 +168,10 @@ class Chaos:
     def one(self) -> None:
         stack, rng = self.stack, self.rng
         what = rng.choice(["kill_worker", "kill_worker", "restart_beat", "restart_redis", "faults", "faults",
-                           "webhooks"])
-        if self.count % 3 == 2:
+                           "webhooks", "duplicates", "late_webhooks"])
+        if self.count < len(FIRST_FAULTS):  # every run has each of them at least once
+            what = FIRST_FAULTS[self.count]
+        elif self.count % 3 == 2:
             what = "restart_redis"
         with self.lock:
             if what == "kill_worker":
@@ -158,9 +190,14 @@ class Chaos:
                           "probability": 0.03}]
                 requests.put(f"{stack.sandbox_url}/sandbox/faults", json={"rules": rules},
                              headers=_admin(), timeout=5)
+            elif what == "duplicates":
+                lose_answers(stack.sandbox_url)
+            elif what == "late_webhooks":
+                webhook_outage(stack.sandbox_url, rng)
             else:
                 requests.put(f"{stack.sandbox_url}/sandbox/faults", headers=_admin(), timeout=5, json={
                     "rules": [], "webhooks": {"drop": 0.3, "duplicate": 0.3, "reorder": 0.3, "reorder_delay": 1.0}})
+        self.injected[what] += 1
         self.count += 1
 
     def run(self) -> None:
@@ -170,6 +207,40 @@ class Chaos:
                 self.supervise()
             except Exception as exc:  # a chaos step that failed is reported, and chaos goes on
                 print(f"chaos step failed: {type(exc).__name__}: {exc}", flush=True)
+
+
+#: the calls that carry a merchant reference Plural de-duplicates on: create order, create
+#: payment, capture, refund
+REFERENCED_CALLS = r"^/api/pay/v1/(orders|orders/[^/]+/(payments|capture)|refunds/[^/]+)$"
+
+
+def lose_answers(sandbox_url: str, probability: float = 0.25) -> None:
+    """Duplicates of our own references: a share of the referenced calls succeed at Plural, but
+    their answer is lost (a 5xx comes back instead), so our retry meets 422 DUPLICATE_REQUEST for
+    what it already made and must find it by look-up."""
+    rules = [{"kind": "drop_answer", "path": REFERENCED_CALLS, "statuses": [502, 503, 504],
+              "probability": probability}]
+    requests.put(f"{sandbox_url}/sandbox/faults", json={"rules": rules}, headers=_admin(), timeout=5)
+
+
+def webhook_outage(sandbox_url: str, rng: random.Random) -> None:
+    """Late webhook retries with original timestamps: every delivery fails for a few seconds, then
+    the events come on Plural's compressed schedule, signed with the event's time moved back by
+    the hours the schedule stands for (the fourth attempt on looks 305 s old or more: outside
+    the receiver's 300 s tolerance, so it is applied through Get Order). The outage runs its course
+    even if the next fault replaces this one."""
+    requests.put(f"{sandbox_url}/sandbox/faults", json={"rules": [], "webhooks": {"outage": rng.uniform(4.0, 8.0)}},
+                 headers=_admin(), timeout=5)
+
+
+def expiry_outcome(view: dict[str, Any]) -> str | None:
+    """How a checkout left to expire ended: ``expired`` (FAILED, PAYMENT_EXPIRED), ``cancelled``
+    (our deadline came first), or None when it ended any other way (a mismatch)."""
+    if view["status"] == "FAILED" and (view.get("error") or {}).get("code") == "PAYMENT_EXPIRED":
+        return "expired"
+    if view["status"] == "CANCELLED" and not view.get("finished_late"):
+        return "cancelled"
+    return None
 
 
 def _admin() -> dict[str, str]:
@@ -198,17 +269,22 @@ def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0,
         progress(f"chaos: {checkouts} checkouts, logs in {base / 'logs'}")
         kinds = [KINDS[i % len(KINDS)] for i in range(checkouts)]
         rng.shuffle(kinds)
+        abandoned: set[str] = set()
         with cf.ThreadPoolExecutor(16) as pool:
-            futures = [pool.submit(_shop, api, kind, random.Random(rng.random())) for kind in kinds]
+            futures = {pool.submit(_shop, api, kind, random.Random(rng.random())): kind for kind in kinds}
             ids = []
             for future in cf.as_completed(futures):
                 try:
                     ids.append(future.result())
                 except Exception as exc:  # the shop could not even create its checkout
                     report.details.append(f"shop failed: {type(exc).__name__}: {exc}")
+                    continue
+                if futures[future] in ABANDONED:
+                    abandoned.add(ids[-1])
         chaos.stop.set()
         chaotic.join()
         report.faults, report.redis_restarts = chaos.count, chaos.redis_restarts
+        report.outages, report.injected = chaos.injected["late_webhooks"], dict(chaos.injected)
         requests.delete(f"{stack.sandbox_url}/sandbox/faults", headers=_admin(), timeout=5)
         progress(f"chaos: {chaos.count} faults injected; settling")
         deadline = time.monotonic() + settle_seconds
@@ -228,6 +304,11 @@ def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0,
 
         settings = load_settings(plural_api_base=stack.sandbox_url, plural_token_url=None)
         plural = PluralClient.from_settings(settings)
+        health = requests.get(f"{stack.sandbox_url}/sandbox/health", timeout=10).json()
+        fired = requests.get(f"{stack.sandbox_url}/sandbox/faults", headers=_admin(), timeout=10).json()["fired"]
+        report.lost_answers = fired.get("drop_answer", 0)
+        report.duplicates_refused, report.late_webhooks = health["duplicates_refused"], health["webhooks_late"]
+        report.left_to_expire = len(abandoned)
         entries = requests.get(f"{stack.sandbox_url}/sandbox/ledger", timeout=10).json()["entries"]
         orders = {v["plural_order_id"] for v in views.values() if v.get("plural_order_id")}
         doubles = ledger_problems([e for e in entries if e["order_id"] in orders])
@@ -241,6 +322,14 @@ def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0,
                 report.stuck += 1
                 report.details.append(f"stuck {checkout_id} {v['state']} {v.get('error')} {v.get('attention')}")
                 continue
+            if checkout_id in abandoned:
+                outcome = expiry_outcome(v)
+                report.expired += outcome == "expired"
+                report.expiry_cancelled += outcome == "cancelled"
+                if outcome is None:
+                    report.mismatches += 1
+                    report.details.append(f"mismatch {checkout_id} left to expire, ended {v['status']} {v.get('error')}")
+                    continue
             if not v.get("plural_order_id"):
                 continue
             order = plural.get_order(v["plural_order_id"]).model_dump(mode="json", exclude_none=True)
@@ -254,5 +343,6 @@ def main(checkouts: int, seed: int, period: float) -> int:
     report = run_chaos(checkouts, seed=seed, chaos_period=period)
     for line in report.details[:50]:
         print("  " + line)
+    print("faults by kind: " + ", ".join(f"{k}={n}" for k, n in sorted(report.injected.items())))
     print(report.line())
     return 0 if report.ok else 1

@@ -583,3 +583,55 @@ def test_only_a_refund_that_needs_attention_can_be_resolved(harness):
     with pytest.raises(RefundRefused) as refused:
         h.service.resolve_refund(r.id, "asha")
     assert refused.value.code == "INVALID_STATE"
+
+
+# --- answers lost after Plural acted (chaos: duplicates of our own references) ----------------
+
+def _until(h, checkout_id, state, seconds=5):
+    """Run what is due, moving the clock on, until the checkout is in ``state`` (a step that met
+    its own reference looks it up on its next run)."""
+    for _ in range(6):
+        if h.state(checkout_id) == state:
+            return
+        h.clock.advance(seconds)
+        h.run_due()
+    assert h.state(checkout_id) == state
+
+
+@pytest.mark.parametrize("call", ["/orders$", "/payments$", "/capture$", "/refunds/"])
+def test_an_answer_lost_after_plural_acted_is_resolved_by_look_up_and_nothing_is_made_twice(harness, call):
+    """The call succeeded at Plural but its answer was lost on the way (502): our retry meets its
+    own reference (strict: 422 DUPLICATE_REQUEST; lenient: the object replayed), and the saga
+    finds what it made instead of failing or making it again."""
+    h = harness
+    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
+        {"kind": "drop_answer", "path": call, "method": "PUT" if call == "/capture$" else "POST",
+         "statuses": [502], "count": 1}]}, timeout=5).raise_for_status()
+    before = requests.get(f"{h.sandbox_url}/sandbox/health", timeout=5).json()["duplicates_refused"]
+    body = CheckoutIn.model_validate({
+        "merchant_order_reference": f"lost-{uuid.uuid4().hex[:12]}", "amount": {"value": 5000, "currency": "INR"},
+        "pre_auth": True,
+        "card": {"number": OTP_CARD, "name": "Kevin", "cvv": "123", "expiry_month": "12", "expiry_year": "2030"}})
+    row, _ = h.service.create(body)
+    h.drain()
+    _until(h, row.id, "AWAITING_OTP")
+    h.service.submit_otp(row.id, "123456")
+    h.drain()
+    _until(h, row.id, "AUTHORIZED")
+    h.service.deliver(row.id, None)
+    h.drain()
+    _until(h, row.id, "COMPLETED")
+    r, _ = refund(h, h.deps.repo.get(row.id), 1000)
+    for _ in range(6):
+        if get_refund(h.deps, r.id).state == "PROCESSED":
+            break
+        h.clock.advance(60)
+        h.run_due()
+    assert get_refund(h.deps, r.id).state == "PROCESSED"
+    faults = requests.get(f"{h.sandbox_url}/sandbox/faults", timeout=5).json()
+    assert faults["rules"][0]["count"] == 0  # the answer was lost once
+    assert sorted(kinds(h, h.deps.repo.get(row.id))) == sorted([
+        ("ORDER_CREATED", 5000), ("PAYMENT_CREATED", 5000), ("AUTHORIZED", 5000), ("CAPTURED", 5000),
+        ("REFUND_CREATED", 1000), ("REFUNDED", 1000)])
+    refused = requests.get(f"{h.sandbox_url}/sandbox/health", timeout=5).json()["duplicates_refused"] - before
+    assert refused >= (1 if h.mode == "strict" else 0)

@@ -176,6 +176,7 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
             return await call_next(request)
         key = await _idempotency_key(request)
         if key is not None and not gateway.begin_request(key):
+            gateway.duplicates_refused += 1
             return _error(GatewayError(409, "DUPLICATE_REQUEST", "a request with this reference is already in progress"))
         fired = faults.match(request.method, path)
         try:
@@ -201,6 +202,12 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
         for rule in fired:
             if rule.kind == "hang_after":
                 await asyncio.sleep(rule.seconds)
+            elif rule.kind == "drop_answer":  # handled, but its answer never reaches the caller
+                async for _chunk in response.body_iterator:  # type: ignore[attr-defined]
+                    pass
+                status = faults.pick(rule.statuses)
+                return JSONResponse({"code": "INTERNAL_ERROR", "message": "injected fault: answer lost"},
+                                    status_code=status)
         return response
 
     def auth(request: Request, *, required: bool = True) -> None:
@@ -312,7 +319,8 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
 
     @app.get("/sandbox/health")
     async def health() -> Any:
-        return {"status": "ok", "orders": len(gateway.orders), "webhooks_pending": sender.pending()}
+        return {"status": "ok", "orders": len(gateway.orders), "webhooks_pending": sender.pending(),
+                "duplicates_refused": gateway.duplicates_refused, "webhooks_late": sender.late}
 
     @app.get("/sandbox/ledger")
     async def ledger(request: Request) -> Any:

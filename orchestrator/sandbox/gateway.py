@@ -141,6 +141,8 @@ class Gateway:
         self.clock = lambda: self._base_clock() + self.offset
         self.emit = emit or (lambda event_type, data: None)
         self.lock = threading.RLock()
+        #: DUPLICATE_REQUEST answers given (a repeated reference, or one still in progress)
+        self.duplicates_refused = 0
         self.reset()
 
     def begin_request(self, key: tuple[str, ...]) -> bool:
@@ -255,6 +257,7 @@ class Gateway:
     def _duplicate(self, name: str) -> None:
         """A reference already used: refused as Plural's error list says, unless ``replay``."""
         if self.config.duplicates != "replay":
+            self.duplicates_refused += 1
             raise _refused(f"{name} was already used", "DUPLICATE_REQUEST", source=name, step="idempotency",
                            reason="DUPLICATE_REQUEST")
 
@@ -668,6 +671,7 @@ class Gateway:
             order = self._order(order_id)
             if reference in self.capture_refs:
                 if self.capture_refs[reference] != order_id:
+                    self.duplicates_refused += 1
                     raise GatewayError(409, "DUPLICATE_REQUEST", "merchant_capture_reference used on another order")
                 self._duplicate("merchant_capture_reference")
                 return {"data": copy.deepcopy(order)}
@@ -725,6 +729,7 @@ class Gateway:
                     and self.orders[first].get("parent_order_id") == order_id):
                 return {"data": self._public(self.orders[first])}
             if reference in self.refund_refs or reference in self.by_reference:
+                self.duplicates_refused += 1
                 raise _refused("merchant_order_reference already used by an order", "DUPLICATE_REQUEST",
                                field="merchant_order_reference")
             if parent.get("type") != "CHARGE" or parent["status"] not in (

@@ -8,8 +8,12 @@ compressed by ``time_scale`` (``SANDBOX_WEBHOOK_TIME_SCALE``, 1.0 = real time) s
 fast. ``webhook-timestamp`` is when the event was triggered (``original``, Plural's description):
 a retry keeps it, shifted back by the time the compression skipped, so a retry that Plural would
 send hours later carries an hours-old timestamp here too; ``fresh`` signs each attempt with its
-own time. Faults may drop, duplicate or delay (reorder) deliveries. Every delivery is logged for
-``/sandbox/webhooks``.
+own time. Faults may drop, duplicate or delay (reorder) deliveries, or fail every attempt for a
+while (an outage: the attempts are retried on the schedule). A delivery whose timestamp was more
+than ``LATE_AFTER`` seconds old when it was sent is counted (``late``; a receiver checking
+Standard Webhooks' tolerance against its own clock finds it outside). The timestamps are the
+machine's time, not the gateway's adjustable clock (``POST /sandbox/clock``), as the receiver
+compares them with its own. Every delivery is logged for ``/sandbox/webhooks``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ SCHEDULES: dict[str, tuple[float, ...]] = {
     "three": (0, 5, 300),
 }
 TIMESTAMPS = ("original", "fresh")
+#: Standard Webhooks' tolerance: a timestamp older than this is outside it at the receiver
+LATE_AFTER = 300
 
 
 class WebhookSender:
@@ -54,6 +60,7 @@ class WebhookSender:
         self._session = requests.Session()
         self._lock = threading.Lock()
         self.deliveries: list[dict[str, Any]] = []
+        self.late = 0  # deliveries answered 2xx whose timestamp was more than LATE_AFTER s old
         self._log_limit = log_limit
         self._threads = [threading.Thread(target=self._run, name=f"webhook-{i}", daemon=True) for i in range(threads)]
         for thread in self._threads:
@@ -119,10 +126,16 @@ class WebhookSender:
         headers = {"content-type": "application/json",
                    **webhook_headers(self.key, record["webhook_id"], stamp, record["body"])}
         try:
+            if self.faults.in_outage():
+                raise requests.ConnectionError("injected webhook outage")
             answer = self._session.post(self.url, data=record["body"].encode(), headers=headers, timeout=self.timeout)
             record["last_status"] = answer.status_code
             if 200 <= answer.status_code < 300:
                 record["outcome"] = "delivered"
+                if time.time() - stamp > LATE_AFTER:
+                    record["late"] = True
+                    with self._lock:
+                        self.late += 1
                 return
         except requests.RequestException as exc:
             record["last_status"] = type(exc).__name__

@@ -1,6 +1,8 @@
 """A short chaos run (``orchestrator chaos``) in the suite: real processes, workers killed, beat
-and Redis restarted, sandbox faults and webhook chaos; then the invariants, and no worker that
-exited of its own accord (issue 22: a Redis restart ended every worker)."""
+and Redis restarted, sandbox faults and webhook chaos, answers lost after Plural acted, a webhook
+outage whose retries come late with their original timestamps, customers who walk away; then the
+invariants, and no worker that exited of its own accord (issue 22: a Redis restart ended every
+worker)."""
 
 from __future__ import annotations
 
@@ -21,3 +23,6 @@ def test_a_short_chaos_run_ends_with_nothing_stuck_mismatched_or_doubled(tmp_pat
     assert report.faults >= 5 and report.redis_restarts >= 1
     assert (report.stuck, report.mismatches, report.double, report.worker_exits) == (0, 0, 0, 0)
     assert report.final + report.stuck <= report.checkouts == 45
+    # the new faults happened, and every checkout left to expire ended as the rules say
+    assert report.lost_answers >= 1 and report.outages >= 1 and report.late_webhooks >= 1
+    assert report.left_to_expire >= 2 and report.expired + report.expiry_cancelled == report.left_to_expire

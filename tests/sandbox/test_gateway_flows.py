@@ -554,3 +554,78 @@ def test_the_other_documented_schedule_retries_three_times_with_fresh_timestamps
     assert len(hits) == 4
     stamps = [int(h.headers["webhook-timestamp"]) for h in hits]
     assert max(stamps) - min(stamps) <= 2 and abs(time.time() - max(stamps)) <= 2
+
+
+def test_a_dropped_answer_leaves_the_order_made_and_its_repeat_is_refused_as_a_duplicate(client, sandbox):
+    requests.put(sandbox.url + "/sandbox/faults", json={"rules": [
+        {"kind": "drop_answer", "path": "^/api/pay/v1/orders$", "statuses": [502], "count": 1}]}, timeout=5)
+    before = requests.get(sandbox.url + "/sandbox/health", timeout=5).json()["duplicates_refused"]
+    reference = ref("o")
+    body = {"merchant_order_reference": reference, "order_amount": {"value": 1100, "currency": "INR"}}
+    headers = {"Authorization": f"Bearer {client.requestor.tokens.get()}"}
+    lost = requests.post(sandbox.url + "/api/pay/v1/orders", json=body, headers=headers, timeout=5)
+    assert lost.status_code == 502
+    made = client.get_order_by_reference(reference)
+    assert made.status == "CREATED"
+    again = requests.post(sandbox.url + "/api/pay/v1/orders", json=body, headers=headers, timeout=5)
+    assert again.status_code == 422 and again.json()["code"] == "DUPLICATE_REQUEST"
+    assert [e["kind"] for e in ledger(sandbox.url, made.order_id)] == ["ORDER_CREATED"]
+    assert requests.get(sandbox.url + "/sandbox/health", timeout=5).json()["duplicates_refused"] == before + 1
+    assert requests.get(sandbox.url + "/sandbox/faults", timeout=5).json()["fired"]["drop_answer"] >= 1
+
+
+def test_webhooks_held_back_by_an_outage_arrive_after_it_with_their_original_timestamp_outside_the_tolerance(
+        client, sandbox, webhook_catcher):
+    # the test sandbox's schedule runs 10,000 times faster: attempts at 0, 0, 0.5 ms, 31 ms, 0.21 s
+    # and 0.93 s; an outage of 0.5 s fails the first five, the sixth is signed with the event's
+    # time moved back by the 0 + 5 + 300 + 1800 + 7200 s the schedule waited
+    late_before = requests.get(sandbox.url + "/sandbox/health", timeout=5).json()["webhooks_late"]
+    requests.put(sandbox.url + "/sandbox/faults", json={"webhooks": {"outage": 0.5}}, timeout=5).raise_for_status()
+    o = order(client)
+    with pytest.raises(errors.PaymentDeclined):
+        pay(client, o, DECLINE_CARD)
+    hit = webhook_catcher.wait_for(lambda c: c.json()["data"]["order_id"] == o.order_id, timeout=10)[0]
+    age = time.time() - int(hit.headers["webhook-timestamp"])
+    assert [h for h in webhook_catcher.received if h.json()["data"]["order_id"] == o.order_id] == [hit]
+    delivery = next(d for d in requests.get(sandbox.url + "/sandbox/webhooks", timeout=5).json()["deliveries"]
+                    if d["webhook_id"] == hit.headers["webhook-id"])
+    assert delivery["attempts"] >= 5 and delivery["outcome"] == "delivered" and delivery["late"] is True
+    waited = sum((0, 5, 300, 1800, 7200, 18000, 36000, 36000)[:delivery["attempts"] - 1])
+    assert age > 300 and abs(age - waited) <= 5
+    assert requests.get(sandbox.url + "/sandbox/health", timeout=5).json()["webhooks_late"] == late_before + 1
+
+
+def test_a_webhook_outage_outlasts_faults_that_replace_it_until_they_are_deleted(sandbox):
+    requests.put(sandbox.url + "/sandbox/faults", json={"webhooks": {"outage": 60}}, timeout=5).raise_for_status()
+    kept = requests.put(sandbox.url + "/sandbox/faults", json={"rules": []}, timeout=5).json()
+    assert kept["outage_left"] > 50
+    assert requests.delete(sandbox.url + "/sandbox/faults", timeout=5).json()["outage_left"] == 0
+
+
+def test_strict_cancel_refuses_an_unpaid_order_with_a_payment_still_pending(client, sandbox):
+    o = order(client)
+    pay(client, o)
+    with pytest.raises(errors.BusinessRuleError) as refused:
+        client.cancel_order(o.order_id)
+    assert refused.value.status == 422 and "only an AUTHORIZED" in refused.value.message
+    assert client.get_order(o.order_id).status == "PENDING"
+
+
+def test_a_reference_repeated_while_its_first_request_is_in_progress_gets_409_duplicate_request(client, sandbox):
+    import concurrent.futures as cf
+
+    requests.put(sandbox.url + "/sandbox/faults", json={"rules": [
+        {"kind": "hang_after", "path": "^/api/pay/v1/orders$", "seconds": 1.0, "count": 1}]}, timeout=5)
+    body = {"merchant_order_reference": ref("o"), "order_amount": {"value": 1100, "currency": "INR"}}
+    headers = {"Authorization": f"Bearer {client.requestor.tokens.get()}"}
+    post = lambda: requests.post(sandbox.url + "/api/pay/v1/orders", json=body, headers=headers, timeout=5)  # noqa: E731
+    with cf.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post)
+        deadline = time.time() + 5
+        while time.time() < deadline:  # the first is in progress once the sandbox holds its order
+            if requests.get(sandbox.url + "/sandbox/faults", timeout=5).json()["rules"][0]["count"] == 0:
+                break
+            time.sleep(0.01)
+        second = post()
+        assert first.result().status_code == 200
+    assert second.status_code == 409 and second.json()["code"] == "DUPLICATE_REQUEST"
