@@ -158,6 +158,7 @@ def sandbox(sandbox_server: ThreadedUvicorn, webhook_catcher: WebhookCatcher) ->
     yield sandbox_server
     requests.delete(sandbox_server.url + "/sandbox/faults", timeout=5)
     requests.delete(sandbox_server.url + "/sandbox/clock", timeout=5)
+    requests.delete(sandbox_server.url + "/sandbox/tokens/refuse", timeout=5)
 
 
 @pytest.fixture
