@@ -66,7 +66,15 @@ class Requestor:
     def fetch_token(self) -> AccessToken:
         body = TokenRequest(client_id=self._client_id, client_secret=self._client_secret)
         now = self._clock()
-        data = self._call("POST", self.token_url, body.wire(), replay_safe=True, auth=False, otp_call=False)
+        try:
+            data = self._call("POST", self.token_url, body.wire(), replay_safe=True, auth=False, otp_call=False)
+        except errors.APIError as exc:
+            if exc.status not in errors.CREDENTIALS_REFUSED_STATUSES:
+                raise
+            log.error("plural.token.credentials_rejected", status=exc.status, code=exc.code,
+                      request_id=exc.request_id)
+            raise errors.CredentialsRejected(exc.message, status=exc.status, code=exc.code,
+                                             request_id=exc.request_id) from None
         try:
             parsed = TokenResponse.model_validate(data)
         except ValueError:
