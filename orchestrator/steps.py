@@ -12,7 +12,11 @@ Rules every step follows:
 - a step attempt row is committed, with its deterministic reference, before the call;
 - a step never changes the state itself: it states a fact (``saga.Fact``) and the engine decides;
 - transient failures back off through the row's due time, at most ``STEP_MAX_ATTEMPTS`` times;
-  then the checkout NEEDS_ATTENTION, visibly.
+  then the checkout NEEDS_ATTENTION, visibly;
+- Plural refusing our client credentials (``errors.CredentialsRejected``) is a configuration
+  fault, never the checkout's failure: the step waits, uncounted, and tries again every
+  ``CREDENTIALS_RETRY_SECONDS``; after ``CREDENTIALS_WAIT_SECONDS`` the checkout NEEDS_ATTENTION
+  (``credentials_rejected``). Fixed credentials let every waiting step go on by itself.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from orchestrator.core import emi, saga
 from orchestrator.core.saga import Fact, Source, State, Step
 from orchestrator.db.models import Checkout, StepAttempt, aware, utcnow
 from orchestrator.db.repo import Claim, LostClaim, Repo, claim_free
-from orchestrator.engine import Engine, Run
+from orchestrator.engine import NOT_SENT, Engine, Run
 from orchestrator.leases import Leases
 from orchestrator.logs import get_logger, mask_text
 from orchestrator.plural import errors
@@ -43,7 +47,10 @@ log = get_logger("orchestrator.steps")
 
 #: failures worth trying again later; anything else from Plural is a decision
 TRANSIENT = (errors.TransportError, errors.ServerError, errors.RateLimited, errors.ResponseFormatError,
-             errors.AuthenticationFailed)
+             errors.AuthenticationFailed, errors.CredentialsRejected)
+
+#: the checkout's error code (and the start of its attention reason) while Plural refuses our credentials
+CREDENTIALS_REJECTED = "CREDENTIALS_REJECTED"
 
 
 @dataclass
@@ -85,6 +92,8 @@ def state_fact(d: Deps, run: Run, fact: Fact, reason: str, **fields: Any) -> Che
 
 def retry_later(d: Deps, run: Run, c: Checkout, step: Step, error: BaseException) -> None:
     """Back off through the due time; after ``STEP_MAX_ATTEMPTS`` failures, NEEDS_ATTENTION."""
+    if isinstance(error, errors.CredentialsRejected):
+        return await_credentials(d, run, c, step, error)
     failures = c.step_failures + 1
     message = text(error)
     code = str(getattr(error, "code", type(error).__name__))[:64]
@@ -100,6 +109,34 @@ def retry_later(d: Deps, run: Run, c: Checkout, step: Step, error: BaseException
     d.repo.note(c.id, states={State(c.state)}, claim=run.claim, finish=run.finished, step_failures=failures, next_due_at=due,
                 error_code=code, error_message=message)
     log.warning("saga.step.retry_later", step=step.value, failures=failures, delay=delay, error=message)
+
+
+def await_credentials(d: Deps, run: Run, c: Checkout, step: Step, error: errors.CredentialsRejected) -> None:
+    """Plural refuses our client credentials: not this checkout's fault, so not counted as its
+    failure. The step is tried again at its due time; a checkout that has waited
+    ``CREDENTIALS_WAIT_SECONDS`` (from the refusals' start, or from entering its state if later)
+    NEEDS_ATTENTION with the reason, and still goes on by itself once the credentials work."""
+    now = d.clock()
+    state = State(c.state)
+    since = dt.datetime.fromtimestamp(error.since, tz=dt.timezone.utc) if error.since else now
+    entered = aware(run.entered_at)
+    waited = max((now - max(since, entered) if entered else now - since).total_seconds(), 0.0)
+    message = text(f"Plural refuses our client credentials ({error.status} {error.plural_code or '-'}): "
+                   "check PLURAL_CLIENT_ID / PLURAL_CLIENT_SECRET; the checkout goes on once they work")
+    if waited >= d.settings.credentials_wait_seconds and state is not State.NEEDS_ATTENTION:
+        log.error("saga.step.credentials_rejected.gave_up", step=step.value, waited=round(waited))
+        d.engine.apply(c.id, Fact.GAVE_UP, Source.TIMER,
+                       f"credentials_rejected: {step.value} waited {waited:.0f} s for Plural to accept our client "
+                       "credentials", run=run, fields={"error_code": CREDENTIALS_REJECTED, "error_message": message})
+        return
+    due = _s(d, d.settings.credentials_retry_seconds)
+    if c.deadline_at and state in saga.BEFORE_AUTHORIZATION:
+        due = min(due, max(c.deadline_at, now))
+    if state is State.NEEDS_ATTENTION:
+        due = d.engine.due_for(c, state, {})
+    d.repo.note(c.id, states={state}, claim=run.claim, finish=run.finished, next_due_at=due,
+                error_code=CREDENTIALS_REJECTED, error_message=message)
+    log.warning("saga.step.credentials_rejected", step=step.value, waited=round(waited))
 
 
 def _our_payment(c: Checkout, order: Order) -> Any:
@@ -271,6 +308,9 @@ def call_ahead(d: Deps, run: Run, step: Step, reference: str | None, call: Calla
 
     try:
         result = call()
+    except errors.CredentialsRejected as exc:
+        finished(NOT_SENT, text(exc))  # no access token: the call never left
+        return Called(transient=exc)
     except TRANSIENT as exc:
         finished("unknown", text(exc))
         return Called(transient=exc)
