@@ -162,3 +162,33 @@ def test_a_checkout_that_waited_too_long_needs_attention_with_the_reason(harness
     c = h.deps.repo.get(row.id)
     assert c.state == "NEEDS_ATTENTION" and c.attention_reason.startswith("credentials_rejected")
     assert c.attention_from == "CAPTURING" and c.error_code == "CREDENTIALS_REJECTED"
+
+
+def test_a_refused_offer_check_waits_and_goes_on_when_the_credentials_work(harness):
+    from tests.test_emi_checkouts import body, debit
+
+    h = harness
+    refuse(h)
+    row, _ = h.service.create(CheckoutIn.model_validate(body("DEBIT_EMI", debit(), "7", "1", 1200000)))
+    h.drain()
+    waits(h, row.id, "QUOTING")
+    resumed(h)
+    assert h.state(row.id) == "AWAITING_REDIRECT"
+
+
+def test_a_refused_refund_waits_uncounted_and_is_processed_when_the_credentials_work(harness):
+    from orchestrator.refunds import get_refund
+
+    h = harness
+    row = create(h, amount=3000)
+    h.drain()
+    h.service.submit_otp(row.id, "123456")
+    h.drain()
+    refuse(h)
+    r, _ = h.service.refund(row.id, None, None)
+    h.drain()
+    retried_later(h, times=10)  # more than STEP_MAX_ATTEMPTS tries
+    r = get_refund(h.deps, r.id)
+    assert r.state == "REQUESTED" and r.error_code == "CREDENTIALS_REJECTED" and r.failures == 0
+    resumed(h)
+    assert get_refund(h.deps, r.id).state == "PROCESSED"
