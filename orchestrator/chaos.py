@@ -13,10 +13,12 @@ duplicates and reorders webhooks. Then it lets the system settle with the faults
 - the sandbox's ledger shows no order, payment, authorization, capture or refund made twice
   (``double``), captured ≤ authorized, refunded ≤ captured;
 - no worker exited of its own accord (``worker_exits``: a Redis restart must not end one; the
-  workers chaos SIGKILLs are not counted).
+  workers chaos SIGKILLs are not counted);
+- no checkout FAILED because Plural refused our client credentials for a while (a rotated
+  secret, then fixed: ``refuse_credentials``), a configuration fault (``credentials_failed``).
 
-It prints ``checkouts, faults, redis_restarts, final, stuck, mismatches, double, worker_exits``
-and exits non-zero unless the last four are 0.
+It prints ``checkouts, faults, redis_restarts, final, stuck, mismatches, double, worker_exits,
+credentials_failed`` and exits non-zero unless the last five are 0.
 """
 
 from __future__ import annotations
@@ -63,16 +65,43 @@ class Report:
     double: int = 0
     redis_restarts: int = 0
     worker_exits: int = 0
+    credential_refusals: int = 0
+    credentials_failed: int = 0
     details: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (f"checkouts={self.checkouts} faults={self.faults} redis_restarts={self.redis_restarts} "
+                f"credential_refusals={self.credential_refusals} "
                 f"final={self.final} stuck={self.stuck} mismatches={self.mismatches} double={self.double} "
-                f"worker_exits={self.worker_exits}")
+                f"worker_exits={self.worker_exits} credentials_failed={self.credentials_failed}")
 
     @property
     def ok(self) -> bool:
-        return self.stuck == 0 and self.mismatches == 0 and self.double == 0 and self.worker_exits == 0
+        return (self.stuck == 0 and self.mismatches == 0 and self.double == 0 and self.worker_exits == 0
+                and self.credentials_failed == 0)
+
+
+# --- fault: Plural refuses our client credentials for a while, then they are fixed ---------
+
+#: a step waiting for accepted credentials tries again this often (production: 15 s)
+CHAOS_ENV["CREDENTIALS_RETRY_SECONDS"] = "1"
+#: what a checkout failed by a token refusal would carry: our code, or Plural's token error's
+CREDENTIAL_CODES = frozenset({"CREDENTIALS_REJECTED", "UNAUTHORIZED"})
+
+
+def refuse_credentials(sandbox_url: str, rng: random.Random) -> float:
+    """A rotated secret: Plural voids every token and refuses the client credentials (422) for a
+    few seconds, then accepts them again by itself (the secret fixed). Returns the seconds."""
+    seconds = round(rng.uniform(2.0, 10.0), 1)
+    requests.post(f"{sandbox_url}/sandbox/tokens/refuse", json={"seconds": seconds}, headers=_admin(),
+                  timeout=5).raise_for_status()
+    return seconds
+
+
+def failed_by_credentials(view: dict[str, Any]) -> bool:
+    """Did this checkout FAIL because the token call was refused?"""
+    error = view.get("error") or {}
+    return view["status"] == "FAILED" and error.get("code") in CREDENTIAL_CODES
 
 
 def _shop(api: OrchestratorClient, kind: str, rng: random.Random) -> str:
@@ -121,6 +150,7 @@ class Chaos:
         self.restarts: dict[str, list[float]] = {}
         self.lock = threading.Lock()
         self.redis_restarts = 0
+        self.credential_refusals = 0
         self.killed: set[int] = set()  # the pids of the workers chaos SIGKILLed
         self.exits: list[str] = []  # workers that exited of their own accord
 
@@ -138,7 +168,7 @@ class Chaos:
     def one(self) -> None:
         stack, rng = self.stack, self.rng
         what = rng.choice(["kill_worker", "kill_worker", "restart_beat", "restart_redis", "faults", "faults",
-                           "webhooks"])
+                           "webhooks", "refuse_credentials"])
         if self.count % 3 == 2:
             what = "restart_redis"
         with self.lock:
@@ -151,6 +181,9 @@ class Chaos:
             elif what == "restart_redis":
                 stack.restart_redis(down_seconds=rng.uniform(0.2, 1.5))
                 self.redis_restarts += 1
+            elif what == "refuse_credentials":
+                refuse_credentials(stack.sandbox_url, rng)
+                self.credential_refusals += 1
             elif what == "faults":
                 rules = [{"kind": "error", "path": "^/api/(pay|affordability)", "statuses": [500, 503, 429],
                           "probability": 0.1},
@@ -209,7 +242,9 @@ def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0,
         chaos.stop.set()
         chaotic.join()
         report.faults, report.redis_restarts = chaos.count, chaos.redis_restarts
+        report.credential_refusals = chaos.credential_refusals
         requests.delete(f"{stack.sandbox_url}/sandbox/faults", headers=_admin(), timeout=5)
+        requests.delete(f"{stack.sandbox_url}/sandbox/tokens/refuse", headers=_admin(), timeout=5)
         progress(f"chaos: {chaos.count} faults injected; settling")
         deadline = time.monotonic() + settle_seconds
         views: dict[str, dict[str, Any]] = {}
@@ -237,6 +272,9 @@ def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0,
             resting = v["status"] in FINAL or (v["status"] == "AUTHORIZED")
             if v["status"] in FINAL:
                 report.final += 1
+            if failed_by_credentials(v):
+                report.credentials_failed += 1
+                report.details.append(f"failed by a credentials refusal {checkout_id} {v.get('error')}")
             if not resting or v["state"] == "WATCHING":
                 report.stuck += 1
                 report.details.append(f"stuck {checkout_id} {v['state']} {v.get('error')} {v.get('attention')}")
