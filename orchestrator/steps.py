@@ -16,7 +16,8 @@ Rules every step follows:
 - Plural refusing our client credentials (``errors.CredentialsRejected``) is a configuration
   fault, never the checkout's failure: the step waits, uncounted, and tries again every
   ``CREDENTIALS_RETRY_SECONDS``; after ``CREDENTIALS_WAIT_SECONDS`` the checkout NEEDS_ATTENTION
-  (``credentials_rejected``). Fixed credentials let every waiting step go on by itself.
+  (``credentials_rejected``). Fixed credentials let every waiting step go on by itself, and
+  such a checkout's next look at Plural (``ATTENTION_POLL_SECONDS``) sends it back where it waited.
 """
 
 from __future__ import annotations
@@ -132,8 +133,10 @@ def await_credentials(d: Deps, run: Run, c: Checkout, step: Step, error: errors.
     due = _s(d, d.settings.credentials_retry_seconds)
     if c.deadline_at and state in saga.BEFORE_AUTHORIZATION:
         due = min(due, max(c.deadline_at, now))
-    if state is State.NEEDS_ATTENTION:
-        due = d.engine.due_for(c, state, {})
+    if state is State.NEEDS_ATTENTION:  # there for its own reason: only its next look is due
+        d.repo.note(c.id, states={state}, claim=run.claim, finish=run.finished,
+                    next_due_at=d.engine.due_for(c, state, {}))
+        return
     d.repo.note(c.id, states={state}, claim=run.claim, finish=run.finished, next_due_at=due,
                 error_code=CREDENTIALS_REJECTED, error_message=message)
     log.warning("saga.step.credentials_rejected", step=step.value, waited=round(waited))
@@ -684,6 +687,12 @@ def poll_order(d: Deps, run: Run, c: Checkout) -> None:
         return retry_later(d, run, c, Step.POLL_ORDER, exc)
     if order is not None and settle(d, c, order, "polled", Source.POLL, run):
         return
+    if state is State.NEEDS_ATTENTION and (c.attention_reason or "").startswith("credentials_rejected"):
+        # Plural answered us (a token was issued): what stopped this checkout is gone
+        if d.engine.apply(c.id, Fact.CREDENTIALS_ACCEPTED, Source.TIMER,
+                          "credentials accepted again: back to where it waited", run=run,
+                          fields={"error_code": None, "error_message": None}) is not None:
+            return
     if _past_deadline(d, c):
         d.engine.apply(c.id, Fact.DEADLINE_PASSED, Source.TIMER, "customer action deadline passed", run=run,
                        fields={"cancel_reason": "CUSTOMER_TIMEOUT",

@@ -192,3 +192,39 @@ def test_a_refused_refund_waits_uncounted_and_is_processed_when_the_credentials_
     assert r.state == "REQUESTED" and r.error_code == "CREDENTIALS_REJECTED" and r.failures == 0
     resumed(h)
     assert get_refund(h.deps, r.id).state == "PROCESSED"
+
+
+def test_a_checkout_that_needed_attention_for_the_credentials_goes_back_once_they_work(harness):
+    h = harness
+    h.deps.settings = h.deps.settings.model_copy(update={"credentials_wait_seconds": 60.0})
+    row = create(h, pre_auth=True, amount=5000)
+    h.drain()
+    h.service.submit_otp(row.id, "123456")
+    h.drain()
+    refuse(h)
+    h.service.deliver(row.id, None)
+    h.drain()
+    retried_later(h, times=5)
+    assert h.state(row.id) == "NEEDS_ATTENTION"
+    accept(h)
+    h.clock.advance(h.deps.settings.attention_poll_seconds + 1)
+    h.run_due()
+    c = h.deps.repo.get(row.id)
+    assert c.state == "COMPLETED" and c.captured_amount == 5000
+    assert [t.to_state for t in h.deps.repo.history(c.id)][-3:] == ["NEEDS_ATTENTION", "CAPTURING", "COMPLETED"]
+
+
+def test_a_checkout_that_needs_attention_for_another_reason_stays_there(harness):
+    from orchestrator.core.saga import Fact, Source
+
+    h = harness
+    row = create(h)
+    h.drain()
+    h.deps.engine.apply(row.id, Fact.GAVE_UP, Source.TIMER, "card_details failed 8 times: ServerError")
+    refuse(h)
+    h.clock.advance(h.deps.settings.attention_poll_seconds + 1)
+    h.run_due()
+    accept(h)
+    h.clock.advance(h.deps.settings.attention_poll_seconds + 1)
+    h.run_due()
+    assert h.state(row.id) == "NEEDS_ATTENTION"
