@@ -40,6 +40,7 @@ class Requestor:
         backoff_base: float = 0.25,
         backoff_cap: float = 8.0,
         token_margin: float = 300.0,
+        token_refusal_cooldown: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
@@ -59,7 +60,8 @@ class Requestor:
         self._sleep = sleep
         self._clock = clock
         self._rand = rand
-        self.tokens = TokenManager(token_store, self.fetch_token, margin=token_margin, clock=clock)
+        self.tokens = TokenManager(token_store, self.fetch_token, margin=token_margin, clock=clock,
+                                   refusal_cooldown=token_refusal_cooldown)
 
     # --- token --------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ that cannot be taken in time raises ``errors.TokenLockTimeout``, a transient err
 A token call that Plural refuses (``errors.CredentialsRejected``: a rotated or mistyped secret)
 sets the store's "credentials rejected since T" flag, shared by every process; the first token
 fetched afterwards clears it. ``rejected_since()`` reads it (status, metrics, the console).
+For ``refusal_cooldown`` seconds after a refusal this process does not ask again (every waiting
+step would, otherwise): it raises the same refusal.
 """
 
 from __future__ import annotations
@@ -194,11 +196,15 @@ class TokenManager:
         *,
         margin: float = 300.0,
         clock: Callable[[], float] = time.time,
+        refusal_cooldown: float = 2.0,
     ):
         self._store = store
         self._fetch = fetch
         self._margin = margin
         self._clock = clock
+        self._refusal_cooldown = refusal_cooldown
+        #: this process's last refusal and when it came (the cooldown)
+        self._refused: tuple[float, CredentialsRejected] | None = None
         # this process's copy: the store (Redis) stays the shared source and the refresh lock, but
         # a fresh token is not read from it on every call
         self._cached: AccessToken | None = None
@@ -210,6 +216,9 @@ class TokenManager:
         token = self._store.load()
         if token is None or not token.fresh(self._clock(), self._margin):
             usable = token if token is not None and token.fresh(self._clock(), 0.0) else None
+            refused = self._refused
+            if usable is None and refused is not None and self._clock() - refused[0] < self._refusal_cooldown:
+                raise refused[1]
             with self._store.lock(wait=usable is None) as took:
                 if not took:  # another process is refreshing, and this token still works meanwhile
                     assert usable is not None
@@ -220,7 +229,9 @@ class TokenManager:
                         token = self._fetch()
                     except CredentialsRejected as exc:
                         exc.since = self._store.mark_rejected(self._clock())
+                        self._refused = (self._clock(), exc)
                         raise
+                    self._refused = None
                     self._store.save(token)
                     self._store.clear_rejected()
         self._cached = token

@@ -73,6 +73,7 @@ def test_the_flag_says_since_when_and_the_first_token_clears_it():
     with pytest.raises(errors.CredentialsRejected) as second:
         r.request("GET", "/api/pay/v1/orders/x", replay_safe=True)
     assert first.value.since == second.value.since == 1000.0 == r.tokens.rejected_since()
+    now[0] = 1060.0
     r.request("GET", "/api/pay/v1/orders/x", replay_safe=True)
     assert r.tokens.rejected_since() is None
 
@@ -86,3 +87,26 @@ def test_every_process_sharing_the_redis_store_sees_the_flag():
     assert other.tokens.rejected_since() is not None
     other.request("GET", "/api/pay/v1/orders/x", replay_safe=True)  # the secret was fixed there
     assert refused.tokens.rejected_since() is None
+
+
+def test_after_a_refusal_the_process_waits_a_moment_before_asking_again():
+    now = [1000.0]
+    asked = []
+
+    class Counting(TokenDesk):
+        def send(self, request):
+            if request.url.endswith("/api/auth/v1/token"):
+                asked.append(now[0])
+            return super().send(request)
+
+    r = Requestor(**requestor_kwargs(Counting(REFUSED, REFUSED, GOOD), clock=lambda: now[0]))
+    for _ in range(5):  # many waiting steps at once
+        with pytest.raises(errors.CredentialsRejected):
+            r.request("GET", "/api/pay/v1/orders/x", replay_safe=True)
+    assert asked == [1000.0]
+    now[0] = 1002.5
+    with pytest.raises(errors.CredentialsRejected):
+        r.request("GET", "/api/pay/v1/orders/x", replay_safe=True)
+    now[0] = 1005.0
+    r.request("GET", "/api/pay/v1/orders/x", replay_safe=True)
+    assert asked == [1000.0, 1002.5, 1005.0]
