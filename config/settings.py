@@ -213,6 +213,11 @@ class Settings(BaseSettings):
     step_max_age_seconds: float = Field(default=3600.0, gt=0,
                                         description="no progress in an active state this long: NEEDS_ATTENTION")
     attention_poll_seconds: float = Field(default=600.0, gt=0, description="Get Order period while NEEDS_ATTENTION")
+    credentials_wait_seconds: float = Field(default=1800.0, gt=0, description=(
+        "Plural refusing our client credentials (a rotated or mistyped secret) is a configuration fault: "
+        "a checkout's step waits for it this long, then NEEDS_ATTENTION (credentials_rejected)"))
+    credentials_retry_seconds: float = Field(default=15.0, gt=0, description=(
+        "how often a step waiting for accepted credentials tries again"))
     watch_seconds: float = Field(default=2 * 86400.0, gt=0,
                                  description="how long a cancel Plural refused is watched for a late payment")
     sweep_interval: float = Field(default=5.0, gt=0)

@@ -15,12 +15,14 @@ duplicates and reorders webhooks. Then it lets the system settle with the faults
 - no worker exited of its own accord (``worker_exits``: a Redis restart must not end one; the
   workers chaos SIGKILLs are not counted);
 - a checkout whose customer walked away ended ``FAILED`` with ``PAYMENT_EXPIRED`` or was
-  cancelled by our deadline, else a ``mismatch``.
+  cancelled by our deadline, else a ``mismatch``;
+- no checkout FAILED because Plural refused our client credentials for a while (a rotated
+  secret, then fixed: ``refuse_credentials``), a configuration fault (``credentials_failed``).
 
 It prints ``checkouts, faults, redis_restarts, final, stuck, mismatches, double, worker_exits``
-and what the new faults did (``lost_answers`` and the sandbox's ``duplicates_refused``,
+``credentials_failed``, and what the new faults did (``lost_answers`` and the sandbox's ``duplicates_refused``,
 ``outages`` and ``late_webhooks``, ``left_to_expire`` with how they ended), and exits non-zero
-unless stuck, mismatches, double and worker_exits are 0.
+unless stuck, mismatches, double, worker_exits and credentials_failed are 0.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ FINAL = {"COMPLETED", "CANCELLED", "FAILED", "EXPIRED"}
 KINDS = ("otp", "otp_wrong_first", "pre_auth_full", "pre_auth_partial", "acs_approve", "acs_decline", "decline",
          "cancel", "refund", "debit_emi", "pre_auth_credit_emi", "abandon_otp", "abandon_bank_page")
 #: the faults every run starts with, so that even a short run has each of them
-FIRST_FAULTS = ("duplicates", "late_webhooks")
+FIRST_FAULTS = ("duplicates", "late_webhooks", "refuse_credentials")
 #: customers who never finish: their payment is left to expire
 ABANDONED = frozenset({"abandon_otp", "abandon_bank_page"})
 
@@ -86,19 +88,47 @@ class Report:
     expired: int = 0  # FAILED with PAYMENT_EXPIRED
     expiry_cancelled: int = 0  # cancelled by our deadline first
     injected: dict[str, int] = field(default_factory=dict)  # the faults, by kind
+    credential_refusals: int = 0
+    credentials_failed: int = 0
     details: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (f"checkouts={self.checkouts} faults={self.faults} redis_restarts={self.redis_restarts} "
+                f"credential_refusals={self.credential_refusals} "
                 f"final={self.final} stuck={self.stuck} mismatches={self.mismatches} double={self.double} "
                 f"worker_exits={self.worker_exits} lost_answers={self.lost_answers} "
                 f"duplicates_refused={self.duplicates_refused} outages={self.outages} "
                 f"late_webhooks={self.late_webhooks} left_to_expire={self.left_to_expire} "
-                f"expired={self.expired} expiry_cancelled={self.expiry_cancelled}")
+                f"expired={self.expired} expiry_cancelled={self.expiry_cancelled} "
+                f"credentials_failed={self.credentials_failed}")
 
     @property
     def ok(self) -> bool:
-        return self.stuck == 0 and self.mismatches == 0 and self.double == 0 and self.worker_exits == 0
+        return (self.stuck == 0 and self.mismatches == 0 and self.double == 0 and self.worker_exits == 0
+                and self.credentials_failed == 0)
+
+
+# --- fault: Plural refuses our client credentials for a while, then they are fixed ---------
+
+#: a step waiting for accepted credentials tries again this often (production: 15 s)
+CHAOS_ENV["CREDENTIALS_RETRY_SECONDS"] = "1"
+#: what a checkout failed by a token refusal would carry: our code, or Plural's token error's
+CREDENTIAL_CODES = frozenset({"CREDENTIALS_REJECTED", "UNAUTHORIZED"})
+
+
+def refuse_credentials(sandbox_url: str, rng: random.Random) -> float:
+    """A rotated secret: Plural voids every token and refuses the client credentials (422) for a
+    few seconds, then accepts them again by itself (the secret fixed). Returns the seconds."""
+    seconds = round(rng.uniform(2.0, 10.0), 1)
+    requests.post(f"{sandbox_url}/sandbox/tokens/refuse", json={"seconds": seconds}, headers=_admin(),
+                  timeout=5).raise_for_status()
+    return seconds
+
+
+def failed_by_credentials(view: dict[str, Any]) -> bool:
+    """Did this checkout FAIL because the token call was refused?"""
+    error = view.get("error") or {}
+    return view["status"] == "FAILED" and error.get("code") in CREDENTIAL_CODES
 
 
 def _shop(api: OrchestratorClient, kind: str, rng: random.Random) -> str:
@@ -150,6 +180,7 @@ class Chaos:
         self.restarts: dict[str, list[float]] = {}
         self.lock = threading.Lock()
         self.redis_restarts = 0
+        self.credential_refusals = 0
         self.killed: set[int] = set()  # the pids of the workers chaos SIGKILLed
         self.exits: list[str] = []  # workers that exited of their own accord
         self.injected: collections.Counter[str] = collections.Counter()  # faults by kind
@@ -168,7 +199,7 @@ class Chaos:
     def one(self) -> None:
         stack, rng = self.stack, self.rng
         what = rng.choice(["kill_worker", "kill_worker", "restart_beat", "restart_redis", "faults", "faults",
-                           "webhooks", "duplicates", "late_webhooks"])
+                           "webhooks", "duplicates", "late_webhooks", "refuse_credentials"])
         if self.count < len(FIRST_FAULTS):  # every run has each of them at least once
             what = FIRST_FAULTS[self.count]
         elif self.count % 3 == 2:
@@ -183,6 +214,9 @@ class Chaos:
             elif what == "restart_redis":
                 stack.restart_redis(down_seconds=rng.uniform(0.2, 1.5))
                 self.redis_restarts += 1
+            elif what == "refuse_credentials":
+                refuse_credentials(stack.sandbox_url, rng)
+                self.credential_refusals += 1
             elif what == "faults":
                 rules = [{"kind": "error", "path": "^/api/(pay|affordability)", "statuses": [500, 503, 429],
                           "probability": 0.1},
@@ -285,7 +319,9 @@ def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0,
         chaotic.join()
         report.faults, report.redis_restarts = chaos.count, chaos.redis_restarts
         report.outages, report.injected = chaos.injected["late_webhooks"], dict(chaos.injected)
+        report.credential_refusals = chaos.credential_refusals
         requests.delete(f"{stack.sandbox_url}/sandbox/faults", headers=_admin(), timeout=5)
+        requests.delete(f"{stack.sandbox_url}/sandbox/tokens/refuse", headers=_admin(), timeout=5)
         progress(f"chaos: {chaos.count} faults injected; settling")
         deadline = time.monotonic() + settle_seconds
         views: dict[str, dict[str, Any]] = {}
@@ -318,6 +354,9 @@ def run_chaos(checkouts: int = 200, *, seed: int = 1, chaos_period: float = 3.0,
             resting = v["status"] in FINAL or (v["status"] == "AUTHORIZED")
             if v["status"] in FINAL:
                 report.final += 1
+            if failed_by_credentials(v):
+                report.credentials_failed += 1
+                report.details.append(f"failed by a credentials refusal {checkout_id} {v.get('error')}")
             if not resting or v["state"] == "WATCHING":
                 report.stuck += 1
                 report.details.append(f"stuck {checkout_id} {v['state']} {v.get('error')} {v.get('attention')}")

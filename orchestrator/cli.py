@@ -151,6 +151,22 @@ def _reading(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     return run
 
 
+def _credentials_flag() -> tuple[float | None, str | None]:
+    """The token store's "credentials rejected since" flag, read from Redis: (since, None), or
+    (None, why it could not be read)."""
+    try:
+        import redis
+
+        from orchestrator.plural.token import RedisTokenStore
+
+        settings = load_settings()
+        client = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+        store = RedisTokenStore(client, settings.plural_client_id, settings.card_encryption_key.get_secret_value())
+        return store.rejected_since(), None
+    except Exception as exc:  # the status of the store still prints
+        return None, type(exc).__name__
+
+
 def _status(_args: argparse.Namespace) -> int:
     """Tables of where checkouts stand, what is overdue or stuck and why, failures, the outbox."""
     from rich.console import Console
@@ -159,8 +175,16 @@ def _status(_args: argparse.Namespace) -> int:
     from orchestrator import ops
     from orchestrator.db.models import utcnow
 
-    o = ops.overview(_repo(), utcnow())  # type: ignore[arg-type]
+    rejected_since, unknown = _credentials_flag()
+    o = ops.overview(_repo(), utcnow(), rejected_since=rejected_since)  # type: ignore[arg-type]
     out = Console()
+    cred = o["credentials"]
+    if cred["rejected"]:
+        out.print(f"[bold red]Plural refuses our client credentials[/] since {cred['since'].isoformat(timespec='seconds')} "
+                  f"({cred['seconds']} s): check PLURAL_CLIENT_ID / PLURAL_CLIENT_SECRET; checkouts wait (then "
+                  "NEEDS_ATTENTION, credentials_rejected) and go on by themselves once they work")
+    else:
+        out.print("Plural credentials: " + (f"unknown ({unknown})" if unknown else "accepted"))
     table = Table(title=f"checkouts: {o['checkouts']}")
     table.add_column("status")
     table.add_column("count", justify="right")

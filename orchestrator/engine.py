@@ -79,7 +79,11 @@ class Run:
     def tried(self, step: Step, reference: str | None) -> bool:
         """Was ``step`` called with ``reference`` before (a repeat of an idempotent call)?"""
         return reference is not None and any(a.step == step.value and a.reference == reference
-                                              for a in self.attempts)
+                                              and a.outcome != NOT_SENT for a in self.attempts)
+
+
+#: a step attempt whose call never left (no access token: the credentials were refused)
+NOT_SENT = "not_sent"
 
 
 @dataclass

@@ -9,7 +9,8 @@ Two kinds:
   the API's ``/metrics`` adds them up (prometheus-client's multiprocess mode);
 - what the store says, read at scrape time: checkouts by status and method, overdue checkouts and
   the age of the oldest (the sweep's lag), the event backlog and its oldest pending event,
-  webhooks by status. One source of truth, whichever process answers.
+  webhooks by status, and whether Plural refuses our client credentials (the token store's flag,
+  in Redis). One source of truth, whichever process answers.
 """
 
 from __future__ import annotations
@@ -55,14 +56,21 @@ def observe_gateway(method: str, path: str, outcome: str, seconds: float) -> Non
 class StoreCollector:
     """Gauges read from the database at scrape time."""
 
-    def __init__(self, repo: Any, clock: Callable[[], dt.datetime]):
-        self.repo, self.clock = repo, clock
+    def __init__(self, repo: Any, clock: Callable[[], dt.datetime],
+                 rejected_since: Callable[[], float | None] = lambda: None):
+        self.repo, self.clock, self.rejected_since = repo, clock, rejected_since
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from orchestrator import ops
 
         now = self.clock()
-        o = ops.overview(self.repo, now, limit=1)
+        o = ops.overview(self.repo, now, limit=1, rejected_since=self.rejected_since())
+        yield GaugeMetricFamily("orchestrator_plural_credentials_rejected",
+                                "1 while Plural refuses our client credentials (a configuration fault: checkouts wait)",
+                                value=1 if o["credentials"]["rejected"] else 0)
+        yield GaugeMetricFamily("orchestrator_plural_credentials_rejected_seconds",
+                                "How long Plural has refused our client credentials (0 while accepted)",
+                                value=o["credentials"]["seconds"] or 0)
         checkouts = GaugeMetricFamily("orchestrator_checkouts", "Checkouts by public status and payment method",
                                       labels=["status", "method"])
         for (status, method), count in o["by_status_and_method"].items():
@@ -89,9 +97,10 @@ class StoreCollector:
         yield hooks
 
 
-def render(repo: Any, clock: Callable[[], dt.datetime]) -> tuple[bytes, str]:
+def render(repo: Any, clock: Callable[[], dt.datetime],
+           rejected_since: Callable[[], float | None] = lambda: None) -> tuple[bytes, str]:
     """The text a scrape gets: every process's counters (added up in multiprocess mode) and the
-    store's gauges."""
+    store's gauges (with the token store's "credentials rejected" flag)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
@@ -103,5 +112,5 @@ def render(repo: Any, clock: Callable[[], dt.datetime]) -> tuple[bytes, str]:
 
         text = generate_latest(REGISTRY)
     store = CollectorRegistry()
-    store.register(StoreCollector(repo, clock))
+    store.register(StoreCollector(repo, clock, rejected_since))
     return text + generate_latest(store), CONTENT_TYPE_LATEST

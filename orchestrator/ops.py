@@ -24,7 +24,17 @@ OVERDUE_AFTER = dt.timedelta(seconds=60)
 FINALS = [s.value for s in saga.FINAL]
 
 
-def overview(repo: Repo, now: dt.datetime, limit: int = 20) -> dict[str, Any]:
+def credentials(rejected_since: float | None, now: dt.datetime) -> dict[str, Any]:
+    """Plural's view of our client credentials: refused since when (epoch seconds, the token
+    store's shared flag), or accepted."""
+    if rejected_since is None:
+        return {"rejected": False, "since": None, "seconds": None}
+    since = dt.datetime.fromtimestamp(rejected_since, tz=dt.timezone.utc)
+    return {"rejected": True, "since": since, "seconds": max(round((now - since).total_seconds()), 0)}
+
+
+def overview(repo: Repo, now: dt.datetime, limit: int = 20, rejected_since: float | None = None) -> dict[str, Any]:
+    """Where checkouts stand; ``rejected_since``: the token store's "credentials rejected" flag."""
     with repo.read_session() as s:
         counted = s.exec(select(Checkout.state, Checkout.payment_method, func.count())
                          .group_by(Checkout.state, Checkout.payment_method)).all()
@@ -70,6 +80,7 @@ def overview(repo: Repo, now: dt.datetime, limit: int = 20) -> dict[str, Any]:
                    "failed": events.get("failed", 0),
                    "oldest_pending_seconds": round((now - oldest).total_seconds()) if oldest else None},
         "webhooks": webhooks,
+        "credentials": credentials(rejected_since, now),
     }
 
 

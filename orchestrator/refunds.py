@@ -31,7 +31,7 @@ from orchestrator.plural import errors
 from orchestrator.plural.models import Amount, Order, RefundRequest
 from orchestrator.engine import Run
 from orchestrator import outbox
-from orchestrator.steps import TRANSIENT, Deps, call_ahead, text
+from orchestrator.steps import CREDENTIALS_REJECTED, TRANSIENT, Deps, call_ahead, text
 
 log = get_logger("orchestrator.refunds")
 
@@ -194,7 +194,18 @@ def follow(d: Deps, r: Refund, order: Order, reason: str, claim: str | None = No
 
 def _backoff(d: Deps, r: Refund, exc: BaseException, claim: str) -> None:
     """Try again later; after ``STEP_MAX_ATTEMPTS`` failures stop trying and say so (the refund
-    keeps its amount reserved: it may still have happened at Plural)."""
+    keeps its amount reserved: it may still have happened at Plural). Plural refusing our
+    client credentials is not counted for ``CREDENTIALS_WAIT_SECONDS`` from the refusals' start:
+    the refund is tried again every ``CREDENTIALS_RETRY_SECONDS`` and goes on once they work."""
+    if isinstance(exc, errors.CredentialsRejected) and exc.since is not None and \
+            d.clock().timestamp() - exc.since < d.settings.credentials_wait_seconds:
+        due = d.clock() + dt.timedelta(seconds=d.settings.credentials_retry_seconds)
+        with d.repo.session() as s:
+            s.connection().execute(update(Refund).where(col(Refund.id) == r.id, col(Refund.claim_token) == claim)
+                                   .values(next_due_at=due, error_code=CREDENTIALS_REJECTED, error_message=text(exc)))
+            s.commit()
+        log.warning("refund.credentials_rejected", refund_id=r.id)
+        return
     failures = r.failures + 1
     delay = retry_delay(failures, d.settings.retry_backoff_base, d.settings.retry_backoff_cap)
     gave_up = failures >= d.settings.step_max_attempts

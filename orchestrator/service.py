@@ -454,6 +454,18 @@ class CheckoutService:
 
     # --- offers -------------------------------------------------------------------------
 
+    def credentials_rejected_since(self) -> float | None:
+        """Since when Plural has refused our client credentials (the token store's shared flag),
+        or None: accepted, or not known in this process (no Plural client, Redis away)."""
+        if self.plural is None:
+            return None
+        try:
+            since = self.plural.requestor.tokens.rejected_since()
+        except Exception as exc:  # a status read never fails on the flag
+            log.warning("credentials.flag_unreadable", error=type(exc).__name__)
+            return None
+        return since if isinstance(since, (int, float)) else None
+
     def discover(self, req: DiscoveryIn) -> dict[str, Any]:
         """Plural's offer discovery for these terms, passed on exactly as Plural answered."""
         from orchestrator.steps import TRANSIENT, offer_terms

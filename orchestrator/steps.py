@@ -12,7 +12,12 @@ Rules every step follows:
 - a step attempt row is committed, with its deterministic reference, before the call;
 - a step never changes the state itself: it states a fact (``saga.Fact``) and the engine decides;
 - transient failures back off through the row's due time, at most ``STEP_MAX_ATTEMPTS`` times;
-  then the checkout NEEDS_ATTENTION, visibly.
+  then the checkout NEEDS_ATTENTION, visibly;
+- Plural refusing our client credentials (``errors.CredentialsRejected``) is a configuration
+  fault, never the checkout's failure: the step waits, uncounted, and tries again every
+  ``CREDENTIALS_RETRY_SECONDS``; after ``CREDENTIALS_WAIT_SECONDS`` the checkout NEEDS_ATTENTION
+  (``credentials_rejected``). Fixed credentials let every waiting step go on by itself, and
+  such a checkout's next look at Plural (``ATTENTION_POLL_SECONDS``) sends it back where it waited.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from orchestrator.core import emi, saga
 from orchestrator.core.saga import Fact, Source, State, Step
 from orchestrator.db.models import Checkout, StepAttempt, aware, utcnow
 from orchestrator.db.repo import Claim, LostClaim, Repo, claim_free
-from orchestrator.engine import Engine, Run
+from orchestrator.engine import NOT_SENT, Engine, Run
 from orchestrator.leases import Leases
 from orchestrator.logs import get_logger, mask_text
 from orchestrator.plural import errors
@@ -45,7 +50,10 @@ log = get_logger("orchestrator.steps")
 
 #: failures worth trying again later; anything else from Plural is a decision
 TRANSIENT = (errors.TransportError, errors.ServerError, errors.RateLimited, errors.ResponseFormatError,
-             errors.AuthenticationFailed)
+             errors.AuthenticationFailed, errors.CredentialsRejected)
+
+#: the checkout's error code (and the start of its attention reason) while Plural refuses our credentials
+CREDENTIALS_REJECTED = "CREDENTIALS_REJECTED"
 
 
 @dataclass
@@ -87,6 +95,8 @@ def state_fact(d: Deps, run: Run, fact: Fact, reason: str, **fields: Any) -> Che
 
 def retry_later(d: Deps, run: Run, c: Checkout, step: Step, error: BaseException) -> None:
     """Back off through the due time; after ``STEP_MAX_ATTEMPTS`` failures, NEEDS_ATTENTION."""
+    if isinstance(error, errors.CredentialsRejected):
+        return await_credentials(d, run, c, step, error)
     failures = c.step_failures + 1
     message = text(error)
     code = str(getattr(error, "code", type(error).__name__))[:64]
@@ -102,6 +112,36 @@ def retry_later(d: Deps, run: Run, c: Checkout, step: Step, error: BaseException
     d.repo.note(c.id, states={State(c.state)}, claim=run.claim, finish=run.finished, step_failures=failures, next_due_at=due,
                 error_code=code, error_message=message)
     log.warning("saga.step.retry_later", step=step.value, failures=failures, delay=delay, error=message)
+
+
+def await_credentials(d: Deps, run: Run, c: Checkout, step: Step, error: errors.CredentialsRejected) -> None:
+    """Plural refuses our client credentials: not this checkout's fault, so not counted as its
+    failure. The step is tried again at its due time; a checkout that has waited
+    ``CREDENTIALS_WAIT_SECONDS`` (from the refusals' start, or from entering its state if later)
+    NEEDS_ATTENTION with the reason, and still goes on by itself once the credentials work."""
+    now = d.clock()
+    state = State(c.state)
+    since = dt.datetime.fromtimestamp(error.since, tz=dt.timezone.utc) if error.since else now
+    entered = aware(run.entered_at)
+    waited = max((now - max(since, entered) if entered else now - since).total_seconds(), 0.0)
+    message = text(f"Plural refuses our client credentials ({error.status} {error.plural_code or '-'}): "
+                   "check PLURAL_CLIENT_ID / PLURAL_CLIENT_SECRET; the checkout goes on once they work")
+    if waited >= d.settings.credentials_wait_seconds and state is not State.NEEDS_ATTENTION:
+        log.error("saga.step.credentials_rejected.gave_up", step=step.value, waited=round(waited))
+        d.engine.apply(c.id, Fact.GAVE_UP, Source.TIMER,
+                       f"credentials_rejected: {step.value} waited {waited:.0f} s for Plural to accept our client "
+                       "credentials", run=run, fields={"error_code": CREDENTIALS_REJECTED, "error_message": message})
+        return
+    due = _s(d, d.settings.credentials_retry_seconds)
+    if c.deadline_at and state in saga.BEFORE_AUTHORIZATION:
+        due = min(due, max(c.deadline_at, now))
+    if state is State.NEEDS_ATTENTION:  # there for its own reason: only its next look is due
+        d.repo.note(c.id, states={state}, claim=run.claim, finish=run.finished,
+                    next_due_at=d.engine.due_for(c, state, {}))
+        return
+    d.repo.note(c.id, states={state}, claim=run.claim, finish=run.finished, next_due_at=due,
+                error_code=CREDENTIALS_REJECTED, error_message=message)
+    log.warning("saga.step.credentials_rejected", step=step.value, waited=round(waited))
 
 
 def _our_payment(c: Checkout, order: Order) -> Any:
@@ -273,6 +313,9 @@ def call_ahead(d: Deps, run: Run, step: Step, reference: str | None, call: Calla
 
     try:
         result = call()
+    except errors.CredentialsRejected as exc:
+        finished(NOT_SENT, text(exc))  # no access token: the call never left
+        return Called(transient=exc)
     except TRANSIENT as exc:
         finished("unknown", text(exc))
         return Called(transient=exc)
@@ -646,6 +689,12 @@ def poll_order(d: Deps, run: Run, c: Checkout) -> None:
         return retry_later(d, run, c, Step.POLL_ORDER, exc)
     if order is not None and settle(d, c, order, "polled", Source.POLL, run):
         return
+    if state is State.NEEDS_ATTENTION and (c.attention_reason or "").startswith("credentials_rejected"):
+        # Plural answered us (a token was issued): what stopped this checkout is gone
+        if d.engine.apply(c.id, Fact.CREDENTIALS_ACCEPTED, Source.TIMER,
+                          "credentials accepted again: back to where it waited", run=run,
+                          fields={"error_code": None, "error_message": None}) is not None:
+            return
     if _past_deadline(d, c):
         d.engine.apply(c.id, Fact.DEADLINE_PASSED, Source.TIMER, "customer action deadline passed", run=run,
                        fields={"cancel_reason": "CUSTOMER_TIMEOUT",

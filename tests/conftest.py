@@ -158,6 +158,7 @@ def sandbox(sandbox_server: ThreadedUvicorn, webhook_catcher: WebhookCatcher) ->
     yield sandbox_server
     requests.delete(sandbox_server.url + "/sandbox/faults", timeout=5)
     requests.delete(sandbox_server.url + "/sandbox/clock", timeout=5)
+    requests.delete(sandbox_server.url + "/sandbox/tokens/refuse", timeout=5)
 
 
 @pytest.fixture
@@ -292,7 +293,9 @@ def make_harness(url: str, sandbox: ThreadedUvicorn, sandbox_settings: Settings,
         "retry_backoff_base": 0.01, "retry_backoff_cap": 0.05, "step_chain": 0})
     clock = Clock()
     redis = fakeredis.FakeRedis()
-    plural = PluralClient.from_settings(settings, redis=redis, backoff_base=0.01, backoff_cap=0.05, read_timeout=3.0)
+    # the harness's clock moves on without real time passing: no pause between token calls refused
+    plural = PluralClient.from_settings(settings, redis=redis, backoff_base=0.01, backoff_cap=0.05, read_timeout=3.0,
+                                        token_refusal_cooldown=0.0)
     queue: list = []
     repo = Repo(make_engine(url), clock=clock)
     vault = Vault(redis, settings.card_encryption_key.get_secret_value())

@@ -398,7 +398,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
             return JSONResponse({"code": "NOT_FOUND", "message": "Not Found"}, status_code=404)
 
         svc = service_factory()
-        text, kind = metrics.render(svc.repo, svc.clock)
+        text, kind = metrics.render(svc.repo, svc.clock, svc.credentials_rejected_since)
         return Response(text, media_type=kind)
 
     @app.get("/ready", include_in_schema=False)

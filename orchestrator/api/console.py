@@ -114,6 +114,9 @@ form.inline{display:inline}button{background:#1d5fd6;color:#fff;border:0;border-
 
 LIST = """{% extends "base" %}{% block title %}checkouts{% endblock %}{% block main %}
 <h1>Checkouts</h1>
+{% if o.credentials.rejected %}<p id="credentials" class="card FAILED"><b>Plural refuses our client credentials</b>
+since {{o.credentials.since}} ({{o.credentials.seconds}} s): check PLURAL_CLIENT_ID / PLURAL_CLIENT_SECRET. Checkouts wait
+(up to CREDENTIALS_WAIT_SECONDS, then NEEDS_ATTENTION) and go on by themselves once the credentials work.</p>{% endif %}
 <div class="cards">{% for status, count in o.by_status.items() %}<div class="card"><span class="badge {{status}}">{{status}}</span><b>{{count}}</b></div>{% endfor %}
 <div class="card">overdue<b id="overdue">{{o.overdue.count}}</b></div>
 <div class="card">events pending<b>{{o.events.pending}}</b></div><div class="card">events failed<b>{{o.events.failed}}</b></div></div>
@@ -205,7 +208,7 @@ def mount(app: FastAPI, service: Callable[[], CheckoutService], user: str, passw
         svc = service()
         status = status or None
         page = svc.list_checkouts(status if status in STATUSES else None, None, cursor, 50)
-        o = ops.overview(svc.repo, svc.clock())
+        o = ops.overview(svc.repo, svc.clock(), rejected_since=svc.credentials_rejected_since())
         return HTMLResponse(_templates.get_template("list").render(o=o, page=page, status=status,
                                                                    statuses=STATUSES))
 

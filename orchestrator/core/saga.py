@@ -21,6 +21,7 @@ the step each state asks for. No Celery, HTTP or database code here.
     declines, OTP attempts exhausted, payment failed ──▶ FAILED
     CANCELLING ──Plural refuses while a payment is open──▶ WATCHING (public CANCELLED) ──▶ CANCELLED
     any active state ──retry budget spent──▶ NEEDS_ATTENTION ──operator retry / Plural final──▶ …
+    any active state ──Plural refused our credentials too long──▶ NEEDS_ATTENTION ──credentials work──▶ back
     any active state ──Plural's answer is not about our order as we made it──▶ NEEDS_ATTENTION
 
 Every input is a ``Fact`` from a ``Source``; ``decide`` is the one rule that maps (state, fact,
@@ -124,6 +125,9 @@ class Fact(str, Enum):
     DEADLINE_PASSED = "deadline_passed"
     HOLD_DUE = "hold_due"
     GAVE_UP = "gave_up"                      # retries or the watch ran out: a person must look
+    #: Plural accepts our client credentials again: a checkout that NEEDS_ATTENTION only because
+    #: it waited too long for them goes back where it was (the step says which checkouts those are)
+    CREDENTIALS_ACCEPTED = "credentials_accepted"
     # operators
     OPERATOR_RETRY = "operator_retry"
     OPERATOR_RESOLVE = "operator_resolve"
@@ -146,6 +150,7 @@ SOURCES: dict[Fact, frozenset[Source]] = {
     F.DEADLINE_PASSED: frozenset({Source.TIMER}),
     F.HOLD_DUE: frozenset({Source.TIMER}),
     F.GAVE_UP: frozenset({Source.TIMER}),
+    F.CREDENTIALS_ACCEPTED: frozenset({Source.TIMER}),
     F.OPERATOR_RETRY: frozenset({Source.OPERATOR}),
     F.OPERATOR_RESOLVE: frozenset({Source.OPERATOR}),
 }
@@ -249,7 +254,7 @@ def decide(state: State, fact: Fact, source: Source, *, pre_auth: bool = False, 
     if state is S.NEEDS_ATTENTION:
         if fact is F.GATEWAY_MISMATCH:  # already in front of a person: nothing to follow
             return None
-        if fact is F.OPERATOR_RETRY:
+        if fact is F.OPERATOR_RETRY or fact is F.CREDENTIALS_ACCEPTED:
             return attention_from if attention_from in RESUMABLE else None
         if fact is F.OPERATOR_RESOLVE:
             return wanted if wanted in OPERATOR_MOVES else None
@@ -306,6 +311,8 @@ def may_cause(source: Source, current: State, target: State) -> bool:
                     if _concrete(t, pre_auth, reason) is target:
                         return True
     if current is S.NEEDS_ATTENTION:
+        if source is Source.TIMER:  # CREDENTIALS_ACCEPTED: back to where it waited
+            return target in RESUMABLE
         return target in TRANSITIONS[current] and (source in _PLURAL or source is Source.OPERATOR)
     return False
 

@@ -21,6 +21,11 @@
     │   │   └── OfferNotEligible    an EMI offer that does not validate
     │   ├── RateLimited             429 (PAYMENT_RATE_LIMIT), may carry Retry-After
     │   └── ServerError             5xx: the outcome of a non-GET call is unknown
+    ├── CredentialsRejected         the token call refused our client_id/secret (401 or 422, as
+    │                               Plural's token reference lists): a configuration fault (a
+    │                               rotated or mistyped secret), never a business refusal; the call
+    │                               that wanted the token was not sent. Carries ``since``: when the
+    │                               refusals began (the token store's shared flag)
     └── ResponseFormatError         a 2xx body that does not parse as the documented shape
 
 Every ``APIError`` carries ``status``, ``code``, ``message``, ``request_id`` and ``details``
@@ -58,6 +63,28 @@ class TokenLockTimeout(ConnectionFailed):
 
 class OutcomeUnknown(TransportError):
     may_have_reached_plural = True
+
+
+class CredentialsRejected(PluralError):
+    """Plural refused our client credentials at the token call. Not an ``APIError``: no step may
+    read it as Plural's answer to the call it wanted to make (that call was never sent)."""
+
+    may_have_reached_plural = False
+
+    def __init__(self, message: str, *, status: int, code: str | None = None, request_id: str | None = None,
+                 since: float | None = None):
+        super().__init__(f"credentials rejected: {status} {code or 'UNAUTHORIZED'}: {message}")
+        self.status = status
+        self.code = "CREDENTIALS_REJECTED"
+        self.plural_code = code
+        self.message = message
+        self.request_id = request_id
+        #: epoch seconds: since when the token call has been refused (set by the token manager)
+        self.since = since
+
+
+#: what the token endpoint answers for client credentials it does not accept
+CREDENTIALS_REFUSED_STATUSES = frozenset({401, 422})
 
 
 class ResponseFormatError(PluralError):

@@ -40,6 +40,7 @@ class Requestor:
         backoff_base: float = 0.25,
         backoff_cap: float = 8.0,
         token_margin: float = 300.0,
+        token_refusal_cooldown: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
@@ -59,14 +60,23 @@ class Requestor:
         self._sleep = sleep
         self._clock = clock
         self._rand = rand
-        self.tokens = TokenManager(token_store, self.fetch_token, margin=token_margin, clock=clock)
+        self.tokens = TokenManager(token_store, self.fetch_token, margin=token_margin, clock=clock,
+                                   refusal_cooldown=token_refusal_cooldown)
 
     # --- token --------------------------------------------------------------------------
 
     def fetch_token(self) -> AccessToken:
         body = TokenRequest(client_id=self._client_id, client_secret=self._client_secret)
         now = self._clock()
-        data = self._call("POST", self.token_url, body.wire(), replay_safe=True, auth=False, otp_call=False)
+        try:
+            data = self._call("POST", self.token_url, body.wire(), replay_safe=True, auth=False, otp_call=False)
+        except errors.APIError as exc:
+            if exc.status not in errors.CREDENTIALS_REFUSED_STATUSES:
+                raise
+            log.error("plural.token.credentials_rejected", status=exc.status, code=exc.code,
+                      request_id=exc.request_id)
+            raise errors.CredentialsRejected(exc.message, status=exc.status, code=exc.code,
+                                             request_id=exc.request_id) from None
         try:
             parsed = TokenResponse.model_validate(data)
         except ValueError:

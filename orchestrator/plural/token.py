@@ -11,6 +11,12 @@ unless another process has already replaced it.
 In Redis the token is held encrypted, like the vault's card data (Fernet, ``CARD_ENCRYPTION_KEY``);
 an entry that does not decrypt (another key, an old clear one) counts as no token. A refresh lock
 that cannot be taken in time raises ``errors.TokenLockTimeout``, a transient error.
+
+A token call that Plural refuses (``errors.CredentialsRejected``: a rotated or mistyped secret)
+sets the store's "credentials rejected since T" flag, shared by every process; the first token
+fetched afterwards clears it. ``rejected_since()`` reads it (status, metrics, the console).
+For ``refusal_cooldown`` seconds after a refusal this process does not ask again (every waiting
+step would, otherwise): it raises the same refusal.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any, Callable, ContextManager, Iterator, Protocol
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from orchestrator.plural.errors import TokenLockTimeout
+from orchestrator.plural.errors import CredentialsRejected, TokenLockTimeout
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,14 @@ class TokenStore(Protocol):
         ``wait``: a lock never taken raises ``TokenLockTimeout``)."""
         ...
 
+    def mark_rejected(self, now: float) -> float:
+        """Credentials refused at ``now``: set the flag unless it is set; answer since when."""
+        ...
+
+    def clear_rejected(self) -> None: ...
+
+    def rejected_since(self) -> float | None: ...
+
 
 class MemoryTokenStore:
     """Process-local store, for tools and tests that have no Redis."""
@@ -68,6 +82,18 @@ class MemoryTokenStore:
     def __init__(self) -> None:
         self._token: AccessToken | None = None
         self._lock = threading.Lock()
+        self._rejected: float | None = None
+
+    def mark_rejected(self, now: float) -> float:
+        if self._rejected is None:
+            self._rejected = now
+        return self._rejected
+
+    def clear_rejected(self) -> None:
+        self._rejected = None
+
+    def rejected_since(self) -> float | None:
+        return self._rejected
 
     def load(self) -> AccessToken | None:
         return self._token
@@ -100,7 +126,22 @@ class RedisTokenStore:
         self._redis = redis
         self._key = f"{prefix}:{suffix}"
         self._lock_key = f"{prefix}:{suffix}:lock"
+        self._rejected_key = f"{prefix}:{suffix}:rejected"
         self._lock_timeout = lock_timeout
+
+    def mark_rejected(self, now: float) -> float:
+        self._redis.set(self._rejected_key, repr(now), nx=True)
+        return self.rejected_since() or now
+
+    def clear_rejected(self) -> None:
+        self._redis.delete(self._rejected_key)
+
+    def rejected_since(self) -> float | None:
+        raw = self._redis.get(self._rejected_key)
+        try:
+            return float(raw) if raw else None
+        except ValueError:
+            return None
 
     def _decode(self, raw: bytes | str | None) -> AccessToken | None:
         if not raw:
@@ -155,11 +196,15 @@ class TokenManager:
         *,
         margin: float = 300.0,
         clock: Callable[[], float] = time.time,
+        refusal_cooldown: float = 2.0,
     ):
         self._store = store
         self._fetch = fetch
         self._margin = margin
         self._clock = clock
+        self._refusal_cooldown = refusal_cooldown
+        #: this process's last refusal and when it came (the cooldown)
+        self._refused: tuple[float, CredentialsRejected] | None = None
         # this process's copy: the store (Redis) stays the shared source and the refresh lock, but
         # a fresh token is not read from it on every call
         self._cached: AccessToken | None = None
@@ -171,14 +216,24 @@ class TokenManager:
         token = self._store.load()
         if token is None or not token.fresh(self._clock(), self._margin):
             usable = token if token is not None and token.fresh(self._clock(), 0.0) else None
+            refused = self._refused
+            if usable is None and refused is not None and self._clock() - refused[0] < self._refusal_cooldown:
+                raise refused[1]
             with self._store.lock(wait=usable is None) as took:
                 if not took:  # another process is refreshing, and this token still works meanwhile
                     assert usable is not None
                     return usable.value
                 token = self._store.load()
                 if token is None or not token.fresh(self._clock(), self._margin):
-                    token = self._fetch()
+                    try:
+                        token = self._fetch()
+                    except CredentialsRejected as exc:
+                        exc.since = self._store.mark_rejected(self._clock())
+                        self._refused = (self._clock(), exc)
+                        raise
+                    self._refused = None
                     self._store.save(token)
+                    self._store.clear_rejected()
         self._cached = token
         return token.value
 
@@ -189,6 +244,10 @@ class TokenManager:
         if token is None:
             return "none"
         return "ok" if token.fresh(self._clock(), 0.0) else "expired"
+
+    def rejected_since(self) -> float | None:
+        """Since when Plural has refused our client credentials (epoch seconds), or None."""
+        return self._store.rejected_since()
 
     def invalidate(self, value: str) -> None:
         """Plural refused ``value`` (a 401): forget it here and in the store."""

@@ -407,6 +407,22 @@ def create_app(config: SandboxConfig | None = None, *, faults: Faults | None = N
         gateway.expire_tokens()
         return {"expired": True}
 
+    @app.post("/sandbox/tokens/refuse")
+    async def refuse_credentials(request: Request) -> Any:
+        """A rotated secret: issued tokens stop working and the token call answers 422 for
+        ``seconds`` (or until ``DELETE``)."""
+        body = await _body(request)
+        seconds = body.get("seconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0):
+            raise GatewayError(400, "INVALID_REQUEST", "seconds must be a number >= 0, or absent (until DELETE)")
+        gateway.refuse_credentials(None if seconds is None else float(seconds))
+        return {"refusing": True, "seconds": seconds}
+
+    @app.delete("/sandbox/tokens/refuse")
+    async def accept_credentials() -> Any:
+        gateway.accept_credentials()
+        return {"refusing": False}
+
     @app.post("/sandbox/reset")
     async def reset() -> Any:
         gateway.reset()

@@ -170,6 +170,8 @@ class Gateway:
             self.capture_refs: dict[str, str] = {}
             self.refund_refs: dict[str, str] = {}
             self.tokens: dict[str, float] = {}
+            #: the client credentials are refused until then (``refuse_credentials``)
+            self.credentials_refused_until: float | None = None
             self.ledger: list[dict[str, Any]] = []
             self._index()
 
@@ -289,16 +291,43 @@ class Gateway:
     # --- auth ---------------------------------------------------------------------------
 
     def issue_token(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Plural's Generate Token: ``access_token`` and ``expires_at`` (ISO 8601, UTC). Its
+        reference lists 200, 405, 422 and 500: bad credentials, and a body it cannot use, are 422."""
         client_id, secret = body.get("client_id"), body.get("client_secret")
         if body.get("grant_type") != "client_credentials":
-            raise _bad("grant_type must be client_credentials")
+            raise _refused("grant_type must be client_credentials", source="grant_type")
         known = {self.config.client_id: self.config.client_secret, **SEED_SAMPLE_CLIENTS}
         if not client_id or known.get(str(client_id)) != secret:
-            raise GatewayError(401, "UNAUTHORIZED", "invalid client credentials")
-        token = "sbx_" + secrets.token_urlsafe(32)
+            raise GatewayError(422, "UNAUTHORIZED", "invalid client credentials")
         with self.lock:
-            self.tokens[token] = self.clock() + self.config.token_ttl
-        return {"access_token": token, "expires_in": self.config.token_ttl}
+            if self.refusing_credentials(locked=True):
+                raise GatewayError(422, "UNAUTHORIZED", "invalid client credentials")
+            token = "sbx_" + secrets.token_urlsafe(32)
+            expiry = self.clock() + self.config.token_ttl
+            self.tokens[token] = expiry
+        at = dt.datetime.fromtimestamp(expiry, tz=dt.timezone.utc)
+        return {"access_token": token, "expires_at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+
+    def refuse_credentials(self, seconds: float | None) -> None:
+        """A rotated secret, as Plural would see it: every issued token stops working and the
+        client credentials are refused (422) for ``seconds`` (until ``accept_credentials`` when
+        None). Tests and chaos use it."""
+        with self.lock:
+            self.tokens.clear()
+            self.credentials_refused_until = float("inf") if seconds is None else self.clock() + seconds
+
+    def accept_credentials(self) -> None:
+        with self.lock:
+            self.credentials_refused_until = None
+
+    def refusing_credentials(self, *, locked: bool = False) -> bool:
+        if not locked:
+            with self.lock:
+                return self.refusing_credentials(locked=True)
+        until = self.credentials_refused_until
+        if until is not None and self.clock() >= until:
+            self.credentials_refused_until = until = None
+        return until is not None
 
     def check_token(self, authorization: str | None, *, required: bool = True) -> None:
         if not authorization:

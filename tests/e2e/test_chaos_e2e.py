@@ -28,3 +28,5 @@ def test_a_short_chaos_run_ends_with_nothing_stuck_mismatched_or_doubled(tmp_pat
     # left to expire ended as the rules say
     assert report.injected.get("duplicates", 0) >= 1 and report.outages >= 1 and report.late_webhooks >= 1
     assert report.left_to_expire >= 2 and report.expired + report.expiry_cancelled == report.left_to_expire
+    # Plural refused our credentials for a while: no checkout failed for it
+    assert report.credential_refusals >= 1 and report.credentials_failed == 0
