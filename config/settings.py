@@ -251,6 +251,9 @@ class Settings(BaseSettings):
     sandbox_second_generate_otp: Literal["refuse", "resend"] = Field(
         default="refuse", description="a second Generate OTP for a payment: 422 OTP_ALREADY_GENERATED, or a "
                                       "fresh OTP sent and 200 (Plural's documents are silent)")
+    sandbox_token_expiry: Literal["at", "in"] = Field(
+        default="at", description="the token's lifetime: expires_at (ISO 8601, Plural's token reference) or "
+                                  "expires_in (seconds, the seeds' samples)")
     sandbox_otp_resend_after: int = Field(default=180, ge=0)
     sandbox_otp_resend_limit: int = Field(default=3, ge=0)
     sandbox_otp_max_attempts: int = Field(default=3, ge=1)

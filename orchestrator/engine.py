@@ -123,6 +123,10 @@ class Engine:
         if target is State.WATCHING:
             values["watch_until"] = self._at(self.settings.watch_seconds)
         values["next_due_at"] = self.due_for(row, target, values)
+        if target in (State.AUTHORIZED, State.COMPLETED):
+            # a paid checkout shows no error a retried step once met (a 5xx, refused credentials)
+            values.setdefault("error_code", None)
+            values.setdefault("error_message", None)
         now = self.clock()
         if target is State.NEEDS_ATTENTION:
             values["attention_from"] = state.value

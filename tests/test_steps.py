@@ -714,3 +714,30 @@ def test_a_step_that_crashes_in_a_waiting_state_is_counted_and_ends_visible_not_
         h.drain()
     stuck = h.deps.repo.get(c.id)
     assert (stuck.state, stuck.attention_from, stuck.error_code) == ("NEEDS_ATTENTION", waiting, "ValueError")
+
+
+def test_a_paid_checkout_shows_no_error_a_waiting_step_once_met(harness):
+    """The poll of a bank-page payment met refused credentials (the checkout kept
+    CREDENTIALS_REJECTED while it waited); once paid, the merchant sees no error."""
+    from urllib.parse import parse_qs, urlparse
+
+    from tests.test_credentials_steps import accept, refuse
+
+    h = harness
+    c = checkout(h, card=ACS_CARD)
+    refuse(h)
+    try:
+        h.clock.advance(20)
+        h.run_due()
+        assert h.deps.repo.get(c.id).error_code == "CREDENTIALS_REJECTED"
+    finally:
+        accept(h)
+    token = parse_qs(urlparse(c.challenge_url).query)["token"][0]
+    requests.post(f"{h.sandbox_url}/sandbox/acs/{c.plural_payment_id}/approve", data={"token": token},
+                  allow_redirects=False, timeout=5)
+    for _ in range(3):
+        h.clock.advance(20)
+        h.run_due()
+        h.drain()
+    done = h.deps.repo.get(c.id)
+    assert (done.state, done.error_code, done.error_message) == ("COMPLETED", None, None)

@@ -31,6 +31,7 @@ def app_from_settings(settings: Any, *, port: int, host: str = "127.0.0.1", faul
         otp_resend_limit=settings.sandbox_otp_resend_limit,
         otp_max_attempts=settings.sandbox_otp_max_attempts,
         second_generate_otp=settings.sandbox_second_generate_otp,
+        token_expiry=settings.sandbox_token_expiry,
         strict=settings.sandbox_strict,
         duplicates=settings.sandbox_duplicates,
         payment_expiry_seconds=settings.sandbox_payment_expiry_seconds,

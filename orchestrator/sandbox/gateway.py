@@ -110,6 +110,9 @@ class SandboxConfig:
     #: for a payment not eligible for OTP generation). ``refuse`` answers 422 OTP_ALREADY_GENERATED
     #: (use Resend OTP); ``resend`` sends a fresh OTP and answers 200 as the first call did
     second_generate_otp: str = "refuse"
+    #: the token's lifetime as Plural's token reference gives it (``at``: ``expires_at``, ISO 8601)
+    #: or as the seeds' samples do (``in``: ``expires_in`` seconds): the documents disagree
+    token_expiry: str = "at"
     #: the EMI offer book (issuers, tenures, rates, fees, discounts, subventions, limits)
     offers: offers.OfferBook = field(default_factory=lambda: offers.DEFAULT_BOOK)
 
@@ -291,7 +294,8 @@ class Gateway:
     # --- auth ---------------------------------------------------------------------------
 
     def issue_token(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Plural's Generate Token: ``access_token`` and ``expires_at`` (ISO 8601, UTC). Its
+        """Plural's Generate Token: ``access_token`` and ``expires_at`` (ISO 8601, UTC; or
+        ``expires_in`` seconds, as the seeds' samples, with ``token_expiry="in"``). Its
         reference lists 200, 405, 422 and 500: bad credentials, and a body it cannot use, are 422."""
         client_id, secret = body.get("client_id"), body.get("client_secret")
         if body.get("grant_type") != "client_credentials":
@@ -305,6 +309,8 @@ class Gateway:
             token = "sbx_" + secrets.token_urlsafe(32)
             expiry = self.clock() + self.config.token_ttl
             self.tokens[token] = expiry
+        if self.config.token_expiry == "in":
+            return {"access_token": token, "expires_in": int(self.config.token_ttl)}
         at = dt.datetime.fromtimestamp(expiry, tz=dt.timezone.utc)
         return {"access_token": token, "expires_at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
 

@@ -53,3 +53,39 @@ def test_refused_credentials_for_a_while_are_accepted_again_after_it(sandbox):
     assert token(sandbox.url).status_code == 422
     requests.post(sandbox.url + "/sandbox/clock", json={"advance": 61}, timeout=5).raise_for_status()
     assert token(sandbox.url).status_code == 200
+
+
+def _expiring_in(sandbox):
+    requests.put(sandbox.url + "/sandbox/config", json={"token_expiry": "in"}, timeout=5).raise_for_status()
+
+
+def _back(sandbox):
+    requests.put(sandbox.url + "/sandbox/config", json={"token_expiry": "at", "token_ttl": 3600},
+                 timeout=5).raise_for_status()
+
+
+def test_with_token_expiry_in_a_token_comes_with_expires_in_as_the_seeds_samples(sandbox):
+    _expiring_in(sandbox)
+    try:
+        body = token(sandbox.url).json()
+    finally:
+        _back(sandbox)
+    assert body.keys() == {"access_token", "expires_in"} and body["expires_in"] == 3600
+
+
+def test_our_client_reads_the_expiry_in_either_form_the_documents_give(sandbox):
+    import time
+
+    from config import load_settings
+    from orchestrator.plural import PluralClient
+
+    settings = load_settings(plural_api_base=sandbox.url)
+    for form in ("at", "in"):
+        # a lifetime unlike the client's one-hour fallback, so each form is really read
+        requests.put(sandbox.url + "/sandbox/config", json={"token_expiry": form, "token_ttl": 1800},
+                     timeout=5).raise_for_status()
+        try:
+            held = PluralClient.from_settings(settings).requestor.fetch_token()
+        finally:
+            _back(sandbox)
+        assert 1700 < held.expires_at - time.time() <= 1800, form
