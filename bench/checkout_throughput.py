@@ -71,7 +71,7 @@ def run_checkouts(api: Any, checkouts: int, concurrency: int) -> Run:
 def database(kind: str, base: Path) -> Iterator[tuple[str, str]]:
     """(the project's URL, the floor's URL) on the same kind of database."""
     if kind == "sqlite":
-        yield f"sqlite:///{base / 'var' / 'orchestrator.db'}", f"sqlite:///{base / 'floor.db'}"
+        yield f"sqlite:///{base / 'var' / 'orchestrator.store'}", f"sqlite:///{base / 'floor.db'}"
         return
     from orchestrator.pg_server import throwaway_postgres
 
@@ -200,7 +200,7 @@ def main() -> None:
                              "customers, default --concurrency; hiding a latency takes rate × latency in flight, "
                              "by Little's law; threads: each worker's, default in flight)")
     args = parser.parse_args()
-    from orchestrator.logs import configure_logging
+    from orchestrator.telemetry.logs import configure_logging
 
     configure_logging("WARNING", "console")
     print(f"{args.checkouts} native-OTP checkouts ({HOPS} gateway calls, {HOPS} hops) vs {args.chains} floor chains "

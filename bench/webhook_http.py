@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from config import Settings
-    from orchestrator.logs import configure_logging
+    from orchestrator.telemetry.logs import configure_logging
     from orchestrator.merchant_client import OrchestratorClient
     from orchestrator.plural.signatures import webhook_headers
     from orchestrator.redis_server import free_port

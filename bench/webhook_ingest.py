@@ -1,6 +1,6 @@
 """How fast can the receiver take webhooks: one Celery message per webhook, or one kick per batch?
 
-Runs ``orchestrator.webhooks.ingest`` (verify, store, kick) for N signed deliveries against a real
+Runs ``orchestrator.inbound.webhooks.ingest`` (verify, store, kick) for N signed deliveries against a real
 Redis (the embedded redis-server) and SQLite, and prints deliveries per second for both ways of
 handing events to the workers, plus how many broker messages each published.
 
@@ -23,14 +23,14 @@ def main(n: int) -> None:
     from celery import Celery
 
     from config import Settings
-    from orchestrator.db.engine import make_engine
-    from orchestrator.db.migrate import upgrade
-    from orchestrator.db.repo import Repo
+    from orchestrator.store.engine import make_engine
+    from orchestrator.store.migrate import upgrade
+    from orchestrator.store.repo import Repo
     from orchestrator.plural.signatures import webhook_headers
     from orchestrator.redis_server import EmbeddedRedis, free_port
-    from orchestrator.steps import Deps
-    from orchestrator.logs import configure_logging
-    from orchestrator.webhooks import KICK_KEY, ingest, redis_kick
+    from orchestrator.saga.steps import Deps
+    from orchestrator.telemetry.logs import configure_logging
+    from orchestrator.inbound.webhooks import KICK_KEY, ingest, redis_kick
 
     configure_logging("WARNING", "console")
 

@@ -401,7 +401,7 @@ class Settings(BaseSettings):
                 if url.startswith(short):
                     return "postgresql+psycopg://" + url[len(short):]
             return url
-        return f"sqlite:///{(self.data_dir / 'orchestrator.db').resolve()}"
+        return f"sqlite:///{(self.data_dir / 'orchestrator.store').resolve()}"
 
     @property
     def broker_url(self) -> str:

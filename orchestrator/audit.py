@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from orchestrator.core.saga import GatewayView, gateway_view
+from orchestrator.domain.saga import GatewayView, gateway_view
 
 #: what happens at most once per order
 ONCE = ("ORDER_CREATED", "PAYMENT_CREATED", "AUTHORIZED", "CAPTURED")

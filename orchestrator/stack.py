@@ -62,7 +62,7 @@ class Stack:
         self.data_dir = Path(self.data_dir).resolve()
         values: dict[str, str | None] = {
             "DATA_DIR": str(self.data_dir),
-            "DATABASE_URL": os.environ.get("DATABASE_URL") or f"sqlite:///{self.data_dir / 'orchestrator.db'}",
+            "DATABASE_URL": os.environ.get("DATABASE_URL") or f"sqlite:///{self.data_dir / 'orchestrator.store'}",
             "REDIS_URL": self.redis_url,
             "PUBLIC_BASE_URL": self.api_url,
             "PYTHONUNBUFFERED": "1",
@@ -82,7 +82,7 @@ class Stack:
 
     def start(self, timeout: float = 30.0) -> None:
         from config import load_settings
-        from orchestrator.db.migrate import upgrade
+        from orchestrator.store.migrate import upgrade
 
         self.data_dir = Path(self.data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,7 @@ class Stack:
         self.wait_ready(timeout)
 
     def command(self, name: str) -> list[str]:
-        base = [sys.executable, "-m", "orchestrator.cli"]
+        base = [sys.executable, "-m", "orchestrator.entrypoints.cli"]
         if name == "sandbox":
             return base + ["sandbox", "--host", self.host, "--port", str(self.sandbox_port)]
         if name == "api":

@@ -9,13 +9,13 @@ from typing import Any
 
 import structlog
 
-from orchestrator.core.saga import Step
+from orchestrator.domain.saga import Step
 from workers.celery_app import app
 
 
 def _run(step: Step, checkout_id: str, task_id: str | None) -> None:
-    from orchestrator import dispatch
-    from orchestrator.runtime import get_runtime
+    from orchestrator.saga import dispatch
+    from orchestrator.entrypoints.runtime import get_runtime
 
     structlog.contextvars.bind_contextvars(saga_id=checkout_id, step=step.value)
     dispatch.run(get_runtime().deps(), step, checkout_id, task_id)
@@ -44,8 +44,8 @@ expire_hold = _step_task(Step.EXPIRE_HOLD)
 
 @app.task(name="tasks.refund", bind=True, acks_late=True)
 def refund(self: Any, refund_id: str) -> None:
-    from orchestrator.refunds import run_refund
-    from orchestrator.runtime import get_runtime
+    from orchestrator.saga.refunds import run_refund
+    from orchestrator.entrypoints.runtime import get_runtime
 
     structlog.contextvars.bind_contextvars(refund_id=refund_id, step="refund")
     run_refund(get_runtime().deps(), refund_id, self.request.id)
@@ -53,11 +53,11 @@ def refund(self: Any, refund_id: str) -> None:
 
 @app.task(name="tasks.sweep_due", acks_late=True, ignore_result=True)
 def sweep_due() -> int:
-    from orchestrator.runtime import get_runtime
-    from orchestrator.sweeps import sweep_due as sweep
-    from orchestrator.webhooks import retry_deferred
+    from orchestrator.entrypoints.runtime import get_runtime
+    from orchestrator.saga.sweeps import sweep_due as sweep
+    from orchestrator.inbound.webhooks import retry_deferred
 
-    from orchestrator.delivery import any_due
+    from orchestrator.outbound.delivery import any_due
 
     rt = get_runtime()
     if retry_deferred(rt.deps()):
@@ -69,8 +69,8 @@ def sweep_due() -> int:
 
 @app.task(name="tasks.process_webhooks", acks_late=True, ignore_result=True)
 def process_webhooks() -> int:
-    from orchestrator.runtime import get_runtime
-    from orchestrator.webhooks import process_pending
+    from orchestrator.entrypoints.runtime import get_runtime
+    from orchestrator.inbound.webhooks import process_pending
 
     rt = get_runtime()
     return process_pending(rt.deps(), rt.redis, batch=rt.settings.sweep_batch)
@@ -78,9 +78,9 @@ def process_webhooks() -> int:
 
 @app.task(name="tasks.deliver_events", acks_late=True, ignore_result=True)
 def deliver_events() -> int:
-    """The outbox to the merchant's backend (``orchestrator.delivery``), on its own queue."""
-    from orchestrator.delivery import KICK_KEY, deliver_due
-    from orchestrator.runtime import get_runtime
+    """The outbox to the merchant's backend (``orchestrator.outbound.delivery``), on its own queue."""
+    from orchestrator.outbound.delivery import KICK_KEY, deliver_due
+    from orchestrator.entrypoints.runtime import get_runtime
 
     rt = get_runtime()
     return deliver_due(rt.repo, rt.settings, send_task=lambda name, event: app.send_task(name, args=[event]),
@@ -89,6 +89,6 @@ def deliver_events() -> int:
 
 @app.task(name="tasks.refresh_token", acks_late=True, ignore_result=True)
 def refresh_token() -> None:
-    from orchestrator.runtime import get_runtime
+    from orchestrator.entrypoints.runtime import get_runtime
 
     get_runtime().plural.requestor.tokens.get()

@@ -33,7 +33,7 @@ def _as_sandbox_admin(self: requests.Session, method: str, url: Any, *args: Any,
 
 
 requests.Session.request = _as_sandbox_admin  # type: ignore[method-assign]
-from orchestrator.logs import configure_logging  # noqa: E402
+from orchestrator.telemetry.logs import configure_logging  # noqa: E402
 
 configure_logging("WARNING", "console")
 
@@ -208,12 +208,12 @@ class Harness:
 
     def status(self, checkout_id: str) -> str:
         """The public status the merchant sees."""
-        from orchestrator.core.saga import State, public_status
+        from orchestrator.domain.saga import State, public_status
 
         return public_status(State(self.state(checkout_id)))
 
     def drain(self, limit: int = 100) -> None:
-        from orchestrator import dispatch
+        from orchestrator.saga import dispatch
 
         ran = []
         for _ in range(limit):
@@ -232,13 +232,13 @@ class Harness:
 
     @property
     def inbound(self) -> Any:
-        from orchestrator.inbound import Inbound
+        from orchestrator.inbound.receiver import Inbound
 
         s = self.deps.settings
         return Inbound(self.deps, s.webhook_key(), s.callback_key(), kick=lambda: None)
 
     def process_webhooks(self) -> int:
-        from orchestrator.webhooks import process_pending
+        from orchestrator.inbound.webhooks import process_pending
 
         done = process_pending(self.deps)
         self.drain()
@@ -246,7 +246,7 @@ class Harness:
 
     def run_due(self) -> None:
         """What beat would do now: enqueue every due step, then run them."""
-        from orchestrator.sweeps import sweep_due
+        from orchestrator.saga.sweeps import sweep_due
 
         sweep_due(self.deps)
         self.drain()
@@ -279,13 +279,13 @@ def harness(request: Any, tmp_path: Any, sandbox: ThreadedUvicorn, sandbox_setti
 def make_harness(url: str, sandbox: ThreadedUvicorn, sandbox_settings: Settings, db_path: Any = None) -> Harness:
     import fakeredis
 
-    from orchestrator.db.engine import make_engine
-    from orchestrator.db.migrate import upgrade
-    from orchestrator.db.repo import Repo
+    from orchestrator.store.engine import make_engine
+    from orchestrator.store.migrate import upgrade
+    from orchestrator.store.repo import Repo
     from orchestrator.plural import PluralClient
-    from orchestrator.service import CheckoutService
-    from orchestrator.steps import Deps
-    from orchestrator.vault import Vault
+    from orchestrator.merchant.service import CheckoutService
+    from orchestrator.saga.steps import Deps
+    from orchestrator.store.vault import Vault
 
     upgrade(url)
     settings = sandbox_settings.model_copy(update={

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from orchestrator.api.app import create_app
+from orchestrator.entrypoints.api.app import create_app
 
 KEY = "test-api-key"
 CARD = {"number": "4012 0010 3714 1112", "name": "Kevin Bob", "cvv": "123", "expiry_month": "12",
@@ -270,7 +270,7 @@ def test_a_time_is_shown_as_its_instant_in_utc():
     import datetime as dt
     from zoneinfo import ZoneInfo
 
-    from orchestrator.views import iso
+    from orchestrator.outbound.views import iso
 
     assert iso(dt.datetime(2026, 11, 23, 17, 5, tzinfo=ZoneInfo("Asia/Kolkata"))) == "2026-11-23T11:35:00Z"
     assert iso(dt.datetime(2026, 11, 23, 11, 35)) == "2026-11-23T11:35:00Z"  # SQLite's, naive: UTC
@@ -330,10 +330,10 @@ def test_an_anonymous_readiness_probe_asks_for_the_two_pings_only(harness):
 
 
 def test_the_runtimes_short_readiness_pings_the_database_and_redis_and_nothing_else(monkeypatch):
-    from orchestrator import ops
-    from orchestrator.runtime import Runtime
+    from orchestrator.store import reports
+    from orchestrator.entrypoints.runtime import Runtime
 
-    monkeypatch.setattr(ops, "overview", lambda *a, **k: pytest.fail("the backlog was queried"))
+    monkeypatch.setattr(reports, "overview", lambda *a, **k: pytest.fail("the backlog was queried"))
     rt = Runtime.__new__(Runtime)
     rt.repo = type("R", (), {"read_engine": __import__("sqlalchemy").create_engine("sqlite://")})()
     rt.redis = type("Redis", (), {"ping": lambda self: True, "llen": lambda self, q: pytest.fail("queues read")})()

@@ -9,11 +9,11 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from orchestrator.api.app import create_app
-from orchestrator.core.money import MAX_AMOUNT
-from orchestrator.db.repo import IdempotencyStore, Keyed
+from orchestrator.entrypoints.api.app import create_app
+from orchestrator.domain.money import MAX_AMOUNT
+from orchestrator.store.repo import IdempotencyStore, Keyed
 from orchestrator.plural.signatures import sign_callback
-from orchestrator.vault import Vault
+from orchestrator.store.vault import Vault
 from tests.test_api import KEY, body
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -91,9 +91,9 @@ def test_an_otp_while_redis_is_down_is_a_503_naming_it_and_changes_nothing(api, 
 
 
 def test_a_database_that_is_down_is_a_503_naming_it(harness, tmp_path):
-    from orchestrator.db.engine import make_engine
-    from orchestrator.db.repo import Repo
-    from orchestrator.service import CheckoutService
+    from orchestrator.store.engine import make_engine
+    from orchestrator.store.repo import Repo
+    from orchestrator.merchant.service import CheckoutService
 
     from tests.conftest import free_port
 
@@ -152,7 +152,7 @@ def test_the_same_key_with_another_body_is_a_conflict(api):
 def keyed_rows(harness, key):
     from sqlmodel import select
 
-    from orchestrator.db.models import IdempotencyKey
+    from orchestrator.store.models import IdempotencyKey
 
     with harness.deps.repo.read_session() as s:
         return list(s.exec(select(IdempotencyKey).where(IdempotencyKey.key == key)))
@@ -343,8 +343,8 @@ def test_a_checkout_is_accepted_while_redis_is_down_and_the_sweep_drives_it_once
     card into the vault, and the checkout goes on to wait for its OTP."""
     import time
 
-    from orchestrator.runtime import celery_enqueue, redis_client
-    from orchestrator.service import CheckoutService
+    from orchestrator.entrypoints.runtime import celery_enqueue, redis_client
+    from orchestrator.merchant.service import CheckoutService
     from workers.celery_app import make_celery
 
     settings = harness.deps.settings.model_copy(update={"redis_url": real_redis.url})

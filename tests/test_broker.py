@@ -45,7 +45,7 @@ def test_one_client_per_pool(real_redis):
 
 def test_the_runtimes_redis_client_makes_threads_beyond_its_pool_wait_not_fail(real_redis):
     from config import Settings
-    from orchestrator.runtime import redis_client
+    from orchestrator.entrypoints.runtime import redis_client
     from tests.conftest import at_once
 
     client = redis_client(Settings(redis_url=real_redis.url, worker_concurrency=8))

@@ -9,11 +9,11 @@ import uuid
 import pytest
 import requests
 
-from orchestrator.core.saga import Step
+from orchestrator.domain.saga import Step
 from orchestrator.plural import PluralClient
-from orchestrator.refunds import RefundRefused, get_refund, refunds_of
-from orchestrator.service import CheckoutError, CheckoutIn
-from orchestrator.sweeps import sweep_due
+from orchestrator.saga.refunds import RefundRefused, get_refund, refunds_of
+from orchestrator.merchant.service import CheckoutError, CheckoutIn
+from orchestrator.saga.sweeps import sweep_due
 from tests.conftest import at_once, ledger
 from tests.test_webhooks import signed
 
@@ -292,7 +292,7 @@ def test_the_cancel_webhook_of_an_expiring_hold_ends_it_expired_not_cancelled(ha
     sweep_due(h.deps)
     expire = [item for item in h.queue if item[0] is Step.EXPIRE_HOLD]
     h.queue.clear()
-    from orchestrator import steps
+    from orchestrator.saga import steps
 
     steps.run(h.deps, Step.EXPIRE_HOLD, expire[0][1])
     assert h.state(c.id) == "CANCELLING"
@@ -383,7 +383,7 @@ def test_a_refund_webhook_naming_another_parent_or_amount_is_never_adopted(harne
 
 
 def test_a_merchant_reference_naming_another_refund_of_ours_never_adopts_that_refund(harness):
-    from orchestrator.core.saga import plural_refund_reference
+    from orchestrator.domain.saga import plural_refund_reference
 
     h = harness
     c = completed(h)
@@ -412,7 +412,7 @@ def test_a_merchant_reference_naming_another_refund_of_ours_never_adopts_that_re
 def api(harness):
     from fastapi.testclient import TestClient
 
-    from orchestrator.api.app import create_app
+    from orchestrator.entrypoints.api.app import create_app
 
     with TestClient(create_app(lambda: harness.service, "test-api-key")) as client:
         client.headers["X-API-Key"] = "test-api-key"
@@ -445,9 +445,9 @@ def test_a_failed_refund_of_a_late_payment_needs_attention(harness, sandbox_conf
                                                                        "LATE_REFUND_FAILED")
     told = api.get("/v1/events", params={"type": "refund.needs_attention"}).json()["events"]
     assert [e["data"]["id"] for e in told] == [late["id"]]
-    from orchestrator import ops
+    from orchestrator.store import reports
 
-    stuck = ops.overview(harness.deps.repo, harness.clock())["needs_attention"]
+    stuck = reports.overview(harness.deps.repo, harness.clock())["needs_attention"]
     assert [(a["id"], a["stuck_in"]) for a in stuck] == [(c.id, f"refund {late['id']}")]
 
 
@@ -482,7 +482,7 @@ def test_a_merchant_reference_shaped_like_our_automatic_name_cannot_strand_a_lat
     h.service.refund(other.id, 100, f"{c.id}-r1")
     from pydantic import ValidationError
 
-    from orchestrator.service import RefundIn
+    from orchestrator.merchant.service import RefundIn
 
     with pytest.raises(ValidationError):  # our automatic name is outside the merchant's alphabet
         RefundIn(merchant_refund_reference=f"{c.id}.r1")
@@ -522,8 +522,8 @@ def test_a_refund_first_sent_under_the_merchants_reference_is_sent_again_only_un
 # --- an operator's resolve of a refund that needs attention ----------------------------------
 
 def needing_attention(h, r):
-    from orchestrator.core.saga import RefundState
-    from orchestrator.refunds import move
+    from orchestrator.domain.saga import RefundState
+    from orchestrator.saga.refunds import move
 
     assert move(h.deps, get_refund(h.deps, r.id), RefundState.NEEDS_ATTENTION, error_code="REFUND_MISMATCH",
                 next_due_at=None)

@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from orchestrator.changes import Listener, redis_announcer
+from orchestrator.outbound.changes import Listener, redis_announcer
 
 
 class Checkout:

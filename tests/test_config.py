@@ -86,7 +86,7 @@ def test_production_defaults_to_plurals_own_host():
 
 
 def test_the_sandbox_command_refuses_to_start_outside_the_sandbox(monkeypatch, capsys):
-    from orchestrator.cli import main
+    from orchestrator.entrypoints.cli import main
 
     for name, value in {"PLURAL_ENV": "production", "PLURAL_CLIENT_ID": "cid", "PLURAL_CLIENT_SECRET": "x" * 20,
                         "PLURAL_WEBHOOK_SECRET": "w" * 20, "PLURAL_CALLBACK_SECRET": "ab12",
@@ -114,7 +114,7 @@ def test_the_merchant_webhook_secret_must_be_a_standard_webhooks_secret():
 def test_heroku_style_postgres_urls_are_understood():
     s = Settings(database_url="postgres://u:p@db.example:5432/shop")
     assert s.sqlalchemy_url == "postgresql+psycopg://u:p@db.example:5432/shop"
-    from orchestrator.db.engine import make_engine
+    from orchestrator.store.engine import make_engine
 
     assert make_engine("postgres://u:p@db.example:5432/shop").dialect.name == "postgresql"
 
@@ -127,7 +127,7 @@ def test_a_worker_on_its_own_finds_the_embedded_redis_of_up():
 
 
 def test_the_command_has_a_version_and_shows_its_defaults(capsys):
-    from orchestrator.cli import build_parser
+    from orchestrator.entrypoints.cli import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--version"])

@@ -6,8 +6,8 @@ import re
 
 from fastapi.testclient import TestClient
 
-from orchestrator.api.app import create_app
-from orchestrator.core.saga import Fact, Source
+from orchestrator.entrypoints.api.app import create_app
+from orchestrator.domain.saga import Fact, Source
 from tests.test_events import completed
 from tests.test_steps import checkout
 
@@ -57,7 +57,7 @@ def test_a_timeline_shows_transitions_calls_webhooks_and_events(harness):
 
 
 def test_a_checkout_page_names_a_runs_claim_and_when_it_is_next_due(harness):
-    from orchestrator.db.models import Checkout
+    from orchestrator.store.models import Checkout
 
     h = harness
     c = checkout(h)
@@ -109,7 +109,7 @@ def test_too_many_wrong_passwords_from_one_address_are_a_429_even_for_the_right_
 
 
 def test_failed_credentials_are_forgotten_a_minute_after_they_were_sent():
-    from orchestrator.api.console import FailureLimit
+    from orchestrator.entrypoints.api.console import FailureLimit
 
     now = [1000.0]
     limit = FailureLimit(2, clock=lambda: now[0])

@@ -8,8 +8,8 @@ import uuid
 
 import requests
 
-from orchestrator import dispatch
-from orchestrator.service import CheckoutIn
+from orchestrator.saga import dispatch
+from orchestrator.merchant.service import CheckoutIn
 
 OTP_CARD, ACS_CARD = "4012001037141112", "5555555555554444"
 RETRY = 15.0  # CREDENTIALS_RETRY_SECONDS' default
@@ -177,7 +177,7 @@ def test_a_refused_offer_check_waits_and_goes_on_when_the_credentials_work(harne
 
 
 def test_a_refused_refund_waits_uncounted_and_is_processed_when_the_credentials_work(harness):
-    from orchestrator.refunds import get_refund
+    from orchestrator.saga.refunds import get_refund
 
     h = harness
     row = create(h, amount=3000)
@@ -215,7 +215,7 @@ def test_a_checkout_that_needed_attention_for_the_credentials_goes_back_once_the
 
 
 def test_a_checkout_that_needs_attention_for_another_reason_stays_there(harness):
-    from orchestrator.core.saga import Fact, Source
+    from orchestrator.domain.saga import Fact, Source
 
     h = harness
     row = create(h)

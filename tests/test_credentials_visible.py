@@ -6,8 +6,8 @@ from __future__ import annotations
 import redis
 from fastapi.testclient import TestClient
 
-from orchestrator import cli
-from orchestrator.api.app import create_app
+from orchestrator.entrypoints import cli
+from orchestrator.entrypoints.api.app import create_app
 from tests.test_credentials_steps import create, refuse, resumed
 
 AUTH = ("operator", "s3cret-console")

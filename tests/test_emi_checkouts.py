@@ -11,9 +11,9 @@ import pytest
 import requests
 from pydantic import ValidationError
 
-from orchestrator.core import emi
+from orchestrator.domain import emi
 from orchestrator.plural import errors
-from orchestrator.service import CheckoutIn, DiscoveryIn
+from orchestrator.merchant.service import CheckoutIn, DiscoveryIn
 from tests.conftest import ledger
 from tests.seeds import emi_samples
 
@@ -109,8 +109,8 @@ def test_debit_emi_declined_at_the_payment_fails(harness):
 def test_an_issuer_minimum_raised_after_validation_fails_the_payment_amount_limit_exceeded(harness):
     """The offer validated, then the bank's minimum went above the order before the payment: Plural
     refuses the payment and the checkout fails cleanly with the code, the card data gone."""
-    from orchestrator import dispatch
-    from orchestrator.core.saga import Step
+    from orchestrator.saga import dispatch
+    from orchestrator.domain.saga import Step
 
     h = harness
     row, _ = h.service.create(CheckoutIn.model_validate(body("DEBIT_EMI", debit(), "7", "1", 1200000)))
@@ -347,7 +347,7 @@ def test_the_bank_page_shows_the_emi_the_customer_agrees_to(harness):
 
 
 def test_the_same_reference_with_another_emi_choice_is_a_conflict(harness):
-    from orchestrator.service import CheckoutError
+    from orchestrator.merchant.service import CheckoutError
 
     first = body("DEBIT_EMI", debit(), "7", "1", 1200000)
     row, _ = harness.service.create(CheckoutIn.model_validate(first))
@@ -361,7 +361,7 @@ def test_the_same_reference_with_another_emi_choice_is_a_conflict(harness):
 
 
 def test_discovery_says_unavailable_when_plural_does_not_answer(harness):
-    from orchestrator.service import CheckoutError
+    from orchestrator.merchant.service import CheckoutError
 
     requests.put(f"{harness.sandbox_url}/sandbox/faults", json={"rules": [
         {"kind": "error", "path": "/offer/discovery", "statuses": [503]}]}, timeout=5).raise_for_status()
@@ -371,7 +371,7 @@ def test_discovery_says_unavailable_when_plural_does_not_answer(harness):
 
 
 def test_discovery_passes_plurals_refusal_on_as_a_422(harness):
-    from orchestrator.service import CheckoutError
+    from orchestrator.merchant.service import CheckoutError
 
     requests.put(f"{harness.sandbox_url}/sandbox/faults", json={"rules": [
         {"kind": "error", "path": "/offer/discovery", "statuses": [400]}]}, timeout=5).raise_for_status()

@@ -11,14 +11,14 @@ import threading
 import pytest
 import requests
 
-from orchestrator import steps
-from orchestrator.core.saga import Fact, Source, State, Step, may_cause
-from orchestrator.db.models import Checkout
-from orchestrator.db.repo import Claim, LostClaim
-from orchestrator.engine import Run
+from orchestrator.saga import steps
+from orchestrator.domain.saga import Fact, Source, State, Step, may_cause
+from orchestrator.store.models import Checkout
+from orchestrator.store.repo import Claim, LostClaim
+from orchestrator.saga.engine import Run
 from orchestrator.plural import PluralClient
-from orchestrator.refunds import get_refund, refunds_of
-from orchestrator.webhooks import process_pending
+from orchestrator.saga.refunds import get_refund, refunds_of
+from orchestrator.inbound.webhooks import process_pending
 from tests.conftest import at_once, ledger
 from tests.test_capture_refunds import authorized, kinds
 from tests.test_steps import checkout
@@ -323,8 +323,8 @@ def test_an_otp_whose_answer_was_lost_is_not_sent_again(harness):
 
 def settle_refunds_at_once(h, c, amounts=(1000, 2000, 3000, 4000)) -> bool:
     """Request refunds of ``c``, then mark them all PROCESSED from as many threads at once."""
-    from orchestrator.core.saga import RefundState
-    from orchestrator.refunds import move
+    from orchestrator.domain.saga import RefundState
+    from orchestrator.saga.refunds import move
 
     rows = [h.service.refund(c.id, amount, None)[0] for amount in amounts]
     h.queue.clear()
@@ -376,7 +376,7 @@ def test_the_ledger_of_every_test_checkout_shows_no_double_order(harness):
 
 
 def test_an_operator_resolves_a_stuck_checkout_and_the_history_says_who(harness):
-    from orchestrator.service import CheckoutError
+    from orchestrator.merchant.service import CheckoutError
 
     h = harness
     c = stuck_capture(h)

@@ -9,8 +9,8 @@ import time
 import pytest
 from sqlmodel import col, select
 
-from orchestrator import delivery, outbox
-from orchestrator.db.models import MerchantEvent, MerchantEventAttempt
+from orchestrator.outbound import delivery, outbox
+from orchestrator.store.models import MerchantEvent, MerchantEventAttempt
 from orchestrator.merchant_client import EventRejected, OrchestratorClient
 from tests.receiver import Receiver
 from tests.test_steps import checkout, received
@@ -80,8 +80,8 @@ def test_each_public_change_is_announced_with_the_view_its_event_carries(harness
 def test_no_event_is_written_for_a_change_that_was_rolled_back(harness, monkeypatch):
     """The event is written in the move's transaction: if anything in it fails, neither the move
     nor its event exists."""
-    from orchestrator import dispatch
-    from orchestrator.core.saga import Step
+    from orchestrator.saga import dispatch
+    from orchestrator.domain.saga import Step
 
     h = harness
     c = received(h)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from orchestrator.core import cards as our_cards
-from orchestrator.core import emi as our_emi
-from orchestrator.core.money import SUPPORTED_CURRENCIES
+from orchestrator.domain import cards as our_cards
+from orchestrator.domain import emi as our_emi
+from orchestrator.domain.money import SUPPORTED_CURRENCIES
 from orchestrator.plural import signatures as ours
 from orchestrator.sandbox import emi as sandbox_emi
 from orchestrator.sandbox import rules as sandbox_rules

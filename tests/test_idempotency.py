@@ -13,9 +13,9 @@ from tests.conftest import Clock
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: Any, tmp_path: Any) -> Any:
-    from orchestrator.db.engine import make_engine
-    from orchestrator.db.migrate import upgrade
-    from orchestrator.db.repo import IdempotencyStore, Repo
+    from orchestrator.store.engine import make_engine
+    from orchestrator.store.migrate import upgrade
+    from orchestrator.store.repo import IdempotencyStore, Repo
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'keys.db'}"

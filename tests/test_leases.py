@@ -1,4 +1,4 @@
-"""A run's claim lives as long as its process does (``orchestrator.leases``): renewed while the
+"""A run's claim lives as long as its process does (``orchestrator.saga.leases``): renewed while the
 run lives, never past the run lease; a claim nobody renews lapses within one claim lease, and a
 rival run takes the checkout over and settles the dead run's call by asking Plural."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from orchestrator import steps
-from orchestrator.core.saga import Step
-from orchestrator.db.models import Checkout, aware, utcnow
-from orchestrator.db.repo import Claim
-from orchestrator.leases import Leases
+from orchestrator.saga import steps
+from orchestrator.domain.saga import Step
+from orchestrator.store.models import Checkout, aware, utcnow
+from orchestrator.store.repo import Claim
+from orchestrator.saga.leases import Leases
 from tests.test_capture_refunds import authorized, kinds
 
 CAPTURE = Step.CAPTURE_ORDER.value
@@ -126,8 +126,8 @@ def test_a_step_run_keeps_its_claim_renewed_while_its_call_is_out(harness, monke
 
 
 def test_a_refund_run_keeps_its_claim_renewed_while_its_call_is_out(harness, monkeypatch):
-    from orchestrator.db.models import Refund
-    from orchestrator.refunds import refunds_of
+    from orchestrator.store.models import Refund
+    from orchestrator.saga.refunds import refunds_of
 
     h = harness
     c = authorized(h, pre_auth=False)

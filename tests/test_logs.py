@@ -3,8 +3,8 @@ import logging
 
 import structlog
 
-from orchestrator.core.ids import new_id
-from orchestrator.logs import configure_logging, mask_card_numbers, redact_card_data
+from orchestrator.domain.ids import new_id
+from orchestrator.telemetry.logs import configure_logging, mask_card_numbers, redact_card_data
 
 
 def test_plain_card_number_is_masked_to_last_four():
@@ -62,7 +62,7 @@ def test_stdlib_and_structlog_lines_are_masked_on_the_way_out(capsys):
 
 import pytest  # noqa: E402
 
-from orchestrator.logs import mask_text  # noqa: E402
+from orchestrator.telemetry.logs import mask_text  # noqa: E402
 
 
 @pytest.mark.parametrize("text,leaked", [
@@ -96,7 +96,7 @@ def test_bytes_and_exceptions_in_a_log_event_are_masked():
 
 def test_plural_error_text_is_masked_before_it_is_stored(harness):
     """A refusal whose message quotes the card is stored and shown masked."""
-    from orchestrator import steps
+    from orchestrator.saga import steps
     from orchestrator.plural import errors
 
     from tests.test_steps import received

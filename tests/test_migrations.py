@@ -2,9 +2,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-import orchestrator.db.models  # noqa: F401
-from orchestrator.db.engine import make_engine
-from orchestrator.db.migrate import upgrade
+import orchestrator.store.models  # noqa: F401
+from orchestrator.store.engine import make_engine
+from orchestrator.store.migrate import upgrade
 
 
 def test_migrations_build_exactly_the_models_schema(tmp_path):

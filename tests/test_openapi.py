@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.api.app import create_app
-from orchestrator.db.repo import IdempotencyStore
+from orchestrator.entrypoints.api.app import create_app
+from orchestrator.store.repo import IdempotencyStore
 from tests.conftest import ThreadedUvicorn
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import cli, ops
+from orchestrator.entrypoints import cli
+from orchestrator.store import reports
 from tests.test_events import completed
 from tests.test_steps import checkout, received
 
@@ -28,14 +29,14 @@ def test_status_counts_checkouts_by_status_and_shows_the_event_backlog(harness, 
 
 
 def test_status_lists_what_needs_attention_with_its_reason_and_what_is_overdue(harness, monkeypatch, capsys):
-    from orchestrator.core.saga import Fact, Source
+    from orchestrator.domain.saga import Fact, Source
 
     h = harness
     c = checkout(h)
     h.deps.engine.apply(c.id, Fact.GAVE_UP, Source.TIMER, "card_details failed 8 times: ServerError")
     late = checkout(h)
-    h.deps.repo.note(late.id, next_due_at=h.clock() - ops.OVERDUE_AFTER * 2)
-    o = ops.overview(h.deps.repo, h.clock())
+    h.deps.repo.note(late.id, next_due_at=h.clock() - reports.OVERDUE_AFTER * 2)
+    o = reports.overview(h.deps.repo, h.clock())
     assert [a["id"] for a in o["needs_attention"]] == [c.id] and o["overdue"]["count"] == 1
     code, out, _ = run(monkeypatch, capsys, h, "status")
     assert c.id in out and "card_details failed 8 times" in out and late.id in out
@@ -52,7 +53,7 @@ def test_checkout_shows_history_calls_and_events(harness, monkeypatch, capsys):
 
 
 def test_checkout_names_a_runs_claim_and_when_it_is_next_due(harness, monkeypatch, capsys):
-    from orchestrator.db.models import Checkout
+    from orchestrator.store.models import Checkout
 
     h = harness
     c = checkout(h)
@@ -73,11 +74,11 @@ def test_an_unreachable_database_is_named_not_a_traceback(tmp_path, monkeypatch,
 
 
 def test_metrics_show_the_store_and_what_the_process_counted(harness):
-    from orchestrator import metrics
+    from orchestrator.telemetry import metrics
 
     h = harness
     c = completed(h)
-    text, kind = metrics.render(h.deps.repo, h.clock)
+    text, kind = metrics.render(lambda: reports.overview(h.deps.repo, h.clock(), limit=1))
     text = text.decode()
     assert kind.startswith("text/plain")
     assert 'orchestrator_checkouts{method="CARD",status="COMPLETED"} 1.0' in text
@@ -88,7 +89,7 @@ def test_metrics_show_the_store_and_what_the_process_counted(harness):
 
 
 def test_gateway_endpoints_are_labelled_without_ids():
-    from orchestrator.metrics import endpoint
+    from orchestrator.telemetry.metrics import endpoint
 
     assert endpoint("POST", "/api/pay/v1/orders/v1-2611-aa-Xy9/payments") == "POST /api/pay/v1/orders/{id}/payments"
     assert endpoint("GET", "/api/pay/v1/orders/reference/b-51d4") == "GET /api/pay/v1/orders/reference/{id}"
@@ -100,7 +101,7 @@ def resolve(monkeypatch, capsys, h, checkout_id, outcome):
     """``orchestrator resolve ID --as OUTCOME`` against the harness's service (and its sandbox)."""
     from types import SimpleNamespace
 
-    monkeypatch.setattr("orchestrator.runtime.get_runtime", lambda: SimpleNamespace(service=lambda: h.service))
+    monkeypatch.setattr("orchestrator.entrypoints.runtime.get_runtime", lambda: SimpleNamespace(service=lambda: h.service))
     return run(monkeypatch, capsys, h, "resolve", checkout_id, "--as", outcome, "--operator", "asha")
 
 
@@ -134,7 +135,7 @@ def test_resolving_as_completed_what_plural_only_authorized_is_refused(harness, 
 
 
 def test_resolving_as_failed_while_plural_holds_the_money_is_refused(harness):
-    from orchestrator.service import ResolveRefused
+    from orchestrator.merchant.service import ResolveRefused
     from tests.test_engine import stuck_capture
 
     h = harness
@@ -159,7 +160,7 @@ def captured_meanwhile(h):
 
 
 def test_a_capture_plural_made_meanwhile_is_followed_and_a_cancel_is_refused(harness):
-    from orchestrator.service import ResolveRefused
+    from orchestrator.merchant.service import ResolveRefused
 
     h = harness
     c = captured_meanwhile(h)
@@ -209,8 +210,8 @@ def test_a_checkout_plural_has_no_order_for_is_resolved_as_failed(harness):
 
 
 def test_a_checkout_stuck_with_a_payment_open_at_plural_is_not_failed_but_cancelled_through_cancelling(harness):
-    from orchestrator.core.saga import Fact, Source
-    from orchestrator.service import ResolveRefused
+    from orchestrator.domain.saga import Fact, Source
+    from orchestrator.merchant.service import ResolveRefused
     from tests.test_webhooks import start
 
     h = harness
@@ -252,7 +253,7 @@ def paid_less_than_asked(h, monkeypatch):
 
 @pytest.mark.parametrize("wanted", ["COMPLETED", "CANCELLED"])
 def test_resolve_refuses_an_order_that_disagrees_with_the_checkout_and_adopts_nothing(harness, monkeypatch, wanted):
-    from orchestrator.service import ResolveRefused
+    from orchestrator.merchant.service import ResolveRefused
 
     h = harness
     c = paid_less_than_asked(h, monkeypatch)
@@ -270,7 +271,7 @@ def test_resolve_refund_on_the_command_line_prints_where_the_refund_ended(harnes
     h = harness
     c = completed(h)
     r = needing_attention(h, one_503_on_the_refund(h, c, 1000))
-    monkeypatch.setattr("orchestrator.runtime.get_runtime", lambda: SimpleNamespace(service=lambda: h.service))
+    monkeypatch.setattr("orchestrator.entrypoints.runtime.get_runtime", lambda: SimpleNamespace(service=lambda: h.service))
     code, out, _ = run(monkeypatch, capsys, h, "resolve-refund", r.id, "--operator", "asha")
     assert code == 0 and out.strip() == f"{r.id}: FAILED (REFUND_NOT_AT_PLURAL)"
     code, _, err = run(monkeypatch, capsys, h, "resolve-refund", r.id)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from orchestrator.core.saga import State
-from orchestrator.service import CheckoutIn
-from orchestrator.sweeps import sweep_due
+from orchestrator.domain.saga import State
+from orchestrator.merchant.service import CheckoutIn
+from orchestrator.saga.sweeps import sweep_due
 from tests.conftest import at_once
 
 
@@ -25,8 +25,8 @@ def test_migrations_match_the_models_on_postgres(pg_url):
     from alembic.migration import MigrationContext
     from sqlmodel import SQLModel
 
-    from orchestrator.db.engine import is_postgres, make_engine
-    from orchestrator.db.migrate import upgrade
+    from orchestrator.store.engine import is_postgres, make_engine
+    from orchestrator.store.migrate import upgrade
 
     upgrade(pg_url)
     engine = make_engine(pg_url)
@@ -62,7 +62,7 @@ def test_concurrent_sweeps_skip_locked_rows_on_postgres(pg):
 def test_compare_and_set_refuses_a_backward_move_on_postgres(pg):
     c = checkout(pg)
     assert c.state == "COMPLETED"
-    from orchestrator.core.saga import Fact, Source
+    from orchestrator.domain.saga import Fact, Source
 
     assert pg.deps.engine.apply(c.id, Fact.PLURAL_PAYMENT_FAILED, Source.WEBHOOK, "late") is None
 
@@ -89,7 +89,7 @@ def test_concurrent_refund_settlements_lose_no_update_on_postgres(pg):
 
 
 def test_two_runs_of_one_step_on_postgres_claim_it_once(pg):
-    from orchestrator.db.models import Checkout
+    from orchestrator.store.models import Checkout
 
     c = checkout(pg)
     tokens = at_once(lambda: pg.deps.repo.claim(Checkout, c.id, 60), 6)
@@ -101,8 +101,8 @@ def test_writes_that_change_nothing_keep_the_connections_prepared_statements_on_
     decides nothing, and a compare-and-set that finds the row changed, end with a COMMIT."""
     from sqlalchemy import text
 
-    from orchestrator.db.engine import make_engine
-    from orchestrator.db.repo import Repo
+    from orchestrator.store.engine import make_engine
+    from orchestrator.store.repo import Repo
 
     c = checkout(pg)
     repo = Repo(make_engine(pg_url, pool_size=1, max_overflow=0))
@@ -116,7 +116,7 @@ def test_writes_that_change_nothing_keep_the_connections_prepared_statements_on_
 def test_a_first_write_ahead_is_one_statement_that_takes_the_claim_once_on_postgres(pg):
     """Six runs that read the same row write ahead at once: one takes the checkout and adds its
     attempt; the others lose the claim and add nothing."""
-    from orchestrator.db.repo import Claim, LostClaim
+    from orchestrator.store.repo import Claim, LostClaim
 
     c = checkout(pg)
     repo = pg.deps.repo
@@ -153,7 +153,7 @@ def test_claims_are_renewed_together_only_where_their_tokens_hold_on_postgres(pg
     since is left as its new holder set it."""
     import datetime as dt
 
-    from orchestrator.db.models import Checkout, aware
+    from orchestrator.store.models import Checkout, aware
 
     repo = pg.deps.repo
     kept, taken = checkout(pg), checkout(pg)
@@ -168,9 +168,9 @@ def test_claims_are_renewed_together_only_where_their_tokens_hold_on_postgres(pg
 
 
 def test_a_webhook_batch_is_renewed_while_held_and_released_once_it_lapses_on_postgres(pg):
-    from orchestrator.db.models import WebhookEvent
+    from orchestrator.store.models import WebhookEvent
     from tests.test_webhooks import claimed_batch, events
-    from orchestrator.webhooks import retry_deferred
+    from orchestrator.inbound.webhooks import retry_deferred
 
     lease = pg.deps.leases.lease_seconds
     event = claimed_batch(pg)
@@ -201,9 +201,9 @@ def test_a_move_whose_row_changed_after_its_read_decides_again_on_the_row_as_it_
     as it now is (holding it); the history and the events show the one move made."""
     import json
 
-    from orchestrator import outbox
-    from orchestrator.core import saga
-    from orchestrator.core.saga import Fact, Source
+    from orchestrator.outbound import outbox
+    from orchestrator.domain import saga
+    from orchestrator.domain.saga import Fact, Source
     from tests.test_events import events_of
 
     c = checkout(pg, pre_auth=True)  # AUTHORIZED
@@ -237,7 +237,7 @@ def test_a_runs_call_outcomes_are_written_with_its_move_and_only_if_it_moves_on_
     import pytest
     from sqlalchemy import text
 
-    from orchestrator.db.repo import Claim, LostClaim
+    from orchestrator.store.repo import Claim, LostClaim
 
     c = checkout(pg, pre_auth=True)
     repo = pg.deps.repo
@@ -308,8 +308,8 @@ def test_a_create_is_one_statement_with_its_key_and_a_taken_reference_writes_not
 
     from fastapi.testclient import TestClient
 
-    from orchestrator.api.app import create_app
-    from orchestrator.db.repo import IdempotencyStore
+    from orchestrator.entrypoints.api.app import create_app
+    from orchestrator.store.repo import IdempotencyStore
     from tests.test_api import KEY, body
     from tests.test_api_errors import keyed_rows
 
@@ -336,8 +336,8 @@ def test_deliveries_and_cancels_at_once_leave_one_chained_history_and_its_events
     import itertools
     import json
 
-    from orchestrator.core import saga
-    from orchestrator.core.saga import Fact, Source
+    from orchestrator.domain import saga
+    from orchestrator.domain.saga import Fact, Source
     from tests.test_events import events_of
 
     engine = pg.service.engine

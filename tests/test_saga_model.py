@@ -31,17 +31,17 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
-from orchestrator import dispatch, steps
-from orchestrator.core import saga
-from orchestrator.core.saga import Source, State
+from orchestrator.saga import dispatch, steps
+from orchestrator.domain import saga
+from orchestrator.domain.saga import Source, State
 from orchestrator.plural import PluralClient, errors
 from orchestrator.plural.signatures import sign_callback
-from orchestrator.db.repo import may_have_refunds
-from orchestrator.refunds import RefundRefused, refunds_of
+from orchestrator.store.repo import may_have_refunds
+from orchestrator.saga.refunds import RefundRefused, refunds_of
 from orchestrator.audit import agrees_with_plural, ledger_problems
-from orchestrator.service import CheckoutError, CheckoutIn
-from orchestrator.sweeps import sweep_due
-from orchestrator.webhooks import process_pending
+from orchestrator.merchant.service import CheckoutError, CheckoutIn
+from orchestrator.saga.sweeps import sweep_due
+from orchestrator.inbound.webhooks import process_pending
 from tests.conftest import ledger
 from tests.test_webhooks import approve, signed
 
@@ -99,7 +99,7 @@ class SagaModel(RuleBasedStateMachine):
         from sqlalchemy import update
 
         self.h.deps.settings = self.h.deps.settings.model_copy(update={"step_chain": chain})
-        from orchestrator.db.models import Checkout, Refund
+        from orchestrator.store.models import Checkout, Refund
 
         with self.h.deps.repo.session() as s:  # earlier examples' checkouts rest: this one checks its own
             s.execute(update(Checkout).values(next_due_at=None))

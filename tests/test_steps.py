@@ -8,9 +8,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
-from orchestrator import steps
-from orchestrator.core.saga import Step
-from orchestrator.service import CheckoutIn
+from orchestrator.saga import steps
+from orchestrator.domain.saga import Step
+from orchestrator.merchant.service import CheckoutIn
 from tests.conftest import ledger
 
 OTP_CARD, ACS_CARD, DECLINE_CARD, OTP_REFUSED = (
@@ -258,7 +258,7 @@ def test_a_late_signal_cannot_move_a_finished_saga_backwards(harness):
     c = checkout(h)
     h.service.submit_otp(c.id, "123456")
     h.drain()
-    from orchestrator.core.saga import Fact, Source
+    from orchestrator.domain.saga import Fact, Source
 
     assert h.deps.engine.apply(c.id, Fact.PLURAL_PAYMENT_FAILED, Source.WEBHOOK, "late PAYMENT_FAILED") is None
     assert h.state(c.id) == "COMPLETED"
@@ -294,7 +294,7 @@ def test_a_checkout_that_ends_holds_no_card_and_no_otp(harness):
 
 
 def test_sweep_enqueues_each_due_row_once_even_when_two_sweeps_race(harness):
-    from orchestrator.sweeps import sweep_due
+    from orchestrator.saga.sweeps import sweep_due
 
     h = harness
     c = checkout(h, card=ACS_CARD)
@@ -396,9 +396,9 @@ def test_a_gateway_step_costs_one_read_and_two_write_transactions(harness):
     state (the move gives the claim back: no release)."""
     from sqlalchemy import event
 
-    from orchestrator import dispatch
-    from orchestrator.core.saga import Step
-    from orchestrator.service import CheckoutIn
+    from orchestrator.saga import dispatch
+    from orchestrator.domain.saga import Step
+    from orchestrator.merchant.service import CheckoutIn
 
     h = harness
     row, _ = h.service.create(CheckoutIn.model_validate({
@@ -425,9 +425,9 @@ def test_a_run_for_a_state_already_left_writes_nothing(harness):
     """A duplicate delivery of a step whose state the checkout has left reads and stops."""
     from sqlalchemy import event
 
-    from orchestrator import dispatch
-    from orchestrator.core.saga import Step
-    from orchestrator.service import CheckoutIn
+    from orchestrator.saga import dispatch
+    from orchestrator.domain.saga import Step
+    from orchestrator.merchant.service import CheckoutIn
 
     h = harness
     row, _ = h.service.create(CheckoutIn.model_validate({
@@ -454,7 +454,7 @@ def test_a_run_for_a_state_already_left_writes_nothing(harness):
 def test_a_task_runs_the_steps_that_are_ready_at_once_back_to_back(harness):
     """With STEP_CHAIN, one delivery of create_order takes a card checkout to AWAITING_OTP with no
     message in between; each step still writes ahead, is claimed afresh and leaves its history."""
-    from orchestrator import dispatch
+    from orchestrator.saga import dispatch
 
     h = harness
     h.deps.settings = h.deps.settings.model_copy(update={"step_chain": 4})
@@ -473,8 +473,8 @@ def test_a_task_runs_the_steps_that_are_ready_at_once_back_to_back(harness):
 
 
 def test_a_chain_is_bounded_and_hands_the_rest_to_the_queue(harness):
-    from orchestrator import dispatch
-    from orchestrator.core.saga import Step
+    from orchestrator.saga import dispatch
+    from orchestrator.domain.saga import Step
 
     h = harness
     h.deps.settings = h.deps.settings.model_copy(update={"step_chain": 1})
@@ -487,9 +487,9 @@ def test_a_chain_is_bounded_and_hands_the_rest_to_the_queue(harness):
 def test_a_chain_stops_where_another_run_took_the_checkout(harness, monkeypatch):
     """A second run that claims the checkout between two chained steps wins: the chain stops at
     its first write and nothing is called twice."""
-    from orchestrator import dispatch, steps
-    from orchestrator.core.saga import Step
-    from orchestrator.db.repo import Claim
+    from orchestrator.saga import dispatch, steps
+    from orchestrator.domain.saga import Step
+    from orchestrator.store.repo import Claim
 
     h = harness
     h.deps.settings = h.deps.settings.model_copy(update={"step_chain": 4})
@@ -512,8 +512,8 @@ def test_a_chain_stops_where_another_run_took_the_checkout(harness, monkeypatch)
 def test_an_order_plural_does_not_know_is_resolved_not_looped(harness, monkeypatch):
     """Get Order answering 404 for our order (a gateway that lost it) is nothing a retry can
     change: the checkout NEEDS_ATTENTION with ORDER_NOT_FOUND, and polling it later raises nothing."""
-    from orchestrator import dispatch
-    from orchestrator.core.saga import Step
+    from orchestrator.saga import dispatch
+    from orchestrator.domain.saga import Step
     from orchestrator.plural import errors
 
     h = harness
@@ -593,7 +593,7 @@ def test_an_order_plural_already_holds_for_our_reference_is_adopted_when_it_matc
 
 
 def test_a_foreign_order_found_by_reference_after_an_unknown_outcome_is_not_adopted_even_when_polled(harness):
-    from orchestrator import dispatch
+    from orchestrator.saga import dispatch
 
     h = harness
     row = received(h, amount=1500)
@@ -697,8 +697,8 @@ def test_a_capture_answer_for_another_amount_needs_attention(harness, monkeypatc
 def test_a_step_that_crashes_in_a_waiting_state_is_counted_and_ends_visible_not_looped(harness, monkeypatch):
     """A defect or a poison answer in a step of a waiting state (no stall bound there) is a failure:
     after STEP_MAX_ATTEMPTS the checkout needs attention, naming the error."""
-    from orchestrator import steps
-    from orchestrator.core.saga import Step
+    from orchestrator.saga import steps
+    from orchestrator.domain.saga import Step
 
     h = harness
     c = checkout(h, card=ACS_CARD)  # waits on the bank page: polls run

@@ -12,11 +12,11 @@ import requests
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from orchestrator.api.app import create_app
-from orchestrator.db.models import WebhookEvent
+from orchestrator.entrypoints.api.app import create_app
+from orchestrator.store.models import WebhookEvent
 from orchestrator.plural.signatures import sign_callback, webhook_headers
-from orchestrator.service import CheckoutIn
-from orchestrator.webhooks import redis_kick, retry_deferred
+from orchestrator.merchant.service import CheckoutIn
+from orchestrator.inbound.webhooks import redis_kick, retry_deferred
 from tests.conftest import ledger
 
 OTP_CARD, ACS_CARD = "4012001037141112", "5555555555554444"
@@ -220,7 +220,7 @@ def test_an_event_before_the_saga_knows_its_order_is_kept_and_applied_later(harn
 
 def claimed_batch(h):
     """A delivery stored and claimed by a processor that then does nothing more (as if killed)."""
-    from orchestrator.webhooks import claim_batch
+    from orchestrator.inbound.webhooks import claim_batch
 
     h.inbound.webhook(*signed(h, "CUSTOMER_CREATED", {"customer_id": "c1"}))
     (event,) = claim_batch(h.deps, 10)
@@ -242,7 +242,7 @@ def test_a_batch_whose_processor_died_is_released_within_a_claim_lease(harness):
 
 
 def test_a_live_processors_batch_is_renewed_past_the_lease(harness):
-    from orchestrator.db.models import WebhookEvent
+    from orchestrator.store.models import WebhookEvent
 
     h = harness
     lease = h.deps.leases.lease_seconds
@@ -256,7 +256,7 @@ def test_a_live_processors_batch_is_renewed_past_the_lease(harness):
 
 
 def test_a_processor_whose_batch_was_taken_over_leaves_the_rivals_outcome(harness):
-    from orchestrator.webhooks import _finish, claim_batch
+    from orchestrator.inbound.webhooks import _finish, claim_batch
 
     h = harness
     first = claimed_batch(h)
@@ -333,12 +333,12 @@ def test_a_pre_auth_authorization_after_the_deadline_is_released_and_recorded_la
     h = harness
     c = start(h, pre_auth=True)
     h.clock.advance(h.deps.settings.customer_action_timeout + 1)
-    from orchestrator.sweeps import sweep_due
+    from orchestrator.saga.sweeps import sweep_due
 
     sweep_due(h.deps)
     h.queue.clear()
-    from orchestrator import steps
-    from orchestrator.core.saga import Step
+    from orchestrator.saga import steps
+    from orchestrator.domain.saga import Step
 
     steps.run(h.deps, Step.POLL_ORDER, c.id)  # finds the deadline passed → CANCELLING
     assert h.state(c.id) == "CANCELLING"
@@ -355,8 +355,8 @@ def test_a_payment_processed_after_the_deadline_is_reported_not_hidden(harness):
     h = harness
     c = start(h)
     h.clock.advance(h.deps.settings.customer_action_timeout + 1)
-    from orchestrator import steps
-    from orchestrator.core.saga import Step
+    from orchestrator.saga import steps
+    from orchestrator.domain.saga import Step
 
     h.queue.clear()
     steps.run(h.deps, Step.POLL_ORDER, c.id)
@@ -370,7 +370,7 @@ def test_a_payment_processed_after_the_deadline_is_reported_not_hidden(harness):
 def test_deliveries_stored_in_one_batch_are_each_stored_once(harness):
     """A group commit of deliveries, one of them twice and one stored before: one row each, and
     each answer says whether it was new."""
-    from orchestrator.webhooks import parse_delivery, store
+    from orchestrator.inbound.webhooks import parse_delivery, store
 
     h = harness
     key = h.deps.settings.webhook_key()
@@ -385,7 +385,7 @@ def test_deliveries_stored_in_one_batch_are_each_stored_once(harness):
 def test_a_group_commit_answers_each_request_after_its_batch_and_fails_a_failed_batch():
     import asyncio
 
-    from orchestrator.api.batching import GroupCommit
+    from orchestrator.entrypoints.api.batching import GroupCommit
 
     batches: list[list[int]] = []
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, task_prerun, worker_process_init
+from celery.signals import after_setup_logger, task_prerun
 
 from config import get_settings
 
@@ -59,17 +59,10 @@ app = make_celery(get_settings())
 
 @after_setup_logger.connect
 def _logging(**_kwargs: Any) -> None:
-    from orchestrator.logs import configure_logging
+    from orchestrator.telemetry.logs import configure_logging
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format, force=True)
-
-
-@worker_process_init.connect
-def _fresh_process(**_kwargs: Any) -> None:  # pragma: no cover - prefork only
-    import orchestrator.runtime as rt
-
-    rt._runtime = None
 
 
 @task_prerun.connect

@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from orchestrator.logs import get_logger
+from orchestrator.telemetry.logs import get_logger
 from orchestrator.plural import errors, retry
 from orchestrator.plural.models import PluralModel, TokenRequest, TokenResponse
 from orchestrator.plural.token import AccessToken, TokenManager, TokenStore

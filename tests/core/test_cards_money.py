@@ -3,8 +3,8 @@ import datetime as dt
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.core.cards import expiry_in_future, luhn_ok, network_of
-from orchestrator.core.money import Money
+from orchestrator.domain.cards import expiry_in_future, luhn_ok, network_of
+from orchestrator.domain.money import Money
 
 
 def test_luhn_accepts_valid_and_rejects_altered_numbers():

@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.core import emi
+from orchestrator.domain import emi
 
 
 @pytest.mark.parametrize("months,monthly,total,interest", [

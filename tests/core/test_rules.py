@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.core import saga
-from orchestrator.core.saga import FINAL, Fact, Source, State
+from orchestrator.domain import saga
+from orchestrator.domain.saga import FINAL, Fact, Source, State
 
 F, S = Fact, State
 PLURAL_FACTS = [F.PLURAL_AUTHORIZED, F.PLURAL_PROCESSED, F.PLURAL_PAYMENT_FAILED, F.PLURAL_FAILED, F.PLURAL_CANCELLED]
@@ -142,7 +142,7 @@ def test_plurals_view_never_moves_a_checkout_backwards(state, fact, source, ctx)
 
 
 def test_an_operator_outcome_must_agree_with_plurals_view_of_the_order():
-    from orchestrator.core.saga import GatewayView as V
+    from orchestrator.domain.saga import GatewayView as V
 
     resolve = saga.operator_resolution
     # COMPLETED only when Plural took the money

@@ -1,7 +1,7 @@
 import pytest
 
-from orchestrator.core import saga
-from orchestrator.core.saga import FINAL, GatewayView, State, Step
+from orchestrator.domain import saga
+from orchestrator.domain.saga import FINAL, GatewayView, State, Step
 
 
 def test_final_states_lead_nowhere():
@@ -111,7 +111,7 @@ def test_the_core_imports_no_celery_http_or_database_code():
 
 
 def test_a_public_change_is_named_only_when_the_merchant_sees_one():
-    from orchestrator.core.saga import State, public_change
+    from orchestrator.domain.saga import State, public_change
 
     assert public_change(State.PAYMENT_CREATED, State.AWAITING_OTP) == "AWAITING_OTP"
     assert public_change(State.NEW, State.ORDER_CREATED) is None  # PROCESSING both

@@ -208,7 +208,7 @@ def test_no_card_number_or_cvv_in_any_log_or_the_database(stack):
     for number in (OTP_CARD, ACS_CARD, DECLINE_CARD):
         assert number.encode() not in logs
     assert b'"cvv"' not in logs
-    db = b"".join(p.read_bytes() for p in Path(stack.data_dir).glob("orchestrator.db*"))
+    db = b"".join(p.read_bytes() for p in Path(stack.data_dir).glob("orchestrator.store*"))
     assert OTP_CARD.encode() not in db and ACS_CARD.encode() not in db
 
 
@@ -218,7 +218,7 @@ def start_up(tmp_path: Path, ports: dict[str, int]) -> tuple[subprocess.Popen[by
 
     env = {**os.environ, "DATA_DIR": str(tmp_path / "var"), **E2E_ENV, "LOG_FORMAT": "console"}
     env.pop("REDIS_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "up", "--api-port", str(ports["api"]),
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.entrypoints.cli", "up", "--api-port", str(ports["api"]),
                              "--sandbox-port", str(ports["sandbox"]), "--redis-port", str(ports["redis"])],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     lines: list[bytes] = []
@@ -277,7 +277,7 @@ def test_up_killed_outright_takes_its_children_with_it_and_a_second_up_names_a_b
         assert not [name for name, p in ports.items() if port_in_use(p)]
         holder.bind(("127.0.0.1", ports["api"]))
         holder.listen()
-        second = subprocess.run([sys.executable, "-m", "orchestrator.cli", "up", "--api-port", str(ports["api"]),
+        second = subprocess.run([sys.executable, "-m", "orchestrator.entrypoints.cli", "up", "--api-port", str(ports["api"]),
                                  "--sandbox-port", str(ports["sandbox"]), "--redis-port", str(ports["redis"])],
                                 env={**os.environ, "DATA_DIR": str(tmp_path / "var2")}, capture_output=True,
                                 timeout=30)

@@ -123,5 +123,5 @@ def test_no_card_number_or_mobile_in_any_log_or_the_database(stack):
     assert logs
     for secret in (DEBIT["number"], CREDIT_OTP["number"], CREDIT_PAGE["number"], DEBIT["registered_mobile_number"]):
         assert secret.encode() not in logs
-    db = b"".join(p.read_bytes() for p in Path(stack.data_dir).glob("orchestrator.db*"))
+    db = b"".join(p.read_bytes() for p in Path(stack.data_dir).glob("orchestrator.store*"))
     assert DEBIT["number"].encode() not in db and CREDIT_OTP["number"].encode() not in db

@@ -464,7 +464,7 @@ def test_discovery_keeps_plurals_json_as_sent(client, sandbox):
 
 
 def test_validation_sends_the_offer_exactly_as_discovered(client, sandbox):
-    from orchestrator.core import emi
+    from orchestrator.domain import emi
     from orchestrator.plural.models import OfferValidationRequest
     from tests.seeds import emi_samples
 

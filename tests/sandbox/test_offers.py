@@ -8,7 +8,7 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.core import emi  # our side reads the sandbox's offers as the orchestrator would
+from orchestrator.domain import emi  # our side reads the sandbox's offers as the orchestrator would
 from orchestrator.sandbox import offers
 from tests.seeds import emi_samples, find
 

@@ -31,22 +31,22 @@ import redis
 import sqlalchemy.exc
 import structlog
 
-from orchestrator import metrics
-from orchestrator.changes import Announce, silent
-from orchestrator.core import emi, saga
-from orchestrator.core.saga import Fact, Source, State, Step
-from orchestrator.db.models import Checkout, StepAttempt, aware, utcnow
-from orchestrator.db.repo import Claim, LostClaim, Repo, claim_free
-from orchestrator.engine import NOT_SENT, Engine, Run
-from orchestrator.leases import Leases
-from orchestrator.logs import get_logger, mask_text
+from orchestrator.telemetry import metrics
+from orchestrator.outbound.changes import Announce, silent
+from orchestrator.domain import emi, saga
+from orchestrator.domain.saga import Fact, Source, State, Step
+from orchestrator.store.models import Checkout, StepAttempt, aware, utcnow
+from orchestrator.store.repo import Claim, LostClaim, Repo, claim_free
+from orchestrator.saga.engine import NOT_SENT, Engine, Run
+from orchestrator.saga.leases import Leases
+from orchestrator.telemetry.logs import get_logger, mask_text
 from orchestrator.plural import errors
 from orchestrator.plural.models import (
     Amount, CaptureRequest, CardDetails, CardDetailsRequest, CardIdentifier, CreateOrderRequest, CreatePaymentRequest,
     DeviceInfo, OfferDiscoveryRequest, OfferValidationRequest, Order, PaymentOption, PaymentRequest, ProductDetail, PurchaseDetails)
-from orchestrator.vault import Vault, VaultError
+from orchestrator.store.vault import Vault, VaultError
 
-log = get_logger("orchestrator.steps")
+log = get_logger("orchestrator.saga.steps")
 
 #: failures worth trying again later; anything else from Plural is a decision
 TRANSIENT = (errors.TransportError, errors.ServerError, errors.RateLimited, errors.ResponseFormatError,
@@ -855,7 +855,7 @@ def run(d: Deps, step: Step, checkout_id: str, task_id: str | None = None) -> No
     """Run one step for one checkout: claim it, and act only if it is (still) in a state the step
     belongs to. A second delivery while a run holds the checkout does nothing."""
     if step is Step.REFUND:
-        raise ValueError("a refund step runs through orchestrator.dispatch, with a refund id")
+        raise ValueError("a refund step runs through orchestrator.saga.dispatch, with a refund id")
     c, entered_at, attempts = d.repo.load(checkout_id)
     if c is None:
         return

@@ -3,10 +3,10 @@ carries a refund id). Celery's tasks and the test harness both enter here."""
 
 from __future__ import annotations
 
-from orchestrator import steps
-from orchestrator.core.saga import Step
-from orchestrator.refunds import run_refund
-from orchestrator.steps import Deps
+from orchestrator.saga import steps
+from orchestrator.domain.saga import Step
+from orchestrator.saga.refunds import run_refund
+from orchestrator.saga.steps import Deps
 
 
 def run(d: Deps, step: Step, row_id: str, task_id: str | None = None) -> None:

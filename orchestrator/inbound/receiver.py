@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlencode
 
-from orchestrator.core import saga
-from orchestrator.core.saga import State, Step
-from orchestrator.logs import get_logger
+from orchestrator.domain import saga
+from orchestrator.domain.saga import State, Step
+from orchestrator.telemetry.logs import get_logger
 from orchestrator.plural.signatures import SignatureError, verify_callback
-from orchestrator.steps import Deps
-from orchestrator.db.models import WebhookEvent
-from orchestrator.webhooks import Ingested, ingest, kick_processor, parse_delivery, store
+from orchestrator.saga.steps import Deps
+from orchestrator.store.models import WebhookEvent
+from orchestrator.inbound.webhooks import Ingested, ingest, kick_processor, parse_delivery, store
 
-log = get_logger("orchestrator.inbound")
+log = get_logger("orchestrator.inbound.receiver")
 
 
 @dataclass

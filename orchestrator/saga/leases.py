@@ -26,8 +26,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from orchestrator.db.repo import Repo
-from orchestrator.logs import get_logger
+from orchestrator.store.repo import Repo
+from orchestrator.telemetry.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from config import Settings, get_settings
-from orchestrator import metrics
-from orchestrator.changes import Announce, redis_announcer, silent
-from orchestrator.delivery import redis_kick as delivery_kick
-from orchestrator.core.saga import Step
-from orchestrator.db.engine import make_engine
-from orchestrator.db.models import utcnow
-from orchestrator.db.repo import Repo
-from orchestrator.leases import Leases
+from orchestrator.telemetry import metrics
+from orchestrator.outbound.changes import Announce, redis_announcer, silent
+from orchestrator.outbound.delivery import redis_kick as delivery_kick
+from orchestrator.domain.saga import Step
+from orchestrator.store.engine import make_engine
+from orchestrator.store.models import utcnow
+from orchestrator.store.repo import Repo
+from orchestrator.saga.leases import Leases
 from orchestrator.plural import PluralClient
-from orchestrator.steps import Deps
-from orchestrator.vault import Vault
+from orchestrator.saga.steps import Deps
+from orchestrator.store.vault import Vault
 
 
 def redis_client(settings: Settings) -> Any:
@@ -87,10 +88,10 @@ class Runtime:
         except Exception as exc:
             checks["token"] = type(exc).__name__
         try:
-            from orchestrator import ops
-            from orchestrator.db.models import utcnow
+            from orchestrator.store import reports
+            from orchestrator.store.models import utcnow
 
-            events = ops.overview(self.repo, utcnow(), limit=1)["events"]
+            events = reports.overview(self.repo, utcnow(), limit=1)["events"]
             checks["outbox"] = {"pending": events["pending"], "failed": events["failed"],
                                 "oldest_pending_seconds": events["oldest_pending_seconds"]}
         except Exception as exc:
@@ -99,15 +100,15 @@ class Runtime:
 
     def inbound(self) -> Any:
         """Plural's webhooks and return URL, wired to this process's collaborators."""
-        from orchestrator.inbound import Inbound
-        from orchestrator.webhooks import redis_kick
+        from orchestrator.inbound.receiver import Inbound
+        from orchestrator.inbound.webhooks import redis_kick
         from workers.celery_app import app
 
         kick = redis_kick(self.redis, lambda: app.send_task("tasks.process_webhooks"))
         return Inbound(self.deps(), self.settings.webhook_key(), self.settings.callback_key(), kick)
 
     def idempotency(self) -> Any:
-        from orchestrator.db.repo import IdempotencyStore
+        from orchestrator.store.repo import IdempotencyStore
 
         return IdempotencyStore(self.repo)
 
@@ -116,7 +117,7 @@ class Runtime:
                     enqueue=self.enqueue, announce=self.announce, kick_events=self.kick_events, leases=self.leases)
 
     def service(self) -> Any:
-        from orchestrator.service import CheckoutService
+        from orchestrator.merchant.service import CheckoutService
 
         return CheckoutService(self.settings, self.repo, self.vault, self.enqueue, plural=self.plural,
                                announce=self.announce, kick_events=self.kick_events)
@@ -124,6 +125,16 @@ class Runtime:
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
+
+
+def _forget_in_child() -> None:
+    """A forked process (a prefork worker) builds its own collaborators: connections and the
+    leases' thread do not survive a fork."""
+    global _runtime, _lock
+    _runtime, _lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def get_runtime() -> Runtime:

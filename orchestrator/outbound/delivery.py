@@ -38,15 +38,15 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
 from config.settings import merchant_webhook_key
-from orchestrator import metrics
-from orchestrator.changes import kick_once
-from orchestrator.db.models import MerchantEvent, MerchantEventAttempt, aware
-from orchestrator.db.repo import Repo
-from orchestrator.logs import get_logger, mask_text
-from orchestrator.outbox import envelope
+from orchestrator.telemetry import metrics
+from orchestrator.outbound.changes import kick_once
+from orchestrator.store.models import MerchantEvent, MerchantEventAttempt, aware
+from orchestrator.store.repo import Repo
+from orchestrator.telemetry.logs import get_logger, mask_text
+from orchestrator.outbound.outbox import envelope
 from orchestrator.plural.signatures import webhook_headers
 
-log = get_logger("orchestrator.delivery")
+log = get_logger("orchestrator.outbound.delivery")
 
 #: seconds before the 2nd, 3rd… attempt; then every 12 hours until the retry period ends
 BACKOFF = (5, 30, 120, 600, 1800, 3600, 3 * 3600, 6 * 3600)
@@ -266,7 +266,7 @@ def deliver_due(repo: Repo, settings: Any, send_task: Callable[[str, dict[str, A
     deliverer."""
     if not pushes(settings, sends_tasks=send_task is not None):
         return 0
-    from orchestrator.db.models import utcnow
+    from orchestrator.store.models import utcnow
 
     now_of = clock or utcnow
     http = http or delivery_session()

@@ -21,19 +21,19 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from orchestrator.core.saga import (LATE_REFUND_FAILED, REFUND_FINAL, REFUND_MISMATCH, REFUND_TRANSITIONS,
+from orchestrator.domain.saga import (LATE_REFUND_FAILED, REFUND_FINAL, REFUND_MISMATCH, REFUND_TRANSITIONS,
                                     RefundState, automatic_refund_reference, State, Step, plural_refund_reference, refund_id_of,
                                     refund_mismatch, refund_reserves, refund_state_of, refundable, retry_delay)
-from orchestrator.db.models import Checkout, Refund
-from orchestrator.db.repo import may_have_refunds
-from orchestrator.logs import get_logger
+from orchestrator.store.models import Checkout, Refund
+from orchestrator.store.repo import may_have_refunds
+from orchestrator.telemetry.logs import get_logger
 from orchestrator.plural import errors
 from orchestrator.plural.models import Amount, Order, RefundRequest
-from orchestrator.engine import Run
-from orchestrator import outbox
-from orchestrator.steps import CREDENTIALS_REJECTED, TRANSIENT, Deps, call_ahead, text
+from orchestrator.saga.engine import Run
+from orchestrator.outbound import outbox
+from orchestrator.saga.steps import CREDENTIALS_REJECTED, TRANSIENT, Deps, call_ahead, text
 
-log = get_logger("orchestrator.refunds")
+log = get_logger("orchestrator.saga.refunds")
 
 
 class RefundRefused(Exception):

@@ -14,7 +14,7 @@ from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlmodel import Field, SQLModel
 
-from orchestrator.core.ids import new_id
+from orchestrator.domain.ids import new_id
 
 
 def utcnow() -> dt.datetime:

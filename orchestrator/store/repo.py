@@ -26,8 +26,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from orchestrator.core.saga import FINAL, State
-from orchestrator.db.models import (Checkout, MerchantEvent, Refund, StepAttempt, Transition, aware, detached,
+from orchestrator.domain.saga import FINAL, State
+from orchestrator.store.models import (Checkout, MerchantEvent, Refund, StepAttempt, Transition, aware, detached,
                                     utcnow)
 
 
@@ -196,7 +196,7 @@ def _insert_at_once(columns: tuple[str, ...], keyed: bool) -> Any:
     if the key was taken (nothing written)."""
     from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-    from orchestrator.db.models import IdempotencyKey
+    from orchestrator.store.models import IdempotencyKey
 
     row = core_select(*(bindparam(f"c_{c}", type_=_checkout.c[c].type) for c in columns))
     if keyed:
@@ -286,7 +286,7 @@ class Repo:
     def __init__(self, engine: Engine, clock: Callable[[], dt.datetime] = utcnow):
         self.engine = engine
         self.clock = clock
-        from orchestrator.db.engine import reader
+        from orchestrator.store.engine import reader
 
         self.read_engine = reader(engine)
         #: for writes whose statements are each safe alone (one statement, or compare-and-set ones):
@@ -725,7 +725,7 @@ class Repo:
             return rows
 
     def claim_due_refunds(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[str]:
-        from orchestrator.db.models import Refund
+        from orchestrator.store.models import Refund
 
         with self.session() as s:
             q = (select(Refund.id).where(col(Refund.next_due_at) <= now)
@@ -781,7 +781,7 @@ class IdempotencyStore:
 
     def __init__(self, repo: Repo, keep: dt.timedelta = dt.timedelta(hours=48),
                  abandon_after: dt.timedelta = dt.timedelta(seconds=60)):
-        from orchestrator.db.models import IdempotencyKey
+        from orchestrator.store.models import IdempotencyKey
 
         self.repo, self.keep, self.abandon_after = repo, keep, abandon_after
         table = IdempotencyKey.__table__  # type: ignore[attr-defined]
@@ -870,7 +870,7 @@ class IdempotencyStore:
             conn.commit()
 
     def prune(self) -> int:
-        from orchestrator.db.models import IdempotencyKey
+        from orchestrator.store.models import IdempotencyKey
 
         with self.repo.session() as s:
             result = s.connection().execute(delete(IdempotencyKey).where(col(IdempotencyKey.created_at) < self.repo.clock() - self.keep))

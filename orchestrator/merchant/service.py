@@ -13,22 +13,22 @@ from typing import Annotated, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from orchestrator import metrics
-from orchestrator.changes import Announce, silent
-from orchestrator.core import saga
-from orchestrator.core.cards import digits_only, expiry_in_future, luhn_ok, network_of
-from orchestrator.core.money import Money
-from orchestrator.core.saga import Fact, Source, State, Step
-from orchestrator.db.models import Checkout, new_checkout_id, utcnow
-from orchestrator.db.repo import KeyTaken, Keyed, Repo
-from orchestrator.engine import Engine
-from orchestrator.logs import get_logger, mask_text
+from orchestrator.telemetry import metrics
+from orchestrator.outbound.changes import Announce, silent
+from orchestrator.domain import saga
+from orchestrator.domain.cards import digits_only, expiry_in_future, luhn_ok, network_of
+from orchestrator.domain.money import Money
+from orchestrator.domain.saga import Fact, Source, State, Step
+from orchestrator.store.models import Checkout, new_checkout_id, utcnow
+from orchestrator.store.repo import KeyTaken, Keyed, Repo
+from orchestrator.saga.engine import Engine
+from orchestrator.telemetry.logs import get_logger, mask_text
 from orchestrator.plural import errors as plural_errors
 from orchestrator.plural.models import CardDetails, OfferDiscoveryRequest, PaymentOption
-from orchestrator.views import checkout_view, summary_view
-from orchestrator.vault import CardData, Vault
+from orchestrator.outbound.views import checkout_view, summary_view
+from orchestrator.store.vault import CardData, Vault
 
-log = get_logger("orchestrator.service")
+log = get_logger("orchestrator.merchant.service")
 
 REFERENCE = r"^[A-Za-z0-9_-]{1,50}$"
 #: Plural's documented sample cards, which fail Luhn, are accepted only against the sandbox
@@ -387,8 +387,8 @@ class CheckoutService:
         an event whose transaction commits after a later-numbered one is never skipped."""
         from sqlmodel import col, select
 
-        from orchestrator.db.models import MerchantEvent
-        from orchestrator.outbox import EVENT_TYPES, envelope
+        from orchestrator.store.models import MerchantEvent
+        from orchestrator.outbound.outbox import EVENT_TYPES, envelope
 
         if kind is not None and kind not in EVENT_TYPES:
             raise CheckoutError(400, "INVALID_REQUEST", f"type must be one of {sorted(EVENT_TYPES)}")
@@ -409,8 +409,8 @@ class CheckoutService:
         return {"events": events, "next": str(rows[-1].id) if rows else (after or "0")}
 
     def redeliver(self, event_id: str) -> dict[str, Any]:
-        from orchestrator.delivery import redeliver
-        from orchestrator.outbox import envelope
+        from orchestrator.outbound.delivery import redeliver
+        from orchestrator.outbound.outbox import envelope
 
         event = redeliver(self.repo, event_id, self.clock())
         if event is None:
@@ -454,6 +454,18 @@ class CheckoutService:
 
     # --- offers -------------------------------------------------------------------------
 
+    def overview(self, limit: int = 20) -> dict[str, Any]:
+        """Where checkouts stand (the operator's status, the console, the metrics' gauges)."""
+        from orchestrator.store import reports
+
+        return reports.overview(self.repo, self.clock(), limit=limit, rejected_since=self.credentials_rejected_since())
+
+    def checkout_detail(self, checkout_id: str) -> dict[str, Any] | None:
+        """One checkout's history, gateway calls, webhooks, events and refunds, or None."""
+        from orchestrator.store import reports
+
+        return reports.checkout_detail(self.repo, checkout_id)
+
     def credentials_rejected_since(self) -> float | None:
         """Since when Plural has refused our client credentials (the token store's shared flag),
         or None: accepted, or not known in this process (no Plural client, Redis away)."""
@@ -468,7 +480,7 @@ class CheckoutService:
 
     def discover(self, req: DiscoveryIn) -> dict[str, Any]:
         """Plural's offer discovery for these terms, passed on exactly as Plural answered."""
-        from orchestrator.steps import TRANSIENT, offer_terms
+        from orchestrator.saga.steps import TRANSIENT, offer_terms
 
         self._within_ceiling(req.amount.value)
         terms = offer_terms(req.amount.value, req.amount.currency,
@@ -594,7 +606,7 @@ class CheckoutService:
         """An operator's resolve, decided against Plural's Get Order: the checkout first follows
         Plural's own fact (a final view, or a hold), then goes where ``saga.operator_resolution``
         allows; a wish Plural's view contradicts is refused (``ResolveRefused``)."""
-        from orchestrator import steps
+        from orchestrator.saga import steps
 
         order = self._plural_order(c)
         fact, fields = None, {}
@@ -664,13 +676,13 @@ class CheckoutService:
 
 
     def _deps(self) -> Any:
-        from orchestrator.steps import Deps
+        from orchestrator.saga.steps import Deps
 
         return Deps(settings=self.settings, repo=self.repo, plural=None, vault=self.vault, enqueue=self.enqueue,
                     clock=self.clock, announce=self.announce, kick_events=self.kick_events)
 
     def refund(self, checkout_id: str, amount: int | None, reference: str | None) -> tuple[Any, bool]:
-        from orchestrator.refunds import request_refund
+        from orchestrator.saga.refunds import request_refund
 
         self.get(checkout_id)
         return request_refund(self._deps(), checkout_id, amount, reference)
@@ -679,14 +691,14 @@ class CheckoutService:
         """An operator's resolve of a refund that NEEDS_ATTENTION, decided by Plural's refund order."""
         import dataclasses
 
-        from orchestrator.refunds import RefundRefused, resolve_refund
+        from orchestrator.saga.refunds import RefundRefused, resolve_refund
 
         if self.plural is None:
             raise RefundRefused(503, "PLURAL_UNAVAILABLE", "no Plural client in this process; nothing was changed")
         return resolve_refund(dataclasses.replace(self._deps(), plural=self.plural), refund_id, who)
 
     def refunds(self, checkout_id: str) -> list[Any]:
-        from orchestrator.refunds import refunds_of
+        from orchestrator.saga.refunds import refunds_of
 
         return refunds_of(self._deps(), checkout_id)
 

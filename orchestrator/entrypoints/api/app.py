@@ -23,21 +23,21 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from orchestrator.api.batching import GroupCommit
-from orchestrator.changes import Listener
-from orchestrator.core.money import MAX_AMOUNT
-from orchestrator.core.saga import PUBLIC_STATUS
-from orchestrator.inbound import Inbound
-from orchestrator.logs import get_logger, mask_text
-from orchestrator.refunds import RefundRefused
-from orchestrator.service import CheckoutError, CheckoutIn, CheckoutService, DeliveryIn, DiscoveryIn, OTPIn, RefundIn
-from orchestrator.views import refund_view
-from orchestrator.webhooks import WebhookRejected, require_signature_headers
+from orchestrator.entrypoints.api.batching import GroupCommit
+from orchestrator.outbound.changes import Listener
+from orchestrator.domain.money import MAX_AMOUNT
+from orchestrator.domain.saga import PUBLIC_STATUS
+from orchestrator.inbound.receiver import Inbound
+from orchestrator.telemetry.logs import get_logger, mask_text
+from orchestrator.saga.refunds import RefundRefused
+from orchestrator.merchant.service import CheckoutError, CheckoutIn, CheckoutService, DeliveryIn, DiscoveryIn, OTPIn, RefundIn
+from orchestrator.outbound.views import refund_view
+from orchestrator.inbound.webhooks import WebhookRejected, require_signature_headers
 
 if TYPE_CHECKING:
-    from orchestrator.db.repo import IdempotencyStore, Keyed
+    from orchestrator.store.repo import IdempotencyStore, Keyed
 
-log = get_logger("orchestrator.api")
+log = get_logger("orchestrator.entrypoints.api")
 
 PUBLIC_STATUSES = frozenset(PUBLIC_STATUS.values())
 #: readiness fails on these only (the rest of its answer is information)
@@ -389,7 +389,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
     def scrape(request: Request) -> Response:
         """Prometheus: every process's counters and the store's gauges, behind ``METRICS_TOKEN``
         (or open where ``ops_public``)."""
-        from orchestrator import metrics
+        from orchestrator.telemetry import metrics
 
         if not ops_allowed(request):
             if metrics_token:
@@ -398,7 +398,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
             return JSONResponse({"code": "NOT_FOUND", "message": "Not Found"}, status_code=404)
 
         svc = service_factory()
-        text, kind = metrics.render(svc.repo, svc.clock, svc.credentials_rejected_since)
+        text, kind = metrics.render(lambda: svc.overview(limit=1))
         return Response(text, media_type=kind)
 
     @app.get("/ready", include_in_schema=False)
@@ -535,7 +535,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
     if inbound is not None:
         _inbound_routes(app, inbound)
     if console is not None:  # (user, password): the operator's pages, behind their own credential
-        from orchestrator.api.console import mount
+        from orchestrator.entrypoints.api.console import mount
 
         mount(app, service_factory, *console, max_failures=console_max_failures)
     return app
@@ -589,7 +589,7 @@ def _inbound_routes(app: FastAPI, inbound: Callable[[], Inbound]) -> None:
 
 def app_from_runtime() -> FastAPI:
     """The API wired to this process's settings, database, Redis and Celery."""
-    from orchestrator.runtime import get_runtime
+    from orchestrator.entrypoints.runtime import get_runtime
 
     rt = get_runtime()
     svc = rt.service()

@@ -1,12 +1,12 @@
-"""Alembic environment: the URL comes from the caller (``orchestrator.db.migrate``)."""
+"""Alembic environment: the URL comes from the caller (``orchestrator.store.migrate``)."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlmodel import SQLModel
 
-import orchestrator.db.models  # noqa: F401  (registers the tables)
-from orchestrator.db.engine import make_engine
+import orchestrator.store.models  # noqa: F401  (registers the tables)
+from orchestrator.store.engine import make_engine
 
 config = context.config
 target_metadata = SQLModel.metadata

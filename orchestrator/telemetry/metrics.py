@@ -54,17 +54,13 @@ def observe_gateway(method: str, path: str, outcome: str, seconds: float) -> Non
 
 
 class StoreCollector:
-    """Gauges read from the database at scrape time."""
+    """Gauges read from the store at scrape time (``overview``: the operator's overview)."""
 
-    def __init__(self, repo: Any, clock: Callable[[], dt.datetime],
-                 rejected_since: Callable[[], float | None] = lambda: None):
-        self.repo, self.clock, self.rejected_since = repo, clock, rejected_since
+    def __init__(self, overview: Callable[[], dict[str, Any]]):
+        self.overview = overview
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from orchestrator import ops
-
-        now = self.clock()
-        o = ops.overview(self.repo, now, limit=1, rejected_since=self.rejected_since())
+        o = self.overview()
         yield GaugeMetricFamily("orchestrator_plural_credentials_rejected",
                                 "1 while Plural refuses our client credentials (a configuration fault: checkouts wait)",
                                 value=1 if o["credentials"]["rejected"] else 0)
@@ -97,10 +93,10 @@ class StoreCollector:
         yield hooks
 
 
-def render(repo: Any, clock: Callable[[], dt.datetime],
-           rejected_since: Callable[[], float | None] = lambda: None) -> tuple[bytes, str]:
+def render(overview: Callable[[], dict[str, Any]]) -> tuple[bytes, str]:
     """The text a scrape gets: every process's counters (added up in multiprocess mode) and the
-    store's gauges (with the token store's "credentials rejected" flag)."""
+    store's gauges, from ``overview`` (the operator's overview, with the token store's
+    "credentials rejected" flag)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
@@ -112,5 +108,5 @@ def render(repo: Any, clock: Callable[[], dt.datetime],
 
         text = generate_latest(REGISTRY)
     store = CollectorRegistry()
-    store.register(StoreCollector(repo, clock, rejected_since))
+    store.register(StoreCollector(overview))
     return text + generate_latest(store), CONTENT_TYPE_LATEST

@@ -22,9 +22,9 @@ import contextlib
 import json
 from typing import Any, AsyncIterator, Callable
 
-from orchestrator.logs import get_logger
+from orchestrator.telemetry.logs import get_logger
 
-log = get_logger("orchestrator.changes")
+log = get_logger("orchestrator.outbound.changes")
 
 CHANNEL = "orchestrator:checkout-status"
 

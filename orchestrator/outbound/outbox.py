@@ -1,6 +1,6 @@
 """The outbox: events for the merchant's backend, written in the transaction of the change they
 report, so an event exists exactly when its change was committed (none for a change rolled back,
-none lost after one committed). Delivery is ``orchestrator.delivery``'s job.
+none lost after one committed). Delivery is ``orchestrator.outbound.delivery``'s job.
 
 An event: ``evt_…`` id, type, creation time, and the checkout (or refund) exactly as the API's
 ``GET`` showed it in that transaction. Types: ``checkout.<status>`` for every change of a
@@ -18,12 +18,12 @@ from typing import Any, Callable
 
 from sqlmodel import Session
 
-from orchestrator.core import saga
-from orchestrator.core.ids import new_id
-from orchestrator.core.saga import State
-from orchestrator.db.models import Checkout, MerchantEvent, Refund
-from orchestrator.db.repo import ADD_EVENT, Trail
-from orchestrator.views import checkout_view, iso, refund_view
+from orchestrator.domain import saga
+from orchestrator.domain.ids import new_id
+from orchestrator.domain.saga import State
+from orchestrator.store.models import Checkout, MerchantEvent, Refund
+from orchestrator.store.repo import ADD_EVENT, Trail
+from orchestrator.outbound.views import checkout_view, iso, refund_view
 
 CHECKOUT_EVENT_TYPES = frozenset(f"checkout.{status.lower()}" for status in saga.PUBLIC_STATUS.values())
 REFUND_EVENT_TYPES = frozenset({"refund.processed", "refund.failed", "refund.needs_attention"})

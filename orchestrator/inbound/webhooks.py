@@ -26,18 +26,18 @@ from typing import Any, Callable
 from sqlalchemy import and_, bindparam, or_, update
 from sqlmodel import col, select
 
-from orchestrator import metrics
-from orchestrator.changes import kick_once
-from orchestrator.core.saga import Source
-from orchestrator.db.models import Checkout, Refund, WebhookEvent, detached
-from orchestrator.db.repo import insert_skipping
-from orchestrator.logs import get_logger
+from orchestrator.telemetry import metrics
+from orchestrator.outbound.changes import kick_once
+from orchestrator.domain.saga import Source
+from orchestrator.store.models import Checkout, Refund, WebhookEvent, detached
+from orchestrator.store.repo import insert_skipping
+from orchestrator.telemetry.logs import get_logger
 from orchestrator.plural.models import Order
 from orchestrator.plural.signatures import WEBHOOK_TOLERANCE, SignatureError, verify_webhook_signature
 from orchestrator.plural import errors
-from orchestrator.steps import TRANSIENT, Deps, mismatch, order_fact, settle
+from orchestrator.saga.steps import TRANSIENT, Deps, mismatch, order_fact, settle
 
-log = get_logger("orchestrator.webhooks")
+log = get_logger("orchestrator.inbound.webhooks")
 
 ORDER_EVENTS = frozenset({"ORDER_AUTHORIZED", "ORDER_PROCESSED", "ORDER_CANCELLED", "ORDER_FAILED", "PAYMENT_FAILED"})
 REFUND_EVENTS = frozenset({"REFUND_PROCESSED", "REFUND_FAILED"})
@@ -233,7 +233,7 @@ def apply(d: Deps, event: WebhookEvent) -> tuple[str, str]:
     except (ValueError, KeyError):
         return "ignored", "data is not an order"
     if event.event_type in REFUND_EVENTS:
-        from orchestrator.refunds import apply_refund_event
+        from orchestrator.saga.refunds import apply_refund_event
 
         if event.note is not None:
             try:  # a late (or kept waiting) refund event is not believed: what Plural says of that refund order now is

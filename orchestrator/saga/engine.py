@@ -22,16 +22,16 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 from sqlmodel import col, func, select
 
-from orchestrator.core import saga
-from orchestrator import outbox
-from orchestrator.changes import Announce, silent
-from orchestrator.core.saga import Fact, Source, State, Step, automatic_refund_reference
-from orchestrator.db.models import Checkout, Refund, StepAttempt, utcnow
-from orchestrator.db.repo import Claim, Effect, Repo, Trail
-from orchestrator.logs import get_logger
-from orchestrator.vault import Vault
+from orchestrator.domain import saga
+from orchestrator.outbound import outbox
+from orchestrator.outbound.changes import Announce, silent
+from orchestrator.domain.saga import Fact, Source, State, Step, automatic_refund_reference
+from orchestrator.store.models import Checkout, Refund, StepAttempt, utcnow
+from orchestrator.store.repo import Claim, Effect, Repo, Trail
+from orchestrator.telemetry.logs import get_logger
+from orchestrator.store.vault import Vault
 
-log = get_logger("orchestrator.engine")
+log = get_logger("orchestrator.saga.engine")
 
 #: states whose next step the engine enqueues at once; the others wait for their due time
 #: (a poll, a capture deadline, a watch, an operator)

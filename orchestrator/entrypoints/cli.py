@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from config import ConfigurationError, load_settings
 from config.settings import EMBEDDED_REDIS_PORT
-from orchestrator.logs import configure_logging
+from orchestrator.telemetry.logs import configure_logging
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -42,7 +42,7 @@ def _sandbox(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from orchestrator.api.app import app_from_runtime
+    from orchestrator.entrypoints.api.app import app_from_runtime
 
     # httptools and uvloop where installed; keep-alive longer than clients' pooled connections idle
     # (a connection the server closes as the client reuses it is a reset), a deep accept backlog
@@ -78,7 +78,7 @@ def _beat(_args: argparse.Namespace) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError
 
-    from orchestrator.db.migrate import upgrade
+    from orchestrator.store.migrate import upgrade
 
     settings = load_settings()
     deadline = time.monotonic() + args.wait
@@ -98,8 +98,8 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from orchestrator.runtime import get_runtime
-    from orchestrator.service import CheckoutError
+    from orchestrator.entrypoints.runtime import get_runtime
+    from orchestrator.merchant.service import CheckoutError
 
     rt = get_runtime()
     svc = rt.service()
@@ -114,8 +114,8 @@ def _operator(args: argparse.Namespace) -> int:
 
 
 def _resolve_refund(args: argparse.Namespace) -> int:
-    from orchestrator.refunds import RefundRefused
-    from orchestrator.runtime import get_runtime
+    from orchestrator.saga.refunds import RefundRefused
+    from orchestrator.entrypoints.runtime import get_runtime
 
     try:
         r = get_runtime().service().resolve_refund(args.refund_id, args.operator)
@@ -127,8 +127,8 @@ def _resolve_refund(args: argparse.Namespace) -> int:
 
 
 def _repo() -> object:
-    from orchestrator.db.engine import make_engine
-    from orchestrator.db.repo import Repo
+    from orchestrator.store.engine import make_engine
+    from orchestrator.store.repo import Repo
 
     return Repo(make_engine(load_settings().sqlalchemy_url))
 
@@ -172,11 +172,11 @@ def _status(_args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from orchestrator import ops
-    from orchestrator.db.models import utcnow
+    from orchestrator.store import reports
+    from orchestrator.store.models import utcnow
 
     rejected_since, unknown = _credentials_flag()
-    o = ops.overview(_repo(), utcnow(), rejected_since=rejected_since)  # type: ignore[arg-type]
+    o = reports.overview(_repo(), utcnow(), rejected_since=rejected_since)  # type: ignore[arg-type]
     out = Console()
     cred = o["credentials"]
     if cred["rejected"]:
@@ -191,7 +191,7 @@ def _status(_args: argparse.Namespace) -> int:
     for status, count in o["by_status"].items():
         table.add_row(status, str(count))
     out.print(table)
-    overdue = Table(title=f"overdue (due more than {int(ops.OVERDUE_AFTER.total_seconds())} s ago): "
+    overdue = Table(title=f"overdue (due more than {int(reports.OVERDUE_AFTER.total_seconds())} s ago): "
                           f"{o['overdue']['count']}")
     for column in ("checkout", "state", "late by (s)"):
         overdue.add_column(column)
@@ -224,9 +224,9 @@ def _checkout(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from orchestrator import ops
+    from orchestrator.store import reports
 
-    d = ops.checkout_detail(_repo(), args.checkout_id)  # type: ignore[arg-type]
+    d = reports.checkout_detail(_repo(), args.checkout_id)  # type: ignore[arg-type]
     if d is None:
         print(f"orchestrator checkout: no checkout {args.checkout_id}", file=sys.stderr)
         return 1

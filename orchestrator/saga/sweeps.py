@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from orchestrator.core.saga import State, Step, next_step
-from orchestrator.logs import get_logger
-from orchestrator.steps import Deps
+from orchestrator.domain.saga import State, Step, next_step
+from orchestrator.telemetry.logs import get_logger
+from orchestrator.saga.steps import Deps
 
-log = get_logger("orchestrator.sweeps")
+log = get_logger("orchestrator.saga.sweeps")
 
 
 def sweep_due(d: Deps, now: dt.datetime | None = None) -> int:
@@ -34,7 +34,7 @@ def sweep_due(d: Deps, now: dt.datetime | None = None) -> int:
         enqueued += 1
     if enqueued:
         log.info("sweep.due.enqueued", count=enqueued)
-    from orchestrator.db.repo import IdempotencyStore
+    from orchestrator.store.repo import IdempotencyStore
 
     IdempotencyStore(d.repo).prune()
     return enqueued

@@ -1,7 +1,7 @@
 """What an operator asks: where do checkouts stand, what is stuck and why, what happened to one.
 
 Plain reads returning plain data; ``orchestrator status`` and ``orchestrator checkout`` print them
-(``orchestrator/cli.py``).
+(``orchestrator/entrypoints/cli.py``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from orchestrator.core import saga
-from orchestrator.core.saga import RefundState, State
-from orchestrator.db.models import (Checkout, aware, MerchantEvent, MerchantEventAttempt, Refund, StepAttempt, Transition,
+from orchestrator.domain import saga
+from orchestrator.domain.saga import RefundState, State
+from orchestrator.store.models import (Checkout, aware, MerchantEvent, MerchantEventAttempt, Refund, StepAttempt, Transition,
                                     WebhookEvent)
-from orchestrator.db.repo import Repo
+from orchestrator.store.repo import Repo
 
 #: a due time this far in the past means nobody is driving the checkout (the sweep runs every few seconds)
 OVERDUE_AFTER = dt.timedelta(seconds=60)

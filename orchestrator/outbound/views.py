@@ -10,9 +10,9 @@ import copy
 import datetime as dt
 from typing import Any, Iterable
 
-from orchestrator.core import emi, saga
-from orchestrator.core.saga import State
-from orchestrator.db.models import Checkout, Refund, Transition
+from orchestrator.domain import emi, saga
+from orchestrator.domain.saga import State
+from orchestrator.store.models import Checkout, Refund, Transition
 
 
 def iso(value: dt.datetime | None) -> str | None:

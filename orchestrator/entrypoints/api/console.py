@@ -29,9 +29,8 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from jinja2 import DictLoader, Environment, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from orchestrator import ops
-from orchestrator.core import saga
-from orchestrator.service import CheckoutError, CheckoutService
+from orchestrator.domain import saga
+from orchestrator.merchant.service import CheckoutError, CheckoutService
 
 STATUSES = sorted(set(saga.PUBLIC_STATUS.values()))
 PREFIX = "/console"
@@ -208,13 +207,13 @@ def mount(app: FastAPI, service: Callable[[], CheckoutService], user: str, passw
         svc = service()
         status = status or None
         page = svc.list_checkouts(status if status in STATUSES else None, None, cursor, 50)
-        o = ops.overview(svc.repo, svc.clock(), rejected_since=svc.credentials_rejected_since())
+        o = svc.overview()
         return HTMLResponse(_templates.get_template("list").render(o=o, page=page, status=status,
                                                                    statuses=STATUSES))
 
     @router.get("/checkouts/{checkout_id}", response_class=HTMLResponse)
     def detail(checkout_id: str) -> HTMLResponse:
-        d = ops.checkout_detail(service().repo, checkout_id)
+        d = service().checkout_detail(checkout_id)
         if d is None:
             raise HTTPException(404, f"no checkout {checkout_id}")
         return HTMLResponse(_templates.get_template("detail").render(

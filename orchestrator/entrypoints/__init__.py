@@ -1,0 +1,1 @@
+"""How processes start: the single runtime bootstrap, the API, the CLI."""

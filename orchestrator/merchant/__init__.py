@@ -1,0 +1,1 @@
+"""What the merchant asks: the service's commands and their request models."""

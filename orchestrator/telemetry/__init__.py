@@ -1,0 +1,1 @@
+"""Logs (structlog, configured once) and Prometheus metrics."""
