@@ -24,7 +24,8 @@ case "${1:-}" in
         || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }) \
         || echo "run.sh: Chromium could not be installed; the console's browser test will be skipped" >&2
     fi
-    exec .venv/bin/python -m pytest "$@" ;;
+    # two workers: the end-to-end tests mostly wait on real processes (CI has two cores); `-n 0` runs serially
+    exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" "$@" ;;
   "") exec .venv/bin/orchestrator --help ;;
   *) exec .venv/bin/orchestrator "$@" ;;
 esac
