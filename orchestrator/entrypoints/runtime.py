@@ -17,7 +17,7 @@ from orchestrator.store.models import utcnow
 from orchestrator.store.repo import Repo
 from orchestrator.saga.leases import Leases
 from orchestrator.plural import PluralClient
-from orchestrator.saga.steps import Deps
+from orchestrator.saga.deps import Deps
 from orchestrator.store.vault import Vault
 
 
