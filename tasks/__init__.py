@@ -14,11 +14,11 @@ from workers.celery_app import app
 
 
 def _run(step: Step, checkout_id: str, task_id: str | None) -> None:
-    from orchestrator.saga import dispatch
+    from orchestrator.saga import runner
     from orchestrator.entrypoints.runtime import get_runtime
 
     structlog.contextvars.bind_contextvars(saga_id=checkout_id, step=step.value)
-    dispatch.run(get_runtime().deps(), step, checkout_id, task_id)
+    runner.run(get_runtime().deps(), step, checkout_id, task_id)
 
 
 def _step_task(step: Step) -> Any:
@@ -44,7 +44,7 @@ expire_hold = _step_task(Step.EXPIRE_HOLD)
 
 @app.task(name="tasks.refund", bind=True, acks_late=True)
 def refund(self: Any, refund_id: str) -> None:
-    from orchestrator.saga.refunds import run_refund
+    from orchestrator.saga.steps.refund import run_refund
     from orchestrator.entrypoints.runtime import get_runtime
 
     structlog.contextvars.bind_contextvars(refund_id=refund_id, step="refund")

@@ -213,7 +213,7 @@ class Harness:
         return public_status(State(self.state(checkout_id)))
 
     def drain(self, limit: int = 100) -> None:
-        from orchestrator.saga import dispatch
+        from orchestrator.saga import runner
 
         ran = []
         for _ in range(limit):
@@ -222,13 +222,21 @@ class Harness:
             step, checkout_id = self.queue.pop(0)
             row = self.deps.repo.get(checkout_id)
             ran.append((step.value, checkout_id[-6:], row.state if row else "-"))
-            dispatch.run(self.deps, step, checkout_id, "test-task")
+            runner.run(self.deps, step, checkout_id, "test-task")
         import collections
 
         raise AssertionError(f"the saga did not settle: {collections.Counter(ran).most_common(5)}")
 
     def state(self, checkout_id: str) -> str:
         return self.deps.repo.get(checkout_id).state
+
+    def redeps(self, **collaborators: Any) -> Any:
+        """The steps' collaborators with some replaced: another ``Deps``, so another engine (a
+        Deps's engine keeps what it was built from)."""
+        import dataclasses
+
+        self.deps = dataclasses.replace(self.deps, **collaborators)
+        return self.deps
 
     @property
     def inbound(self) -> Any:
@@ -284,7 +292,7 @@ def make_harness(url: str, sandbox: ThreadedUvicorn, sandbox_settings: Settings,
     from orchestrator.store.repo import Repo
     from orchestrator.plural import PluralClient
     from orchestrator.merchant.service import CheckoutService
-    from orchestrator.saga.steps import Deps
+    from orchestrator.saga.deps import Deps
     from orchestrator.store.vault import Vault
 
     upgrade(url)

@@ -113,7 +113,7 @@ def test_a_callback_still_sends_the_customer_on_when_the_broker_is_down(api, har
     def no_broker(*_a):
         raise ConnectionError("broker down")
 
-    harness.deps.enqueue = no_broker
+    harness.redeps(enqueue=no_broker)
     fields = {"order_id": c.plural_order_id, "status": "AUTHORIZED"}
     fields["signature"] = sign_callback(fields, harness.deps.settings.callback_key())
     answer = api.get("/callbacks/plural", params=fields, follow_redirects=False)
@@ -363,7 +363,7 @@ def test_a_checkout_is_accepted_while_redis_is_down_and_the_sweep_drives_it_once
     assert row.sealed_card and "4012001037141112" not in row.sealed_card and "Kevin" not in row.sealed_card
 
     real_redis.start()
-    harness.deps.vault = vault  # the steps' vault: the Redis that is back
+    harness.redeps(vault=vault)  # the steps' vault: the Redis that is back
     harness.clock.advance(settings.step_lease_seconds + 1)
     harness.run_due()
     assert harness.status(row.id) == "AWAITING_OTP"

@@ -11,7 +11,8 @@ import requests
 
 from orchestrator.domain.saga import Step
 from orchestrator.plural import PluralClient
-from orchestrator.saga.refunds import RefundRefused, get_refund, refunds_of
+from orchestrator.merchant.refunds import RefundRefused, refunds_of
+from orchestrator.saga.steps.refund import get_refund
 from orchestrator.merchant.service import CheckoutError, CheckoutIn
 from orchestrator.saga.sweeps import sweep_due
 from tests.conftest import at_once, ledger
@@ -292,9 +293,9 @@ def test_the_cancel_webhook_of_an_expiring_hold_ends_it_expired_not_cancelled(ha
     sweep_due(h.deps)
     expire = [item for item in h.queue if item[0] is Step.EXPIRE_HOLD]
     h.queue.clear()
-    from orchestrator.saga import steps
+    from orchestrator.saga import runner
 
-    steps.run(h.deps, Step.EXPIRE_HOLD, expire[0][1])
+    runner.run(h.deps, Step.EXPIRE_HOLD, expire[0][1])
     assert h.state(c.id) == "CANCELLING"
     cancelled = h.deps.plural.cancel_order(c.plural_order_id)  # Plural acts; its webhook beats our cancel step
     h.queue.clear()
@@ -523,7 +524,7 @@ def test_a_refund_first_sent_under_the_merchants_reference_is_sent_again_only_un
 
 def needing_attention(h, r):
     from orchestrator.domain.saga import RefundState
-    from orchestrator.saga.refunds import move
+    from orchestrator.saga.steps.refund import move
 
     assert move(h.deps, get_refund(h.deps, r.id), RefundState.NEEDS_ATTENTION, error_code="REFUND_MISMATCH",
                 next_due_at=None)

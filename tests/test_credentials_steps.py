@@ -8,7 +8,7 @@ import uuid
 
 import requests
 
-from orchestrator.saga import dispatch
+from orchestrator.saga import runner
 from orchestrator.merchant.service import CheckoutIn
 
 OTP_CARD, ACS_CARD = "4012001037141112", "5555555555554444"
@@ -37,7 +37,7 @@ def run_until(h, checkout_id, state):
         if h.state(checkout_id) == state:
             return
         step, cid = h.queue.pop(0)
-        dispatch.run(h.deps, step, cid, "test-task")
+        runner.run(h.deps, step, cid, "test-task")
     raise AssertionError(f"never reached {state}: {h.state(checkout_id)}")
 
 
@@ -150,7 +150,7 @@ def test_a_refused_capture_waits_and_captures_once_when_the_credentials_work(har
 
 def test_a_checkout_that_waited_too_long_needs_attention_with_the_reason(harness):
     h = harness
-    h.deps.settings = h.deps.settings.model_copy(update={"credentials_wait_seconds": 60.0})
+    h.redeps(settings=h.deps.settings.model_copy(update={"credentials_wait_seconds": 60.0}))
     row = create(h, pre_auth=True, amount=5000)
     h.drain()
     h.service.submit_otp(row.id, "123456")
@@ -177,7 +177,7 @@ def test_a_refused_offer_check_waits_and_goes_on_when_the_credentials_work(harne
 
 
 def test_a_refused_refund_waits_uncounted_and_is_processed_when_the_credentials_work(harness):
-    from orchestrator.saga.refunds import get_refund
+    from orchestrator.saga.steps.refund import get_refund
 
     h = harness
     row = create(h, amount=3000)
@@ -196,7 +196,7 @@ def test_a_refused_refund_waits_uncounted_and_is_processed_when_the_credentials_
 
 def test_a_checkout_that_needed_attention_for_the_credentials_goes_back_once_they_work(harness):
     h = harness
-    h.deps.settings = h.deps.settings.model_copy(update={"credentials_wait_seconds": 60.0})
+    h.redeps(settings=h.deps.settings.model_copy(update={"credentials_wait_seconds": 60.0}))
     row = create(h, pre_auth=True, amount=5000)
     h.drain()
     h.service.submit_otp(row.id, "123456")

@@ -109,14 +109,14 @@ def test_debit_emi_declined_at_the_payment_fails(harness):
 def test_an_issuer_minimum_raised_after_validation_fails_the_payment_amount_limit_exceeded(harness):
     """The offer validated, then the bank's minimum went above the order before the payment: Plural
     refuses the payment and the checkout fails cleanly with the code, the card data gone."""
-    from orchestrator.saga import dispatch
+    from orchestrator.saga import runner
     from orchestrator.domain.saga import Step
 
     h = harness
     row, _ = h.service.create(CheckoutIn.model_validate(body("DEBIT_EMI", debit(), "7", "1", 1200000)))
     while h.queue and h.queue[0][0] != Step.CREATE_PAYMENT:  # the offer validated, the order made
         step, checkout_id = h.queue.pop(0)
-        dispatch.run(h.deps, step, checkout_id, "t")
+        runner.run(h.deps, step, checkout_id, "t")
     assert h.queue and h.deps.repo.get(row.id).offer is not None
     book = requests.get(h.sandbox_url + "/sandbox/offers", timeout=5).json()
     for issuer in book["issuers"]:

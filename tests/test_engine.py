@@ -11,13 +11,14 @@ import threading
 import pytest
 import requests
 
-from orchestrator.saga import steps
+from orchestrator.saga import answers, runner
 from orchestrator.domain.saga import Fact, Source, State, Step, may_cause
 from orchestrator.store.models import Checkout
 from orchestrator.store.repo import Claim, LostClaim
 from orchestrator.saga.engine import Run
 from orchestrator.plural import PluralClient
-from orchestrator.saga.refunds import get_refund, refunds_of
+from orchestrator.merchant.refunds import refunds_of
+from orchestrator.saga.steps.refund import get_refund
 from orchestrator.inbound.webhooks import process_pending
 from tests.conftest import at_once, ledger
 from tests.test_capture_refunds import authorized, kinds
@@ -65,7 +66,7 @@ def test_a_poll_that_still_sees_authorized_cannot_undo_a_capture(harness):
     c = authorized(h)
     stale = h.deps.plural.get_order(c.plural_order_id)
     h.service.deliver(c.id, None)
-    assert steps.settle(h.deps, h.deps.repo.get(c.id), stale, "a slow poll", Source.POLL) is False
+    assert answers.settle(h.deps, h.deps.repo.get(c.id), stale, "a slow poll", Source.POLL) is False
     assert h.state(c.id) == "CAPTURING"
 
 
@@ -91,10 +92,10 @@ def test_a_second_delivery_while_a_run_holds_the_checkout_does_nothing(harness):
     h.service.deliver(c.id, None)
     h.queue.clear()
     token = h.deps.repo.claim(Checkout, c.id, 60)  # a first run, still working
-    steps.run(h.deps, Step.CAPTURE_ORDER, c.id, "second")
+    runner.run(h.deps, Step.CAPTURE_ORDER, c.id, "second")
     assert h.state(c.id) == "CAPTURING" and h.deps.repo.attempts(c.id, Step.CAPTURE_ORDER.value) == []
     h.deps.repo.release(Checkout, c.id, token)
-    steps.run(h.deps, Step.CAPTURE_ORDER, c.id, "third")
+    runner.run(h.deps, Step.CAPTURE_ORDER, c.id, "third")
     assert h.state(c.id) == "COMPLETED"
 
 
@@ -144,11 +145,11 @@ def test_two_runs_of_one_payment_step_at_once_pay_once_and_never_fail_it(harness
     c = received(h)
     for _ in range(2):  # create the order and check the card: the payment step is next
         step, checkout_id = h.queue.pop(0)
-        steps.run(h.deps, step, checkout_id, "t")
+        runner.run(h.deps, step, checkout_id, "t")
     assert h.state(c.id) == "CARD_CHECKED"
     h.queue.clear()
     faults(h, {"kind": "latency", "path": "/payments$", "seconds": 0.4, "count": 1})
-    at_once(lambda: steps.run(h.deps, Step.CREATE_PAYMENT, c.id, "t"), 2)
+    at_once(lambda: runner.run(h.deps, Step.CREATE_PAYMENT, c.id, "t"), 2)
     h.drain()
     assert h.status(c.id) == "AWAITING_OTP"
     assert kinds(h, h.deps.repo.get(c.id)).count(("PAYMENT_CREATED", 1500)) == 1
@@ -165,8 +166,8 @@ def test_a_duplicate_answered_in_progress_is_looked_up_not_taken_as_a_refusal(ha
     h.queue.clear()
     faults(h, {"kind": "hang_after", "path": "/capture$", "seconds": 1.0, "count": 1})
     patient, h.deps.plural = h.deps.plural, impatient(h)
-    steps.run(h.deps, Step.CAPTURE_ORDER, c.id, "first")  # times out: outcome unknown, Plural captured
-    steps.run(h.deps, Step.CAPTURE_ORDER, c.id, "second")
+    runner.run(h.deps, Step.CAPTURE_ORDER, c.id, "first")  # times out: outcome unknown, Plural captured
+    runner.run(h.deps, Step.CAPTURE_ORDER, c.id, "second")
     h.deps.plural = patient
     assert h.state(c.id) in ("CAPTURING", "COMPLETED")
     h.clock.advance(60)
@@ -324,7 +325,7 @@ def test_an_otp_whose_answer_was_lost_is_not_sent_again(harness):
 def settle_refunds_at_once(h, c, amounts=(1000, 2000, 3000, 4000)) -> bool:
     """Request refunds of ``c``, then mark them all PROCESSED from as many threads at once."""
     from orchestrator.domain.saga import RefundState
-    from orchestrator.saga.refunds import move
+    from orchestrator.saga.steps.refund import move
 
     rows = [h.service.refund(c.id, amount, None)[0] for amount in amounts]
     h.queue.clear()
@@ -403,12 +404,12 @@ def test_a_step_whose_runs_keep_dying_needs_attention_after_the_maximum_age(harn
     for _ in range(3):  # within the maximum age: each run dies, nothing moves
         h.deps.plural = CrashingPlural(patient, "before")
         with pytest.raises(Crash):
-            steps.run(h.deps, Step.CAPTURE_ORDER, c.id, "dies")
+            runner.run(h.deps, Step.CAPTURE_ORDER, c.id, "dies")
         h.clock.advance(h.deps.settings.step_max_age_seconds / 4)
     h.deps.plural = patient
     assert h.state(c.id) == "CAPTURING"
     h.clock.advance(h.deps.settings.step_max_age_seconds / 2)
-    steps.run(h.deps, Step.CAPTURE_ORDER, c.id, "sweep")
+    runner.run(h.deps, Step.CAPTURE_ORDER, c.id, "sweep")
     c = h.deps.repo.get(c.id)
     assert c.state == "NEEDS_ATTENTION" and "no progress in CAPTURING" in c.attention_reason
     assert [k for k in kinds(h, c) if k[0] == "CAPTURED"] == []

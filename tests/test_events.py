@@ -40,7 +40,7 @@ def completed(h):
 
 
 def pushing(h, url, **more):
-    h.deps.settings = h.deps.settings.model_copy(update={"merchant_webhook_url": url, **more})
+    h.redeps(settings=h.deps.settings.model_copy(update={"merchant_webhook_url": url, **more}))
     return h.deps.settings
 
 
@@ -66,7 +66,8 @@ def test_each_public_change_is_announced_with_the_view_its_event_carries(harness
     one what a read shows."""
     h = harness
     heard: list[tuple[str, str, int, str | None]] = []
-    h.deps.announce = h.service.engine.announce = lambda *said: heard.append(said)
+    h.redeps(announce=lambda *said: heard.append(said))
+    h.service.engine.announce = h.deps.announce
     c = completed(h)
     mine = [said for said in heard if said[0] == c.id]
     assert [status for _, status, _, _ in mine] == ["AWAITING_OTP", "PROCESSING", "COMPLETED"]
@@ -80,7 +81,7 @@ def test_each_public_change_is_announced_with_the_view_its_event_carries(harness
 def test_no_event_is_written_for_a_change_that_was_rolled_back(harness, monkeypatch):
     """The event is written in the move's transaction: if anything in it fails, neither the move
     nor its event exists."""
-    from orchestrator.saga import dispatch
+    from orchestrator.saga import runner
     from orchestrator.domain.saga import Step
 
     h = harness
@@ -97,7 +98,7 @@ def test_no_event_is_written_for_a_change_that_was_rolled_back(harness, monkeypa
         raise RuntimeError("the transaction fails after the event row was added")
 
     for step in (Step.CREATE_ORDER, Step.CARD_DETAILS, Step.CREATE_PAYMENT, Step.GENERATE_OTP):
-        dispatch.run(h.deps, step, c.id, "t")
+        runner.run(h.deps, step, c.id, "t")
     assert h.state(c.id) == "PAYMENT_CREATED" or h.state(c.id) == "AWAITING_OTP"
     before = h.state(c.id)
     count = len(events_of(h, c.id))

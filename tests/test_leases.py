@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from orchestrator.saga import steps
+from orchestrator.saga import runner
 from orchestrator.domain.saga import Step
 from orchestrator.store.models import Checkout, aware, utcnow
 from orchestrator.store.repo import Claim
@@ -53,7 +53,7 @@ def test_a_claim_its_process_renews_keeps_a_rival_out_past_the_lease(harness):
             h.clock.advance(lease / 3)
             assert h.deps.leases.renew() == 1
         assert about(claim_until(h, c), h.clock() + dt.timedelta(seconds=lease))
-        steps.run(h.deps, Step.CAPTURE_ORDER, c.id, "rival")
+        runner.run(h.deps, Step.CAPTURE_ORDER, c.id, "rival")
     assert h.state(c.id) == "CAPTURING"
     assert [a.task_id for a in h.deps.repo.attempts(c.id, CAPTURE)] == ["first"]
 
@@ -63,7 +63,7 @@ def test_a_claim_nobody_renews_lapses_within_one_lease_and_a_rival_settles_the_s
     c = capturing(h)
     write_ahead(h, c, "dead")  # its process died here: nothing renews the claim
     h.clock.advance(h.deps.leases.lease_seconds + 1)
-    steps.run(h.deps, Step.CAPTURE_ORDER, c.id, "rival")
+    runner.run(h.deps, Step.CAPTURE_ORDER, c.id, "rival")
     assert h.state(c.id) == "COMPLETED"
     assert [k for k, _ in kinds(h, c)].count("CAPTURED") == 1
 
@@ -83,7 +83,7 @@ def test_renewals_stop_at_the_run_lease(harness):
         assert about(claim_until(h, c), began + dt.timedelta(seconds=cap))
         assert h.deps.leases.renew() == 0
         h.clock.advance(1)
-        steps.run(h.deps, Step.CAPTURE_ORDER, c.id, "rival")
+        runner.run(h.deps, Step.CAPTURE_ORDER, c.id, "rival")
     assert h.state(c.id) == "COMPLETED"
 
 
@@ -119,7 +119,7 @@ def test_a_step_run_keeps_its_claim_renewed_while_its_call_is_out(harness, monke
         return real(order_id, request)
 
     monkeypatch.setattr(h.deps.plural, "capture_order", slow_capture)
-    steps.run(h.deps, Step.CAPTURE_ORDER, c.id, "slow")
+    runner.run(h.deps, Step.CAPTURE_ORDER, c.id, "slow")
     assert len(seen) == 1 and about(seen[0], dt.timedelta(seconds=lease))
     assert h.state(c.id) == "COMPLETED" and h.deps.repo.get(c.id).claim_token is None
     assert h.deps.leases.renew() == 0  # the run ended: nothing of it is held
@@ -127,7 +127,7 @@ def test_a_step_run_keeps_its_claim_renewed_while_its_call_is_out(harness, monke
 
 def test_a_refund_run_keeps_its_claim_renewed_while_its_call_is_out(harness, monkeypatch):
     from orchestrator.store.models import Refund
-    from orchestrator.saga.refunds import refunds_of
+    from orchestrator.merchant.refunds import refunds_of
 
     h = harness
     c = authorized(h, pre_auth=False)

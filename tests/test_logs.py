@@ -96,8 +96,9 @@ def test_bytes_and_exceptions_in_a_log_event_are_masked():
 
 def test_plural_error_text_is_masked_before_it_is_stored(harness):
     """A refusal whose message quotes the card is stored and shown masked."""
-    from orchestrator.saga import steps
+    from orchestrator.domain.saga import Step
     from orchestrator.plural import errors
+    from orchestrator.saga import runner
 
     from tests.test_steps import received
 
@@ -114,7 +115,7 @@ def test_plural_error_text_is_masked_before_it_is_stored(harness):
     plural, h.deps.plural = h.deps.plural, Echoing()
     try:
         h.queue.clear()
-        steps.run(h.deps, steps.Step.CREATE_ORDER, c.id, "t")
+        runner.run(h.deps, Step.CREATE_ORDER, c.id, "t")
     finally:
         h.deps.plural = plural
     row = h.deps.repo.get(c.id)

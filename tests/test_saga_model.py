@@ -31,13 +31,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
-from orchestrator.saga import dispatch, steps
+from orchestrator.saga import answers, runner
 from orchestrator.domain import saga
 from orchestrator.domain.saga import Source, State
 from orchestrator.plural import PluralClient, errors
 from orchestrator.plural.signatures import sign_callback
 from orchestrator.store.repo import may_have_refunds
-from orchestrator.saga.refunds import RefundRefused, refunds_of
+from orchestrator.merchant.refunds import RefundRefused, refunds_of
 from orchestrator.audit import agrees_with_plural, ledger_problems
 from orchestrator.merchant.service import CheckoutError, CheckoutIn
 from orchestrator.saga.sweeps import sweep_due
@@ -98,7 +98,7 @@ class SagaModel(RuleBasedStateMachine):
         """``chain``: steps one delivery may run back to back (0: every step through the queue)."""
         from sqlalchemy import update
 
-        self.h.deps.settings = self.h.deps.settings.model_copy(update={"step_chain": chain})
+        self.h.redeps(settings=self.h.deps.settings.model_copy(update={"step_chain": chain}))
         from orchestrator.store.models import Checkout, Refund
 
         with self.h.deps.repo.session() as s:  # earlier examples' checkouts rest: this one checks its own
@@ -215,19 +215,19 @@ class SagaModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def deliver_step(self, data: st.DataObject) -> None:
         if (nxt := self._next(data)) is not None:
-            dispatch.run(self.h.deps, nxt[0], nxt[1], "model")
+            runner.run(self.h.deps, nxt[0], nxt[1], "model")
 
     @rule(data=st.data())
     def duplicate_step(self, data: st.DataObject) -> None:
         if (nxt := self._next(data, pop=False)) is not None:
-            dispatch.run(self.h.deps, nxt[0], nxt[1], "model-duplicate")
+            runner.run(self.h.deps, nxt[0], nxt[1], "model-duplicate")
 
     @rule(data=st.data())
     def concurrent_step(self, data: st.DataObject) -> None:
         if (nxt := self._next(data)) is None:
             return
         step, row_id = nxt
-        threads = [threading.Thread(target=dispatch.run, args=(self.h.deps, step, row_id, f"model-{i}")) for i in range(2)]
+        threads = [threading.Thread(target=runner.run, args=(self.h.deps, step, row_id, f"model-{i}")) for i in range(2)]
         for t in threads:
             t.start()
         for t in threads:
@@ -240,7 +240,7 @@ class SagaModel(RuleBasedStateMachine):
         step, row_id = nxt
         self.h.deps.plural = CrashingPlural(self.patient, when)
         try:
-            dispatch.run(self.h.deps, step, row_id, "model-crash")
+            runner.run(self.h.deps, step, row_id, "model-crash")
         except Crash:
             pass
         finally:
@@ -256,7 +256,7 @@ class SagaModel(RuleBasedStateMachine):
         self.h.deps.plural = CrashingPlural(self.patient, when)
         self.h.deps.repo.release = lambda *_args, **_kwargs: None  # never reached by a killed process
         try:
-            dispatch.run(self.h.deps, step, row_id, "model-killed")
+            runner.run(self.h.deps, step, row_id, "model-killed")
         except Crash:
             pass
         finally:
@@ -274,7 +274,7 @@ class SagaModel(RuleBasedStateMachine):
                      timeout=5)
         self.h.deps.plural = PluralClient.from_settings(self.h.deps.settings, read_timeout=0.1, max_attempts=1)
         try:
-            dispatch.run(self.h.deps, step, row_id, "model-fault")
+            runner.run(self.h.deps, step, row_id, "model-fault")
         finally:
             self.h.deps.plural = self.patient
             requests.delete(f"{self.h.sandbox_url}/sandbox/faults", timeout=5)
@@ -316,7 +316,7 @@ class SagaModel(RuleBasedStateMachine):
     def poll(self, data: st.DataObject) -> None:
         c = self._pick(data)
         if c.plural_order_id:
-            steps.settle(self.h.deps, c, self.patient.get_order(c.plural_order_id), "model poll", Source.POLL)
+            answers.settle(self.h.deps, c, self.patient.get_order(c.plural_order_id), "model poll", Source.POLL)
 
     @precondition(lambda self: self.ids)
     @rule(data=st.data())

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
-from orchestrator.saga import steps
+from orchestrator.saga import runner, steps
 from orchestrator.domain.saga import Step
 from orchestrator.merchant.service import CheckoutIn
 from tests.conftest import ledger
@@ -139,7 +139,7 @@ def test_a_generate_otp_whose_answer_was_lost_is_resolved_as_sent(harness):
     row = received(h)
     for _ in range(3):  # create order, card details, create payment: up to the Generate OTP step
         step, checkout_id = h.queue.pop(0)
-        steps.run(h.deps, step, checkout_id, "t")
+        runner.run(h.deps, step, checkout_id, "t")
     (pending,) = h.queue
     c = h.deps.repo.get(row.id)
     assert pending[0] == Step.GENERATE_OTP and c.state == "PAYMENT_CREATED"
@@ -236,7 +236,7 @@ def test_crash_between_call_and_record_is_reconciled_by_reference(harness):
 
     made = h.deps.plural.create_order(CreateOrderRequest(merchant_order_reference=row.merchant_order_reference,
                                                          order_amount=Amount(value=1500)))
-    steps.run(h.deps, Step.CREATE_ORDER, row.id)
+    runner.run(h.deps, Step.CREATE_ORDER, row.id)
     c = h.deps.repo.get(row.id)
     assert c.state == "ORDER_CREATED" and c.plural_order_id == made.order_id
     assert [a.outcome for a in h.deps.repo.attempts(c.id, Step.CREATE_ORDER.value)] == ["succeeded"]
@@ -247,8 +247,8 @@ def test_a_duplicate_step_delivery_does_nothing(harness):
     h = harness
     c = checkout(h)
     before = len(h.deps.repo.history(c.id))
-    steps.run(h.deps, Step.CREATE_ORDER, c.id)
-    steps.run(h.deps, Step.CREATE_PAYMENT, c.id)
+    runner.run(h.deps, Step.CREATE_ORDER, c.id)
+    runner.run(h.deps, Step.CREATE_PAYMENT, c.id)
     assert len(h.deps.repo.history(c.id)) == before
     assert kinds(h, c).count("PAYMENT_CREATED") == 1
 
@@ -336,8 +336,8 @@ def test_concurrent_payment_step_that_finds_the_card_gone_follows_plural(harness
     h = harness
     row = received(h)
     h.queue.clear()
-    steps.run(h.deps, Step.CREATE_ORDER, row.id)
-    steps.run(h.deps, Step.CARD_DETAILS, row.id)
+    runner.run(h.deps, Step.CREATE_ORDER, row.id)
+    runner.run(h.deps, Step.CARD_DETAILS, row.id)
     h.queue.clear()
     c = h.deps.repo.get(row.id)
     assert c.state == "CARD_CHECKED"
@@ -346,7 +346,7 @@ def test_concurrent_payment_step_that_finds_the_card_gone_follows_plural(harness
         payment_amount=Amount(value=1500), payment_option=PaymentOption(card_details=CardDetails(
             name="K", card_number=OTP_CARD, cvv="123", expiry_month="12", expiry_year="30")))]))
     h.deps.vault.drop_card(c.id)
-    steps.run(h.deps, Step.CREATE_PAYMENT, c.id)
+    runner.run(h.deps, Step.CREATE_PAYMENT, c.id)
     h.drain()
     assert h.state(c.id) == "AWAITING_OTP"
     assert kinds(h, c).count("PAYMENT_CREATED") == 1
@@ -356,11 +356,11 @@ def test_card_data_that_expired_before_payment_cancels_the_order(harness):
     h = harness
     row = received(h)
     h.queue.clear()
-    steps.run(h.deps, Step.CREATE_ORDER, row.id)
-    steps.run(h.deps, Step.CARD_DETAILS, row.id)
+    runner.run(h.deps, Step.CREATE_ORDER, row.id)
+    runner.run(h.deps, Step.CARD_DETAILS, row.id)
     h.queue.clear()
     h.deps.vault.drop_card(row.id)
-    steps.run(h.deps, Step.CREATE_PAYMENT, row.id)
+    runner.run(h.deps, Step.CREATE_PAYMENT, row.id)
     h.drain()
     c = h.deps.repo.get(row.id)
     assert c.state == "CANCELLED" and c.error_code == "CARD_DATA_EXPIRED"
@@ -396,7 +396,7 @@ def test_a_gateway_step_costs_one_read_and_two_write_transactions(harness):
     state (the move gives the claim back: no release)."""
     from sqlalchemy import event
 
-    from orchestrator.saga import dispatch
+    from orchestrator.saga import runner
     from orchestrator.domain.saga import Step
     from orchestrator.merchant.service import CheckoutIn
 
@@ -411,7 +411,7 @@ def test_a_gateway_step_costs_one_read_and_two_write_transactions(harness):
     event.listen(h.deps.repo.engine, "begin", count_writes)
     event.listen(h.deps.repo.read_engine, "begin", count_reads)
     try:
-        dispatch.run(h.deps, Step.CREATE_ORDER, row.id, "t")
+        runner.run(h.deps, Step.CREATE_ORDER, row.id, "t")
     finally:
         event.remove(h.deps.repo.engine, "begin", count_writes)
         event.remove(h.deps.repo.read_engine, "begin", count_reads)
@@ -425,7 +425,7 @@ def test_a_run_for_a_state_already_left_writes_nothing(harness):
     """A duplicate delivery of a step whose state the checkout has left reads and stops."""
     from sqlalchemy import event
 
-    from orchestrator.saga import dispatch
+    from orchestrator.saga import runner
     from orchestrator.domain.saga import Step
     from orchestrator.merchant.service import CheckoutIn
 
@@ -434,13 +434,13 @@ def test_a_run_for_a_state_already_left_writes_nothing(harness):
         "amount": {"value": 5000, "currency": "INR"},
         "card": {"number": "4012001037141112", "name": "K", "cvv": "123", "expiry_month": "12", "expiry_year": "2030"}}))
     h.queue.clear()
-    dispatch.run(h.deps, Step.CREATE_ORDER, row.id, "t")
+    runner.run(h.deps, Step.CREATE_ORDER, row.id, "t")
     before = h.deps.repo.get(row.id)
     writes = []
     count_writes = lambda *_a: writes.append(1)  # noqa: E731
     event.listen(h.deps.repo.engine, "begin", count_writes)
     try:
-        dispatch.run(h.deps, Step.CREATE_ORDER, row.id, "t-again")
+        runner.run(h.deps, Step.CREATE_ORDER, row.id, "t-again")
     finally:
         event.remove(h.deps.repo.engine, "begin", count_writes)
     assert writes == []
@@ -454,14 +454,14 @@ def test_a_run_for_a_state_already_left_writes_nothing(harness):
 def test_a_task_runs_the_steps_that_are_ready_at_once_back_to_back(harness):
     """With STEP_CHAIN, one delivery of create_order takes a card checkout to AWAITING_OTP with no
     message in between; each step still writes ahead, is claimed afresh and leaves its history."""
-    from orchestrator.saga import dispatch
+    from orchestrator.saga import runner
 
     h = harness
-    h.deps.settings = h.deps.settings.model_copy(update={"step_chain": 4})
+    h.redeps(settings=h.deps.settings.model_copy(update={"step_chain": 4}))
     c = received(h)
     (first,) = h.queue
     h.queue.clear()
-    dispatch.run(h.deps, first[0], first[1], "t")
+    runner.run(h.deps, first[0], first[1], "t")
     assert h.state(c.id) == "AWAITING_OTP" and h.queue == []
     c = h.deps.repo.get(c.id)
     assert path(h, c)[-4:] == ["ORDER_CREATED", "CARD_CHECKED", "PAYMENT_CREATED", "AWAITING_OTP"]
@@ -473,26 +473,26 @@ def test_a_task_runs_the_steps_that_are_ready_at_once_back_to_back(harness):
 
 
 def test_a_chain_is_bounded_and_hands_the_rest_to_the_queue(harness):
-    from orchestrator.saga import dispatch
+    from orchestrator.saga import runner
     from orchestrator.domain.saga import Step
 
     h = harness
-    h.deps.settings = h.deps.settings.model_copy(update={"step_chain": 1})
+    h.redeps(settings=h.deps.settings.model_copy(update={"step_chain": 1}))
     c = received(h)
     h.queue.clear()
-    dispatch.run(h.deps, Step.CREATE_ORDER, c.id, "t")
+    runner.run(h.deps, Step.CREATE_ORDER, c.id, "t")
     assert h.state(c.id) == "CARD_CHECKED" and h.queue == [(Step.CREATE_PAYMENT, c.id)]
 
 
 def test_a_chain_stops_where_another_run_took_the_checkout(harness, monkeypatch):
     """A second run that claims the checkout between two chained steps wins: the chain stops at
     its first write and nothing is called twice."""
-    from orchestrator.saga import dispatch, steps
+    from orchestrator.saga import runner, steps
     from orchestrator.domain.saga import Step
     from orchestrator.store.repo import Claim
 
     h = harness
-    h.deps.settings = h.deps.settings.model_copy(update={"step_chain": 4})
+    h.redeps(settings=h.deps.settings.model_copy(update={"step_chain": 4}))
     c = received(h)
     h.queue.clear()
     real = steps.card_details
@@ -504,7 +504,7 @@ def test_a_chain_stops_where_another_run_took_the_checkout(harness, monkeypatch)
         return real(d, run, row)
 
     monkeypatch.setitem(steps.STEPS, Step.CARD_DETAILS, card_details_after_a_rival)
-    dispatch.run(h.deps, Step.CREATE_ORDER, c.id, "t")
+    runner.run(h.deps, Step.CREATE_ORDER, c.id, "t")
     assert h.state(c.id) == "ORDER_CREATED"
     assert [a.task_id for a in h.deps.repo.attempts(c.id, Step.CARD_DETAILS.value)] == ["rival"]
 
@@ -512,7 +512,7 @@ def test_a_chain_stops_where_another_run_took_the_checkout(harness, monkeypatch)
 def test_an_order_plural_does_not_know_is_resolved_not_looped(harness, monkeypatch):
     """Get Order answering 404 for our order (a gateway that lost it) is nothing a retry can
     change: the checkout NEEDS_ATTENTION with ORDER_NOT_FOUND, and polling it later raises nothing."""
-    from orchestrator.saga import dispatch
+    from orchestrator.saga import runner
     from orchestrator.domain.saga import Step
     from orchestrator.plural import errors
 
@@ -524,11 +524,11 @@ def test_an_order_plural_does_not_know_is_resolved_not_looped(harness, monkeypat
         raise errors.NotFound(f"no order {order_id}", status=404, code="ORDER_NOT_FOUND")
 
     monkeypatch.setattr(h.deps.plural, "get_order", unknown)
-    dispatch.run(h.deps, Step.POLL_ORDER, c.id, "t")
+    runner.run(h.deps, Step.POLL_ORDER, c.id, "t")
     row = h.deps.repo.get(c.id)
     assert row.state == "NEEDS_ATTENTION" and row.error_code == "ORDER_NOT_FOUND"
     assert "does not know order" in row.attention_reason
-    dispatch.run(h.deps, Step.POLL_ORDER, c.id, "t2")  # the attention poll: no exception, still visible
+    runner.run(h.deps, Step.POLL_ORDER, c.id, "t2")  # the attention poll: no exception, still visible
     assert h.state(c.id) == "NEEDS_ATTENTION"
 
 
@@ -593,19 +593,19 @@ def test_an_order_plural_already_holds_for_our_reference_is_adopted_when_it_matc
 
 
 def test_a_foreign_order_found_by_reference_after_an_unknown_outcome_is_not_adopted_even_when_polled(harness):
-    from orchestrator.saga import dispatch
+    from orchestrator.saga import runner
 
     h = harness
     row = received(h, amount=1500)
     h.queue.clear()
     h.deps.repo.begin_attempt(row.id, Step.CREATE_ORDER.value, row.merchant_order_reference, "dead-task")
     foreign = foreign_order(h, row.merchant_order_reference, amount=1500, pre_auth=True)
-    steps.run(h.deps, Step.CREATE_ORDER, row.id)
+    runner.run(h.deps, Step.CREATE_ORDER, row.id)
     c = mismatched(h, row)
     assert c.plural_order_id is None and c.attention_from == "NEW"
     assert "pre_auth is True at Plural, False here" in c.error_message
     h.clock.advance(h.deps.settings.attention_poll_seconds + 1)
-    dispatch.run(h.deps, Step.POLL_ORDER, c.id, "attention-poll")  # looks the order up again
+    runner.run(h.deps, Step.POLL_ORDER, c.id, "attention-poll")  # looks the order up again
     c = mismatched(h, c)
     assert c.plural_order_id is None
     assert [e["kind"] for e in ledger(h.sandbox_url, foreign.order_id)] == ["ORDER_CREATED"]
@@ -620,7 +620,7 @@ def test_an_order_found_by_reference_that_another_checkout_holds_is_not_adopted(
     theirs = altered(h.deps.plural.get_order(other.plural_order_id),
                      lambda o: o.update(merchant_order_reference=row.merchant_order_reference))
     monkeypatch.setattr(h.deps.plural, "get_order_by_reference", lambda _ref: theirs)
-    steps.run(h.deps, Step.CREATE_ORDER, row.id)
+    runner.run(h.deps, Step.CREATE_ORDER, row.id)
     c = mismatched(h, row)
     assert c.plural_order_id is None
     assert f"order {other.plural_order_id} belongs to checkout {other.id}" in c.error_message
@@ -631,15 +631,15 @@ def test_a_payment_answer_for_another_amount_needs_attention(harness, monkeypatc
     h = harness
     row = received(h, amount=1500)
     h.queue.clear()
-    steps.run(h.deps, Step.CREATE_ORDER, row.id)
-    steps.run(h.deps, Step.CARD_DETAILS, row.id)
+    runner.run(h.deps, Step.CREATE_ORDER, row.id)
+    runner.run(h.deps, Step.CARD_DETAILS, row.id)
     make = h.deps.plural.create_payment
 
     def cheaper(order_id, request):
         return altered(make(order_id, request), lambda o: o["payments"][0]["payment_amount"].update(value=15))
 
     monkeypatch.setattr(h.deps.plural, "create_payment", cheaper)
-    steps.run(h.deps, Step.CREATE_PAYMENT, row.id)
+    runner.run(h.deps, Step.CREATE_PAYMENT, row.id)
     c = mismatched(h, row)
     assert "payment_amount is 15 at Plural, 1500 here" in c.error_message
     assert "AWAITING_OTP" not in path(h, c) and "PAYMENT_CREATED" not in path(h, c)
@@ -697,7 +697,7 @@ def test_a_capture_answer_for_another_amount_needs_attention(harness, monkeypatc
 def test_a_step_that_crashes_in_a_waiting_state_is_counted_and_ends_visible_not_looped(harness, monkeypatch):
     """A defect or a poison answer in a step of a waiting state (no stall bound there) is a failure:
     after STEP_MAX_ATTEMPTS the checkout needs attention, naming the error."""
-    from orchestrator.saga import steps
+    from orchestrator.saga import runner, steps
     from orchestrator.domain.saga import Step
 
     h = harness

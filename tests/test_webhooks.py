@@ -337,10 +337,10 @@ def test_a_pre_auth_authorization_after_the_deadline_is_released_and_recorded_la
 
     sweep_due(h.deps)
     h.queue.clear()
-    from orchestrator.saga import steps
+    from orchestrator.saga import runner
     from orchestrator.domain.saga import Step
 
-    steps.run(h.deps, Step.POLL_ORDER, c.id)  # finds the deadline passed → CANCELLING
+    runner.run(h.deps, Step.POLL_ORDER, c.id)  # finds the deadline passed → CANCELLING
     assert h.state(c.id) == "CANCELLING"
     approve(h, c)  # the customer finishes just now
     h.drain()
@@ -355,11 +355,11 @@ def test_a_payment_processed_after_the_deadline_is_reported_not_hidden(harness):
     h = harness
     c = start(h)
     h.clock.advance(h.deps.settings.customer_action_timeout + 1)
-    from orchestrator.saga import steps
+    from orchestrator.saga import runner
     from orchestrator.domain.saga import Step
 
     h.queue.clear()
-    steps.run(h.deps, Step.POLL_ORDER, c.id)
+    runner.run(h.deps, Step.POLL_ORDER, c.id)
     assert h.state(c.id) == "CANCELLING"
     approve(h, c)
     h.drain()

@@ -114,7 +114,7 @@ def _operator(args: argparse.Namespace) -> int:
 
 
 def _resolve_refund(args: argparse.Namespace) -> int:
-    from orchestrator.saga.refunds import RefundRefused
+    from orchestrator.merchant.refunds import RefundRefused
     from orchestrator.entrypoints.runtime import get_runtime
 
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from config import Settings, get_settings
@@ -17,7 +17,7 @@ from orchestrator.store.models import utcnow
 from orchestrator.store.repo import Repo
 from orchestrator.saga.leases import Leases
 from orchestrator.plural import PluralClient
-from orchestrator.saga.steps import Deps
+from orchestrator.saga.deps import Deps
 from orchestrator.store.vault import Vault
 
 
@@ -57,6 +57,8 @@ class Runtime:
     kick_events: Callable[[], None] = lambda: None
     #: the live runs' claims, renewed by a thread started with this process's first run
     leases: Leases | None = None
+    _deps: Deps | None = field(default=None, init=False, repr=False)
+    _deps_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     #: what readiness fails on: this process cannot take work without them. The rest is reported.
     REQUIRED = ("database", "redis")
@@ -113,8 +115,13 @@ class Runtime:
         return IdempotencyStore(self.repo)
 
     def deps(self) -> Deps:
-        return Deps(settings=self.settings, repo=self.repo, plural=self.plural, vault=self.vault,
-                    enqueue=self.enqueue, announce=self.announce, kick_events=self.kick_events, leases=self.leases)
+        """The steps' collaborators and their one engine, built once for this process."""
+        with self._deps_lock:
+            if self._deps is None:
+                self._deps = Deps(settings=self.settings, repo=self.repo, plural=self.plural, vault=self.vault,
+                                  enqueue=self.enqueue, announce=self.announce, kick_events=self.kick_events,
+                                  leases=self.leases)
+            return self._deps
 
     def service(self) -> Any:
         from orchestrator.merchant.service import CheckoutService

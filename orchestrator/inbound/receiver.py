@@ -11,7 +11,7 @@ from orchestrator.domain import saga
 from orchestrator.domain.saga import State, Step
 from orchestrator.telemetry.logs import get_logger
 from orchestrator.plural.signatures import SignatureError, verify_callback
-from orchestrator.saga.steps import Deps
+from orchestrator.saga.deps import Deps
 from orchestrator.store.models import WebhookEvent
 from orchestrator.inbound.webhooks import Ingested, ingest, kick_processor, parse_delivery, store
 

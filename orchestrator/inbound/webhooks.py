@@ -35,7 +35,8 @@ from orchestrator.telemetry.logs import get_logger
 from orchestrator.plural.models import Order
 from orchestrator.plural.signatures import WEBHOOK_TOLERANCE, SignatureError, verify_webhook_signature
 from orchestrator.plural import errors
-from orchestrator.saga.steps import TRANSIENT, Deps, mismatch, order_fact, settle
+from orchestrator.saga.answers import mismatch, order_fact, settle
+from orchestrator.saga.deps import TRANSIENT, Deps
 
 log = get_logger("orchestrator.inbound.webhooks")
 
@@ -233,7 +234,7 @@ def apply(d: Deps, event: WebhookEvent) -> tuple[str, str]:
     except (ValueError, KeyError):
         return "ignored", "data is not an order"
     if event.event_type in REFUND_EVENTS:
-        from orchestrator.saga.refunds import apply_refund_event
+        from orchestrator.saga.steps.refund import apply_refund_event
 
         if event.note is not None:
             try:  # a late (or kept waiting) refund event is not believed: what Plural says of that refund order now is

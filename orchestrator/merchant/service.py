@@ -480,7 +480,8 @@ class CheckoutService:
 
     def discover(self, req: DiscoveryIn) -> dict[str, Any]:
         """Plural's offer discovery for these terms, passed on exactly as Plural answered."""
-        from orchestrator.saga.steps import TRANSIENT, offer_terms
+        from orchestrator.saga.deps import TRANSIENT
+        from orchestrator.saga.steps.offer import offer_terms
 
         self._within_ceiling(req.amount.value)
         terms = offer_terms(req.amount.value, req.amount.currency,
@@ -606,19 +607,19 @@ class CheckoutService:
         """An operator's resolve, decided against Plural's Get Order: the checkout first follows
         Plural's own fact (a final view, or a hold), then goes where ``saga.operator_resolution``
         allows; a wish Plural's view contradicts is refused (``ResolveRefused``)."""
-        from orchestrator.saga import steps
+        from orchestrator.saga import answers
 
         order = self._plural_order(c)
         fact, fields = None, {}
         view, payment_open, status = None, False, "no order"
         if order is not None:
-            problem = steps.mismatch(self._deps(), c, order, found=c.plural_order_id is None)
+            problem = answers.mismatch(self._deps(), c, order, found=c.plural_order_id is None)
             if problem:
                 # Plural's order disagrees with the checkout: nothing is adopted, a person reconciles it
                 raise self._refused(c, wanted, order.status, f"Plural's order disagrees with the checkout ({problem}); "
                                     "reconcile it at Plural, nothing was changed", c.state)
-            fact, fields = steps.order_fact(self._deps(), c, order)
-            payment = steps._our_payment(c, order)
+            fact, fields = answers.order_fact(self._deps(), c, order)
+            payment = answers.our_payment(c, order)
             view = saga.gateway_view(order.status, payment.status if payment else None)
             payment_open, status = payment is not None, order.status
         target = saga.operator_resolution(wanted, view, payment_open)
@@ -676,13 +677,13 @@ class CheckoutService:
 
 
     def _deps(self) -> Any:
-        from orchestrator.saga.steps import Deps
+        from orchestrator.saga.deps import Deps
 
         return Deps(settings=self.settings, repo=self.repo, plural=None, vault=self.vault, enqueue=self.enqueue,
                     clock=self.clock, announce=self.announce, kick_events=self.kick_events)
 
     def refund(self, checkout_id: str, amount: int | None, reference: str | None) -> tuple[Any, bool]:
-        from orchestrator.saga.refunds import request_refund
+        from orchestrator.merchant.refunds import request_refund
 
         self.get(checkout_id)
         return request_refund(self._deps(), checkout_id, amount, reference)
@@ -691,14 +692,14 @@ class CheckoutService:
         """An operator's resolve of a refund that NEEDS_ATTENTION, decided by Plural's refund order."""
         import dataclasses
 
-        from orchestrator.saga.refunds import RefundRefused, resolve_refund
+        from orchestrator.merchant.refunds import RefundRefused, resolve_refund
 
         if self.plural is None:
             raise RefundRefused(503, "PLURAL_UNAVAILABLE", "no Plural client in this process; nothing was changed")
         return resolve_refund(dataclasses.replace(self._deps(), plural=self.plural), refund_id, who)
 
     def refunds(self, checkout_id: str) -> list[Any]:
-        from orchestrator.saga.refunds import refunds_of
+        from orchestrator.merchant.refunds import refunds_of
 
         return refunds_of(self._deps(), checkout_id)
 

@@ -13,7 +13,8 @@ import datetime as dt
 
 from orchestrator.domain.saga import State, Step, next_step
 from orchestrator.telemetry.logs import get_logger
-from orchestrator.saga.steps import Deps
+from orchestrator.saga.deps import Deps
+from orchestrator.store.repo import IdempotencyStore
 
 log = get_logger("orchestrator.saga.sweeps")
 
@@ -34,7 +35,5 @@ def sweep_due(d: Deps, now: dt.datetime | None = None) -> int:
         enqueued += 1
     if enqueued:
         log.info("sweep.due.enqueued", count=enqueued)
-    from orchestrator.store.repo import IdempotencyStore
-
     IdempotencyStore(d.repo).prune()
     return enqueued

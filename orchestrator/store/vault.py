@@ -11,7 +11,7 @@ won. A submission that lost the move deletes only its own entry; none can overwr
 
 While Redis is away a new checkout's card is sealed instead (``seal_card``: the same encryption,
 the same key) and held in its checkout row; the checkout's first step, which runs once Redis is
-back, moves it into the vault and clears the row (``steps.unseal_card``).
+back, moves it into the vault and clears the row (``orchestrator.saga.runner.unseal_card``).
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def test_a_clear_or_foreign_entry_counts_as_no_token():
 
 def test_a_refresh_lock_not_taken_in_time_is_a_transient_error_steps_back_off_from():
     from orchestrator.plural import errors
-    from orchestrator.saga.steps import TRANSIENT
+    from orchestrator.saga.deps import TRANSIENT
 
     server = fakeredis.FakeServer()
     fetch, calls = counting_fetch()

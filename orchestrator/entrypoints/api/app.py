@@ -29,7 +29,7 @@ from orchestrator.domain.money import MAX_AMOUNT
 from orchestrator.domain.saga import PUBLIC_STATUS
 from orchestrator.inbound.receiver import Inbound
 from orchestrator.telemetry.logs import get_logger, mask_text
-from orchestrator.saga.refunds import RefundRefused
+from orchestrator.merchant.refunds import RefundRefused
 from orchestrator.merchant.service import CheckoutError, CheckoutIn, CheckoutService, DeliveryIn, DiscoveryIn, OTPIn, RefundIn
 from orchestrator.outbound.views import refund_view
 from orchestrator.inbound.webhooks import WebhookRejected, require_signature_headers

@@ -1,15 +1,12 @@
-"""Refunds of completed checkouts: written ahead with a deterministic reference, submitted to
-Plural, tracked to PROCESSED or FAILED by webhook or by polling.
+"""The refund step: a refund of a completed checkout, written ahead with a deterministic reference,
+submitted to Plural, tracked to PROCESSED or FAILED by webhook or by polling.
 
 Plural knows a refund by a reference of ours derived from its id (``saga.plural_refund_reference``),
 never by the merchant's ``merchant_refund_reference``: Plural finds any order by its reference, a
 checkout's order too. Whatever Plural answers about a refund (the submit, a look-up by reference, a
 poll, a webhook) is adopted only if it is a REFUND order of the checkout's order for the refund's
 amount; anything else stops the refund in NEEDS_ATTENTION (REFUND_MISMATCH), naming both sides.
-
-Never above what was captured minus what was refunded (failed refunds excepted): the check and
-the insert run in one transaction that holds the checkout's row (``BEGIN IMMEDIATE`` on SQLite,
-``FOR UPDATE`` on PostgreSQL), so two concurrent requests cannot both spend the same paise.
+What the merchant and the operator ask of refunds is ``orchestrator.merchant.refunds``.
 """
 
 from __future__ import annotations
@@ -18,80 +15,21 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from orchestrator.domain.saga import (LATE_REFUND_FAILED, REFUND_FINAL, REFUND_MISMATCH, REFUND_TRANSITIONS,
-                                    RefundState, automatic_refund_reference, State, Step, plural_refund_reference, refund_id_of,
-                                    refund_mismatch, refund_reserves, refund_state_of, refundable, retry_delay)
-from orchestrator.store.models import Checkout, Refund
-from orchestrator.store.repo import may_have_refunds
-from orchestrator.telemetry.logs import get_logger
+from orchestrator.domain.saga import (LATE_REFUND_FAILED, REFUND_FINAL, REFUND_MISMATCH, REFUND_TRANSITIONS, RefundState,
+                                      State, Step, plural_refund_reference, refund_id_of, refund_mismatch,
+                                      refund_state_of, retry_delay)
+from orchestrator.outbound import outbox
 from orchestrator.plural import errors
 from orchestrator.plural.models import Amount, Order, RefundRequest
+from orchestrator.saga.calls import call_ahead
+from orchestrator.saga.deps import CREDENTIALS_REJECTED, TRANSIENT, Deps, text
 from orchestrator.saga.engine import Run
-from orchestrator.outbound import outbox
-from orchestrator.saga.steps import CREDENTIALS_REJECTED, TRANSIENT, Deps, call_ahead, text
+from orchestrator.store.models import Checkout, Refund
+from orchestrator.telemetry.logs import get_logger
 
 log = get_logger("orchestrator.saga.refunds")
-
-
-class RefundRefused(Exception):
-    def __init__(self, http_status: int, code: str, message: str, **details: Any):
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = http_status, code, message, details
-
-
-def request_refund(d: Deps, checkout_id: str, amount: int | None, reference: str | None) -> tuple[Refund, bool]:
-    """Record a refund (or return the one with this reference) and enqueue it after the commit."""
-    now = d.clock()
-    with d.repo.session() as s:
-        c = s.exec(select(Checkout).where(Checkout.id == checkout_id).with_for_update()).first()
-        if c is None:
-            raise RefundRefused(404, "CHECKOUT_NOT_FOUND", f"no checkout {checkout_id}")
-        if reference:
-            existing = s.exec(select(Refund).where(Refund.merchant_refund_reference == reference)).first()
-            if existing is not None:
-                if existing.checkout_id != c.id or (amount is not None and amount != existing.amount_value):
-                    raise RefundRefused(409, "REFERENCE_CONFLICT", "merchant_refund_reference names another refund",
-                                        refund_id=existing.id)
-                return existing, False
-        # a COMPLETED checkout, or one cancelled whose late payment was refunded automatically
-        # (what that refund did not give back, if it failed, may be refunded again)
-        if not may_have_refunds(c):
-            raise RefundRefused(409, "INVALID_STATE",
-                                "only a COMPLETED checkout (or one whose late payment was refunded) can be refunded",
-                                status=c.state)
-        mine = list(s.exec(select(Refund).where(Refund.checkout_id == c.id)))
-        spent = sum(r.amount_value for r in mine if refund_reserves(RefundState(r.state), r.error_code))
-        available = refundable(c.captured_amount, spent)
-        value = available if amount is None else amount
-        if value <= 0 or value > available:
-            raise RefundRefused(422, "REFUND_EXCEEDS_CAPTURED",
-                                f"at most {available} {c.currency} (minor units) can still be refunded",
-                                refundable={"value": available, "currency": c.currency})
-        row = Refund(checkout_id=c.id, merchant_refund_reference=reference or automatic_refund_reference(c.id, len(mine) + 1),
-                     amount_value=value, currency=c.currency,
-                     next_due_at=now + dt.timedelta(seconds=d.settings.step_lease_seconds),
-                     created_at=now, updated_at=now)
-        s.add(row)
-        try:
-            s.commit()
-        except IntegrityError:
-            s.rollback()
-            raise RefundRefused(409, "REFERENCE_CONFLICT", "merchant_refund_reference is already used") from None
-    log.info("refund.requested", saga_id=checkout_id, refund_id=row.id, amount=value)
-    for old in mine:  # a failed late refund that waited for this one is closed by it
-        if old.state == RefundState.NEEDS_ATTENTION.value and old.error_code == LATE_REFUND_FAILED:
-            move(d, old, RefundState.FAILED, error_code=LATE_REFUND_FAILED,
-                 error_message=text(f"{old.error_message or ''} (refunded again as {row.id})"))
-    d.engine.send(Step.REFUND, row.id)
-    return row, True
-
-
-def refunds_of(d: Deps, checkout_id: str) -> list[Refund]:
-    with d.repo.read_session() as s:
-        return list(s.exec(select(Refund).where(Refund.checkout_id == checkout_id).order_by(col(Refund.created_at))))
 
 
 def get_refund(d: Deps, refund_id: str) -> Refund | None:
@@ -129,7 +67,7 @@ def move(d: Deps, r: Refund, target: RefundState, claim: str | None = None, **fi
     return moved
 
 
-def _sent_as(r: Refund) -> tuple[str, ...]:
+def sent_as(r: Refund) -> tuple[str, ...]:
     """The references ``r`` may have been sent to Plural with: ours; and the merchant's, for a
     refund written before references were ours (never one that names another refund of ours)."""
     ours = plural_refund_reference(r.id)
@@ -137,7 +75,7 @@ def _sent_as(r: Refund) -> tuple[str, ...]:
     return (ours,) if legacy == ours or refund_id_of(legacy) is not None else (ours, legacy)
 
 
-def _mismatch(d: Deps, r: Refund, order: Order) -> str | None:
+def disagreement(d: Deps, r: Refund, order: Order) -> str | None:
     """Why ``order`` is not ``r`` at Plural (not a REFUND of the checkout's order, of its amount,
     under a reference it was sent with), or None."""
     c = d.repo.get(r.checkout_id)
@@ -146,8 +84,8 @@ def _mismatch(d: Deps, r: Refund, order: Order) -> str | None:
                           amount=amount.value if amount else None, currency=amount.currency if amount else None,
                           want_parent=c.plural_order_id if c else None, want_amount=r.amount_value,
                           want_currency=r.currency)
-    if order.merchant_order_reference is not None and order.merchant_order_reference not in _sent_as(r):
-        why = "; ".join(filter(None, [why, f"reference {order.merchant_order_reference}, not {_sent_as(r)[0]}"]))
+    if order.merchant_order_reference is not None and order.merchant_order_reference not in sent_as(r):
+        why = "; ".join(filter(None, [why, f"reference {order.merchant_order_reference}, not {sent_as(r)[0]}"]))
     return why
 
 
@@ -160,7 +98,7 @@ def _stop_mismatched(d: Deps, r: Refund, order: Order, why: str, reason: str, cl
          next_due_at=None)
 
 
-def _failed(d: Deps, r: Refund, claim: str | None, code: str, message: str, **fields: Any) -> None:
+def failed(d: Deps, r: Refund, claim: str | None, code: str, message: str, **fields: Any) -> None:
     """A refund Plural failed or refused. A late payment's automatic refund that fails leaves the
     customer charged: it NEEDS_ATTENTION (its amount free to be refunded again) instead."""
     fields["next_due_at"] = None
@@ -177,7 +115,7 @@ def follow(d: Deps, r: Refund, order: Order, reason: str, claim: str | None = No
     """Move a refund to what Plural's refund order says, if it is this refund's order."""
     if r.state == RefundState.NEEDS_ATTENTION.value and r.error_code == LATE_REFUND_FAILED:
         return  # Plural failed it for good; its amount is free to be refunded again
-    why = _mismatch(d, r, order)
+    why = disagreement(d, r, order)
     if why is not None:
         return _stop_mismatched(d, r, order, why, reason, claim)
     target = refund_state_of(order.status)
@@ -188,11 +126,11 @@ def follow(d: Deps, r: Refund, order: Order, reason: str, claim: str | None = No
     else:
         fields["next_due_at"] = None
     if target is RefundState.FAILED:
-        return _failed(d, r, claim, "REFUND_FAILED", reason, **fields)
+        return failed(d, r, claim, "REFUND_FAILED", reason, **fields)
     move(d, r, target, claim, **fields)
 
 
-def _backoff(d: Deps, r: Refund, exc: BaseException, claim: str) -> None:
+def backoff(d: Deps, r: Refund, exc: BaseException, claim: str) -> None:
     """Try again later; after ``STEP_MAX_ATTEMPTS`` failures stop trying and say so (the refund
     keeps its amount reserved: it may still have happened at Plural). Plural refusing our
     client credentials is not counted for ``CREDENTIALS_WAIT_SECONDS`` from the refusals' start:
@@ -243,13 +181,13 @@ def _run_refund(d: Deps, refund_id: str, token: str, task_id: str | None) -> Non
         try:
             return follow(d, r, d.plural.get_order(r.plural_refund_order_id), "polled", token)
         except TRANSIENT as exc:
-            return _backoff(d, r, exc, token)
+            return backoff(d, r, exc, token)
     # the refund's own claim fences its writes; the run carries the checkout's refund attempts
     run = Run(c.id, None, task_id, State(c.state), attempts=d.repo.attempts(c.id, Step.REFUND.value))
     ours = plural_refund_reference(r.id)
     # a submit whose outcome is unknown is resolved by looking its reference up, never by sending
     # it again (Plural answers a repeated refund reference DUPLICATE_REQUEST)
-    for reference in _sent_as(r):
+    for reference in sent_as(r):
         mine = [a for a in run.unresolved(Step.REFUND) if a.reference == reference]
         if not mine:
             continue
@@ -259,22 +197,22 @@ def _run_refund(d: Deps, refund_id: str, token: str, task_id: str | None) -> Non
             d.repo.resolve_attempts([a.id for a in mine if a.id], "failed", "no refund at Plural")
             continue
         except TRANSIENT as exc:
-            return _backoff(d, r, exc, token)
-        if _mismatch(d, r, found) is None:  # else left unresolved: the refund stops for an operator
+            return backoff(d, r, exc, token)
+        if disagreement(d, r, found) is None:  # else left unresolved: the refund stops for an operator
             d.repo.resolve_attempts([a.id for a in mine if a.id], "succeeded", found.order_id)
         return follow(d, r, found, "refund found by reference", token)
     # a refund first sent under the merchant's reference (before references were ours) is sent again
     # only under that one: Plural's duplicate check then still guards it, should Plural be lagging
-    legacy = [ref for ref in _sent_as(r)[1:] if any(a.reference == ref for a in run.attempts)]
+    legacy = [ref for ref in sent_as(r)[1:] if any(a.reference == ref for a in run.attempts)]
     reference = legacy[0] if legacy else ours
     request = RefundRequest(merchant_order_reference=reference,
                             order_amount=Amount(value=r.amount_value, currency=r.currency))
     got = call_ahead(d, run, Step.REFUND, reference,
                      lambda: d.plural.create_refund(c.plural_order_id, request), lambda o: o.order_id)
     if got.transient:
-        return _backoff(d, r, got.transient, token)
+        return backoff(d, r, got.transient, token)
     if got.refused:
-        return _failed(d, r, token, got.refused.code, got.refused.message)
+        return failed(d, r, token, got.refused.code, got.refused.message)
     follow(d, r, got.result, "submitted", token)
 
 
@@ -290,69 +228,3 @@ def apply_refund_event(d: Deps, order: Order) -> str | None:
     follow(d, r, order, "webhook")
     after = get_refund(d, r.id)
     return f"refund {before} → {after.state if after else '?'}"
-
-
-def resolve_refund(d: Deps, refund_id: str, who: str) -> Refund:
-    """An operator's resolve of a refund that NEEDS_ATTENTION, decided by Plural, never by a wish:
-    Plural's refund order, found by the refund's recorded order id or a reference it was sent with
-    and checked as every look-up is, settles it (PROCESSED, or FAILED, its amount then free); no
-    order under any of its references fails it. An order that disagrees, a refund still pending at
-    Plural, or Plural unreachable: refused, nothing changed."""
-    r = get_refund(d, refund_id)
-    if r is None:
-        raise RefundRefused(404, "NOT_FOUND", f"no refund {refund_id}")
-    if r.state != RefundState.NEEDS_ATTENTION.value:
-        raise RefundRefused(409, "INVALID_STATE", f"only a NEEDS_ATTENTION refund can be resolved; it is {r.state}")
-    try:
-        orders = _plural_orders_of(d, r)
-    except TRANSIENT as exc:
-        raise RefundRefused(503, "PLURAL_UNAVAILABLE", f"cannot ask Plural ({type(exc).__name__}); nothing was "
-                            "changed, try again when Plural answers") from None
-    disagreements = [why for why in (_mismatch(d, r, o) for o in orders) if why]
-    ours = [o for o in orders if _mismatch(d, r, o) is None]
-    by = f"resolved by {who}"
-    if ours:
-        order = ours[0]
-        target = refund_state_of(order.status)
-        if target is RefundState.PENDING:
-            raise RefundRefused(409, "RESOLVE_REFUSED", f"refund order {order.order_id} is still {order.status} at "
-                                "Plural; nothing was changed, resolve it once Plural settles it")
-        fields: dict[str, Any] = {"plural_refund_order_id": order.order_id, "plural_status": order.status,
-                                  "next_due_at": None}
-        if target is RefundState.PROCESSED:
-            fields.update(error_code=None, error_message=text(f"{by}: Plural processed {order.order_id}"))
-        else:
-            fields.update(error_code="REFUND_FAILED", error_message=text(f"{by}: Plural failed {order.order_id}"))
-    elif disagreements:
-        raise RefundRefused(409, "RESOLVE_REFUSED", text(f"Plural's order under this refund's reference is not this "
-                                                         f"refund ({'; '.join(disagreements)}); reconcile it at "
-                                                         "Plural, nothing was changed"))
-    elif r.plural_refund_order_id:
-        raise RefundRefused(409, "RESOLVE_REFUSED", f"Plural does not know the refund order "
-                            f"{r.plural_refund_order_id} this refund recorded; nothing was changed")
-    else:
-        target = RefundState.FAILED
-        fields = {"next_due_at": None, "error_code": "REFUND_NOT_AT_PLURAL",
-                  "error_message": text(f"{by}: Plural has no refund under {', '.join(_sent_as(r))}")}
-    if not move(d, r, target, **fields):
-        raise RefundRefused(409, "INVALID_STATE", "the refund moved on meanwhile")
-    log.warning("refund.resolved", refund_id=r.id, saga_id=r.checkout_id, state=target.value, operator=who)
-    resolved = get_refund(d, r.id)
-    assert resolved is not None
-    return resolved
-
-
-def _plural_orders_of(d: Deps, r: Refund) -> list[Order]:
-    """Plural's orders that may be this refund: its recorded order, else any under its references."""
-    if r.plural_refund_order_id:
-        try:
-            return [d.plural.get_order(r.plural_refund_order_id)]
-        except errors.NotFound:
-            return []
-    found = []
-    for reference in _sent_as(r):
-        try:
-            found.append(d.plural.get_order_by_reference(reference))
-        except errors.NotFound:
-            continue
-    return found
