@@ -183,8 +183,8 @@ def main() -> None:
     import argparse
     import tempfile
 
-    from orchestrator.stack import Stack
-    from orchestrator.redis_server import free_port
+    from devkit.stack import Stack
+    from devkit.redis_server import free_port
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--chains", type=int, default=200)

@@ -27,7 +27,7 @@ def main(n: int) -> None:
     from orchestrator.db.migrate import upgrade
     from orchestrator.db.repo import Repo
     from orchestrator.plural.signatures import webhook_headers
-    from orchestrator.redis_server import EmbeddedRedis, free_port
+    from devkit.redis_server import EmbeddedRedis, free_port
     from orchestrator.steps import Deps
     from orchestrator.logs import configure_logging
     from orchestrator.webhooks import KICK_KEY, ingest, redis_kick

@@ -38,7 +38,7 @@ from orchestrator.plural import PluralClient, errors
 from orchestrator.plural.signatures import sign_callback
 from orchestrator.db.repo import may_have_refunds
 from orchestrator.refunds import RefundRefused, refunds_of
-from orchestrator.audit import agrees_with_plural, ledger_problems
+from devkit.audit import agrees_with_plural, ledger_problems
 from orchestrator.service import CheckoutError, CheckoutIn
 from orchestrator.sweeps import sweep_due
 from orchestrator.webhooks import process_pending

@@ -4,7 +4,7 @@ The book (``OfferBook``; JSON through ``SANDBOX_OFFERS_FILE`` or ``PUT /sandbox/
 issuers (credit or debit bank, a minimum order amount every issuer must have, and a maximum), their tenures (months, rate,
 processing fee, program and offer ids), a flat merchant-bank discount per tenure, and brand
 offers per product (discount with its merchant share, INSTANT or POST subvention). The figures
-are the sandbox's own arithmetic (``orchestrator.sandbox.emi``).
+are the sandbox's own arithmetic (``devkit.sandbox.emi``).
 
 The default book reproduces Plural's Debit EMI document:
 
@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.sandbox import cards, emi
+from devkit.sandbox import cards, emi
 
 
 class _Model(BaseModel):

@@ -1,6 +1,6 @@
 """The sandbox gateway's business rules, in memory: Plural UAT as faithfully as its documents allow.
 
-HTTP lives in ``orchestrator.sandbox.app``; this module only takes parsed JSON and returns
+HTTP lives in ``devkit.sandbox.app``; this module only takes parsed JSON and returns
 JSON-shaped dicts, or raises ``GatewayError`` with Plural's error body and HTTP status.
 
 Statuses follow Plural: an order is ``CREATED``, ``PENDING`` once a payment is made, then
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
 
-from orchestrator.sandbox import cards, offers, rules
-from orchestrator.sandbox.signing import callback_signature
+from devkit.sandbox import cards, offers, rules
+from devkit.sandbox.signing import callback_signature
 
 REFERENCE = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
 #: a reference in Plural's own samples that breaks the documented charset; accepted as the sample is

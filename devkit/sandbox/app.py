@@ -20,10 +20,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 import structlog
 
-from orchestrator.sandbox import offers
-from orchestrator.sandbox.faults import Faults
-from orchestrator.sandbox.gateway import Gateway, GatewayError, SandboxConfig
-from orchestrator.sandbox.webhooks import SCHEDULES, TIMESTAMPS, WebhookSender
+from devkit.sandbox import offers
+from devkit.sandbox.faults import Faults
+from devkit.sandbox.gateway import Gateway, GatewayError, SandboxConfig
+from devkit.sandbox.webhooks import SCHEDULES, TIMESTAMPS, WebhookSender
 
 log = structlog.get_logger(__name__)
 

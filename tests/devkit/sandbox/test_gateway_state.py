@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from orchestrator.sandbox.gateway import Gateway, GatewayError, SandboxConfig
+from devkit.sandbox.gateway import Gateway, GatewayError, SandboxConfig
 
 OTP_CARD = "4012001037141112"
 
