@@ -1,6 +1,6 @@
 """The sandbox gateway's business rules, in memory: Plural UAT as faithfully as its documents allow.
 
-HTTP lives in ``devkit.sandbox.app``; the gateway only takes parsed JSON and returns
+HTTP lives in ``devkit.sandbox.app`` (and its ``routes``); the gateway only takes parsed JSON and returns
 JSON-shaped dicts, or raises ``GatewayError`` with Plural's error body and HTTP status.
 
 Statuses follow Plural: an order is ``CREATED``, ``PENDING`` once a payment is made, then
