@@ -263,7 +263,7 @@ class Settings(BaseSettings):
     sandbox_payment_expiry_seconds: float = Field(default=900.0, ge=0,
                                                   description="an unpaid payment expires after this; 0: never")
     sandbox_offers_file: str | None = Field(default=None, description="a JSON EMI offer book for the sandbox "
-                                                                      "(see devkit/sandbox/offers.py)")
+                                                                      "(see devkit/sandbox/offer_book.py)")
 
     @field_validator("merchant_event_backoff")
     @classmethod
