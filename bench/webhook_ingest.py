@@ -18,6 +18,9 @@ from pathlib import Path
 
 import redis as redis_lib
 
+# the devkit (the embedded Redis) is the repository's, not installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def main(n: int) -> None:
     from celery import Celery
