@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine with Python 3.11 and pip:
-#   ./run.sh up      start the whole stack on the embedded defaults (Redis, SQLite, sandbox, API, worker, beat)
-#   ./run.sh test    run the test suite
-#   ./run.sh ARGS    any other `orchestrator` command (sandbox, api, worker, beat, migrate, demo, ...)
+#   ./run.sh up        start the whole stack on the embedded defaults (Redis, SQLite, sandbox, API, worker, beat):
+#                      the devkit's `up` (python -m devkit up)
+#   ./run.sh test      run the test suite
+#   ./run.sh dev ARGS  a development command of the devkit (up, sandbox, chaos, demo)
+#   ./run.sh ARGS      any other `orchestrator` command (api, worker, beat, migrate, status, checkout, ...)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -26,6 +28,8 @@ case "${1:-}" in
     fi
     # two workers: the end-to-end tests mostly wait on real processes (CI has two cores); `-n 0` runs serially
     exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" "$@" ;;
+  up) exec .venv/bin/python -m devkit "$@" ;;  # the devkit is the repository's, found from here (cd above)
+  dev) shift; exec .venv/bin/python -m devkit "$@" ;;
   "") exec .venv/bin/orchestrator --help ;;
   *) exec .venv/bin/orchestrator "$@" ;;
 esac

@@ -73,7 +73,7 @@ def database(kind: str, base: Path) -> Iterator[tuple[str, str]]:
     if kind == "sqlite":
         yield f"sqlite:///{base / 'var' / 'orchestrator.store'}", f"sqlite:///{base / 'floor.db'}"
         return
-    from orchestrator.pg_server import throwaway_postgres
+    from devkit.pg_server import throwaway_postgres
 
     with throwaway_postgres() as url:
         yield url, url
@@ -118,9 +118,9 @@ def paired(runs: list[Run], against: list[Run]) -> str:
 def measure(kind: str, latency_ms: float, workers: int, in_flight: int, threads: int,
             args: argparse.Namespace) -> float:
     from config import Settings
-    from orchestrator.merchant_client import OrchestratorClient
-    from orchestrator.redis_server import free_port
-    from orchestrator.stack import Stack
+    from devkit.merchant_client import OrchestratorClient
+    from devkit.redis_server import free_port
+    from devkit.stack import Stack
 
     base = Path(tempfile.mkdtemp(prefix="bench-"))
     with database(kind, base) as (project_url, floor_url):

@@ -31,6 +31,7 @@ from sqlalchemy import create_engine, event, text
 
 HOPS = 6
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the devkit (stack, embedded Redis) is the repository's, not installed
 
 app = Celery("floor", broker=os.environ.get("FLOOR_BROKER", "redis://127.0.0.1:6379/15"))
 app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
@@ -183,8 +184,8 @@ def main() -> None:
     import argparse
     import tempfile
 
-    from orchestrator.stack import Stack
-    from orchestrator.redis_server import free_port
+    from devkit.stack import Stack
+    from devkit.redis_server import free_port
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--chains", type=int, default=200)

@@ -88,10 +88,10 @@ def main() -> None:
 
     from config import Settings
     from orchestrator.telemetry.logs import configure_logging
-    from orchestrator.merchant_client import OrchestratorClient
+    from devkit.merchant_client import OrchestratorClient
     from orchestrator.plural.signatures import webhook_headers
-    from orchestrator.redis_server import free_port
-    from orchestrator.stack import Stack
+    from devkit.redis_server import free_port
+    from devkit.stack import Stack
 
     configure_logging("WARNING", "console")
     base = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))

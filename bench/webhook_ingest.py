@@ -27,7 +27,7 @@ def main(n: int) -> None:
     from orchestrator.store.migrate import upgrade
     from orchestrator.store.repo import Repo
     from orchestrator.plural.signatures import webhook_headers
-    from orchestrator.redis_server import EmbeddedRedis, free_port
+    from devkit.redis_server import EmbeddedRedis, free_port
     from orchestrator.saga.deps import Deps
     from orchestrator.telemetry.logs import configure_logging
     from orchestrator.inbound.webhooks import KICK_KEY, ingest, redis_kick

@@ -24,7 +24,7 @@ SANDBOX_WEBHOOK_SECRET = "sandbox-webhook-secret"
 # hex, as Plural hands the return-URL key over; the string is only valid in sandbox
 SANDBOX_CALLBACK_SECRET = "73616e64626f782d63616c6c6261636b2d736563726574"
 SANDBOX_API_KEY = "sandbox-api-key"
-#: the port of the Redis ``orchestrator up`` embeds, unless told otherwise
+#: the port of the Redis ``python -m devkit up`` (``./run.sh up``) embeds, unless told otherwise
 EMBEDDED_REDIS_PORT = 6390
 # a Standard Webhooks secret (whsec_ + base64) for events to the merchant; only valid in sandbox
 SANDBOX_MERCHANT_WEBHOOK_SECRET = "whsec_c2FuZGJveC1tZXJjaGFudC13ZWJob29rLXNlY3JldA=="
@@ -263,7 +263,7 @@ class Settings(BaseSettings):
     sandbox_payment_expiry_seconds: float = Field(default=900.0, ge=0,
                                                   description="an unpaid payment expires after this; 0: never")
     sandbox_offers_file: str | None = Field(default=None, description="a JSON EMI offer book for the sandbox "
-                                                                      "(see orchestrator/sandbox/offers.py)")
+                                                                      "(see devkit/sandbox/offer_book.py)")
 
     @field_validator("merchant_event_backoff")
     @classmethod
@@ -405,7 +405,7 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        """``REDIS_URL``, or the embedded Redis that ``orchestrator up`` starts on its default port
+        """``REDIS_URL``, or the embedded Redis that ``./run.sh up`` starts on its default port
         (so a worker or beat started on its own finds it)."""
         return self.redis_url or f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
 

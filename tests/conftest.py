@@ -141,7 +141,7 @@ def sandbox_settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def sandbox_server(sandbox_settings: Settings, webhook_catcher: WebhookCatcher) -> Iterator[ThreadedUvicorn]:
-    from orchestrator.sandbox import app_from_settings
+    from devkit.sandbox import app_from_settings
 
     port = free_port()
     app = app_from_settings(sandbox_settings, port=port, webhook_url=webhook_catcher.url)
@@ -316,7 +316,7 @@ def make_harness(url: str, sandbox: ThreadedUvicorn, sandbox_settings: Settings,
 # --- a throwaway PostgreSQL server, when this machine has one --------------------------
 
 def _postgres_or_skip() -> Iterator[Any]:
-    from orchestrator.pg_server import NoPostgres, throwaway_postgres_server
+    from devkit.pg_server import NoPostgres, throwaway_postgres_server
 
     try:
         server = throwaway_postgres_server()
@@ -338,7 +338,7 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 def real_redis(tmp_path: Any) -> Iterator[Any]:
     """A real Redis server of the test's own (the embedded one: ``.url``, ``.stop()``)."""
-    from orchestrator.redis_server import EmbeddedRedis, free_port
+    from devkit.redis_server import EmbeddedRedis, free_port
 
     server = EmbeddedRedis(free_port(), tmp_path, persistent=False)
     server.start()

@@ -64,7 +64,7 @@ def test_a_worker_survives_redis_restarts_and_keeps_running_tasks(tmp_path):
     import sys
     import time
 
-    from orchestrator.redis_server import EmbeddedRedis, env_with, free_port
+    from devkit.redis_server import EmbeddedRedis, env_with, free_port
     from tests.broker_worker import probe
 
     redis_server = EmbeddedRedis(free_port(), tmp_path / "redis", persistent=True)

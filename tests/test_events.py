@@ -11,7 +11,7 @@ from sqlmodel import col, select
 
 from orchestrator.outbound import delivery, outbox
 from orchestrator.store.models import MerchantEvent, MerchantEventAttempt
-from orchestrator.merchant_client import EventRejected, OrchestratorClient
+from devkit.merchant_client import EventRejected, OrchestratorClient
 from tests.receiver import Receiver
 from tests.test_steps import checkout, received
 
@@ -164,7 +164,7 @@ def test_a_failing_answer_is_retried_with_backoff_and_the_same_event_id_and_ever
 
 
 def test_a_receiver_down_longer_than_the_first_retries_gets_the_events_later_in_order(harness):
-    from orchestrator.redis_server import free_port
+    from devkit.redis_server import free_port
 
     h = harness
     c = completed(h)

@@ -1,6 +1,6 @@
 """Fixed vectors: the rules both sides need (signatures, EMI figures, Luhn and card shapes, expiry,
 currencies), each vector stated once with its source, checked against the sandbox's own
-implementation (``orchestrator.sandbox``: Plural's side) and the orchestrator's (ours), which are
+implementation (``devkit.sandbox``: Plural's side) and the orchestrator's (ours), which are
 written apart so that a mistake in one is caught by the documents, not confirmed by the other.
 
 Sources: "card doc" is Plural's Card Native OTP document, "EMI doc" its Debit EMI document
@@ -19,9 +19,9 @@ from orchestrator.domain import cards as our_cards
 from orchestrator.domain import emi as our_emi
 from orchestrator.domain.money import SUPPORTED_CURRENCIES
 from orchestrator.plural import signatures as ours
-from orchestrator.sandbox import emi as sandbox_emi
-from orchestrator.sandbox import rules as sandbox_rules
-from orchestrator.sandbox import signing as sandbox
+from devkit.sandbox import emi as sandbox_emi
+from devkit.sandbox import rules as sandbox_rules
+from devkit.sandbox import signing as sandbox
 from tests.seeds import emi_samples
 
 # --- webhook signature ------------------------------------------------------------------

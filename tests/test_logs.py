@@ -221,7 +221,7 @@ def test_log_lines_go_to_the_stderr_of_the_moment_not_a_closed_one(monkeypatch):
     assert "after.swap" in now.getvalue() and "Logging error" not in now.getvalue()
 
 
-@pytest.mark.parametrize("module", ["orchestrator.sandbox.app", "orchestrator.sandbox.webhooks"])
+@pytest.mark.parametrize("module", ["devkit.sandbox.app", "devkit.sandbox.webhooks"])
 def test_the_sandboxs_own_loggers_are_masked_by_the_process_configuration(module, capsys):
     """The sandbox logs through structlog directly (it imports nothing of the orchestrator): the
     masking is the process's configuration, done by whoever starts it."""

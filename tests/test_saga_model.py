@@ -38,7 +38,7 @@ from orchestrator.plural import PluralClient, errors
 from orchestrator.plural.signatures import sign_callback
 from orchestrator.store.repo import may_have_refunds
 from orchestrator.merchant.refunds import RefundRefused, refunds_of
-from orchestrator.audit import agrees_with_plural, ledger_problems
+from devkit.audit import agrees_with_plural, ledger_problems
 from orchestrator.merchant.service import CheckoutError, CheckoutIn
 from orchestrator.saga.sweeps import sweep_due
 from orchestrator.inbound.webhooks import process_pending

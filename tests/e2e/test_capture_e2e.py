@@ -12,7 +12,7 @@ import pytest
 import redis
 import requests
 
-from orchestrator.merchant_client import OrchestratorError
+from devkit.merchant_client import OrchestratorError
 from tests.e2e.test_checkout_e2e import card, client_for, make_stack
 
 pytestmark = pytest.mark.e2e

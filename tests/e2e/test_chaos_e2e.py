@@ -1,4 +1,4 @@
-"""A short chaos run (``orchestrator chaos``) in the suite: real processes, workers killed, beat
+"""A short chaos run (``python -m devkit chaos``) in the suite: real processes, workers killed, beat
 and Redis restarted, sandbox faults and webhook chaos, answers lost after Plural acted, a webhook
 outage whose retries come late with their original timestamps, customers who walk away; then the
 invariants, and no worker that exited of its own accord (issue 22: a Redis restart ended every
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.chaos import run_chaos
+from devkit.chaos import run_chaos
 
 pytestmark = pytest.mark.e2e
 

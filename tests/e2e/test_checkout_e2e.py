@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from orchestrator.demo import approve_on_bank_page
-from orchestrator.merchant_client import OrchestratorClient, OrchestratorError
-from orchestrator.redis_server import free_port
-from orchestrator.stack import Stack
+from devkit.demo import approve_on_bank_page
+from devkit.merchant_client import OrchestratorClient, OrchestratorError
+from devkit.redis_server import free_port
+from devkit.stack import ROOT, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -213,14 +213,15 @@ def test_no_card_number_or_cvv_in_any_log_or_the_database(stack):
 
 
 def start_up(tmp_path: Path, ports: dict[str, int]) -> tuple[subprocess.Popen[bytes], list[bytes]]:
-    """``orchestrator up`` as a user runs it; its output is read into a list as it comes."""
+    """``./run.sh up`` (``python -m devkit up``) as a user runs it; its output is read into a list as it comes."""
     import threading
 
     env = {**os.environ, "DATA_DIR": str(tmp_path / "var"), **E2E_ENV, "LOG_FORMAT": "console"}
     env.pop("REDIS_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.entrypoints.cli", "up", "--api-port", str(ports["api"]),
+    proc = subprocess.Popen([sys.executable, "-m", "devkit", "up", "--api-port", str(ports["api"]),
                              "--sandbox-port", str(ports["sandbox"]), "--redis-port", str(ports["redis"])],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     lines: list[bytes] = []
     threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")), daemon=True).start()
     deadline = time.time() + 60
@@ -229,7 +230,7 @@ def start_up(tmp_path: Path, ports: dict[str, int]) -> tuple[subprocess.Popen[by
     return proc, lines
 
 
-def test_orchestrator_up_runs_the_whole_stack_labels_each_line_and_stops_on_ctrl_c(tmp_path):
+def test_up_runs_the_whole_stack_labels_each_line_and_stops_on_ctrl_c(tmp_path):
     ports = {"api": free_port(), "sandbox": free_port(), "redis": free_port()}
     proc, lines = start_up(tmp_path, ports)
     try:
@@ -251,7 +252,7 @@ def test_orchestrator_up_runs_the_whole_stack_labels_each_line_and_stops_on_ctrl
 
 
 def test_closing_ups_terminal_stops_everything_cleanly(tmp_path):
-    from orchestrator.redis_server import port_in_use
+    from devkit.redis_server import port_in_use
 
     ports = {"api": free_port(), "sandbox": free_port(), "redis": free_port()}
     proc, lines = start_up(tmp_path, ports)
@@ -262,7 +263,7 @@ def test_closing_ups_terminal_stops_everything_cleanly(tmp_path):
 
 
 def test_up_killed_outright_takes_its_children_with_it_and_a_second_up_names_a_busy_port(tmp_path):
-    from orchestrator.redis_server import port_in_use
+    from devkit.redis_server import port_in_use
 
     ports = {"api": free_port(), "sandbox": free_port(), "redis": free_port()}
     proc, _lines = start_up(tmp_path, ports)
@@ -277,9 +278,9 @@ def test_up_killed_outright_takes_its_children_with_it_and_a_second_up_names_a_b
         assert not [name for name, p in ports.items() if port_in_use(p)]
         holder.bind(("127.0.0.1", ports["api"]))
         holder.listen()
-        second = subprocess.run([sys.executable, "-m", "orchestrator.entrypoints.cli", "up", "--api-port", str(ports["api"]),
+        second = subprocess.run([sys.executable, "-m", "devkit", "up", "--api-port", str(ports["api"]),
                                  "--sandbox-port", str(ports["sandbox"]), "--redis-port", str(ports["redis"])],
-                                env={**os.environ, "DATA_DIR": str(tmp_path / "var2")}, capture_output=True,
+                                env={**os.environ, "DATA_DIR": str(tmp_path / "var2")}, cwd=ROOT, capture_output=True,
                                 timeout=30)
         assert second.returncode != 0
         assert b"--api-port" in second.stderr and str(ports["api"]).encode() in second.stderr
@@ -306,7 +307,7 @@ def test_a_webhook_lost_entirely_is_settled_by_polling(api, stack):
 
 def test_the_demo_drives_every_kind_to_a_final_status(api, stack, capsys):
     from config import Settings
-    from orchestrator.demo import KINDS, run_demo
+    from devkit.demo import KINDS, run_demo
 
     assert run_demo(stack.api_url, Settings().orchestrator_api_key.get_secret_value(), len(KINDS), timeout=90) == 0
     table = capsys.readouterr().out

@@ -11,8 +11,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
-from orchestrator.demo import pick_offer
-from orchestrator.merchant_client import OrchestratorError
+from devkit.demo import pick_offer
+from devkit.merchant_client import OrchestratorError
 from tests.e2e.test_checkout_e2e import api, ledger, stack  # noqa: F401 - the same module-scoped stack fixtures
 
 pytestmark = pytest.mark.e2e

@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from orchestrator.outbound import delivery
-from orchestrator.merchant_client import OrchestratorClient
-from orchestrator.redis_server import free_port
+from devkit.merchant_client import OrchestratorClient
+from devkit.redis_server import free_port
 from tests.e2e.test_checkout_e2e import card, client_for, make_stack
 from tests.receiver import Receiver
 

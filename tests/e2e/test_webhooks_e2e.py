@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 
-from orchestrator.demo import approve_on_bank_page
+from devkit.demo import approve_on_bank_page
 from orchestrator.plural.signatures import webhook_headers
 from tests.e2e.test_checkout_e2e import ACS_CARD, client_for, make_stack, new
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.sandbox import rules
+from devkit.sandbox import rules
 
 #: (issuer, card type) → networks with native OTP, from "Supported Issuer Banks and Card Networks"
 NATIVE_OTP_SUPPORT: dict[tuple[str, str], frozenset[str]] = {

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from orchestrator.redis_server import free_port
+from devkit.redis_server import free_port
 
 
 class NoPostgres(RuntimeError):

@@ -28,8 +28,8 @@ from typing import Any
 import requests
 import structlog
 
-from orchestrator.sandbox.faults import Faults
-from orchestrator.sandbox.signing import webhook_headers
+from devkit.sandbox.faults import Faults
+from devkit.sandbox.signing import webhook_headers
 
 log = structlog.get_logger(__name__)
 

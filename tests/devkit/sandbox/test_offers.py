@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.domain import emi  # our side reads the sandbox's offers as the orchestrator would
-from orchestrator.sandbox import offers
+from devkit.sandbox import offers
 from tests.seeds import emi_samples, find
 
 REDMI = [{"product_code": "redmi_1", "product_amount": {"value": 2000000, "currency": "INR"}}]

@@ -3,7 +3,7 @@
 It needs only ``requests`` (and ``standardwebhooks`` to verify events) and imports none of the
 worker code::
 
-    from orchestrator.merchant_client import OrchestratorClient
+    from devkit.merchant_client import OrchestratorClient
     api = OrchestratorClient("http://127.0.0.1:8000", api_key="...")
     checkout = api.create_checkout(amount=110000, card={...}, merchant_order_reference="order-42")
     checkout = api.wait(checkout["id"], until={"AWAITING_OTP", "AWAITING_REDIRECT", "FAILED"})

@@ -8,7 +8,7 @@ import random
 import requests
 
 from config.settings import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
-from orchestrator.chaos import Report, failed_by_credentials, refuse_credentials
+from devkit.chaos import Report, failed_by_credentials, refuse_credentials
 
 
 def token_status(base):

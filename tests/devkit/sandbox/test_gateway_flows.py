@@ -495,7 +495,7 @@ def test_the_sandbox_remembers_its_orders_across_a_restart(tmp_path):
     from fastapi.testclient import TestClient
 
     from config import Settings
-    from orchestrator.sandbox import app_from_settings
+    from devkit.sandbox import app_from_settings
 
     settings = Settings()
     state = tmp_path / "sandbox-state.pickle"

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from orchestrator.plural import models as m
-from orchestrator.sandbox.gateway import SEED_SAMPLE_TOKEN
+from devkit.sandbox.gateway import SEED_SAMPLE_TOKEN
 from tests.seeds import card_samples, emi_samples, find
 
 HEADERS = {"Authorization": f"Bearer {SEED_SAMPLE_TOKEN}", "Content-Type": "application/json",

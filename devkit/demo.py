@@ -1,4 +1,4 @@
-"""``orchestrator demo``: drive checkouts of every kind through a running stack and summarise them."""
+"""``python -m devkit demo``: drive checkouts of every kind through a running stack and summarise them."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from orchestrator.merchant_client import OrchestratorClient
+from devkit.merchant_client import OrchestratorClient
 
 CARD = {"name": "Demo Customer", "cvv": "123", "expiry_month": "12", "expiry_year": "2030"}
 OTP_CARD, ACS_CARD, DECLINE_CARD = "4012001037141112", "5555555555554444", "4000000000000002"

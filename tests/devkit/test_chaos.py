@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from orchestrator import chaos
+from devkit import chaos
 
 
 @pytest.mark.parametrize("method, path, lost", [

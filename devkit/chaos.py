@@ -1,4 +1,4 @@
-"""``orchestrator chaos``: the real processes under faults, then the invariants.
+"""``python -m devkit chaos``: the real processes under faults, then the invariants.
 
 It starts the whole system as processes (embedded Redis with AOF, two workers, beat, the API and
 the strict sandbox), drives mixed checkouts through the merchant API as shops and customers would
@@ -40,12 +40,12 @@ from typing import Any, Callable
 
 import requests
 
-from orchestrator.demo import (ACS_CARD, CARD, CREDIT_EMI_OTP_CARD, DEBIT_EMI_CARD, DECLINE_CARD, OTP_CARD,
+from devkit.demo import (ACS_CARD, CARD, CREDIT_EMI_OTP_CARD, DEBIT_EMI_CARD, DECLINE_CARD, OTP_CARD,
                                 approve_on_bank_page)
-from orchestrator.merchant_client import OrchestratorClient, OrchestratorError
-from orchestrator.redis_server import free_port
-from orchestrator.audit import agrees_with_plural, ledger_problems
-from orchestrator.stack import Stack
+from devkit.merchant_client import OrchestratorClient, OrchestratorError
+from devkit.redis_server import free_port
+from devkit.audit import agrees_with_plural, ledger_problems
+from devkit.stack import Stack
 
 #: timings short enough for a run of minutes, the same shape as production's
 CHAOS_ENV = {

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.sandbox.faults import Faults
+from devkit.sandbox.faults import Faults
 
 
 def app_from_settings(settings: Any, *, port: int, host: str = "127.0.0.1", faults: Faults | None = None,
                       webhook_url: str | None = None, state_file: Any = None) -> Any:
     """The sandbox app wired from ``config.Settings`` (credentials, secrets, OTP rules)."""
-    from orchestrator.sandbox.app import create_app
-    from orchestrator.sandbox.gateway import SandboxConfig
-    from orchestrator.sandbox.signing import secret_from_hex
+    from devkit.sandbox.app import create_app
+    from devkit.sandbox.gateway import SandboxConfig
+    from devkit.sandbox.signing import secret_from_hex
 
-    from orchestrator.sandbox import offers
+    from devkit.sandbox import offers
 
     public = settings.sandbox_public_url or f"http://{host}:{port}"
     book = offers.DEFAULT_BOOK

@@ -1,6 +1,6 @@
 """The whole system as processes: Redis, the sandbox, the API, a worker and beat.
 
-``orchestrator up`` runs a ``Stack`` in the foreground; the end-to-end tests run one too, and can
+``python -m devkit up`` runs a ``Stack`` in the foreground; the end-to-end tests run one too, and can
 kill and restart any of its processes.
 """
 
@@ -18,9 +18,18 @@ from typing import IO, Any
 
 import requests
 
-from orchestrator.redis_server import EmbeddedRedis, dies_with_parent, env_with
+from devkit.redis_server import EmbeddedRedis, dies_with_parent, env_with
 
 LABEL_WIDTH = 7
+#: the repository's root: ``devkit`` is not installed (it stays out of the production wheel), so the
+#: processes a stack spawns find it here, on their PYTHONPATH
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def with_root(pythonpath: str | None) -> str:
+    """``PYTHONPATH`` with the repository's root first (so ``python -m devkit`` runs from anywhere)."""
+    parts = [p for p in (pythonpath or "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
+    return os.pathsep.join([str(ROOT), *parts])
 
 
 def _label(name: str, stream: IO[bytes] | None) -> None:
@@ -66,6 +75,7 @@ class Stack:
             "REDIS_URL": self.redis_url,
             "PUBLIC_BASE_URL": self.api_url,
             "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": with_root(os.environ.get("PYTHONPATH")),
             # every process counts into its own file here; the API's /metrics adds them up
             "PROMETHEUS_MULTIPROC_DIR": str(self.data_dir / "metrics"),
         }
@@ -105,9 +115,9 @@ class Stack:
         self.wait_ready(timeout)
 
     def command(self, name: str) -> list[str]:
+        if name == "sandbox":  # a development tool: the devkit's command
+            return [sys.executable, "-m", "devkit", "sandbox", "--host", self.host, "--port", str(self.sandbox_port)]
         base = [sys.executable, "-m", "orchestrator.entrypoints.cli"]
-        if name == "sandbox":
-            return base + ["sandbox", "--host", self.host, "--port", str(self.sandbox_port)]
         if name == "api":
             return base + ["api", "--host", self.host, "--port", str(self.api_port)]
         return base + [name]

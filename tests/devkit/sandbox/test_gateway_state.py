@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from orchestrator.sandbox.gateway import Gateway, GatewayError, SandboxConfig
+from devkit.sandbox.gateway import Gateway, GatewayError, SandboxConfig
 
 OTP_CARD = "4012001037141112"
 
@@ -76,6 +76,25 @@ def test_a_restored_sandbox_still_expires_payments_and_settles_refunds():
     assert payment_status(again, unpaid) == "FAILED"
     assert status(again, refund) == "PROCESSED"
     assert status(again, done) == "FULLY_REFUNDED"
+
+
+def test_a_state_file_written_before_the_sandbox_moved_to_the_devkit_still_restores():
+    """A developer's DATA_DIR/sandbox-state.pickle names orchestrator.sandbox.gateway.PaymentState."""
+    import pickle
+
+    clock = Time()
+    g = gateway(clock)
+    unpaid = order(g)
+    pay(g, unpaid)
+    blob = pickle.dumps({name: getattr(g, name) for name in g.DURABLE}, protocol=0)
+    old = blob.replace(b"cdevkit.sandbox.state\nPaymentState\n", b"corchestrator.sandbox.gateway\nPaymentState\n")
+    old = old.replace(b"cdevkit.sandbox.", b"corchestrator.sandbox.")
+    assert b"corchestrator.sandbox.gateway\nPaymentState\n" in old and b"cdevkit." not in old
+    again = gateway(clock)
+    again.restore(old)
+    clock.now += 901
+    again.tick()
+    assert payment_status(again, unpaid) == "FAILED"
 
 
 def test_the_ledger_can_be_read_for_some_orders_only():

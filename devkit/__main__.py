@@ -1,0 +1,7 @@
+"""``python -m devkit COMMAND``: see ``devkit.cli``."""
+
+import sys
+
+from devkit.cli import main
+
+sys.exit(main())
