@@ -36,7 +36,8 @@ from orchestrator.outbound.changes import Announce, silent
 from orchestrator.domain import emi, saga
 from orchestrator.domain.saga import Fact, Source, State, Step
 from orchestrator.store.models import Checkout, StepAttempt, aware, utcnow
-from orchestrator.store.repo import Claim, LostClaim, Repo, claim_free
+from orchestrator.store.claims import Claim, LostClaim, claim_free
+from orchestrator.store.repo import Repo
 from orchestrator.saga.engine import NOT_SENT, Engine, Run
 from orchestrator.saga.leases import Leases
 from orchestrator.telemetry.logs import get_logger, mask_text

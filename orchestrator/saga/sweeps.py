@@ -34,7 +34,7 @@ def sweep_due(d: Deps, now: dt.datetime | None = None) -> int:
         enqueued += 1
     if enqueued:
         log.info("sweep.due.enqueued", count=enqueued)
-    from orchestrator.store.repo import IdempotencyStore
+    from orchestrator.store.idempotency import IdempotencyStore
 
     IdempotencyStore(d.repo).prune()
     return enqueued
