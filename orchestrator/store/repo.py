@@ -6,6 +6,10 @@ Idempotency-Key store) run prebuilt Core statements on a plain connection and bu
 ``detached``: building a statement, its cache key, a session's bookkeeping and the ORM's loading
 cost more CPU than the SQL itself. The rest uses sessions, where that costs nothing that matters.
 
+The repository is split by job: the statements (``statements``), its engines and commit
+(``connected``), run claims (``claims``), write-ahead step attempts (``attempts``), the
+Idempotency-Key store (``idempotency``); ``Repo`` here is a checkout's reads and writes.
+
 Reads that decide nothing on their own (``load``, ``snapshot``) may see a row and its attempts
 or history a moment apart on PostgreSQL (autocommit, as READ COMMITTED would anyway): a run's
 first write compare-and-sets the version it read, so a run never acts on a stale row."""
@@ -83,6 +87,7 @@ class Repo(Claims, Attempts):
     """A checkout's reads and writes: look-ups, its trail, insert, move, note (sessions, engines and
     the commit come from ``Connected``; claims and step attempts from their own modules)."""
 
+    # --- reads --------------------------------------------------------------------------
 
     def get(self, checkout_id: str) -> Checkout | None:
         return self._one(ROW, {"b_id": checkout_id})
@@ -336,7 +341,7 @@ class Repo(Claims, Attempts):
             claim.version += 1
         return noted
 
-    # --- due rows -----------------------------------------------------------------------
+    # --- the sealed card ----------------------------------------------------------------
 
     def clear_sealed_card(self, checkout_id: str) -> None:
         """Forget the sealed card a checkout accepted while Redis was away held (now in the vault).
