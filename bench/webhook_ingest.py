@@ -23,7 +23,7 @@ def main(n: int) -> None:
     from celery import Celery
 
     from config import Settings
-    from orchestrator.store.engine import make_engine
+    from orchestrator.store.database import make_engine
     from orchestrator.store.migrate import upgrade
     from orchestrator.store.repo import Repo
     from orchestrator.plural.signatures import webhook_headers

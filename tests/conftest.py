@@ -287,7 +287,7 @@ def harness(request: Any, tmp_path: Any, sandbox: ThreadedUvicorn, sandbox_setti
 def make_harness(url: str, sandbox: ThreadedUvicorn, sandbox_settings: Settings, db_path: Any = None) -> Harness:
     import fakeredis
 
-    from orchestrator.store.engine import make_engine
+    from orchestrator.store.database import make_engine
     from orchestrator.store.migrate import upgrade
     from orchestrator.store.repo import Repo
     from orchestrator.plural import PluralClient

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from orchestrator.entrypoints.api.app import create_app
 from orchestrator.domain.money import MAX_AMOUNT
-from orchestrator.store.repo import IdempotencyStore, Keyed
+from orchestrator.store.idempotency import IdempotencyStore, Keyed
 from orchestrator.plural.signatures import sign_callback
 from orchestrator.store.vault import Vault
 from tests.test_api import KEY, body
@@ -91,7 +91,7 @@ def test_an_otp_while_redis_is_down_is_a_503_naming_it_and_changes_nothing(api, 
 
 
 def test_a_database_that_is_down_is_a_503_naming_it(harness, tmp_path):
-    from orchestrator.store.engine import make_engine
+    from orchestrator.store.database import make_engine
     from orchestrator.store.repo import Repo
     from orchestrator.merchant.service import CheckoutService
 

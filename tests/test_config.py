@@ -102,7 +102,7 @@ def test_the_merchant_webhook_secret_must_be_a_standard_webhooks_secret():
 def test_heroku_style_postgres_urls_are_understood():
     s = Settings(database_url="postgres://u:p@db.example:5432/shop")
     assert s.sqlalchemy_url == "postgresql+psycopg://u:p@db.example:5432/shop"
-    from orchestrator.store.engine import make_engine
+    from orchestrator.store.database import make_engine
 
     assert make_engine("postgres://u:p@db.example:5432/shop").dialect.name == "postgresql"
 

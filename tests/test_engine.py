@@ -14,7 +14,7 @@ import requests
 from orchestrator.saga import answers, runner
 from orchestrator.domain.saga import Fact, Source, State, Step, may_cause
 from orchestrator.store.models import Checkout
-from orchestrator.store.repo import Claim, LostClaim
+from orchestrator.store.claims import Claim, LostClaim
 from orchestrator.saga.engine import Run
 from orchestrator.plural import PluralClient
 from orchestrator.merchant.refunds import refunds_of

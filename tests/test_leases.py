@@ -10,7 +10,7 @@ import time
 from orchestrator.saga import runner
 from orchestrator.domain.saga import Step
 from orchestrator.store.models import Checkout, aware, utcnow
-from orchestrator.store.repo import Claim
+from orchestrator.store.claims import Claim
 from orchestrator.saga.leases import Leases
 from tests.test_capture_refunds import authorized, kinds
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.entrypoints.api.app import create_app
-from orchestrator.store.repo import IdempotencyStore
+from orchestrator.store.idempotency import IdempotencyStore
 from tests.conftest import ThreadedUvicorn
 
 ROOT = Path(__file__).resolve().parents[1]

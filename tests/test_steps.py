@@ -489,7 +489,7 @@ def test_a_chain_stops_where_another_run_took_the_checkout(harness, monkeypatch)
     its first write and nothing is called twice."""
     from orchestrator.saga import runner, steps
     from orchestrator.domain.saga import Step
-    from orchestrator.store.repo import Claim
+    from orchestrator.store.claims import Claim
 
     h = harness
     h.redeps(settings=h.deps.settings.model_copy(update={"step_chain": 4}))

@@ -101,7 +101,7 @@ def _resolve_refund(args: argparse.Namespace) -> int:
 
 
 def _repo() -> object:
-    from orchestrator.store.engine import make_engine
+    from orchestrator.store.database import make_engine
     from orchestrator.store.repo import Repo
 
     return Repo(make_engine(load_settings().sqlalchemy_url))

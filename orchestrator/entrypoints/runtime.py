@@ -12,7 +12,7 @@ from orchestrator.telemetry import metrics
 from orchestrator.outbound.changes import Announce, redis_announcer, silent
 from orchestrator.outbound.delivery import redis_kick as delivery_kick
 from orchestrator.domain.saga import Step
-from orchestrator.store.engine import make_engine
+from orchestrator.store.database import make_engine
 from orchestrator.store.models import utcnow
 from orchestrator.store.repo import Repo
 from orchestrator.saga.leases import Leases
@@ -110,7 +110,7 @@ class Runtime:
         return Inbound(self.deps(), self.settings.webhook_key(), self.settings.callback_key(), kick)
 
     def idempotency(self) -> Any:
-        from orchestrator.store.repo import IdempotencyStore
+        from orchestrator.store.idempotency import IdempotencyStore
 
         return IdempotencyStore(self.repo)
 

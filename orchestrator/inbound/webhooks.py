@@ -30,7 +30,7 @@ from orchestrator.telemetry import metrics
 from orchestrator.outbound.changes import kick_once
 from orchestrator.domain.saga import Source
 from orchestrator.store.models import Checkout, Refund, WebhookEvent, detached
-from orchestrator.store.repo import insert_skipping
+from orchestrator.store.statements import insert_skipping
 from orchestrator.telemetry.logs import get_logger
 from orchestrator.plural.models import Order
 from orchestrator.plural.signatures import WEBHOOK_TOLERANCE, SignatureError, verify_webhook_signature

@@ -20,7 +20,8 @@ from orchestrator.domain.cards import digits_only, expiry_in_future, luhn_ok, ne
 from orchestrator.domain.money import Money
 from orchestrator.domain.saga import Fact, Source, State, Step
 from orchestrator.store.models import Checkout, new_checkout_id, utcnow
-from orchestrator.store.repo import KeyTaken, Keyed, Repo
+from orchestrator.store.idempotency import KeyTaken, Keyed
+from orchestrator.store.repo import Repo
 from orchestrator.saga.engine import Engine
 from orchestrator.telemetry.logs import get_logger, mask_text
 from orchestrator.plural import errors as plural_errors

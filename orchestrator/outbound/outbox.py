@@ -22,7 +22,8 @@ from orchestrator.domain import saga
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.saga import State
 from orchestrator.store.models import Checkout, MerchantEvent, Refund
-from orchestrator.store.repo import ADD_EVENT, Trail
+from orchestrator.store.repo import Trail
+from orchestrator.store.statements import ADD_EVENT
 from orchestrator.outbound.views import checkout_view, iso, refund_view
 
 CHECKOUT_EVENT_TYPES = frozenset(f"checkout.{status.lower()}" for status in saga.PUBLIC_STATUS.values())

@@ -27,7 +27,8 @@ from orchestrator.outbound import outbox
 from orchestrator.outbound.changes import Announce, silent
 from orchestrator.domain.saga import Fact, Source, State, Step, automatic_refund_reference
 from orchestrator.store.models import Checkout, Refund, StepAttempt, utcnow
-from orchestrator.store.repo import Claim, Effect, Repo, Trail
+from orchestrator.store.claims import Claim
+from orchestrator.store.repo import Effect, Repo, Trail
 from orchestrator.telemetry.logs import get_logger
 from orchestrator.store.vault import Vault
 

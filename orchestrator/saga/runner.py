@@ -20,7 +20,7 @@ from orchestrator.saga.engine import Run
 from orchestrator.saga.steps import STEPS
 from orchestrator.saga.steps.refund import run_refund
 from orchestrator.store.models import Checkout, StepAttempt, aware
-from orchestrator.store.repo import Claim, LostClaim, claim_free
+from orchestrator.store.claims import Claim, LostClaim, claim_free
 from orchestrator.store.vault import VaultError
 from orchestrator.telemetry import metrics
 

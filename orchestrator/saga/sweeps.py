@@ -14,7 +14,7 @@ import datetime as dt
 from orchestrator.domain.saga import State, Step, next_step
 from orchestrator.telemetry.logs import get_logger
 from orchestrator.saga.deps import Deps
-from orchestrator.store.repo import IdempotencyStore
+from orchestrator.store.idempotency import IdempotencyStore
 
 log = get_logger("orchestrator.saga.sweeps")
 

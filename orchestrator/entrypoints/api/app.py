@@ -35,7 +35,7 @@ from orchestrator.outbound.views import refund_view
 from orchestrator.inbound.webhooks import WebhookRejected, require_signature_headers
 
 if TYPE_CHECKING:
-    from orchestrator.store.repo import IdempotencyStore, Keyed
+    from orchestrator.store.idempotency import IdempotencyStore, Keyed
 
 log = get_logger("orchestrator.entrypoints.api")
 

@@ -6,7 +6,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import orchestrator.store.models  # noqa: F401  (registers the tables)
-from orchestrator.store.engine import make_engine
+from orchestrator.store.database import make_engine
 
 config = context.config
 target_metadata = SQLModel.metadata

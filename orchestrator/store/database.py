@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from pathlib import Path
@@ -147,16 +149,11 @@ class _FileLock:
         self.pid = 0
 
     def acquire(self) -> None:
-        import fcntl
-        import os
-
         if self.fd is None or self.pid != os.getpid():  # a forked child opens its own
             self.fd, self.pid = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def release(self) -> None:
-        import fcntl
-
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 

@@ -13,9 +13,10 @@ from tests.conftest import Clock
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: Any, tmp_path: Any) -> Any:
-    from orchestrator.store.engine import make_engine
+    from orchestrator.store.database import make_engine
     from orchestrator.store.migrate import upgrade
-    from orchestrator.store.repo import IdempotencyStore, Repo
+    from orchestrator.store.idempotency import IdempotencyStore
+    from orchestrator.store.repo import Repo
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'keys.db'}"

@@ -3,7 +3,7 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import orchestrator.store.models  # noqa: F401
-from orchestrator.store.engine import make_engine
+from orchestrator.store.database import make_engine
 from orchestrator.store.migrate import upgrade
 
 

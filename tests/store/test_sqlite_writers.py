@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 
-from orchestrator.store.engine import make_engine
+from orchestrator.store.database import make_engine
 
 
 def impatient(url: str) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from orchestrator.store.engine import make_engine, ping_when_idle, reader
+from orchestrator.store.database import make_engine, ping_when_idle, reader
 
 
 class Ticks:

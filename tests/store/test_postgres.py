@@ -25,7 +25,7 @@ def test_migrations_match_the_models_on_postgres(pg_url):
     from alembic.migration import MigrationContext
     from sqlmodel import SQLModel
 
-    from orchestrator.store.engine import is_postgres, make_engine
+    from orchestrator.store.database import is_postgres, make_engine
     from orchestrator.store.migrate import upgrade
 
     upgrade(pg_url)
@@ -101,7 +101,7 @@ def test_writes_that_change_nothing_keep_the_connections_prepared_statements_on_
     decides nothing, and a compare-and-set that finds the row changed, end with a COMMIT."""
     from sqlalchemy import text
 
-    from orchestrator.store.engine import make_engine
+    from orchestrator.store.database import make_engine
     from orchestrator.store.repo import Repo
 
     c = checkout(pg)
@@ -116,7 +116,7 @@ def test_writes_that_change_nothing_keep_the_connections_prepared_statements_on_
 def test_a_first_write_ahead_is_one_statement_that_takes_the_claim_once_on_postgres(pg):
     """Six runs that read the same row write ahead at once: one takes the checkout and adds its
     attempt; the others lose the claim and add nothing."""
-    from orchestrator.store.repo import Claim, LostClaim
+    from orchestrator.store.claims import Claim, LostClaim
 
     c = checkout(pg)
     repo = pg.deps.repo
@@ -237,7 +237,7 @@ def test_a_runs_call_outcomes_are_written_with_its_move_and_only_if_it_moves_on_
     import pytest
     from sqlalchemy import text
 
-    from orchestrator.store.repo import Claim, LostClaim
+    from orchestrator.store.claims import Claim, LostClaim
 
     c = checkout(pg, pre_auth=True)
     repo = pg.deps.repo
@@ -309,7 +309,7 @@ def test_a_create_is_one_statement_with_its_key_and_a_taken_reference_writes_not
     from fastapi.testclient import TestClient
 
     from orchestrator.entrypoints.api.app import create_app
-    from orchestrator.store.repo import IdempotencyStore
+    from orchestrator.store.idempotency import IdempotencyStore
     from tests.test_api import KEY, body
     from tests.test_api_errors import keyed_rows
 
