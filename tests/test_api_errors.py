@@ -4,6 +4,7 @@ still send the customer on."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -416,3 +417,12 @@ def test_the_seeds_device_info_is_taken_with_the_checkout(api, harness):
 def test_a_list_cursor_or_time_we_cannot_use_is_a_400_not_a_500(api, query):
     answer = api.get(f"/v1/checkouts?{query}")
     assert answer.status_code == 400 and answer.json()["code"] == "INVALID_REQUEST", answer.text
+
+
+def test_any_merchant_error_is_answered_with_its_status_code_message_and_details():
+    from orchestrator.entrypoints.api.app import error_answer
+    from orchestrator.merchant.errors import MerchantError
+
+    answer = error_answer(MerchantError(418, "TEAPOT", "short and stout", spout=1))
+    assert answer.status_code == 418
+    assert json.loads(answer.body) == {"code": "TEAPOT", "message": "short and stout", "spout": 1}

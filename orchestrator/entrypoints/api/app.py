@@ -30,7 +30,9 @@ from orchestrator.domain.saga import PUBLIC_STATUS
 from orchestrator.inbound.receiver import Inbound
 from orchestrator.telemetry.logs import get_logger, mask_text
 from orchestrator.saga.refunds import RefundRefused
-from orchestrator.merchant.service import CheckoutError, CheckoutIn, CheckoutService, DeliveryIn, DiscoveryIn, OTPIn, RefundIn
+from orchestrator.merchant.service import CheckoutService
+from orchestrator.merchant.schemas import CheckoutIn, DeliveryIn, DiscoveryIn, OTPIn, RefundIn
+from orchestrator.merchant.errors import MerchantError
 from orchestrator.outbound.views import refund_view
 from orchestrator.inbound.webhooks import WebhookRejected, require_signature_headers
 
@@ -112,7 +114,7 @@ class Guard:
             given = headers.get("x-api-key") or ""
             if not given or not secrets.compare_digest(given.encode(), self.api_key):
                 if self.routed(scope):  # a path or method no route takes stays a 404 or 405
-                    return await error_answer(CheckoutError(401, "UNAUTHORIZED", "missing or wrong X-API-Key"))(
+                    return await error_answer(MerchantError(401, "UNAUTHORIZED", "missing or wrong X-API-Key"))(
                         scope, receive, send)
                 return await self.app(scope, receive, sending)
             key = headers.get("idempotency-key")
@@ -129,7 +131,7 @@ class Guard:
             await response(scope, receive, send)
 
         if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
-            return await answer(error_answer(CheckoutError(400, "INVALID_REQUEST",
+            return await answer(error_answer(MerchantError(400, "INVALID_REQUEST",
                                                            "Idempotency-Key must be 1-255 printable ASCII")))
         body = b""
         while True:
@@ -251,9 +253,9 @@ def _kept_answer(outcome: str, row: Any) -> Response:
         return Response(row.response_body or "", status_code=row.status_code, media_type="application/json",
                         headers={"Idempotent-Replayed": "true"})
     if outcome == "mismatch":
-        return error_answer(CheckoutError(409, "IDEMPOTENCY_KEY_REUSED",
+        return error_answer(MerchantError(409, "IDEMPOTENCY_KEY_REUSED",
                                           "this Idempotency-Key was used with another request body"))
-    return error_answer(CheckoutError(
+    return error_answer(MerchantError(
         409, "IDEMPOTENCY_IN_PROGRESS", "a request with this Idempotency-Key is still being answered; retry"))
 
 
@@ -268,7 +270,7 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 def error_answer(exc: BaseException) -> JSONResponse:
     """The one mapping of every error to a JSON ``{code, message}`` answer; infrastructure that
     is down is a 503 naming it. Nothing here echoes what the client sent."""
-    if isinstance(exc, CheckoutError):
+    if isinstance(exc, MerchantError):
         return JSONResponse(exc.body(), status_code=exc.status)
     if isinstance(exc, RefundRefused):
         return JSONResponse({"code": exc.code, "message": exc.message, **exc.details}, status_code=exc.status)
@@ -364,7 +366,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
                                 headers={"Allow": ", ".join(sorted(allowed))})
         return error_answer(exc)
 
-    for kind in (CheckoutError, RefundRefused, RequestValidationError, StarletteHTTPException, Exception):
+    for kind in (MerchantError, RefundRefused, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(kind, answer)  # type: ignore[arg-type]
 
     def routed(scope: Any) -> bool:
@@ -447,7 +449,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
             if after is not None:
                 after = (after if after.tzinfo else after.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
         except (ValueError, OverflowError):
-            raise CheckoutError(400, "INVALID_REQUEST", "created_after is not a date and time") from None
+            raise MerchantError(400, "INVALID_REQUEST", "created_after is not a date and time") from None
         return svc.list_checkouts(status, after, cursor, limit)
 
     @app.get("/v1/events", openapi_extra=NEEDS_API_KEY, responses=MERCHANT_ERRORS)
@@ -474,7 +476,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         the status changes (or when ``wait`` runs out, unchanged), instead of polling."""
         svc = service_factory()
         if changed_from is not None and changed_from not in PUBLIC_STATUSES:
-            raise CheckoutError(400, "INVALID_REQUEST", f"changed_from must be one of {sorted(PUBLIC_STATUSES)}")
+            raise MerchantError(400, "INVALID_REQUEST", f"changed_from must be one of {sorted(PUBLIC_STATUSES)}")
         if changed_from is None or wait <= 0:
             return await run_in_threadpool(svc.show, checkout_id)
         return await listener.wait_for_change(checkout_id, lambda: svc.show(checkout_id), lambda view: view["status"],
@@ -502,7 +504,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         c = svc.get(checkout_id)
         amount = body.capture_amount if body else None
         if amount is not None and amount.currency != c.currency:
-            raise CheckoutError(400, "INVALID_REQUEST", f"capture_amount must be in {c.currency}")
+            raise MerchantError(400, "INVALID_REQUEST", f"capture_amount must be in {c.currency}")
         return svc.view(svc.deliver(checkout_id, amount.value if amount else None))
 
     @app.post("/v1/checkouts/{checkout_id}/refunds", status_code=202, openapi_extra=NEEDS_API_KEY, responses={
@@ -514,7 +516,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
         c = svc.get(checkout_id)
         amount = body.amount if body else None
         if amount is not None and amount.currency != c.currency:
-            raise CheckoutError(400, "INVALID_REQUEST", f"amount must be in {c.currency}")
+            raise MerchantError(400, "INVALID_REQUEST", f"amount must be in {c.currency}")
         row, created = svc.refund(checkout_id, amount.value if amount else None,
                                   body.merchant_refund_reference if body else None)
         return JSONResponse(refund_view(row), status_code=202 if created else 200)
