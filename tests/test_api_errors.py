@@ -4,6 +4,7 @@ still send the customer on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 
@@ -99,7 +100,7 @@ def test_a_database_that_is_down_is_a_503_naming_it(harness, tmp_path):
     from tests.conftest import free_port
 
     broken = Repo(make_engine(f"postgresql://nobody@127.0.0.1:{free_port()}/none", connect_args={"connect_timeout": 2}))
-    svc = CheckoutService(harness.deps.settings, broken, harness.deps.vault, lambda *_: None)
+    svc = CheckoutService(dataclasses.replace(harness.deps, repo=broken, enqueue=lambda *_: None))
     with TestClient(create_app(lambda: svc, KEY), raise_server_exceptions=False) as client:
         answer = client.get("/v1/checkouts/chk_x", headers={"X-API-Key": KEY})
     assert answer.status_code == 503 and answer.json() == {
@@ -350,8 +351,8 @@ def test_a_checkout_is_accepted_while_redis_is_down_and_the_sweep_drives_it_once
 
     settings = harness.deps.settings.model_copy(update={"redis_url": real_redis.url})
     vault = Vault(redis_client(settings), settings.card_encryption_key.get_secret_value())
-    svc = CheckoutService(settings, harness.deps.repo, vault, celery_enqueue(make_celery(settings)),
-                          clock=harness.clock, plural=harness.deps.plural)
+    svc = CheckoutService(dataclasses.replace(harness.deps, settings=settings, vault=vault,
+                                              enqueue=celery_enqueue(make_celery(settings))))
     real_redis.stop()
     with TestClient(create_app(lambda: svc, KEY), raise_server_exceptions=False) as client:
         started = time.monotonic()

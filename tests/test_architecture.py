@@ -25,3 +25,22 @@ def test_the_sandbox_contract_forbids_every_other_module_of_the_orchestrator():
     ours = {f"orchestrator.{p.stem}" for p in (ROOT / "orchestrator").iterdir()
             if (p.suffix == ".py" or (p / "__init__.py").exists()) and p.stem not in ("__init__", "sandbox")}
     assert set(sandbox["forbidden_modules"]) == ours
+
+
+def test_the_merchant_side_and_the_api_construct_no_engine_and_no_deps():
+    """One bootstrap (entrypoints/runtime.py, or a test's harness) builds the saga's collaborators."""
+    import re
+
+    builders = re.compile(r"\b(Engine|Deps)\(")
+    found = [f"{p.relative_to(ROOT)}:{n}" for folder in ("orchestrator/merchant", "orchestrator/entrypoints/api")
+             for p in sorted((ROOT / folder).rglob("*.py"))
+             for n, line in enumerate(p.read_text().splitlines(), 1) if builders.search(line)]
+    assert found == []
+
+
+def test_the_checkout_service_uses_the_engine_it_is_given(harness):
+    from orchestrator.merchant.service import CheckoutService
+
+    engine = object()
+    svc = CheckoutService(harness.deps, engine=engine)
+    assert svc.engine is engine and svc.deps is harness.deps

@@ -6,18 +6,28 @@ writes nothing. Errors are ``CheckoutError`` with an HTTP status and a machine-r
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 from typing import Any, Callable
 
+from sqlmodel import col, or_, select
+
+from orchestrator.outbound import delivery
+from orchestrator.outbound.outbox import EVENT_TYPES, envelope
+from orchestrator.saga import steps
+from orchestrator.saga.steps import TRANSIENT, offer_terms
+from orchestrator.store import reports
+from orchestrator.store.models import MerchantEvent
 from orchestrator.telemetry import metrics
-from orchestrator.outbound.changes import Announce, silent
 from orchestrator.domain import methods, saga
 from orchestrator.domain.cards import digits_only, luhn_ok, network_of
 from orchestrator.domain.saga import Fact, Source, State, Step
 from orchestrator.store.models import Checkout, new_checkout_id, utcnow
 from orchestrator.store.repo import KeyTaken, Keyed, Repo
 from orchestrator.saga.engine import Engine
+from orchestrator.saga.refunds import RefundRefused, refunds_of, request_refund, resolve_refund
+from orchestrator.saga.steps import Deps
 from orchestrator.telemetry.logs import get_logger, mask_text
 from orchestrator.plural import errors as plural_errors
 from orchestrator.plural.models import CardDetails, OfferDiscoveryRequest, PaymentOption
@@ -33,12 +43,15 @@ SANDBOX_SAMPLE_CARDS = frozenset({"2870287028702870", "4690478199123123", "46900
 
 
 class CheckoutService:
-    def __init__(self, settings: Any, repo: Repo, vault: Vault, enqueue: Callable[[Step, str], None],
-                 clock: Callable[[], dt.datetime] = utcnow, plural: Any = None, announce: Announce = silent,
-                 kick_events: Callable[[], None] = lambda: None):
-        self.settings, self.repo, self.vault, self.enqueue, self.clock = settings, repo, vault, enqueue, clock
-        self.plural, self.announce, self.kick_events = plural, announce, kick_events
-        self.engine = Engine(settings, repo, vault, enqueue, clock, announce, kick_events)
+    """The merchant's and the operator's commands. Its collaborators come from the one bootstrap
+    (``entrypoints/runtime.py``, or a test's harness): the saga's ``Deps`` and its ``Engine``."""
+
+    def __init__(self, deps: Deps, engine: Engine | None = None):
+        self.deps = deps
+        self.settings, self.repo, self.vault, self.enqueue, self.clock = (deps.settings, deps.repo, deps.vault,
+                                                                          deps.enqueue, deps.clock)
+        self.plural, self.announce, self.kick_events = deps.plural, deps.announce, deps.kick_events
+        self.engine = engine if engine is not None else deps.engine
 
     # --- create -------------------------------------------------------------------------
 
@@ -160,11 +173,6 @@ class CheckoutService:
         """Events after the cursor ``after`` (oldest first), of one ``kind`` if given; the cursor of
         the last one comes back as ``next``. On PostgreSQL the last two seconds are held back, so
         an event whose transaction commits after a later-numbered one is never skipped."""
-        from sqlmodel import col, select
-
-        from orchestrator.store.models import MerchantEvent
-        from orchestrator.outbound.outbox import EVENT_TYPES, envelope
-
         if kind is not None and kind not in EVENT_TYPES:
             raise CheckoutError(400, "INVALID_REQUEST", f"type must be one of {sorted(EVENT_TYPES)}")
         try:
@@ -184,10 +192,7 @@ class CheckoutService:
         return {"events": events, "next": str(rows[-1].id) if rows else (after or "0")}
 
     def redeliver(self, event_id: str) -> dict[str, Any]:
-        from orchestrator.outbound.delivery import redeliver
-        from orchestrator.outbound.outbox import envelope
-
-        event = redeliver(self.repo, event_id, self.clock())
+        event = delivery.redeliver(self.repo, event_id, self.clock())
         if event is None:
             raise CheckoutError(404, "EVENT_NOT_FOUND", f"no event {event_id}")
         self.kick_events()
@@ -197,10 +202,6 @@ class CheckoutService:
                        limit: int) -> dict[str, Any]:
         """Checkouts, newest first, optionally of one public ``status`` and created after a time;
         ``next_cursor`` continues the list (stable under inserts: it names the last row shown)."""
-        import base64
-
-        from sqlmodel import col, or_, select
-
         if status is not None and status not in set(saga.PUBLIC_STATUS.values()):
             raise CheckoutError(400, "INVALID_REQUEST", f"status must be one of {sorted(set(saga.PUBLIC_STATUS.values()))}")
         q = select(Checkout)
@@ -231,14 +232,10 @@ class CheckoutService:
 
     def overview(self, limit: int = 20) -> dict[str, Any]:
         """Where checkouts stand (the operator's status, the console, the metrics' gauges)."""
-        from orchestrator.store import reports
-
         return reports.overview(self.repo, self.clock(), limit=limit, rejected_since=self.credentials_rejected_since())
 
     def checkout_detail(self, checkout_id: str) -> dict[str, Any] | None:
         """One checkout's history, gateway calls, webhooks, events and refunds, or None."""
-        from orchestrator.store import reports
-
         return reports.checkout_detail(self.repo, checkout_id)
 
     def credentials_rejected_since(self) -> float | None:
@@ -255,8 +252,6 @@ class CheckoutService:
 
     def discover(self, req: DiscoveryIn) -> dict[str, Any]:
         """Plural's offer discovery for these terms, passed on exactly as Plural answered."""
-        from orchestrator.saga.steps import TRANSIENT, offer_terms
-
         self._within_ceiling(req.amount.value)
         terms = offer_terms(req.amount.value, req.amount.currency,
                             [(p.product_code, p.product_amount.value) for p in req.product_details or []],
@@ -381,18 +376,16 @@ class CheckoutService:
         """An operator's resolve, decided against Plural's Get Order: the checkout first follows
         Plural's own fact (a final view, or a hold), then goes where ``saga.operator_resolution``
         allows; a wish Plural's view contradicts is refused (``ResolveRefused``)."""
-        from orchestrator.saga import steps
-
         order = self._plural_order(c)
         fact, fields = None, {}
         view, payment_open, status = None, False, "no order"
         if order is not None:
-            problem = steps.mismatch(self._deps(), c, order, found=c.plural_order_id is None)
+            problem = steps.mismatch(self.deps, c, order, found=c.plural_order_id is None)
             if problem:
                 # Plural's order disagrees with the checkout: nothing is adopted, a person reconciles it
                 raise self._refused(c, wanted, order.status, f"Plural's order disagrees with the checkout ({problem}); "
                                     "reconcile it at Plural, nothing was changed", c.state)
-            fact, fields = steps.order_fact(self._deps(), c, order)
+            fact, fields = steps.order_fact(self.deps, c, order)
             payment = steps._our_payment(c, order)
             view = saga.gateway_view(order.status, payment.status if payment else None)
             payment_open, status = payment is not None, order.status
@@ -450,32 +443,18 @@ class CheckoutService:
         return moved
 
 
-    def _deps(self) -> Any:
-        from orchestrator.saga.steps import Deps
-
-        return Deps(settings=self.settings, repo=self.repo, plural=None, vault=self.vault, enqueue=self.enqueue,
-                    clock=self.clock, announce=self.announce, kick_events=self.kick_events)
-
     def refund(self, checkout_id: str, amount: int | None, reference: str | None) -> tuple[Any, bool]:
-        from orchestrator.saga.refunds import request_refund
-
         self.get(checkout_id)
-        return request_refund(self._deps(), checkout_id, amount, reference)
+        return request_refund(self.deps, checkout_id, amount, reference)
 
     def resolve_refund(self, refund_id: str, who: str) -> Any:
         """An operator's resolve of a refund that NEEDS_ATTENTION, decided by Plural's refund order."""
-        import dataclasses
-
-        from orchestrator.saga.refunds import RefundRefused, resolve_refund
-
         if self.plural is None:
             raise RefundRefused(503, "PLURAL_UNAVAILABLE", "no Plural client in this process; nothing was changed")
-        return resolve_refund(dataclasses.replace(self._deps(), plural=self.plural), refund_id, who)
+        return resolve_refund(self.deps, refund_id, who)
 
     def refunds(self, checkout_id: str) -> list[Any]:
-        from orchestrator.saga.refunds import refunds_of
-
-        return refunds_of(self._deps(), checkout_id)
+        return refunds_of(self.deps, checkout_id)
 
 
 def _emi_choice(req: CheckoutIn) -> dict[str, Any] | None:
