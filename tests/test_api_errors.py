@@ -421,7 +421,7 @@ def test_a_list_cursor_or_time_we_cannot_use_is_a_400_not_a_500(api, query):
 
 
 def test_any_merchant_error_is_answered_with_its_status_code_message_and_details():
-    from orchestrator.entrypoints.api.app import error_answer
+    from orchestrator.entrypoints.api.errors import error_answer
     from orchestrator.merchant.errors import MerchantError
 
     answer = error_answer(MerchantError(418, "TEAPOT", "short and stout", spout=1))

@@ -44,3 +44,11 @@ def test_the_checkout_service_uses_the_engine_it_is_given(harness):
     engine = object()
     svc = CheckoutService(harness.deps, engine=engine)
     assert svc.engine is engine and svc.deps is harness.deps
+
+
+def test_readiness_fails_on_what_the_runtime_names_required_defined_once():
+    from orchestrator.entrypoints.api.routes import ops
+    from orchestrator.entrypoints.runtime import Runtime
+
+    assert ops.REQUIRED is Runtime.REQUIRED
+    assert "REQUIRED = (" not in (ROOT / "orchestrator/entrypoints/api/routes/ops.py").read_text()

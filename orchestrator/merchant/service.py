@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from typing import Any, Callable
+from typing import Any
 
 from sqlmodel import col, or_, select
 
@@ -23,8 +23,8 @@ from orchestrator.telemetry import metrics
 from orchestrator.domain import methods, saga
 from orchestrator.domain.cards import digits_only, luhn_ok, network_of
 from orchestrator.domain.saga import Fact, Source, State, Step
-from orchestrator.store.models import Checkout, new_checkout_id, utcnow
-from orchestrator.store.repo import KeyTaken, Keyed, Repo
+from orchestrator.store.models import Checkout, new_checkout_id
+from orchestrator.store.repo import KeyTaken, Keyed
 from orchestrator.saga.engine import Engine
 from orchestrator.saga.refunds import RefundRefused, refunds_of, request_refund, resolve_refund
 from orchestrator.saga.steps import Deps
@@ -32,7 +32,7 @@ from orchestrator.telemetry.logs import get_logger, mask_text
 from orchestrator.plural import errors as plural_errors
 from orchestrator.plural.models import CardDetails, OfferDiscoveryRequest, PaymentOption
 from orchestrator.outbound.views import checkout_view, summary_view
-from orchestrator.store.vault import CardData, Vault
+from orchestrator.store.vault import CardData
 from orchestrator.merchant.errors import CheckoutError, ResolveRefused
 from orchestrator.merchant.schemas import CheckoutIn, DiscoveryIn
 
