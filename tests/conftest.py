@@ -309,7 +309,7 @@ def make_harness(url: str, sandbox: ThreadedUvicorn, sandbox_settings: Settings,
     vault = Vault(redis, settings.card_encryption_key.get_secret_value())
     enqueue = lambda step, checkout_id: queue.append((step, checkout_id))  # noqa: E731
     deps = Deps(settings=settings, repo=repo, plural=plural, vault=vault, enqueue=enqueue, clock=clock)
-    service = CheckoutService(settings, repo, vault, enqueue, clock=clock, plural=plural)
+    service = CheckoutService(deps)
     return Harness(deps, service, clock, sandbox.url, db_path, redis, queue)
 
 

@@ -4,6 +4,8 @@ still send the customer on."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import uuid
 
 import pytest
@@ -98,7 +100,7 @@ def test_a_database_that_is_down_is_a_503_naming_it(harness, tmp_path):
     from tests.conftest import free_port
 
     broken = Repo(make_engine(f"postgresql://nobody@127.0.0.1:{free_port()}/none", connect_args={"connect_timeout": 2}))
-    svc = CheckoutService(harness.deps.settings, broken, harness.deps.vault, lambda *_: None)
+    svc = CheckoutService(dataclasses.replace(harness.deps, repo=broken, enqueue=lambda *_: None))
     with TestClient(create_app(lambda: svc, KEY), raise_server_exceptions=False) as client:
         answer = client.get("/v1/checkouts/chk_x", headers={"X-API-Key": KEY})
     assert answer.status_code == 503 and answer.json() == {
@@ -349,8 +351,8 @@ def test_a_checkout_is_accepted_while_redis_is_down_and_the_sweep_drives_it_once
 
     settings = harness.deps.settings.model_copy(update={"redis_url": real_redis.url})
     vault = Vault(redis_client(settings), settings.card_encryption_key.get_secret_value())
-    svc = CheckoutService(settings, harness.deps.repo, vault, celery_enqueue(make_celery(settings)),
-                          clock=harness.clock, plural=harness.deps.plural)
+    svc = CheckoutService(dataclasses.replace(harness.deps, settings=settings, vault=vault,
+                                              enqueue=celery_enqueue(make_celery(settings))))
     real_redis.stop()
     with TestClient(create_app(lambda: svc, KEY), raise_server_exceptions=False) as client:
         started = time.monotonic()
@@ -416,3 +418,12 @@ def test_the_seeds_device_info_is_taken_with_the_checkout(api, harness):
 def test_a_list_cursor_or_time_we_cannot_use_is_a_400_not_a_500(api, query):
     answer = api.get(f"/v1/checkouts?{query}")
     assert answer.status_code == 400 and answer.json()["code"] == "INVALID_REQUEST", answer.text
+
+
+def test_any_merchant_error_is_answered_with_its_status_code_message_and_details():
+    from orchestrator.entrypoints.api.errors import error_answer
+    from orchestrator.merchant.errors import MerchantError
+
+    answer = error_answer(MerchantError(418, "TEAPOT", "short and stout", spout=1))
+    assert answer.status_code == 418
+    assert json.loads(answer.body) == {"code": "TEAPOT", "message": "short and stout", "spout": 1}

@@ -34,3 +34,30 @@ def test_nothing_of_the_production_package_may_import_the_devkit():
     production = next(c for c in contracts["contracts"] if c.get("forbidden_modules") == ["devkit"])
     assert set(production["source_modules"]) == {"orchestrator", "config", "workers", "tasks"}
     assert not production.get("allow_indirect_imports")
+
+
+def test_the_merchant_side_and_the_api_construct_no_engine_and_no_deps():
+    """One bootstrap (entrypoints/runtime.py, or a test's harness) builds the saga's collaborators."""
+    import re
+
+    builders = re.compile(r"\b(Engine|Deps)\(")
+    found = [f"{p.relative_to(ROOT)}:{n}" for folder in ("orchestrator/merchant", "orchestrator/entrypoints/api")
+             for p in sorted((ROOT / folder).rglob("*.py"))
+             for n, line in enumerate(p.read_text().splitlines(), 1) if builders.search(line)]
+    assert found == []
+
+
+def test_the_checkout_service_uses_the_engine_it_is_given(harness):
+    from orchestrator.merchant.service import CheckoutService
+
+    engine = object()
+    svc = CheckoutService(harness.deps, engine=engine)
+    assert svc.engine is engine and svc.deps is harness.deps
+
+
+def test_readiness_fails_on_what_the_runtime_names_required_defined_once():
+    from orchestrator.entrypoints.api.routes import ops
+    from orchestrator.entrypoints.runtime import Runtime
+
+    assert ops.REQUIRED is Runtime.REQUIRED
+    assert "REQUIRED = (" not in (ROOT / "orchestrator/entrypoints/api/routes/ops.py").read_text()

@@ -13,7 +13,8 @@ from orchestrator.domain.saga import Step
 from orchestrator.plural import PluralClient
 from orchestrator.merchant.refunds import RefundRefused, refunds_of
 from orchestrator.saga.steps.refund import get_refund
-from orchestrator.merchant.service import CheckoutError, CheckoutIn
+from orchestrator.merchant.schemas import CheckoutIn
+from orchestrator.merchant.errors import CheckoutError
 from orchestrator.saga.sweeps import sweep_due
 from tests.conftest import at_once, ledger
 from tests.test_webhooks import signed
@@ -483,7 +484,7 @@ def test_a_merchant_reference_shaped_like_our_automatic_name_cannot_strand_a_lat
     h.service.refund(other.id, 100, f"{c.id}-r1")
     from pydantic import ValidationError
 
-    from orchestrator.merchant.service import RefundIn
+    from orchestrator.merchant.schemas import RefundIn
 
     with pytest.raises(ValidationError):  # our automatic name is outside the merchant's alphabet
         RefundIn(merchant_refund_reference=f"{c.id}.r1")

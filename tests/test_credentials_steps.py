@@ -9,7 +9,7 @@ import uuid
 import requests
 
 from orchestrator.saga import runner
-from orchestrator.merchant.service import CheckoutIn
+from orchestrator.merchant.schemas import CheckoutIn
 
 OTP_CARD, ACS_CARD = "4012001037141112", "5555555555554444"
 RETRY = 15.0  # CREDENTIALS_RETRY_SECONDS' default

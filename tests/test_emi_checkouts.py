@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from orchestrator.domain import emi
 from orchestrator.plural import errors
-from orchestrator.merchant.service import CheckoutIn, DiscoveryIn
+from orchestrator.merchant.schemas import CheckoutIn, DiscoveryIn
 from tests.conftest import ledger
 from tests.seeds import emi_samples
 
@@ -347,7 +347,7 @@ def test_the_bank_page_shows_the_emi_the_customer_agrees_to(harness):
 
 
 def test_the_same_reference_with_another_emi_choice_is_a_conflict(harness):
-    from orchestrator.merchant.service import CheckoutError
+    from orchestrator.merchant.errors import CheckoutError
 
     first = body("DEBIT_EMI", debit(), "7", "1", 1200000)
     row, _ = harness.service.create(CheckoutIn.model_validate(first))
@@ -361,7 +361,7 @@ def test_the_same_reference_with_another_emi_choice_is_a_conflict(harness):
 
 
 def test_discovery_says_unavailable_when_plural_does_not_answer(harness):
-    from orchestrator.merchant.service import CheckoutError
+    from orchestrator.merchant.errors import CheckoutError
 
     requests.put(f"{harness.sandbox_url}/sandbox/faults", json={"rules": [
         {"kind": "error", "path": "/offer/discovery", "statuses": [503]}]}, timeout=5).raise_for_status()
@@ -371,7 +371,7 @@ def test_discovery_says_unavailable_when_plural_does_not_answer(harness):
 
 
 def test_discovery_passes_plurals_refusal_on_as_a_422(harness):
-    from orchestrator.merchant.service import CheckoutError
+    from orchestrator.merchant.errors import CheckoutError
 
     requests.put(f"{harness.sandbox_url}/sandbox/faults", json={"rules": [
         {"kind": "error", "path": "/offer/discovery", "statuses": [400]}]}, timeout=5).raise_for_status()

@@ -377,7 +377,7 @@ def test_the_ledger_of_every_test_checkout_shows_no_double_order(harness):
 
 
 def test_an_operator_resolves_a_stuck_checkout_and_the_history_says_who(harness):
-    from orchestrator.merchant.service import CheckoutError
+    from orchestrator.merchant.errors import CheckoutError
 
     h = harness
     c = stuck_capture(h)

@@ -135,7 +135,7 @@ def test_resolving_as_completed_what_plural_only_authorized_is_refused(harness, 
 
 
 def test_resolving_as_failed_while_plural_holds_the_money_is_refused(harness):
-    from orchestrator.merchant.service import ResolveRefused
+    from orchestrator.merchant.errors import ResolveRefused
     from tests.test_engine import stuck_capture
 
     h = harness
@@ -160,7 +160,7 @@ def captured_meanwhile(h):
 
 
 def test_a_capture_plural_made_meanwhile_is_followed_and_a_cancel_is_refused(harness):
-    from orchestrator.merchant.service import ResolveRefused
+    from orchestrator.merchant.errors import ResolveRefused
 
     h = harness
     c = captured_meanwhile(h)
@@ -211,7 +211,7 @@ def test_a_checkout_plural_has_no_order_for_is_resolved_as_failed(harness):
 
 def test_a_checkout_stuck_with_a_payment_open_at_plural_is_not_failed_but_cancelled_through_cancelling(harness):
     from orchestrator.domain.saga import Fact, Source
-    from orchestrator.merchant.service import ResolveRefused
+    from orchestrator.merchant.errors import ResolveRefused
     from tests.test_webhooks import start
 
     h = harness
@@ -253,7 +253,7 @@ def paid_less_than_asked(h, monkeypatch):
 
 @pytest.mark.parametrize("wanted", ["COMPLETED", "CANCELLED"])
 def test_resolve_refuses_an_order_that_disagrees_with_the_checkout_and_adopts_nothing(harness, monkeypatch, wanted):
-    from orchestrator.merchant.service import ResolveRefused
+    from orchestrator.merchant.errors import ResolveRefused
 
     h = harness
     c = paid_less_than_asked(h, monkeypatch)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from orchestrator.merchant.service import CheckoutError
+from orchestrator.merchant.errors import CheckoutError
 from tests.test_api import api  # noqa: F401  (the API over the harness, its key set)
 from tests.test_steps import checkout
 

@@ -39,7 +39,8 @@ from orchestrator.plural.signatures import sign_callback
 from orchestrator.store.repo import may_have_refunds
 from orchestrator.merchant.refunds import RefundRefused, refunds_of
 from devkit.audit import agrees_with_plural, ledger_problems
-from orchestrator.merchant.service import CheckoutError, CheckoutIn
+from orchestrator.merchant.schemas import CheckoutIn
+from orchestrator.merchant.errors import CheckoutError
 from orchestrator.saga.sweeps import sweep_due
 from orchestrator.inbound.webhooks import process_pending
 from tests.conftest import ledger

@@ -10,7 +10,7 @@ import requests
 
 from orchestrator.saga import runner, steps
 from orchestrator.domain.saga import Step
-from orchestrator.merchant.service import CheckoutIn
+from orchestrator.merchant.schemas import CheckoutIn
 from tests.conftest import ledger
 
 OTP_CARD, ACS_CARD, DECLINE_CARD, OTP_REFUSED = (
@@ -398,7 +398,7 @@ def test_a_gateway_step_costs_one_read_and_two_write_transactions(harness):
 
     from orchestrator.saga import runner
     from orchestrator.domain.saga import Step
-    from orchestrator.merchant.service import CheckoutIn
+    from orchestrator.merchant.schemas import CheckoutIn
 
     h = harness
     row, _ = h.service.create(CheckoutIn.model_validate({
@@ -427,7 +427,7 @@ def test_a_run_for_a_state_already_left_writes_nothing(harness):
 
     from orchestrator.saga import runner
     from orchestrator.domain.saga import Step
-    from orchestrator.merchant.service import CheckoutIn
+    from orchestrator.merchant.schemas import CheckoutIn
 
     h = harness
     row, _ = h.service.create(CheckoutIn.model_validate({

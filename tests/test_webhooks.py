@@ -15,7 +15,7 @@ from sqlmodel import select
 from orchestrator.entrypoints.api.app import create_app
 from orchestrator.store.models import WebhookEvent
 from orchestrator.plural.signatures import sign_callback, webhook_headers
-from orchestrator.merchant.service import CheckoutIn
+from orchestrator.merchant.schemas import CheckoutIn
 from orchestrator.inbound.webhooks import redis_kick, retry_deferred
 from tests.conftest import ledger
 

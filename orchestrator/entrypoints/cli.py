@@ -73,7 +73,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _operator(args: argparse.Namespace) -> int:
     from orchestrator.entrypoints.runtime import get_runtime
-    from orchestrator.merchant.service import CheckoutError
+    from orchestrator.merchant.errors import CheckoutError
 
     rt = get_runtime()
     svc = rt.service()

@@ -126,8 +126,7 @@ class Runtime:
     def service(self) -> Any:
         from orchestrator.merchant.service import CheckoutService
 
-        return CheckoutService(self.settings, self.repo, self.vault, self.enqueue, plural=self.plural,
-                               announce=self.announce, kick_events=self.kick_events)
+        return CheckoutService(self.deps())
 
 
 _lock = threading.Lock()

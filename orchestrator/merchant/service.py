@@ -6,265 +6,53 @@ writes nothing. Errors are ``CheckoutError`` with an HTTP status and a machine-r
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
-import re
-from typing import Annotated, Any, Callable, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from sqlmodel import col, or_, select
 
+from orchestrator.outbound import delivery
+from orchestrator.outbound.outbox import EVENT_TYPES, envelope
+from orchestrator.saga.deps import TRANSIENT
+from orchestrator.saga.steps.offer import offer_terms
+from orchestrator.store import reports
+from orchestrator.store.models import MerchantEvent
 from orchestrator.telemetry import metrics
-from orchestrator.outbound.changes import Announce, silent
-from orchestrator.domain import saga
-from orchestrator.domain.cards import digits_only, expiry_in_future, luhn_ok, network_of
-from orchestrator.domain.money import Money
+from orchestrator.domain import methods, saga
+from orchestrator.domain.cards import digits_only, luhn_ok, network_of
 from orchestrator.domain.saga import Fact, Source, State, Step
-from orchestrator.store.models import Checkout, new_checkout_id, utcnow
+from orchestrator.store.models import Checkout, new_checkout_id
 from orchestrator.store.idempotency import KeyTaken, Keyed
-from orchestrator.store.repo import Repo
 from orchestrator.saga.engine import Engine
+from orchestrator.merchant.refunds import RefundRefused, refunds_of, request_refund, resolve_refund
+from orchestrator.saga.deps import Deps
 from orchestrator.telemetry.logs import get_logger, mask_text
 from orchestrator.plural import errors as plural_errors
 from orchestrator.plural.models import CardDetails, OfferDiscoveryRequest, PaymentOption
 from orchestrator.outbound.views import checkout_view, summary_view
-from orchestrator.store.vault import CardData, Vault
+from orchestrator.store.vault import CardData
+from orchestrator.merchant.errors import CheckoutError
+from orchestrator.merchant.operators import OperatorActions
+from orchestrator.merchant.schemas import CheckoutIn, DiscoveryIn
 
 log = get_logger("orchestrator.merchant.service")
 
-REFERENCE = r"^[A-Za-z0-9_-]{1,50}$"
 #: Plural's documented sample cards, which fail Luhn, are accepted only against the sandbox
 SANDBOX_SAMPLE_CARDS = frozenset({"2870287028702870", "4690478199123123", "4690000046910000"})
 
 
-class CheckoutError(Exception):
-    def __init__(self, http_status: int, code: str, message: str, **details: Any):
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = http_status, code, message, details
+class CheckoutService(OperatorActions):
+    """The merchant's and the operator's commands. Its collaborators come from the one bootstrap
+    (``entrypoints/runtime.py``, or a test's harness): the saga's ``Deps`` and its ``Engine``."""
 
-    def body(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, **self.details}
-
-
-class ResolveRefused(CheckoutError):
-    """An operator's resolve that Plural's view of the order contradicts: nothing of the wish was done
-    (the checkout may have followed Plural's own fact; ``state`` says where it is)."""
-
-    def __init__(self, message: str, **details: Any):
-        super().__init__(409, "RESOLVE_REFUSED", message, **details)
-
-
-MOBILE = r"^[6-9][0-9]{9}$"
-
-
-class CardIn(BaseModel):
-    """The card. ``CARD`` and ``CREDIT_EMI`` need all of name, CVV and expiry; ``DEBIT_EMI`` needs
-    the number and the mobile number registered with the bank (CVV and expiry optional, as in
-    Plural's Debit EMI samples)."""
-
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-
-    number: str = Field(repr=False, pattern=r"^(?:\d[ -]?){11,18}\d$",
-                        description="12 to 19 digits; spaces or dashes between them are allowed; Luhn-checked")
-    name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
-    cvv: str | None = Field(default=None, repr=False, pattern=r"^\d{3,4}$")
-    expiry_month: Annotated[str, Field(pattern=r"^(0?[1-9]|1[0-2])$")] | None = None
-    expiry_year: Annotated[str, Field(pattern=r"^(\d{2}|\d{4})$")] | None = None
-    registered_mobile_number: str | None = Field(
-        default=None, repr=False, pattern=MOBILE, description="Debit EMI: the 10-digit mobile number registered "
-                                                                "with the bank")
-
-    @field_validator("number")
-    @classmethod
-    def _number(cls, value: str) -> str:
-        digits = digits_only(value)
-        if not re.fullmatch(r"\d{12,19}", digits):
-            raise ValueError("card number must be 12 to 19 digits")
-        return digits
-
-    @field_validator("expiry_month")
-    @classmethod
-    def _month(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not 1 <= int(value) <= 12:
-            raise ValueError("expiry_month must be 1 to 12")
-        return f"{int(value):02d}"
-
-    @model_validator(mode="after")
-    def _not_expired(self) -> "CardIn":
-        if (self.expiry_month is None) != (self.expiry_year is None):
-            raise ValueError("expiry_month and expiry_year go together")
-        if self.expiry_month and self.expiry_year and not expiry_in_future(self.expiry_month, self.expiry_year,
-                                                                          dt.date.today()):
-            raise ValueError("card has expired")
-        return self
-
-    def missing_for(self, payment_method: str) -> list[str]:
-        if payment_method == "DEBIT_EMI":
-            return [] if self.registered_mobile_number else ["registered_mobile_number"]
-        return [k for k in ("name", "cvv", "expiry_month", "expiry_year") if getattr(self, k) is None]
-
-
-class AddressIn(BaseModel):
-    """A billing or shipping address as the merchant sends it (strict: Plural's own model is
-    lenient because it parses Plural's answers)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    address1: Annotated[str, Field(max_length=100)] | None = None
-    address2: Annotated[str, Field(max_length=100)] | None = None
-    address3: Annotated[str, Field(max_length=100)] | None = None
-    pincode: Annotated[str, Field(pattern=r"^[0-9]{4,10}$")] | None = None
-    city: Annotated[str, Field(max_length=50)] | None = None
-    state: Annotated[str, Field(max_length=50)] | None = None
-    country: Annotated[str, Field(max_length=50)] | None = None
-
-
-class CustomerIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    email_id: Annotated[str, Field(pattern=r"^[^@\s]{1,64}@[^@\s]{1,255}$")] | None = None
-    first_name: Annotated[str, Field(max_length=50)] | None = None
-    last_name: Annotated[str, Field(max_length=50)] | None = None
-    customer_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,50}$")] | None = None
-    mobile_number: Annotated[str, Field(pattern=r"^[0-9]{10,12}$")] | None = None
-    country_code: Annotated[str, Field(pattern=r"^[0-9]{1,4}$")] | None = None
-    billing_address: AddressIn | None = None
-    shipping_address: AddressIn | None = None
-
-
-class DeviceInfoIn(BaseModel):
-    """The customer's browser or device, as the merchant's page read it: Plural's create-payment
-    sample sends it with the card (for the issuer's 3-D Secure risk checks). Every value is a
-    string, as in the sample; sent to Plural as given."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    browser_accept_header: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
-    browser_user_agent: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
-    browser_language: Annotated[str, Field(pattern=r"^[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*$")] | None = None
-    browser_screen_height: Annotated[str, Field(pattern=r"^[0-9]{1,6}$")] | None = None
-    browser_screen_width: Annotated[str, Field(pattern=r"^[0-9]{1,6}$")] | None = None
-    browser_timezone: Annotated[str, Field(pattern=r"^[+-]?[0-9]{1,4}$",
-                                           description="minutes from UTC, as the browser gives it")] | None = None
-    browser_window_size: Annotated[str, Field(pattern=r"^[0-9]{1,6}x[0-9]{1,6}$")] | None = None
-    browser_screen_color_depth: Annotated[str, Field(pattern=r"^[0-9]{1,3}$")] | None = None
-    browser_java_enabled_val: Literal["true", "false"] | None = None
-    browser_javascript_enabled_val: Literal["true", "false"] | None = None
-    device_channel: Annotated[str, Field(pattern=r"^[a-z_]{1,20}$",
-                                         description="browser in Plural's sample")] | None = None
-
-
-class ProductIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    product_code: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    product_amount: Money
-
-
-class EmiIn(BaseModel):
-    """The customer's choice from offer discovery: an issuer and one of its tenures."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    issuer_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="issuers[].id from discovery")
-    tenure_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="issuers[].tenures[].tenure_id")
-    expected_monthly_emi: Money | None = Field(
-        default=None, description="the monthly EMI the customer was shown; a different current figure fails the "
-                                  "checkout with OFFER_CHANGED")
-
-
-class EmiTerms(BaseModel):
-    """What an EMI order is: its amount, the products on it, a cart coupon. Shared by discovery and
-    checkouts; impossible terms are refused before anything is asked of Plural."""
-
-    amount: Money
-    product_details: Annotated[list[ProductIn], Field(max_length=50)] | None = None
-    cart_coupon_discount_amount: Money | None = None
-
-    @model_validator(mode="after")
-    def _terms(self) -> "EmiTerms":
-        currency = self.amount.currency
-        products = self.product_details or []
-        if any(p.product_amount.currency != currency for p in products) or (
-                self.cart_coupon_discount_amount and self.cart_coupon_discount_amount.currency != currency):
-            raise ValueError(f"product and coupon amounts must be in {currency}")
-        if any(p.product_amount.value > self.amount.value for p in products):
-            raise ValueError("a product_amount exceeds the order amount")
-        if sum(p.product_amount.value for p in products) > self.amount.value:
-            raise ValueError("product amounts add up to more than the order amount")
-        if self.cart_coupon_discount_amount and self.cart_coupon_discount_amount.value >= self.amount.value:
-            raise ValueError("cart_coupon_discount_amount must be below the order amount")
-        return self
-
-
-class DiscoveryCardIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-    number: str = Field(repr=False, pattern=r"^(?:\d[ -]?){11,18}\d$")
-
-
-class DiscoveryIn(EmiTerms):
-    """Offer discovery. Name the customer's card to see Debit EMI issuers (Plural offers Debit
-    EMI per customer); the card number is passed to Plural and kept nowhere."""
-
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-    card: DiscoveryCardIn | None = None
-
-
-class CheckoutIn(EmiTerms):
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-
-    merchant_order_reference: Annotated[str, Field(pattern=REFERENCE)] | None = None
-    pre_auth: StrictBool = False
-    payment_method: Literal["CARD", "DEBIT_EMI", "CREDIT_EMI"] = "CARD"
-    card: CardIn
-    emi: EmiIn | None = Field(default=None, description="required for DEBIT_EMI and CREDIT_EMI")
-    customer: CustomerIn | None = None
-    callback_url: Annotated[str, Field(pattern=r"^https?://", max_length=500)] | None = None
-    failure_callback_url: Annotated[str, Field(pattern=r"^https?://", max_length=500)] | None = None
-    device_info: DeviceInfoIn | None = Field(default=None, description="the customer's browser, sent to Plural "
-                                                                       "with the payment")
-
-    @model_validator(mode="after")
-    def _method(self) -> "CheckoutIn":
-        emi_method = self.payment_method != "CARD"
-        if emi_method and self.emi is None:
-            raise ValueError(f"{self.payment_method} needs emi (issuer_id and tenure_id from offer discovery)")
-        if not emi_method and (self.emi or self.product_details or self.cart_coupon_discount_amount):
-            raise ValueError("emi, product_details and cart_coupon_discount_amount are for DEBIT_EMI and CREDIT_EMI")
-        if emi_method and self.amount.currency != "INR":
-            raise ValueError("EMI is offered in INR only")
-        if self.emi and self.emi.expected_monthly_emi and self.emi.expected_monthly_emi.currency != "INR":
-            raise ValueError("expected_monthly_emi must be in INR")
-        missing = self.card.missing_for(self.payment_method)
-        if missing:
-            raise ValueError(f"{self.payment_method} needs card." + ", card.".join(missing))
-        return self
-
-
-class DeliveryIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    capture_amount: Money | None = None
-
-
-class RefundIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    amount: Money | None = None
-    merchant_refund_reference: Annotated[str, Field(pattern=REFERENCE)] | None = None
-
-
-class OTPIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-    otp: str = Field(pattern=r"^\d{4,8}$", repr=False)
-
-
-class CheckoutService:
-    def __init__(self, settings: Any, repo: Repo, vault: Vault, enqueue: Callable[[Step, str], None],
-                 clock: Callable[[], dt.datetime] = utcnow, plural: Any = None, announce: Announce = silent,
-                 kick_events: Callable[[], None] = lambda: None):
-        self.settings, self.repo, self.vault, self.enqueue, self.clock = settings, repo, vault, enqueue, clock
-        self.plural, self.announce, self.kick_events = plural, announce, kick_events
-        self.engine = Engine(settings, repo, vault, enqueue, clock, announce, kick_events)
+    def __init__(self, deps: Deps, engine: Engine | None = None):
+        self.deps = deps
+        self.settings, self.repo, self.vault, self.enqueue, self.clock = (deps.settings, deps.repo, deps.vault,
+                                                                          deps.enqueue, deps.clock)
+        self.plural, self.announce, self.kick_events = deps.plural, deps.announce, deps.kick_events
+        self.engine = engine if engine is not None else deps.engine
 
     # --- create -------------------------------------------------------------------------
 
@@ -287,7 +75,7 @@ class CheckoutService:
         # a repeated merchant_order_reference is found by the insert's unique constraint (no read first)
         checkout_id = new_checkout_id()
         now = self.clock()
-        start = saga.initial_state(req.payment_method)
+        start = methods.rule(req.payment_method).first_state
         row = Checkout(
             id=checkout_id,
             state=start.value,
@@ -386,11 +174,6 @@ class CheckoutService:
         """Events after the cursor ``after`` (oldest first), of one ``kind`` if given; the cursor of
         the last one comes back as ``next``. On PostgreSQL the last two seconds are held back, so
         an event whose transaction commits after a later-numbered one is never skipped."""
-        from sqlmodel import col, select
-
-        from orchestrator.store.models import MerchantEvent
-        from orchestrator.outbound.outbox import EVENT_TYPES, envelope
-
         if kind is not None and kind not in EVENT_TYPES:
             raise CheckoutError(400, "INVALID_REQUEST", f"type must be one of {sorted(EVENT_TYPES)}")
         try:
@@ -410,10 +193,7 @@ class CheckoutService:
         return {"events": events, "next": str(rows[-1].id) if rows else (after or "0")}
 
     def redeliver(self, event_id: str) -> dict[str, Any]:
-        from orchestrator.outbound.delivery import redeliver
-        from orchestrator.outbound.outbox import envelope
-
-        event = redeliver(self.repo, event_id, self.clock())
+        event = delivery.redeliver(self.repo, event_id, self.clock())
         if event is None:
             raise CheckoutError(404, "EVENT_NOT_FOUND", f"no event {event_id}")
         self.kick_events()
@@ -423,10 +203,6 @@ class CheckoutService:
                        limit: int) -> dict[str, Any]:
         """Checkouts, newest first, optionally of one public ``status`` and created after a time;
         ``next_cursor`` continues the list (stable under inserts: it names the last row shown)."""
-        import base64
-
-        from sqlmodel import col, or_, select
-
         if status is not None and status not in set(saga.PUBLIC_STATUS.values()):
             raise CheckoutError(400, "INVALID_REQUEST", f"status must be one of {sorted(set(saga.PUBLIC_STATUS.values()))}")
         q = select(Checkout)
@@ -457,14 +233,10 @@ class CheckoutService:
 
     def overview(self, limit: int = 20) -> dict[str, Any]:
         """Where checkouts stand (the operator's status, the console, the metrics' gauges)."""
-        from orchestrator.store import reports
-
         return reports.overview(self.repo, self.clock(), limit=limit, rejected_since=self.credentials_rejected_since())
 
     def checkout_detail(self, checkout_id: str) -> dict[str, Any] | None:
         """One checkout's history, gateway calls, webhooks, events and refunds, or None."""
-        from orchestrator.store import reports
-
         return reports.checkout_detail(self.repo, checkout_id)
 
     def credentials_rejected_since(self) -> float | None:
@@ -481,9 +253,6 @@ class CheckoutService:
 
     def discover(self, req: DiscoveryIn) -> dict[str, Any]:
         """Plural's offer discovery for these terms, passed on exactly as Plural answered."""
-        from orchestrator.saga.deps import TRANSIENT
-        from orchestrator.saga.steps.offer import offer_terms
-
         self._within_ceiling(req.amount.value)
         terms = offer_terms(req.amount.value, req.amount.currency,
                             [(p.product_code, p.product_amount.value) for p in req.product_details or []],
@@ -560,93 +329,6 @@ class CheckoutService:
             return self.cancel(checkout_id)
         return moved
 
-
-    # --- operators ----------------------------------------------------------------------
-
-    def operator(self, checkout_id: str, action: str, outcome: str | None = None, who: str = "operator") -> Checkout:
-        """An operator's decision on a checkout that NEEDS_ATTENTION: ``retry`` sends it back to the
-        state it got stuck in; ``resolve`` declares its outcome (COMPLETED, CANCELLED or FAILED).
-        Recorded in the history with the operator's name."""
-        c = self.get(checkout_id)
-        if State(c.state) is not State.NEEDS_ATTENTION:
-            raise CheckoutError(409, "INVALID_STATE", f"only a NEEDS_ATTENTION checkout can be {action}d; it is {c.state}")
-        if action == "retry":
-            moved = self.engine.apply(c.id, Fact.OPERATOR_RETRY, Source.OPERATOR, f"retried by {who}"[:200],
-                                      fields={"error_code": None, "error_message": None})
-        else:
-            wanted = State(outcome) if outcome in {s.value for s in saga.OPERATOR_OUTCOMES} else None
-            if wanted is None:
-                raise CheckoutError(400, "INVALID_REQUEST", "resolve as COMPLETED, CANCELLED or FAILED")
-            moved = self._resolve(c, wanted, who)
-        if moved is None:
-            raise CheckoutError(409, "INVALID_STATE", "the checkout moved on meanwhile")
-        return moved
-
-    def _plural_order(self, c: Checkout) -> Any:
-        """Plural's order of a checkout, None when Plural has none; unreachable: refused, never guessed."""
-        try:
-            if self.plural is None:
-                raise plural_errors.ConnectionFailed("no Plural client in this process")
-            if c.plural_order_id:
-                try:
-                    return self.plural.get_order(c.plural_order_id)
-                except plural_errors.NotFound:
-                    raise ResolveRefused(f"not resolved: Plural does not know the order {c.plural_order_id} this "
-                                         "checkout recorded; nothing was changed", plural_status=None,
-                                         state=c.state) from None
-            try:
-                return self.plural.get_order_by_reference(c.merchant_order_reference)
-            except plural_errors.NotFound:
-                return None
-        except plural_errors.PluralError as exc:
-            log.warning("checkout.resolve.plural_unavailable", saga_id=c.id, error=type(exc).__name__)
-            raise CheckoutError(503, "PLURAL_UNAVAILABLE",
-                                f"cannot ask Plural for the order ({type(exc).__name__}); nothing was changed, "
-                                "try again when Plural answers", unavailable="plural") from None
-
-    def _resolve(self, c: Checkout, wanted: State, who: str) -> Checkout | None:
-        """An operator's resolve, decided against Plural's Get Order: the checkout first follows
-        Plural's own fact (a final view, or a hold), then goes where ``saga.operator_resolution``
-        allows; a wish Plural's view contradicts is refused (``ResolveRefused``)."""
-        from orchestrator.saga import answers
-
-        order = self._plural_order(c)
-        fact, fields = None, {}
-        view, payment_open, status = None, False, "no order"
-        if order is not None:
-            problem = answers.mismatch(self._deps(), c, order, found=c.plural_order_id is None)
-            if problem:
-                # Plural's order disagrees with the checkout: nothing is adopted, a person reconciles it
-                raise self._refused(c, wanted, order.status, f"Plural's order disagrees with the checkout ({problem}); "
-                                    "reconcile it at Plural, nothing was changed", c.state)
-            fact, fields = answers.order_fact(self._deps(), c, order)
-            payment = answers.our_payment(c, order)
-            view = saga.gateway_view(order.status, payment.status if payment else None)
-            payment_open, status = payment is not None, order.status
-        target = saga.operator_resolution(wanted, view, payment_open)
-        if fact is not None and target is not State.CANCELLING:
-            # what any poll would do: the checkout follows Plural's fact, whatever the operator wishes
-            followed = self.engine.apply(c.id, fact, Source.POLL, f"asked for a resolve by {who}: Plural reports "
-                                         f"{status}"[:200], fields=fields)
-            if followed is not None:
-                if State(followed.state) is wanted:
-                    return followed
-                raise self._refused(c, wanted, status, f"the checkout followed Plural to {followed.state}",
-                                    followed.state)
-        if target is None:
-            raise self._refused(c, wanted, status, _why_not(wanted, view, payment_open), c.state)
-        if target is State.CANCELLING:
-            fields = {"plural_status": order.status if order is not None else None, "cancel_reason": "OPERATOR"}
-        reason = f"resolved as {wanted.value} by {who}" + ("" if target is wanted else f": {target.value} at Plural "
-                                                           f"(order {status})")
-        return self.engine.apply(c.id, Fact.OPERATOR_RESOLVE, Source.OPERATOR, reason[:200], wanted=target,
-                                 fields=fields)
-
-    def _refused(self, c: Checkout, wanted: State, status: str, why: str, state: str) -> ResolveRefused:
-        log.warning("checkout.resolve.refused", saga_id=c.id, wanted=wanted.value, plural_status=status, state=state)
-        return ResolveRefused(f"not resolved as {wanted.value}: Plural reports {status}; {why}",
-                              plural_status=None if status == "no order" else status, state=state)
-
     # --- pre-auth delivery and refunds --------------------------------------------------
 
     def deliver(self, checkout_id: str, capture_amount: int | None) -> Checkout:
@@ -677,32 +359,18 @@ class CheckoutService:
         return moved
 
 
-    def _deps(self) -> Any:
-        from orchestrator.saga.deps import Deps
-
-        return Deps(settings=self.settings, repo=self.repo, plural=None, vault=self.vault, enqueue=self.enqueue,
-                    clock=self.clock, announce=self.announce, kick_events=self.kick_events)
-
     def refund(self, checkout_id: str, amount: int | None, reference: str | None) -> tuple[Any, bool]:
-        from orchestrator.merchant.refunds import request_refund
-
         self.get(checkout_id)
-        return request_refund(self._deps(), checkout_id, amount, reference)
+        return request_refund(self.deps, checkout_id, amount, reference)
 
     def resolve_refund(self, refund_id: str, who: str) -> Any:
         """An operator's resolve of a refund that NEEDS_ATTENTION, decided by Plural's refund order."""
-        import dataclasses
-
-        from orchestrator.merchant.refunds import RefundRefused, resolve_refund
-
         if self.plural is None:
             raise RefundRefused(503, "PLURAL_UNAVAILABLE", "no Plural client in this process; nothing was changed")
-        return resolve_refund(dataclasses.replace(self._deps(), plural=self.plural), refund_id, who)
+        return resolve_refund(self.deps, refund_id, who)
 
     def refunds(self, checkout_id: str) -> list[Any]:
-        from orchestrator.merchant.refunds import refunds_of
-
-        return refunds_of(self._deps(), checkout_id)
+        return refunds_of(self.deps, checkout_id)
 
 
 def _emi_choice(req: CheckoutIn) -> dict[str, Any] | None:
@@ -712,18 +380,3 @@ def _emi_choice(req: CheckoutIn) -> dict[str, Any] | None:
             "expected_monthly_emi": req.emi.expected_monthly_emi.value if req.emi.expected_monthly_emi else None,
             "product_details": [{"product_code": p.product_code, "product_amount": p.product_amount.value}
                                 for p in req.product_details or []]}
-
-
-def _why_not(wanted: State, view: saga.GatewayView | None, payment_open: bool) -> str:
-    """Why Plural's view refuses an operator's outcome, with what to do instead."""
-    if view is saga.GatewayView.PROCESSED:
-        return "Plural took the money: only COMPLETED agrees (refund the checkout if it must be undone)"
-    if wanted is State.COMPLETED:
-        held = "it holds the money but nothing was captured" if view is saga.GatewayView.AUTHORIZED else \
-            "no money was taken"
-        return f"{held}; COMPLETED only when Plural says PROCESSED (retry the checkout, or resolve as CANCELLED)"
-    if view is saga.GatewayView.AUTHORIZED:
-        return "it holds the money; resolve as CANCELLED to release the hold, or retry the checkout"
-    if payment_open:
-        return "a payment of ours is still open there; resolve as CANCELLED to cancel it, or retry the checkout"
-    return "its view does not allow this outcome"

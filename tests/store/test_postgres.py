@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.domain.saga import State
-from orchestrator.merchant.service import CheckoutIn
+from orchestrator.merchant.schemas import CheckoutIn
 from orchestrator.saga.sweeps import sweep_due
 from tests.conftest import at_once
 

@@ -30,7 +30,8 @@ from jinja2 import DictLoader, Environment, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.domain import saga
-from orchestrator.merchant.service import CheckoutError, CheckoutService
+from orchestrator.merchant.service import CheckoutService
+from orchestrator.merchant.errors import CheckoutError
 
 STATUSES = sorted(set(saga.PUBLIC_STATUS.values()))
 PREFIX = "/console"
