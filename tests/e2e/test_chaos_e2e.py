@@ -24,7 +24,7 @@ def test_a_short_chaos_run_ends_with_nothing_stuck_mismatched_or_doubled(tmp_pat
     assert (report.stuck, report.mismatches, report.double, report.worker_exits) == (0, 0, 0, 0)
     assert report.final + report.stuck <= report.checkouts == 45
     # the new faults were injected (whether a lost answer fired in its short window is chance:
-    # tests/test_capture_refunds.py shows each kind of lost answer resolved), and every checkout
+    # tests/saga/test_capture_refunds.py shows each kind of lost answer resolved), and every checkout
     # left to expire ended as the rules say
     assert report.injected.get("duplicates", 0) >= 1 and report.outages >= 1 and report.late_webhooks >= 1
     assert report.left_to_expire >= 2 and report.expired + report.expiry_cancelled == report.left_to_expire

@@ -81,7 +81,7 @@ def test_money_columns_hold_amounts_beyond_32_bits_on_postgres(pg, monkeypatch):
 
 
 def test_concurrent_refund_settlements_lose_no_update_on_postgres(pg):
-    from tests.test_engine import settle_refunds_at_once
+    from tests.saga.test_engine import settle_refunds_at_once
 
     c = checkout(pg, amount=10000)
     assert settle_refunds_at_once(pg, c)
@@ -169,7 +169,7 @@ def test_claims_are_renewed_together_only_where_their_tokens_hold_on_postgres(pg
 
 def test_a_webhook_batch_is_renewed_while_held_and_released_once_it_lapses_on_postgres(pg):
     from orchestrator.store.models import WebhookEvent
-    from tests.test_webhooks import claimed_batch, events
+    from tests.inbound.test_webhooks import claimed_batch, events
     from orchestrator.inbound.webhooks import retry_deferred
 
     lease = pg.deps.leases.lease_seconds
@@ -204,7 +204,7 @@ def test_a_move_whose_row_changed_after_its_read_decides_again_on_the_row_as_it_
     from orchestrator.outbound import outbox
     from orchestrator.domain import saga
     from orchestrator.domain.saga import Fact, Source
-    from tests.test_events import events_of
+    from tests.outbound.test_events import events_of
 
     c = checkout(pg, pre_auth=True)  # AUTHORIZED
     repo, seen = pg.deps.repo, []
@@ -310,8 +310,8 @@ def test_a_create_is_one_statement_with_its_key_and_a_taken_reference_writes_not
 
     from orchestrator.entrypoints.api.app import create_app
     from orchestrator.store.idempotency import IdempotencyStore
-    from tests.test_api import KEY, body
-    from tests.test_api_errors import keyed_rows
+    from tests.entrypoints.test_api import KEY, body
+    from tests.entrypoints.test_api_errors import keyed_rows
 
     app = create_app(lambda: pg.service, KEY, idempotency=IdempotencyStore(pg.deps.repo))
     b, first_key, second_key = body(), f"idem-{uuid.uuid4().hex}", f"idem-{uuid.uuid4().hex}"
@@ -338,7 +338,7 @@ def test_deliveries_and_cancels_at_once_leave_one_chained_history_and_its_events
 
     from orchestrator.domain import saga
     from orchestrator.domain.saga import Fact, Source
-    from tests.test_events import events_of
+    from tests.outbound.test_events import events_of
 
     engine = pg.service.engine
     for _ in range(4):

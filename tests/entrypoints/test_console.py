@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 
 from orchestrator.entrypoints.api.app import create_app
 from orchestrator.domain.saga import Fact, Source
-from tests.test_events import completed
-from tests.test_steps import checkout
+from tests.outbound.test_events import completed
+from tests.saga.test_steps import checkout
 
 AUTH = ("operator", "s3cret-console")
 

@@ -721,7 +721,7 @@ def test_a_paid_checkout_shows_no_error_a_waiting_step_once_met(harness):
     CREDENTIALS_REJECTED while it waited); once paid, the merchant sees no error."""
     from urllib.parse import parse_qs, urlparse
 
-    from tests.test_credentials_steps import accept, refuse
+    from tests.saga.test_credentials_steps import accept, refuse
 
     h = harness
     c = checkout(h, card=ACS_CARD)

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from orchestrator.entrypoints import cli
 from orchestrator.entrypoints.api.app import create_app
-from tests.test_credentials_steps import create, refuse, resumed
+from tests.saga.test_credentials_steps import create, refuse, resumed
 
 AUTH = ("operator", "s3cret-console")
 

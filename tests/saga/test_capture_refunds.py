@@ -17,7 +17,7 @@ from orchestrator.merchant.schemas import CheckoutIn
 from orchestrator.merchant.errors import CheckoutError
 from orchestrator.saga.sweeps import sweep_due
 from tests.conftest import at_once, ledger
-from tests.test_webhooks import signed
+from tests.inbound.test_webhooks import signed
 
 OTP_CARD = "4012001037141112"
 
@@ -422,7 +422,7 @@ def api(harness):
 
 
 def paid_after_the_cancel_and_refund_failed(h, sandbox_config):
-    from tests.test_webhooks import approve, start
+    from tests.inbound.test_webhooks import approve, start
 
     if h.mode != "strict":
         pytest.skip("the lenient sandbox cancels the open payment")
@@ -471,8 +471,8 @@ def test_a_checkout_whose_late_refund_failed_can_be_refunded_again(harness, sand
 def test_a_merchant_reference_shaped_like_our_automatic_name_cannot_strand_a_late_refund(harness):
     """A merchant who names a refund of another checkout as we would name this one's late refund
     (``chk_….r1`` is outside their alphabet; the old ``chk_…-r1`` was not) cannot make it unwritable."""
-    from tests.test_events import completed
-    from tests.test_webhooks import approve, start
+    from tests.outbound.test_events import completed
+    from tests.inbound.test_webhooks import approve, start
 
     h = harness
     if h.mode != "strict":

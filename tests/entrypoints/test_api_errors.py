@@ -16,7 +16,7 @@ from orchestrator.domain.money import MAX_AMOUNT
 from orchestrator.store.idempotency import IdempotencyStore, Keyed
 from orchestrator.plural.signatures import sign_callback
 from orchestrator.store.vault import Vault
-from tests.test_api import KEY, body
+from tests.entrypoints.test_api import KEY, body
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -82,7 +82,7 @@ def test_validation_errors_never_echo_a_card_number(api):
 
 
 def test_an_otp_while_redis_is_down_is_a_503_naming_it_and_changes_nothing(api, harness):
-    from tests.test_steps import checkout
+    from tests.saga.test_steps import checkout
 
     c = checkout(harness)
     harness.service.vault = Vault(Down(), harness.deps.settings.card_encryption_key.get_secret_value())
@@ -108,7 +108,7 @@ def test_a_database_that_is_down_is_a_503_naming_it(harness, tmp_path):
 
 
 def test_a_callback_still_sends_the_customer_on_when_the_broker_is_down(api, harness):
-    from tests.test_webhooks import start
+    from tests.inbound.test_webhooks import start
 
     c = start(harness, callback_url="https://shop.example/paid")
 
@@ -123,7 +123,7 @@ def test_a_callback_still_sends_the_customer_on_when_the_broker_is_down(api, har
 
 
 def test_a_non_ascii_callback_signature_is_refused_not_a_500(api, harness):
-    from tests.test_webhooks import start
+    from tests.inbound.test_webhooks import start
 
     c = start(harness)
     answer = api.get("/callbacks/plural", params={"order_id": c.plural_order_id, "status": "PROCESSED",
@@ -214,7 +214,7 @@ def test_an_error_answer_to_a_create_is_kept_with_its_key(api, harness):
 
 
 def test_a_refund_retried_with_its_key_refunds_once(api, harness):
-    from tests.test_capture_refunds import authorized
+    from tests.saga.test_capture_refunds import authorized
 
     c = authorized(harness, amount=10000, pre_auth=False)
     key = f"idem-{uuid.uuid4().hex}"
@@ -226,7 +226,7 @@ def test_a_refund_retried_with_its_key_refunds_once(api, harness):
 
 
 def test_a_key_whose_first_request_failed_with_a_5xx_can_be_retried(api, harness):
-    from tests.test_steps import checkout
+    from tests.saga.test_steps import checkout
 
     c = checkout(harness)
     key = f"idem-{uuid.uuid4().hex}"

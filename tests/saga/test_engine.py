@@ -21,9 +21,9 @@ from orchestrator.merchant.refunds import refunds_of
 from orchestrator.saga.steps.refund import get_refund
 from orchestrator.inbound.webhooks import process_pending
 from tests.conftest import at_once, ledger
-from tests.test_capture_refunds import authorized, kinds
-from tests.test_steps import checkout
-from tests.test_webhooks import approve, order_json, signed, start
+from tests.saga.test_capture_refunds import authorized, kinds
+from tests.saga.test_steps import checkout
+from tests.inbound.test_webhooks import approve, order_json, signed, start
 
 
 def faults(h, *rules):
@@ -139,7 +139,7 @@ def test_a_run_that_read_before_another_runs_first_write_never_writes(harness):
 
 
 def test_two_runs_of_one_payment_step_at_once_pay_once_and_never_fail_it(harness):
-    from tests.test_steps import received
+    from tests.saga.test_steps import received
 
     h = harness
     c = received(h)
@@ -394,7 +394,7 @@ def test_an_operator_resolves_a_stuck_checkout_and_the_history_says_who(harness)
 
 def test_a_step_whose_runs_keep_dying_needs_attention_after_the_maximum_age(harness):
     """A poison message: every run of the capture dies before it can count a failure."""
-    from tests.test_saga_model import Crash, CrashingPlural
+    from tests.saga.test_saga_model import Crash, CrashingPlural
 
     h = harness
     c = authorized(h)

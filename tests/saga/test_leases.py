@@ -12,7 +12,7 @@ from orchestrator.domain.saga import Step
 from orchestrator.store.models import Checkout, aware, utcnow
 from orchestrator.store.claims import Claim
 from orchestrator.saga.leases import Leases
-from tests.test_capture_refunds import authorized, kinds
+from tests.saga.test_capture_refunds import authorized, kinds
 
 CAPTURE = Step.CAPTURE_ORDER.value
 

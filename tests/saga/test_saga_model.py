@@ -13,7 +13,7 @@ authorized, refunded ≤ captured. At the end, with faults off and time run forw
 checkout is final or legitimately waiting, agrees with Get Order, and every delivered checkout
 was captured with the delivered amount.
 
-``PYTEST_SAGA_EXAMPLES=2000 ./run.sh test tests/test_saga_model.py`` runs a longer profile (examples against
+``PYTEST_SAGA_EXAMPLES=2000 ./run.sh test tests/saga/test_saga_model.py`` runs a longer profile (examples against
 the strict sandbox; the lenient one gets half as many).
 """
 
@@ -44,7 +44,7 @@ from orchestrator.merchant.errors import CheckoutError
 from orchestrator.saga.sweeps import sweep_due
 from orchestrator.inbound.webhooks import process_pending
 from tests.conftest import ledger
-from tests.test_webhooks import approve, signed
+from tests.inbound.test_webhooks import approve, signed
 
 CARDS = {"otp": "4012001037141112", "acs": "5555555555554444", "decline": "4000000000000002",
          "otp_refused": "4111111111111111"}

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from orchestrator.merchant.errors import CheckoutError
-from tests.test_api import api  # noqa: F401  (the API over the harness, its key set)
-from tests.test_steps import checkout
+from tests.entrypoints.test_api import api  # noqa: F401  (the API over the harness, its key set)
+from tests.saga.test_steps import checkout
 
 RIGHT, WRONG = "123456", "654321"
 WAIT = 10.0

@@ -100,7 +100,7 @@ def test_plural_error_text_is_masked_before_it_is_stored(harness):
     from orchestrator.plural import errors
     from orchestrator.saga import runner
 
-    from tests.test_steps import received
+    from tests.saga.test_steps import received
 
     h = harness
     c = received(h)

@@ -326,7 +326,7 @@ def test_an_offer_check_that_never_gets_an_answer_needs_attention(harness):
 
 
 def test_a_webhook_settles_an_emi_payment(harness):
-    from tests.test_webhooks import signed
+    from tests.inbound.test_webhooks import signed
 
     h = harness
     c = start(h, body("DEBIT_EMI", debit(), "7", "1", 1200000))

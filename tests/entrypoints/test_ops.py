@@ -6,8 +6,8 @@ import pytest
 
 from orchestrator.entrypoints import cli
 from orchestrator.store import reports
-from tests.test_events import completed
-from tests.test_steps import checkout, received
+from tests.outbound.test_events import completed
+from tests.saga.test_steps import checkout, received
 
 
 def run(monkeypatch, capsys, harness, *argv):
@@ -107,8 +107,8 @@ def resolve(monkeypatch, capsys, h, checkout_id, outcome):
 
 def test_resolving_a_stuck_capture_as_cancelled_goes_through_cancelling_and_releases_the_hold(
         harness, monkeypatch, capsys):
-    from tests.test_capture_refunds import kinds
-    from tests.test_engine import stuck_capture
+    from tests.saga.test_capture_refunds import kinds
+    from tests.saga.test_engine import stuck_capture
 
     h = harness
     c = stuck_capture(h)
@@ -122,8 +122,8 @@ def test_resolving_a_stuck_capture_as_cancelled_goes_through_cancelling_and_rele
 
 
 def test_resolving_as_completed_what_plural_only_authorized_is_refused(harness, monkeypatch, capsys):
-    from tests.test_capture_refunds import kinds
-    from tests.test_engine import stuck_capture
+    from tests.saga.test_capture_refunds import kinds
+    from tests.saga.test_engine import stuck_capture
 
     h = harness
     c = stuck_capture(h)
@@ -136,7 +136,7 @@ def test_resolving_as_completed_what_plural_only_authorized_is_refused(harness, 
 
 def test_resolving_as_failed_while_plural_holds_the_money_is_refused(harness):
     from orchestrator.merchant.errors import ResolveRefused
-    from tests.test_engine import stuck_capture
+    from tests.saga.test_engine import stuck_capture
 
     h = harness
     c = stuck_capture(h)
@@ -149,7 +149,7 @@ def test_resolving_as_failed_while_plural_holds_the_money_is_refused(harness):
 def captured_meanwhile(h):
     """A checkout stuck in CAPTURING whose capture Plural made after all."""
     from orchestrator.plural.models import Amount, CaptureRequest
-    from tests.test_engine import faults, stuck_capture
+    from tests.saga.test_engine import faults, stuck_capture
 
     c = stuck_capture(h)
     faults(h)
@@ -181,7 +181,7 @@ def test_resolving_as_completed_what_plural_processed_is_plurals_fact(harness):
 
 def test_resolve_refuses_when_plural_cannot_be_reached(harness, monkeypatch, capsys):
     from orchestrator.plural import PluralClient
-    from tests.test_engine import stuck_capture
+    from tests.saga.test_engine import stuck_capture
 
     h = harness
     c = stuck_capture(h)
@@ -194,7 +194,7 @@ def test_resolve_refuses_when_plural_cannot_be_reached(harness, monkeypatch, cap
 
 def test_a_checkout_plural_has_no_order_for_is_resolved_as_failed(harness):
     from orchestrator.plural import PluralClient
-    from tests.test_engine import faults
+    from tests.saga.test_engine import faults
 
     h = harness
     faults(h, {"kind": "error", "method": "POST", "path": "/orders$", "statuses": [503]})
@@ -212,7 +212,7 @@ def test_a_checkout_plural_has_no_order_for_is_resolved_as_failed(harness):
 def test_a_checkout_stuck_with_a_payment_open_at_plural_is_not_failed_but_cancelled_through_cancelling(harness):
     from orchestrator.domain.saga import Fact, Source
     from orchestrator.merchant.errors import ResolveRefused
-    from tests.test_webhooks import start
+    from tests.inbound.test_webhooks import start
 
     h = harness
     c = start(h)  # the customer is on the bank page: our payment is open at Plural
@@ -229,7 +229,7 @@ def paid_less_than_asked(h, monkeypatch):
 
     import requests
 
-    from tests.test_steps import ACS_CARD, altered, mismatched
+    from tests.saga.test_steps import ACS_CARD, altered, mismatched
 
     c = checkout(h, card=ACS_CARD, amount=500000)
     token = parse_qs(urlparse(c.challenge_url).query)["token"][0]
@@ -266,7 +266,7 @@ def test_resolve_refuses_an_order_that_disagrees_with_the_checkout_and_adopts_no
 def test_resolve_refund_on_the_command_line_prints_where_the_refund_ended(harness, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from tests.test_capture_refunds import needing_attention, one_503_on_the_refund
+    from tests.saga.test_capture_refunds import needing_attention, one_503_on_the_refund
 
     h = harness
     c = completed(h)

@@ -13,7 +13,7 @@ from orchestrator.entrypoints.api.app import create_app
 from orchestrator.store.idempotency import IdempotencyStore
 from tests.conftest import ThreadedUvicorn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

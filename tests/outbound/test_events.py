@@ -13,7 +13,7 @@ from orchestrator.outbound import delivery, outbox
 from orchestrator.store.models import MerchantEvent, MerchantEventAttempt
 from devkit.merchant_client import EventRejected, OrchestratorClient
 from tests.receiver import Receiver
-from tests.test_steps import checkout, received
+from tests.saga.test_steps import checkout, received
 
 
 def events_of(h, checkout_id=None):

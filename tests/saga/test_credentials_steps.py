@@ -165,7 +165,7 @@ def test_a_checkout_that_waited_too_long_needs_attention_with_the_reason(harness
 
 
 def test_a_refused_offer_check_waits_and_goes_on_when_the_credentials_work(harness):
-    from tests.test_emi_checkouts import body, debit
+    from tests.saga.test_emi_checkouts import body, debit
 
     h = harness
     refuse(h)
