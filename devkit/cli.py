@@ -8,10 +8,9 @@ import sys
 import time
 from typing import Sequence
 
-from config import ConfigurationError, load_settings
+from config import load_settings
 from config.settings import EMBEDDED_REDIS_PORT
-from orchestrator.entrypoints.cli import Help
-from orchestrator.telemetry.logs import configure_logging
+from orchestrator.entrypoints.cli import Help, run_command
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -169,15 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except ConfigurationError as exc:
-        print(f"devkit: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level, settings.log_format)
-    return int(args.func(args) or 0)
+    return run_command(build_parser(), argv, "devkit")
 
 
 if __name__ == "__main__":  # pragma: no cover

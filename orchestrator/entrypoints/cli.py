@@ -318,16 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None, prog: str) -> int:
+    """Parse, load the settings (a bad one: exit 2 naming it), configure logging, run the command."""
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
     except ConfigurationError as exc:
-        print(f"orchestrator: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     return int(args.func(args) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(build_parser(), argv, "orchestrator")
 
 
 if __name__ == "__main__":  # pragma: no cover

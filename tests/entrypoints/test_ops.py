@@ -223,40 +223,14 @@ def test_a_checkout_stuck_with_a_payment_open_at_plural_is_not_failed_but_cancel
     assert h.service.operator(c.id, "resolve", "CANCELLED", who="asha").state == "CANCELLING"
 
 
-def paid_less_than_asked(h, monkeypatch):
-    """A 500000-paise checkout whose order Plural reports as paid 100: the poll sends it to attention."""
-    from urllib.parse import parse_qs, urlparse
-
-    import requests
-
-    from tests.saga.test_steps import ACS_CARD, altered, mismatched
-
-    c = checkout(h, card=ACS_CARD, amount=500000)
-    token = parse_qs(urlparse(c.challenge_url).query)["token"][0]
-    requests.post(f"{h.sandbox_url}/sandbox/acs/{c.plural_payment_id}/approve", data={"token": token},
-                  allow_redirects=False, timeout=5)
-    real = h.deps.plural.get_order
-
-    def paid_less(order_id):
-        def change(o):
-            o["payments"][0]["payment_amount"]["value"] = 100
-            for capture in o["payments"][0].get("capture_data") or []:
-                capture["capture_amount"]["value"] = 100
-        return altered(real(order_id), change)
-
-    for client in {id(h.deps.plural): h.deps.plural, id(h.service.plural): h.service.plural}.values():
-        monkeypatch.setattr(client, "get_order", paid_less)
-    h.clock.advance(1)
-    h.run_due()
-    return mismatched(h, c)
-
-
 @pytest.mark.parametrize("wanted", ["COMPLETED", "CANCELLED"])
 def test_resolve_refuses_an_order_that_disagrees_with_the_checkout_and_adopts_nothing(harness, monkeypatch, wanted):
     from orchestrator.merchant.errors import ResolveRefused
 
+    from tests.saga.test_steps import mismatched, paid_less_than_asked
+
     h = harness
-    c = paid_less_than_asked(h, monkeypatch)
+    c = mismatched(h, paid_less_than_asked(h, monkeypatch))
     with pytest.raises(ResolveRefused, match="payment_amount is 100 at Plural, 500000 here"):
         h.service.operator(c.id, "resolve", wanted, who="eve")
     after = h.deps.repo.get(c.id)

@@ -645,8 +645,8 @@ def test_a_payment_answer_for_another_amount_needs_attention(harness, monkeypatc
     assert "AWAITING_OTP" not in path(h, c) and "PAYMENT_CREATED" not in path(h, c)
 
 
-def test_a_poll_reporting_another_payment_amount_never_completes_the_checkout(harness, monkeypatch):
-    h = harness
+def paid_less_than_asked(h, monkeypatch):
+    """A 500000-paise bank-page checkout, approved, whose order Plural then reports paid 100."""
     c = checkout(h, card=ACS_CARD, amount=500000)
     assert c.state == "AWAITING_REDIRECT"
     token = parse_qs(urlparse(c.challenge_url).query)["token"][0]
@@ -661,9 +661,16 @@ def test_a_poll_reporting_another_payment_amount_never_completes_the_checkout(ha
                 capture["capture_amount"]["value"] = 100
         return altered(real(order_id), change)
 
-    monkeypatch.setattr(h.deps.plural, "get_order", paid_less)
+    for client in {id(h.deps.plural): h.deps.plural, id(h.service.plural): h.service.plural}.values():
+        monkeypatch.setattr(client, "get_order", paid_less)
     h.clock.advance(1)
     h.run_due()
+    return c
+
+
+def test_a_poll_reporting_another_payment_amount_never_completes_the_checkout(harness, monkeypatch):
+    h = harness
+    c = paid_less_than_asked(h, monkeypatch)
     c = mismatched(h, c)
     assert c.captured_amount == 0 and c.authorized_amount == 0
     assert "payment_amount is 100 at Plural, 500000 here" in c.error_message

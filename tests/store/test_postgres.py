@@ -189,7 +189,7 @@ def test_a_webhook_batch_is_renewed_while_held_and_released_once_it_lapses_on_po
 
 
 def test_every_public_change_writes_its_event_with_the_move_on_postgres(pg):
-    from tests import test_events
+    from tests.outbound import test_events
 
     test_events.test_every_change_of_public_status_writes_one_event_carrying_the_checkout_as_it_was(pg)
     test_events.test_each_public_change_is_announced_with_the_view_its_event_carries(pg)
@@ -295,7 +295,7 @@ def test_times_are_shown_in_utc_whatever_the_servers_time_zone_on_postgres(pg_ur
 def test_creates_at_once_with_one_key_create_one_checkout_and_answer_alike_on_postgres(pg):
     """The key is stored in the checkout's own transaction: on PostgreSQL the others wait on its
     unique index, then replay the first answer."""
-    from tests import test_api_errors
+    from tests.entrypoints import test_api_errors
 
     test_api_errors.test_creates_at_once_with_one_key_create_one_checkout_and_answer_alike(pg)
 
