@@ -35,6 +35,8 @@ class MethodRule:
     first_state: State
     #: Plural's native OTP may be used where the card supports it (Debit EMI always goes to the bank's page)
     native_otp: bool
+    #: offer discovery names the card (Plural offers Debit EMI per customer)
+    discovery_names_card: bool = False
 
 
 CARD_DETAILS = ("name", "cvv", "expiry_month", "expiry_year")
@@ -42,7 +44,7 @@ CARD_DETAILS = ("name", "cvv", "expiry_month", "expiry_year")
 METHODS: dict[Method, MethodRule] = {
     Method.CARD: MethodRule(card_fields=CARD_DETAILS, emi=False, first_state=State.NEW, native_otp=True),
     Method.DEBIT_EMI: MethodRule(card_fields=("registered_mobile_number",), emi=True, first_state=State.QUOTING,
-                                 native_otp=False),
+                                 native_otp=False, discovery_names_card=True),
     Method.CREDIT_EMI: MethodRule(card_fields=CARD_DETAILS, emi=True, first_state=State.QUOTING, native_otp=True),
 }
 
@@ -55,3 +57,8 @@ EMI_NAMES = " and ".join(m.value for m, rule in METHODS.items() if rule.emi)
 def rule(method: str) -> MethodRule:
     """The table's row for ``method`` (a ``KeyError`` for a method not in the table)."""
     return METHODS[Method(method)]
+
+
+def uses_native_otp(method: str, card_supports_it: bool) -> bool:
+    """Native OTP where Plural offers it for the card and the method allows it."""
+    return card_supports_it and rule(method).native_otp

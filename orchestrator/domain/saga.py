@@ -407,16 +407,6 @@ def next_step(state: State) -> Step | None:
     return NEXT_STEP.get(state)
 
 
-def initial_state(payment_method: str) -> State:
-    """Where a new checkout starts: an EMI checkout first checks its offer with Plural."""
-    return State.NEW if payment_method == "CARD" else State.QUOTING
-
-
-def uses_native_otp(payment_method: str, card_supports_it: bool) -> bool:
-    """Native OTP where Plural offers it for the card; Debit EMI always goes to the bank's page."""
-    return card_supports_it and payment_method != "DEBIT_EMI"
-
-
 # --- Plural's view of an order ----------------------------------------------------------
 
 class GatewayView(str, Enum):

@@ -21,16 +21,15 @@ from orchestrator.plural.models import Order
 from orchestrator.saga.deps import TRANSIENT, Deps, text
 from orchestrator.saga.steps.refund import disagreement, get_refund, move, sent_as
 from orchestrator.store.models import Checkout, Refund
+from orchestrator.merchant.errors import MerchantError
 from orchestrator.store.repo import may_have_refunds
 from orchestrator.telemetry.logs import get_logger
 
 log = get_logger("orchestrator.merchant.refunds")
 
 
-class RefundRefused(Exception):
-    def __init__(self, http_status: int, code: str, message: str, **details: Any):
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = http_status, code, message, details
+class RefundRefused(MerchantError):
+    """A refused refund request or operator resolve of a refund."""
 
 
 def request_refund(d: Deps, checkout_id: str, amount: int | None, reference: str | None) -> tuple[Refund, bool]:

@@ -10,7 +10,7 @@ import copy
 import datetime as dt
 from typing import Any, Iterable
 
-from orchestrator.domain import emi, saga
+from orchestrator.domain import emi, methods, saga
 from orchestrator.domain.saga import State
 from orchestrator.store.models import Checkout, Refund, Transition
 
@@ -38,7 +38,7 @@ def refund_view(r: Refund) -> dict[str, Any]:
 
 
 def emi_view(c: Checkout) -> dict[str, Any] | None:
-    if c.payment_method == "CARD":
+    if not methods.rule(c.payment_method).emi:
         return None
     choice = copy.deepcopy(c.emi_choice or {})
     if choice.get("expected_monthly_emi") is not None:

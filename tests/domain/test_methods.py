@@ -44,3 +44,24 @@ def test_a_method_the_table_says_takes_no_emi_refuses_an_emi_choice(monkeypatch)
         card_fields=methods.CARD_DETAILS, emi=False, first_state=State.NEW, native_otp=True))
     with pytest.raises(ValidationError, match="emi, product_details"):
         CheckoutIn.model_validate(request)
+
+
+def test_native_otp_is_the_tables_for_each_method():
+    from orchestrator.domain.methods import uses_native_otp
+
+    assert uses_native_otp("CARD", True) and uses_native_otp("CREDIT_EMI", True)
+    assert not uses_native_otp("DEBIT_EMI", True) and not uses_native_otp("CARD", False)
+
+
+def test_only_debit_emi_names_the_card_in_offer_discovery():
+    from orchestrator.domain.methods import METHODS, Method
+
+    assert {m for m, r in METHODS.items() if r.discovery_names_card} == {Method.DEBIT_EMI}
+
+
+def test_a_refused_refund_is_the_merchant_apis_one_error_type():
+    from orchestrator.merchant.errors import MerchantError
+    from orchestrator.merchant.refunds import RefundRefused
+
+    assert issubclass(RefundRefused, MerchantError)
+    assert RefundRefused(409, "X", "m", a=1).body() == {"code": "X", "message": "m", "a": 1}

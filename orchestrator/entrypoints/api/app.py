@@ -27,7 +27,6 @@ from orchestrator.inbound.receiver import Inbound
 from orchestrator.merchant.errors import MerchantError
 from orchestrator.merchant.service import CheckoutService
 from orchestrator.outbound.changes import Listener
-from orchestrator.merchant.refunds import RefundRefused
 
 if TYPE_CHECKING:
     from orchestrator.store.idempotency import IdempotencyStore
@@ -76,7 +75,7 @@ def create_app(service_factory: Callable[[], CheckoutService], api_key: str,
                                 headers={"Allow": ", ".join(sorted(allowed))})
         return error_answer(exc)
 
-    for kind in (MerchantError, RefundRefused, RequestValidationError, StarletteHTTPException, Exception):
+    for kind in (MerchantError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(kind, answer)  # type: ignore[arg-type]
 
     def routed(scope: Any) -> bool:

@@ -15,7 +15,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.domain.money import MAX_AMOUNT
 from orchestrator.merchant.errors import MerchantError
-from orchestrator.merchant.refunds import RefundRefused
 from orchestrator.telemetry.logs import get_logger, mask_text
 
 log = get_logger("orchestrator.entrypoints.api")
@@ -55,8 +54,6 @@ def error_answer(exc: BaseException) -> JSONResponse:
     is down is a 503 naming it. Nothing here echoes what the client sent."""
     if isinstance(exc, MerchantError):
         return JSONResponse(exc.body(), status_code=exc.status)
-    if isinstance(exc, RefundRefused):
-        return JSONResponse({"code": exc.code, "message": exc.message, **exc.details}, status_code=exc.status)
     if isinstance(exc, RequestValidationError):
         errors = _validation_errors(exc)
         if any(e.get("type") == "amount_limit" for e in exc.errors()):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.domain import saga
+from orchestrator.domain import methods
 from orchestrator.domain.saga import Fact, Step
 from orchestrator.plural.models import CardDetailsRequest, CardIdentifier
 from orchestrator.saga.calls import call_ahead
@@ -29,6 +29,6 @@ def card_details(d: Deps, run: Run, c: Checkout) -> None:
         return
     answer = got.result
     info = answer.card_payment_details[0] if answer.card_payment_details else None
-    native = saga.uses_native_otp(c.payment_method, bool(info and info.is_native_otp_supported))
+    native = methods.uses_native_otp(c.payment_method, bool(info and info.is_native_otp_supported))
     state_fact(d, run, Fact.CARD_CHECKED, "card details known", native_otp=native,
                card_network=(info.card_network if info else None), card_issuer=(info.card_issuer if info else None))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from orchestrator.domain import emi
+from orchestrator.domain import emi, methods
 from orchestrator.domain.saga import Fact, Step
 from orchestrator.plural.models import (Amount, CardDetails, OfferDiscoveryRequest, OfferValidationRequest, PaymentOption,
                                         ProductDetail)
@@ -43,7 +43,7 @@ def check_offer(d: Deps, run: Run, c: Checkout) -> None:
     if card is None:
         return card_gone(d, run)
     terms = _emi_terms(c)
-    debit = c.payment_method == "DEBIT_EMI"
+    debit = methods.rule(c.payment_method).discovery_names_card
     card_only = PaymentOption(card_details=CardDetails(card_number=card.number))
     # Debit EMI is offered per customer: Plural lists debit issuers for a named card
     discovery = OfferDiscoveryRequest(**terms, payment_option=card_only if debit else None)
