@@ -15,7 +15,7 @@ from orchestrator.store.models import IdempotencyKey, aware
 from orchestrator.store.statements import insert_skipping
 
 if TYPE_CHECKING:
-    from orchestrator.store.repo import Repo
+    from orchestrator.store.connected import Connected
 
 
 class KeyTaken(Exception):
@@ -60,7 +60,7 @@ class IdempotencyStore:
     reference is unique, a step checks the state). Taking a key over, or renewing an expired
     one, is compare-and-set on the time it was taken, so of two retries at once one runs."""
 
-    def __init__(self, repo: Repo, keep: dt.timedelta = dt.timedelta(hours=48),
+    def __init__(self, repo: Connected, keep: dt.timedelta = dt.timedelta(hours=48),
                  abandon_after: dt.timedelta = dt.timedelta(seconds=60)):
         self.repo, self.keep, self.abandon_after = repo, keep, abandon_after
         table = IdempotencyKey.__table__  # type: ignore[attr-defined]
