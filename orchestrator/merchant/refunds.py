@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
 from orchestrator.domain.saga import (LATE_REFUND_FAILED, RefundState, Step, automatic_refund_reference, refund_reserves,
                                       refund_state_of, refundable)
 from orchestrator.plural import errors
@@ -64,12 +62,8 @@ def request_refund(d: Deps, checkout_id: str, amount: int | None, reference: str
                      amount_value=value, currency=c.currency,
                      next_due_at=now + dt.timedelta(seconds=d.settings.step_lease_seconds),
                      created_at=now, updated_at=now)
-        s.add(row)
-        try:
-            s.commit()
-        except IntegrityError:
-            s.rollback()
-            raise RefundRefused(409, "REFERENCE_CONFLICT", "merchant_refund_reference is already used") from None
+        if not refunds_store.add(s, row):
+            raise RefundRefused(409, "REFERENCE_CONFLICT", "merchant_refund_reference is already used")
     log.info("refund.requested", saga_id=checkout_id, refund_id=row.id, amount=value)
     for old in mine:  # a failed late refund that waited for this one is closed by it
         if old.state == RefundState.NEEDS_ATTENTION.value and old.error_code == LATE_REFUND_FAILED:

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import insert, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from orchestrator.store.models import Checkout, Refund
@@ -41,6 +42,17 @@ def by_reference(s: Session, reference: str) -> Refund | None:
 def all_of(s: Session, checkout_id: str) -> list[Refund]:
     """A checkout's refunds, read in ``s``'s transaction."""
     return list(s.exec(select(Refund).where(Refund.checkout_id == checkout_id)))
+
+
+def add(s: Session, refund: Refund) -> bool:
+    """Add ``refund`` and commit ``s``'s transaction; False (rolled back) if its reference is taken."""
+    s.add(refund)
+    try:
+        s.commit()
+    except IntegrityError:
+        s.rollback()
+        return False
+    return True
 
 
 def for_order(repo: Repo, plural_order_id: str, refund_id: str | None) -> Refund | None:
