@@ -12,7 +12,7 @@ from orchestrator.telemetry import metrics
 from orchestrator.outbound.changes import Announce, redis_announcer, silent
 from orchestrator.outbound.delivery import redis_kick as delivery_kick
 from orchestrator.domain.saga import Step
-from orchestrator.store.database import make_engine
+from orchestrator.store.database import make_engine, ping
 from orchestrator.store.models import utcnow
 from orchestrator.store.repo import Repo
 from orchestrator.saga.leases import Leases
@@ -67,12 +67,9 @@ class Runtime:
         """Can this process reach its database and Redis right now (``REQUIRED``)? Also reported,
         without failing readiness (``full``: for whom may see them): Plural's access token, the
         broker's queues, the event backlog."""
-        from sqlalchemy import text
-
         checks: dict[str, str] = {}
         try:
-            with self.repo.read_engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
+            ping(self.repo.read_engine)
             checks["database"] = "ok"
         except Exception as exc:  # a readiness probe reports, it does not raise
             checks["database"] = type(exc).__name__

@@ -23,14 +23,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sqlalchemy import and_, bindparam, or_, update
-from sqlmodel import col, select
-
 from orchestrator.telemetry import metrics
 from orchestrator.outbound.changes import kick_once
 from orchestrator.domain.saga import Source
-from orchestrator.store.models import Checkout, Refund, WebhookEvent, detached
-from orchestrator.store.statements import insert_skipping
+from orchestrator.store.models import Checkout, WebhookEvent, detached
+from orchestrator.store import webhook_events
 from orchestrator.telemetry.logs import get_logger
 from orchestrator.plural.models import Order
 from orchestrator.plural.signatures import WEBHOOK_TOLERANCE, SignatureError, verify_webhook_signature
@@ -122,14 +119,7 @@ def store(d: Deps, rows: list[WebhookEvent]) -> list[bool]:
     duplicate: it is acknowledged and never processed again."""
     if not rows:
         return []
-    table = WebhookEvent.__table__  # type: ignore[attr-defined]
-    values = [{c: getattr(r, c) for c in ("webhook_id", "event_type", "order_id", "merchant_order_reference",
-                                          "order_status", "body", "status", "attempts", "received_at", "note")}
-              for r in rows]
-    statement = insert_skipping(d.repo.engine, table, ["webhook_id"]).returning(table.c.id, table.c.webhook_id)
-    with d.repo.session() as s:
-        stored = {webhook_id: event_id for event_id, webhook_id in s.connection().execute(statement, values)}
-        s.commit()
+    stored = webhook_events.add(d.repo, rows)
     for row in rows:
         metrics.WEBHOOKS.labels("stored" if row.webhook_id in stored and row.id is None else "duplicate").inc()
         if row.webhook_id in stored and row.id is None:
@@ -167,22 +157,7 @@ def redis_kick(redis: Any, publish: Callable[[], None], ttl: int = 30) -> Callab
 def claim_batch(d: Deps, limit: int, statuses: tuple[str, ...] = ("pending",)) -> list[WebhookEvent]:
     token = uuid.uuid4().hex
     now = d.clock()
-    with d.repo.read_session() as s:  # nothing to claim (the processor's last look, mostly): no write
-        if s.exec(select(WebhookEvent.id).where(col(WebhookEvent.status).in_(statuses)).limit(1)).first() is None:
-            return []
-    with d.repo.session() as s:
-        ids = select(WebhookEvent.id).where(col(WebhookEvent.status).in_(statuses))
-        if "deferred" in statuses:
-            ids = ids.where(col(WebhookEvent.received_at) > now - DEFER_FOR)
-        ids = ids.order_by(col(WebhookEvent.id)).limit(limit)
-        s.connection().execute(update(WebhookEvent).where(col(WebhookEvent.id).in_(ids.scalar_subquery()),
-                                             col(WebhookEvent.status).in_(statuses))
-                  .values(status="processing", claim=token, claimed_at=now,
-                          claim_until=now + dt.timedelta(seconds=d.leases.lease_seconds),
-                          attempts=WebhookEvent.attempts + 1).execution_options(synchronize_session=False))
-        claimed = list(s.exec(select(WebhookEvent).where(WebhookEvent.claim == token).order_by(col(WebhookEvent.id))))
-        s.commit()  # read in the claim's transaction: none begun after it, to roll back at close
-        return claimed
+    return webhook_events.claim_batch(d.repo, token, now, limit, statuses, d.leases.lease_seconds, DEFER_FOR)
 
 
 #: what became of one event: (the event, its status, a note)
@@ -194,15 +169,7 @@ def _finish(d: Deps, outcomes: list[Outcome]) -> None:
     if not outcomes:
         return
     now = d.clock()
-    table = WebhookEvent.__table__  # type: ignore[attr-defined]
-    with d.repo.session() as s:  # only while the batch's claim holds: a rival's outcomes stand
-        s.connection().execute(
-            update(table).where(table.c.id == bindparam("event_id"), table.c.claim == bindparam("b_claim")).values(
-                status=bindparam("new_status"), note=bindparam("new_note"), processed_at=now, claim=None,
-                claim_until=None),
-            [{"event_id": e.id, "b_claim": e.claim, "new_status": status, "new_note": note[:500]}
-             for e, status, note in outcomes])
-        s.commit()
+    webhook_events.finish(d.repo, now, outcomes)
     for event, status, note in outcomes:
         log.info("webhook.processed", webhook_id=event.webhook_id, event_type=event.event_type, outcome=status,
                  note=note)
@@ -298,31 +265,5 @@ def process_pending(d: Deps, redis: Any | None = None, batch: int = 200) -> int:
 def retry_deferred(d: Deps, batch: int = 200) -> int:
     """Release kept events whose order a saga has recorded since, and stale claims (the sweep calls
     this); returns how much is waiting for a processor."""
-    with d.repo.session() as s:
-        mine = or_(col(Checkout.plural_order_id) == col(WebhookEvent.order_id),
-                   and_(col(Checkout.merchant_order_reference) == col(WebhookEvent.merchant_order_reference),
-                        col(Checkout.plural_order_id).is_not(None)))
-        ready = list(s.exec(select(WebhookEvent.id).join(Checkout, mine).where(
-            WebhookEvent.status == "deferred", col(WebhookEvent.received_at) > d.clock() - DEFER_FOR
-        ).limit(batch)).all())
-        refund_known = or_(col(Refund.plural_refund_order_id) == col(WebhookEvent.order_id),
-                           col(Refund.merchant_refund_reference) == col(WebhookEvent.merchant_order_reference))
-        ready += list(s.exec(select(WebhookEvent.id).join(Refund, refund_known).where(
-            WebhookEvent.status == "deferred", col(WebhookEvent.received_at) > d.clock() - DEFER_FOR
-        ).limit(batch)).all())
-        # claims whose processor died (it stopped renewing); a claim from before claims had an end
-        # lapses 5 minutes after it was taken
-        now = d.clock()
-        lapsed = or_(col(WebhookEvent.claim_until) < now,
-                     and_(col(WebhookEvent.claim_until).is_(None), col(WebhookEvent.claimed_at) < now - STALE_CLAIM))
-        s.connection().execute(update(WebhookEvent).where(col(WebhookEvent.status) == "processing", lapsed)
-                               .values(status="pending"))
-        if ready:
-            s.connection().execute(update(WebhookEvent).where(col(WebhookEvent.id).in_(list(ready)))
-                      .values(status="pending"))
-        # pending events nobody is processing (a lost kick): worth a processor too
-        waiting = s.exec(select(WebhookEvent.id).where(
-            WebhookEvent.status == "pending", col(WebhookEvent.received_at) < d.clock() - dt.timedelta(seconds=10)
-        ).limit(1)).first()
-        s.commit()
-    return len(ready) + (1 if waiting is not None else 0)
+    ready, waiting = webhook_events.release(d.repo, d.clock, batch, DEFER_FOR, STALE_CLAIM)
+    return len(ready) + (1 if waiting else 0)

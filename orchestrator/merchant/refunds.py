@@ -11,16 +11,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
-
 from orchestrator.domain.saga import (LATE_REFUND_FAILED, RefundState, Step, automatic_refund_reference, refund_reserves,
                                       refund_state_of, refundable)
 from orchestrator.plural import errors
 from orchestrator.plural.models import Order
 from orchestrator.saga.deps import TRANSIENT, Deps, text
 from orchestrator.saga.steps.refund import disagreement, get_refund, move, sent_as
-from orchestrator.store.models import Checkout, Refund
+from orchestrator.store import refunds as refunds_store
+from orchestrator.store.models import Refund
 from orchestrator.merchant.errors import MerchantError
 from orchestrator.store.repo import may_have_refunds
 from orchestrator.telemetry.logs import get_logger
@@ -36,11 +34,11 @@ def request_refund(d: Deps, checkout_id: str, amount: int | None, reference: str
     """Record a refund (or return the one with this reference) and enqueue it after the commit."""
     now = d.clock()
     with d.repo.session() as s:
-        c = s.exec(select(Checkout).where(Checkout.id == checkout_id).with_for_update()).first()
+        c = refunds_store.locked_checkout(s, checkout_id)
         if c is None:
             raise RefundRefused(404, "CHECKOUT_NOT_FOUND", f"no checkout {checkout_id}")
         if reference:
-            existing = s.exec(select(Refund).where(Refund.merchant_refund_reference == reference)).first()
+            existing = refunds_store.by_reference(s, reference)
             if existing is not None:
                 if existing.checkout_id != c.id or (amount is not None and amount != existing.amount_value):
                     raise RefundRefused(409, "REFERENCE_CONFLICT", "merchant_refund_reference names another refund",
@@ -52,7 +50,7 @@ def request_refund(d: Deps, checkout_id: str, amount: int | None, reference: str
             raise RefundRefused(409, "INVALID_STATE",
                                 "only a COMPLETED checkout (or one whose late payment was refunded) can be refunded",
                                 status=c.state)
-        mine = list(s.exec(select(Refund).where(Refund.checkout_id == c.id)))
+        mine = refunds_store.all_of(s, c.id)
         spent = sum(r.amount_value for r in mine if refund_reserves(RefundState(r.state), r.error_code))
         available = refundable(c.captured_amount, spent)
         value = available if amount is None else amount
@@ -64,12 +62,8 @@ def request_refund(d: Deps, checkout_id: str, amount: int | None, reference: str
                      amount_value=value, currency=c.currency,
                      next_due_at=now + dt.timedelta(seconds=d.settings.step_lease_seconds),
                      created_at=now, updated_at=now)
-        s.add(row)
-        try:
-            s.commit()
-        except IntegrityError:
-            s.rollback()
-            raise RefundRefused(409, "REFERENCE_CONFLICT", "merchant_refund_reference is already used") from None
+        if not refunds_store.add(s, row):
+            raise RefundRefused(409, "REFERENCE_CONFLICT", "merchant_refund_reference is already used")
     log.info("refund.requested", saga_id=checkout_id, refund_id=row.id, amount=value)
     for old in mine:  # a failed late refund that waited for this one is closed by it
         if old.state == RefundState.NEEDS_ATTENTION.value and old.error_code == LATE_REFUND_FAILED:
@@ -80,8 +74,7 @@ def request_refund(d: Deps, checkout_id: str, amount: int | None, reference: str
 
 
 def refunds_of(d: Deps, checkout_id: str) -> list[Refund]:
-    with d.repo.read_session() as s:
-        return list(s.exec(select(Refund).where(Refund.checkout_id == checkout_id).order_by(col(Refund.created_at))))
+    return refunds_store.of_checkout(d.repo, checkout_id)
 
 
 def resolve_refund(d: Deps, refund_id: str, who: str) -> Refund:

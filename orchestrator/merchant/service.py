@@ -11,14 +11,11 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlmodel import col, or_, select
-
 from orchestrator.outbound import delivery
 from orchestrator.outbound.outbox import EVENT_TYPES, envelope
 from orchestrator.saga.deps import TRANSIENT
 from orchestrator.saga.steps.offer import offer_terms
 from orchestrator.store import reports
-from orchestrator.store.models import MerchantEvent
 from orchestrator.telemetry import metrics
 from orchestrator.domain import methods, saga
 from orchestrator.domain.cards import digits_only, luhn_ok, network_of
@@ -182,13 +179,7 @@ class CheckoutService(OperatorActions):
             start = -1
         if not 0 <= start < 2**63:  # an event id is a 64-bit integer: a larger one is no cursor of ours
             raise CheckoutError(400, "INVALID_REQUEST", "after must be a cursor this API returned")
-        q = select(MerchantEvent).where(col(MerchantEvent.id) > start)
-        if kind is not None:
-            q = q.where(MerchantEvent.type == kind)
-        if self.repo.engine.dialect.name == "postgresql":
-            q = q.where(col(MerchantEvent.created_at) < self.clock() - dt.timedelta(seconds=2))
-        with self.repo.read_session() as s:
-            rows = list(s.exec(q.order_by(col(MerchantEvent.id)).limit(limit)))
+        rows = reports.events_after(self.repo, start, kind, limit, self.clock())
         events = [{**envelope(e), "delivery": {"status": e.status, "attempts": e.attempts}} for e in rows]
         return {"events": events, "next": str(rows[-1].id) if rows else (after or "0")}
 
@@ -205,11 +196,8 @@ class CheckoutService(OperatorActions):
         ``next_cursor`` continues the list (stable under inserts: it names the last row shown)."""
         if status is not None and status not in set(saga.PUBLIC_STATUS.values()):
             raise CheckoutError(400, "INVALID_REQUEST", f"status must be one of {sorted(set(saga.PUBLIC_STATUS.values()))}")
-        q = select(Checkout)
-        if status is not None:
-            q = q.where(col(Checkout.state).in_([s.value for s, p in saga.PUBLIC_STATUS.items() if p == status]))
-        if created_after is not None:
-            q = q.where(col(Checkout.created_at) > created_after)
+        states = None if status is None else [s.value for s, p in saga.PUBLIC_STATUS.items() if p == status]
+        before: tuple[dt.datetime, str] | None = None
         if cursor:
             try:
                 at_text, last_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
@@ -219,10 +207,8 @@ class CheckoutService(OperatorActions):
                 at = at.astimezone(dt.timezone.utc)
             except (ValueError, OverflowError):
                 raise CheckoutError(400, "INVALID_REQUEST", "cursor must be one this API returned") from None
-            q = q.where(or_(col(Checkout.created_at) < at,
-                            (col(Checkout.created_at) == at) & (col(Checkout.id) < last_id)))
-        with self.repo.read_session() as s:
-            rows = list(s.exec(q.order_by(col(Checkout.created_at).desc(), col(Checkout.id).desc()).limit(limit)))
+            before = (at, last_id)
+        rows = reports.list_checkouts(self.repo, states, created_after, before, limit)
         nxt = None
         if len(rows) == limit:
             last = rows[-1]

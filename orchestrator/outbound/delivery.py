@@ -33,14 +33,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import requests
-from sqlalchemy import and_, exists, insert, or_, update
-from sqlalchemy.orm import aliased
-from sqlmodel import col, select
-
 from config.settings import merchant_webhook_key
 from orchestrator.telemetry import metrics
 from orchestrator.outbound.changes import kick_once
-from orchestrator.store.models import MerchantEvent, MerchantEventAttempt, aware
+from orchestrator.store import events
+from orchestrator.store.models import MerchantEvent, aware
 from orchestrator.store.repo import Repo
 from orchestrator.telemetry.logs import get_logger, mask_text
 from orchestrator.outbound.outbox import envelope
@@ -83,25 +80,10 @@ def claim_seconds(settings: Any) -> float:
     return 2 * settings.merchant_webhook_timeout + 5
 
 
-def _free(now: dt.datetime, lease: float) -> Any:
-    return or_(col(MerchantEvent.claim).is_(None), col(MerchantEvent.claimed_at) < now - dt.timedelta(seconds=lease))
-
-
-def _unblocked() -> Any:
-    """No earlier event of the same checkout is pending: events of a checkout go in order."""
-    earlier = aliased(MerchantEvent)
-    return ~exists().where(and_(col(earlier.subject_id) == col(MerchantEvent.subject_id),
-                                col(earlier.id) < col(MerchantEvent.id), col(earlier.status) == "pending"))
-
-
 def due(repo: Repo, now: dt.datetime, limit: int, lease: float) -> list[int]:
     """Up to ``limit`` due events (a look, no claim): the oldest pending one of each checkout, not
     claimed, or claimed more than ``lease`` seconds ago (its deliverer died)."""
-    query = (select(MerchantEvent.id).where(col(MerchantEvent.status) == "pending",
-                                            col(MerchantEvent.next_attempt_at) <= now, _free(now, lease), _unblocked())
-             .order_by(col(MerchantEvent.id)).limit(limit))
-    with repo.read_session() as s:  # nothing due (mostly): no write
-        return list(s.exec(query))
+    return events.due(repo, now, limit, lease)
 
 
 def claim(repo: Repo, event_id: int, now: dt.datetime, lease: float) -> MerchantEvent | None:
@@ -109,16 +91,7 @@ def claim(repo: Repo, event_id: int, now: dt.datetime, lease: float) -> Merchant
     pending of its checkout); the event with its new ``claim`` token, or None if another sender
     has it. The claim covers one attempt only, so it never lapses while a batch waits its turn."""
     token = uuid.uuid4().hex
-    with repo.session() as s:
-        took = s.connection().execute(
-            update(MerchantEvent).where(col(MerchantEvent.id) == event_id, col(MerchantEvent.status) == "pending",
-                                        col(MerchantEvent.next_attempt_at) <= now, _free(now, lease), _unblocked())
-            .values(claim=token, claimed_at=now))
-        s.commit()
-        if took.rowcount != 1:
-            return None
-    with repo.read_session() as s:
-        return s.exec(select(MerchantEvent).where(MerchantEvent.id == event_id, MerchantEvent.claim == token)).first()
+    return events.claim(repo, event_id, token, now, lease)
 
 
 #: the most of a merchant's answer that is read (an error text is kept to 200 characters)
@@ -237,19 +210,12 @@ def record(repo: Repo, event: MerchantEvent, result: Result, now: dt.datetime, r
             values.update(status="failed", next_attempt_at=None)
         else:
             values.update(next_attempt_at=later)
-    with repo.session() as s:
-        moved = s.connection().execute(update(MerchantEvent).where(col(MerchantEvent.id) == event.id,
-                                                                   col(MerchantEvent.claim) == event.claim)
-                                       .values(**values))
-        if moved.rowcount != 1:
-            s.rollback()
-            log.warning("event.claim_lost", event_id=event.event_id, type=event.type, outcome=result.outcome,
-                        status_code=result.status_code)
-            return None
-        s.connection().execute(insert(MerchantEventAttempt.__table__).values(  # type: ignore[attr-defined]
-            event_id=event.id, attempted_at=now, outcome=result.outcome, status_code=result.status_code,
-            latency_ms=result.latency_ms, error=result.error))
-        s.commit()
+    attempt = {"attempted_at": now, "outcome": result.outcome, "status_code": result.status_code,
+               "latency_ms": result.latency_ms, "error": result.error}
+    if not events.record(repo, event, values, attempt):
+        log.warning("event.claim_lost", event_id=event.event_id, type=event.type, outcome=result.outcome,
+                    status_code=result.status_code)
+        return None
     status = values.get("status", "pending")
     metrics.EVENT_ATTEMPTS.labels(result.outcome).inc()
     log.info("event.delivery", event_id=event.event_id, type=event.type, outcome=result.outcome,
@@ -314,12 +280,7 @@ def _attempt(repo: Repo, settings: Any, send_task: Callable[[str, dict[str, Any]
             send_task(settings.merchant_events_task, envelope(event))
         except Exception as exc:  # the broker is down: the next attempt sends it
             return Result("failed", None, 0, f"task not sent: {type(exc).__name__}")
-        with repo.session() as s:
-            sent = s.connection().execute(update(MerchantEvent).where(col(MerchantEvent.id) == event.id,
-                                                                      col(MerchantEvent.claim) == event.claim)
-                                          .values(task_sent_at=now_of()))
-            s.commit()
-        if sent.rowcount != 1:
+        if not events.mark_sent(repo, event, now_of()):
             log.warning("event.claim_lost", event_id=event.event_id, type=event.type, outcome="task_sent",
                         status_code=None)
             return None
@@ -329,21 +290,12 @@ def _attempt(repo: Repo, settings: Any, send_task: Callable[[str, dict[str, Any]
 
 
 def any_due(repo: Repo, now: dt.datetime) -> bool:
-    with repo.read_session() as s:
-        return s.exec(select(MerchantEvent.id).where(col(MerchantEvent.status) == "pending",
-                                                     col(MerchantEvent.next_attempt_at) <= now).limit(1)).first() is not None
+    return events.any_due(repo, now)
 
 
 def redeliver(repo: Repo, event_id: str, now: dt.datetime) -> MerchantEvent | None:
     """Deliver an event again (whatever became of it), as soon as it is the oldest of its checkout."""
-    with repo.session() as s:
-        result = s.connection().execute(update(MerchantEvent).where(col(MerchantEvent.event_id) == event_id)
-                                        .values(status="pending", next_attempt_at=now, claim=None))
-        s.commit()
-        if result.rowcount != 1:
-            return None
-    with repo.read_session() as s:
-        return s.exec(select(MerchantEvent).where(MerchantEvent.event_id == event_id)).first()
+    return events.redeliver(repo, event_id, now)
 
 
 def pushes(settings: Any, sends_tasks: bool = True) -> bool:

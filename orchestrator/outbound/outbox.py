@@ -21,9 +21,9 @@ from sqlmodel import Session
 from orchestrator.domain import saga
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.saga import State
+from orchestrator.store import events
 from orchestrator.store.models import Checkout, MerchantEvent, Refund
 from orchestrator.store.repo import Trail
-from orchestrator.store.statements import ADD_EVENT
 from orchestrator.outbound.views import checkout_view, iso, refund_view
 
 CHECKOUT_EVENT_TYPES = frozenset(f"checkout.{status.lower()}" for status in saga.PUBLIC_STATUS.values())
@@ -52,7 +52,7 @@ def record_refund_change(s: Session, refund: Refund, now: dt.datetime) -> str | 
     kind = {"PROCESSED": "refund.processed", "FAILED": "refund.failed",
             "NEEDS_ATTENTION": "refund.needs_attention"}.get(refund.state)
     if kind is not None:
-        s.connection().execute(ADD_EVENT, _row(kind, refund.checkout_id, refund.id, refund_view(refund), now))
+        events.add_in(s, _row(kind, refund.checkout_id, refund.id, refund_view(refund), now))
     return kind
 
 

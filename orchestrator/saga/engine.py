@@ -18,15 +18,14 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sqlalchemy import insert
 from sqlalchemy.engine import Connection
-from sqlmodel import col, func, select
 
 from orchestrator.domain import saga
 from orchestrator.outbound import outbox
 from orchestrator.outbound.changes import Announce, silent
 from orchestrator.domain.saga import Fact, Source, State, Step, automatic_refund_reference
 from orchestrator.store.models import Checkout, Refund, StepAttempt, utcnow
+from orchestrator.store import refunds as refunds_store
 from orchestrator.store.claims import Claim
 from orchestrator.store.repo import Effect, Repo, Trail
 from orchestrator.telemetry.logs import get_logger
@@ -151,13 +150,12 @@ class Engine:
 
         def write(conn: Connection, row: Checkout, target: State) -> None:
             amount = int(fields.get("captured_amount") or row.payment_amount or row.amount_value)
-            count = conn.execute(select(func.count()).select_from(Refund).where(col(Refund.checkout_id) == row.id)
-                                 ).scalar_one()
+            count = refunds_store.count(conn, row.id)
             now = self.clock()
             refund = Refund(checkout_id=row.id, merchant_refund_reference=automatic_refund_reference(row.id, int(count) + 1),
                             amount_value=amount, currency=row.currency, origin="LATE_PAYMENT",
                             next_due_at=self._at(self.settings.step_lease_seconds), created_at=now, updated_at=now)
-            conn.execute(insert(Refund.__table__).values(**refund.model_dump()))  # type: ignore[attr-defined]
+            refunds_store.add_in(conn, refund)
             refunds.append(refund)
 
         return Effect(applies=_watched, write=write)

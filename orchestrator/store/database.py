@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlmodel import create_engine
@@ -173,3 +173,9 @@ def reader(engine: Engine) -> Engine:
         return make_engine(engine.url.render_as_string(hide_password=False), immediate=False,
                            pool_size=engine.pool.size())  # as many as the writers keep
     return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def ping(engine: Engine) -> None:
+    """Can ``engine`` reach its database right now? Raises what the connection raised."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))

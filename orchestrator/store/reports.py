@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from sqlalchemy import func
-from sqlmodel import col, select
+from sqlmodel import col, or_, select
 
 from orchestrator.domain import saga
 from orchestrator.domain.saga import RefundState, State
@@ -107,3 +107,32 @@ def checkout_detail(repo: Repo, checkout_id: str) -> dict[str, Any] | None:
             "status": saga.public_status(State(row.state)),
             "event_types": [e.type for e in events],
             "last_event": json.loads(events[-1].payload) if events else None}
+
+
+def events_after(repo: Repo, start: int, kind: str | None, limit: int, now: dt.datetime) -> list[MerchantEvent]:
+    """Merchant events numbered above ``start`` (of type ``kind``), oldest first. On PostgreSQL the
+    last two seconds are held back: an event committed after a later-numbered one is never skipped."""
+    q = select(MerchantEvent).where(col(MerchantEvent.id) > start)
+    if kind is not None:
+        q = q.where(MerchantEvent.type == kind)
+    if repo.engine.dialect.name == "postgresql":
+        q = q.where(col(MerchantEvent.created_at) < now - dt.timedelta(seconds=2))
+    with repo.read_session() as s:
+        return list(s.exec(q.order_by(col(MerchantEvent.id)).limit(limit)))
+
+
+def list_checkouts(repo: Repo, states: list[str] | None, created_after: dt.datetime | None,
+                   before: tuple[dt.datetime, str] | None, limit: int) -> list[Checkout]:
+    """Checkouts newest first, in ``states``, created after a time, and after ``before``
+    (the (created_at, id) of the last row of the previous page)."""
+    q = select(Checkout)
+    if states is not None:
+        q = q.where(col(Checkout.state).in_(states))
+    if created_after is not None:
+        q = q.where(col(Checkout.created_at) > created_after)
+    if before is not None:
+        at, last_id = before
+        q = q.where(or_(col(Checkout.created_at) < at,
+                        (col(Checkout.created_at) == at) & (col(Checkout.id) < last_id)))
+    with repo.read_session() as s:
+        return list(s.exec(q.order_by(col(Checkout.created_at).desc(), col(Checkout.id).desc()).limit(limit)))

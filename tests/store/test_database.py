@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
-from orchestrator.store.database import make_engine, ping_when_idle, reader
+from orchestrator.store.database import make_engine, ping, ping_when_idle, reader
 
 
 class Ticks:
@@ -99,3 +100,10 @@ def test_pools_are_sized_for_the_workers_threads_and_the_plural_client_keeps_tha
     assert Settings(worker_concurrency=8).pool_threads == 40  # the API's thread pool
     client = PluralClient.from_settings(Settings(worker_concurrency=96))
     assert client.requestor._transport._pool.connection_pool_kw["maxsize"] == 96
+
+
+def test_ping_passes_on_a_reachable_database_and_raises_what_an_unreachable_one_raises(tmp_path: Any) -> None:
+    ping(make_engine(f"sqlite:///{tmp_path / 'up.db'}"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OperationalError):  # a database under a path that is a file cannot be opened
+        ping(create_engine(f"sqlite:///{tmp_path / 'file' / 'down.db'}"))

@@ -14,9 +14,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import update
-from sqlmodel import col, select
-
 from orchestrator.domain.saga import (LATE_REFUND_FAILED, REFUND_FINAL, REFUND_MISMATCH, REFUND_TRANSITIONS, RefundState,
                                       State, Step, plural_refund_reference, refund_id_of, refund_mismatch,
                                       refund_state_of, retry_delay)
@@ -26,15 +23,15 @@ from orchestrator.plural.models import Amount, Order, RefundRequest
 from orchestrator.saga.calls import call_ahead
 from orchestrator.saga.deps import CREDENTIALS_REJECTED, TRANSIENT, Deps, text
 from orchestrator.saga.engine import Run
-from orchestrator.store.models import Checkout, Refund
+from orchestrator.store import refunds
+from orchestrator.store.models import Refund
 from orchestrator.telemetry.logs import get_logger
 
 log = get_logger("orchestrator.saga.refunds")
 
 
 def get_refund(d: Deps, refund_id: str) -> Refund | None:
-    with d.repo.read_session() as s:
-        return s.get(Refund, refund_id)
+    return refunds.get(d.repo, refund_id)
 
 
 def move(d: Deps, r: Refund, target: RefundState, claim: str | None = None, **fields: Any) -> bool:
@@ -47,19 +44,15 @@ def move(d: Deps, r: Refund, target: RefundState, claim: str | None = None, **fi
             return False
         allowed.append(r.state)
     now = d.clock()
-    conditions = [col(Refund.id) == r.id, col(Refund.state).in_(allowed)]
-    if claim is not None:
-        conditions.append(col(Refund.claim_token) == claim)
     with d.repo.session() as s:
-        result = s.connection().execute(update(Refund).where(*conditions).values(state=target.value, updated_at=now, **fields))
-        if result.rowcount == 1 and target is RefundState.PROCESSED:
-            s.connection().execute(update(Checkout).where(col(Checkout.id) == r.checkout_id)
-                      .values(refunded_amount=Checkout.refunded_amount + r.amount_value, updated_at=now))
-        if result.rowcount == 1 and target.value != r.state:  # its event, in the same transaction
+        rowcount = refunds.set_state(s, r.id, allowed, claim, now, target.value, **fields)
+        if rowcount == 1 and target is RefundState.PROCESSED:
+            refunds.add_refunded(s, r.checkout_id, r.amount_value, now)
+        if rowcount == 1 and target.value != r.state:  # its event, in the same transaction
             after = Refund.model_construct(**{**r.model_dump(), "state": target.value, "updated_at": now, **fields})
             outbox.record_refund_change(s, after, now)
         s.commit()
-        moved = result.rowcount == 1
+        moved = rowcount == 1
     if moved:
         log.info("refund.transition", refund_id=r.id, from_state=r.state, to_state=target.value)
         if target in REFUND_FINAL or target is RefundState.NEEDS_ATTENTION:
@@ -138,10 +131,7 @@ def backoff(d: Deps, r: Refund, exc: BaseException, claim: str) -> None:
     if isinstance(exc, errors.CredentialsRejected) and exc.since is not None and \
             d.clock().timestamp() - exc.since < d.settings.credentials_wait_seconds:
         due = d.clock() + dt.timedelta(seconds=d.settings.credentials_retry_seconds)
-        with d.repo.session() as s:
-            s.connection().execute(update(Refund).where(col(Refund.id) == r.id, col(Refund.claim_token) == claim)
-                                   .values(next_due_at=due, error_code=CREDENTIALS_REJECTED, error_message=text(exc)))
-            s.commit()
+        refunds.set_held(d.repo, r.id, claim, next_due_at=due, error_code=CREDENTIALS_REJECTED, error_message=text(exc))
         log.warning("refund.credentials_rejected", refund_id=r.id)
         return
     failures = r.failures + 1
@@ -149,10 +139,7 @@ def backoff(d: Deps, r: Refund, exc: BaseException, claim: str) -> None:
     gave_up = failures >= d.settings.step_max_attempts
     due = d.clock() + dt.timedelta(seconds=d.settings.attention_poll_seconds if gave_up else delay)
     code = "NEEDS_ATTENTION" if gave_up else str(getattr(exc, "code", type(exc).__name__))[:64]
-    with d.repo.session() as s:
-        s.connection().execute(update(Refund).where(col(Refund.id) == r.id, col(Refund.claim_token) == claim).values(
-            failures=failures, next_due_at=due, error_code=code, error_message=text(exc)))
-        s.commit()
+    refunds.set_held(d.repo, r.id, claim, failures=failures, next_due_at=due, error_code=code, error_message=text(exc))
     (log.error if gave_up else log.warning)("refund.retry_later", refund_id=r.id, failures=failures,
                                             error=text(exc))
 
@@ -219,9 +206,7 @@ def _run_refund(d: Deps, refund_id: str, token: str, task_id: str | None) -> Non
 def apply_refund_event(d: Deps, order: Order) -> str | None:
     """A REFUND_* webhook: move the refund it names. Returns a note, or None if no refund is known."""
     named = refund_id_of(order.merchant_order_reference)
-    with d.repo.session() as s:
-        q = select(Refund).where((Refund.plural_refund_order_id == order.order_id) | (Refund.id == (named or "")))
-        r = s.exec(q).first()
+    r = refunds.for_order(d.repo, order.order_id, named)
     if r is None:
         return None
     before = r.state
