@@ -10,7 +10,7 @@ from typing import Sequence
 
 from config import load_settings
 from config.settings import EMBEDDED_REDIS_PORT
-from orchestrator.entrypoints.cli import Help, run_command
+from orchestrator.entrypoints.cli import Help, commands, run_command
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -121,15 +121,7 @@ chaos runs and the demo. Not part of the production package; the production comm
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m devkit", description=DESCRIPTION, formatter_class=Help)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    real_add = sub.add_parser
-
-    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:  # every command shows defaults
-        kwargs.setdefault("formatter_class", Help)
-        kwargs.setdefault("description", kwargs.get("help"))
-        return real_add(name, **kwargs)  # type: ignore[arg-type]
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
+    sub = commands(parser)
 
     sb = sub.add_parser("sandbox", help="run the Plural sandbox gateway")
     sb.add_argument("--host", default="127.0.0.1", help="interface to listen on")

@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from config import ConfigurationError, load_settings
 from orchestrator.telemetry.logs import configure_logging
@@ -269,15 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         release = "unknown"
     parser = argparse.ArgumentParser(prog="orchestrator", description=DESCRIPTION, formatter_class=Help)
     parser.add_argument("--version", action="version", version=f"orchestrator {release}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    real_add = sub.add_parser
-
-    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:  # every command shows defaults
-        kwargs.setdefault("formatter_class", Help)
-        kwargs.setdefault("description", kwargs.get("help"))
-        return real_add(name, **kwargs)  # type: ignore[arg-type]
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
+    sub = commands(parser)
 
     api = sub.add_parser("api", help="run the merchant API (and webhook receiver)")
     api.add_argument("--host", default="127.0.0.1", help="interface to listen on")
@@ -316,6 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     rr.set_defaults(func=_resolve_refund)
 
     return parser
+
+
+def commands(parser: argparse.ArgumentParser) -> Any:
+    """The parser's subcommands, each showing its options' defaults and its help as description."""
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    real_add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        kwargs.setdefault("formatter_class", Help)
+        kwargs.setdefault("description", kwargs.get("help"))
+        return real_add(name, **kwargs)  # type: ignore[arg-type]
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+    return sub
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None, prog: str) -> int:
