@@ -384,19 +384,25 @@ def test_a_refund_webhook_naming_another_parent_or_amount_is_never_adopted(harne
     assert a.plural_order_id in r.error_message and h.deps.repo.get(c.id).refunded_amount == 0
 
 
-def test_a_merchant_reference_naming_another_refund_of_ours_never_adopts_that_refund(harness):
-    from orchestrator.domain.saga import plural_refund_reference
-
-    h = harness
-    c = completed(h)
+def refunded_with_its_answer_lost(h, c, amount):
+    """A refund Plural made whose answer was lost (the call hung past our read timeout, once)."""
     requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
         {"kind": "hang_after", "path": "/refunds/", "seconds": 0.8, "count": 1}]}, timeout=5).raise_for_status()
     patient, h.deps.plural = h.deps.plural, PluralClient.from_settings(h.deps.settings, read_timeout=0.3,
                                                                         max_attempts=1)
     try:
-        y, _ = refund(h, c, 3000)  # refunded at Plural, the answer lost
+        r, _ = refund(h, c, amount)
     finally:
         h.deps.plural = patient
+    return r
+
+
+def test_a_merchant_reference_naming_another_refund_of_ours_never_adopts_that_refund(harness):
+    from orchestrator.domain.saga import plural_refund_reference
+
+    h = harness
+    c = completed(h)
+    y = refunded_with_its_answer_lost(h, c, 3000)
     assert y.state == "REQUESTED"
     time.sleep(0.9)
     x, _ = refund(h, c, 3000, reference=plural_refund_reference(y.id))
@@ -535,14 +541,7 @@ def needing_attention(h, r):
 def test_a_refund_resolved_by_an_operator_follows_the_refund_plural_processed(harness):
     h = harness
     c = completed(h, 7000)
-    requests.put(f"{h.sandbox_url}/sandbox/faults", json={"rules": [
-        {"kind": "hang_after", "path": "/refunds/", "seconds": 0.8, "count": 1}]}, timeout=5).raise_for_status()
-    patient, h.deps.plural = h.deps.plural, PluralClient.from_settings(h.deps.settings, read_timeout=0.3,
-                                                                        max_attempts=1)
-    try:
-        r, _ = refund(h, c, 3000)  # refunded at Plural, the answer lost
-    finally:
-        h.deps.plural = patient
+    r = refunded_with_its_answer_lost(h, c, 3000)
     time.sleep(0.9)
     r = needing_attention(h, r)
     done = h.service.resolve_refund(r.id, "asha")

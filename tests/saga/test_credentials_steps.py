@@ -148,8 +148,8 @@ def test_a_refused_capture_waits_and_captures_once_when_the_credentials_work(har
     assert c.state == "COMPLETED" and c.captured_amount == 5000
 
 
-def test_a_checkout_that_waited_too_long_needs_attention_with_the_reason(harness):
-    h = harness
+def capture_refused_past_the_wait(h):
+    """A delivered pre-auth checkout whose capture met refused credentials for 80 s, past a 60 s wait."""
     h.redeps(settings=h.deps.settings.model_copy(update={"credentials_wait_seconds": 60.0}))
     row = create(h, pre_auth=True, amount=5000)
     h.drain()
@@ -158,7 +158,13 @@ def test_a_checkout_that_waited_too_long_needs_attention_with_the_reason(harness
     refuse(h)
     h.service.deliver(row.id, None)
     h.drain()
-    retried_later(h, times=5)  # 80 s: past the wait
+    retried_later(h, times=5)
+    return row
+
+
+def test_a_checkout_that_waited_too_long_needs_attention_with_the_reason(harness):
+    h = harness
+    row = capture_refused_past_the_wait(h)
     c = h.deps.repo.get(row.id)
     assert c.state == "NEEDS_ATTENTION" and c.attention_reason.startswith("credentials_rejected")
     assert c.attention_from == "CAPTURING" and c.error_code == "CREDENTIALS_REJECTED"
@@ -196,15 +202,7 @@ def test_a_refused_refund_waits_uncounted_and_is_processed_when_the_credentials_
 
 def test_a_checkout_that_needed_attention_for_the_credentials_goes_back_once_they_work(harness):
     h = harness
-    h.redeps(settings=h.deps.settings.model_copy(update={"credentials_wait_seconds": 60.0}))
-    row = create(h, pre_auth=True, amount=5000)
-    h.drain()
-    h.service.submit_otp(row.id, "123456")
-    h.drain()
-    refuse(h)
-    h.service.deliver(row.id, None)
-    h.drain()
-    retried_later(h, times=5)
+    row = capture_refused_past_the_wait(h)
     assert h.state(row.id) == "NEEDS_ATTENTION"
     accept(h)
     h.clock.advance(h.deps.settings.attention_poll_seconds + 1)
